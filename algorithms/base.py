@@ -1,0 +1,311 @@
+"""The algorithm contract, its registry and the pieces every algorithm shares.
+
+An algorithm is an `nn.Module` built as `Algorithm(input_shape, num_classes, num_domains,
+hparams)` (DomainBed's signature). The trainer calls, in this order:
+
+1. `configure(task=..., total_steps=...)` once, before the first step;
+2. `train_step(minibatches, unlabeled)` each step, which calls `update` and counts the step
+   (`self.progress` in [0, 1] is then available to schedules such as DANN's lambda);
+3. `on_round(target_batches)` every `round_interval()` steps, if the algorithm has rounds;
+4. `predict(x)` for evaluation (no side effects), or `adapt(x)` in the `tta` setting.
+
+`minibatches` holds one `(x, y)` batch per labeled domain: the `num_domains` source domains,
+then, in the `ssda`/`sda` settings only, one batch of the few labeled target examples per target
+domain. `unlabeled` holds one `x` batch per target domain in `uda`/`ssda`, else None.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shiftbench.errors import ShiftbenchError
+from shiftbench.hparams_registry import (
+    Choice,
+    DatasetInfo,
+    HParam,
+    IntLogUniform,
+    LogUniform,
+)
+from shiftbench.registry import Registry
+
+SETTINGS = {
+    "dg": "domain generalization: labeled sources only",
+    "uda": "unsupervised domain adaptation: plus unlabeled target batches",
+    "ssda": "semi-supervised DA: plus k labeled target examples per class and unlabeled target",
+    "sda": "supervised DA: plus k labeled target examples per class, no unlabeled target",
+    "tta": "test-time adaptation: sources at training, adapt(x) on the test stream",
+}
+
+# Which kinds of labels/inputs an algorithm receives in each setting (written to every record).
+LABEL_SOURCES = {
+    "dg": ["source_labeled"],
+    "uda": ["source_labeled", "target_unlabeled"],
+    "ssda": ["source_labeled", "target_few_labeled", "target_unlabeled"],
+    "sda": ["source_labeled", "target_few_labeled"],
+    "tta": ["source_labeled", "test_stream_unlabeled"],
+}
+
+HParamSpec = HParam | Callable[[DatasetInfo], "HParam | None"]
+
+
+def _lr(ds: DatasetInfo) -> HParam:
+    if ds.small_images or ds.is_vector:
+        return HParam(1e-3, LogUniform(-4.5, -2.5), low=0.0, help="Adam learning rate")
+    return HParam(5e-5, LogUniform(-5, -3.5), low=0.0, help="Adam learning rate")
+
+
+def _weight_decay(ds: DatasetInfo) -> HParam:
+    if ds.small_images or ds.is_vector:
+        return HParam(0.0, None, low=0.0)
+    return HParam(0.0, LogUniform(-6, -2), low=0.0)
+
+
+def _batch_size(ds: DatasetInfo) -> HParam:
+    if ds.small_images or ds.is_vector:
+        return HParam(64, IntLogUniform(3, 9), low=1, help="examples per domain per step")
+    if ds.name == "DomainNet":
+        return HParam(32, IntLogUniform(3, 5), low=1, help="examples per domain per step")
+    return HParam(32, IntLogUniform(3, 5.5), low=1, help="examples per domain per step")
+
+
+def _only_large(hp: HParam) -> Callable[[DatasetInfo], HParam | None]:
+    return lambda ds: None if (ds.small_images or ds.is_vector) else hp
+
+
+def _only_vector(hp: HParam) -> Callable[[DatasetInfo], HParam | None]:
+    return lambda ds: hp if ds.is_vector else None
+
+
+class Algorithm(nn.Module):
+    """Base class. Subclasses set `SETTINGS`, `PAPER`, `HPARAMS` and implement `update`."""
+
+    SETTINGS: tuple[str, ...] = ("dg",)
+    PAPER: str = ""
+    HPARAMS: Mapping[str, HParamSpec] = {
+        "lr": _lr,
+        "weight_decay": _weight_decay,
+        "batch_size": _batch_size,
+        "nonlinear_classifier": HParam(False, None, help="3-layer MLP head instead of linear"),
+        "data_augmentation": HParam(True, None, help="the dataset's training augmentation"),
+        "resnet18": _only_large(HParam(False, None, help="ResNet-18 instead of ResNet-50")),
+        "pretrained": _only_large(HParam(True, None, help="ImageNet weights (local file/cache)")),
+        "resnet_dropout": _only_large(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
+        "freeze_bn": _only_large(HParam(False, None, help="keep BatchNorm statistics frozen")),
+        "mlp_width": _only_vector(HParam(256, IntLogUniform(6, 10), low=1)),
+        "mlp_depth": _only_vector(HParam(3, Choice([3, 4, 5]), low=2)),
+        "mlp_dropout": _only_vector(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
+    }
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        num_domains: int,
+        hparams: Mapping[str, Any],
+    ):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.num_classes = int(num_classes)
+        self.num_domains = int(num_domains)
+        self.hparams = dict(hparams)
+        self.task = self.SETTINGS[0]
+        self.total_steps = 0
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    # ---- declaration -----------------------------------------------------------------------
+    @classmethod
+    def hparam_space(cls, ds: DatasetInfo) -> dict[str, HParam]:
+        """The merged `HPARAMS` of the class and its bases, resolved for one dataset."""
+        space: dict[str, HParam] = {}
+        for klass in reversed(cls.__mro__):
+            for name, spec in vars(klass).get("HPARAMS", {}).items():
+                hp = spec(ds) if callable(spec) and not isinstance(spec, HParam) else spec
+                if hp is None:
+                    space.pop(name, None)
+                else:
+                    space[name] = hp
+        return space
+
+    # ---- the trainer's calls ---------------------------------------------------------------
+    def configure(self, *, task: str, total_steps: int) -> None:
+        if task not in self.SETTINGS:
+            raise ShiftbenchError(
+                f"algorithm {type(self).__name__} does not support --task {task}; "
+                f"it supports: {', '.join(self.SETTINGS)}"
+            )
+        self.task, self.total_steps = task, int(total_steps)
+
+    def train_step(
+        self, minibatches: list[tuple[torch.Tensor, torch.Tensor]], unlabeled=None
+    ) -> dict[str, float]:
+        values = self.update(minibatches, unlabeled)
+        self.num_updates += 1
+        return values
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the training budget done before the current update, in [0, 1]."""
+        if self.total_steps <= 0:
+            return 0.0
+        return min(1.0, float(self.num_updates) / self.total_steps)
+
+    def split_minibatches(self, minibatches):
+        """`(source batches, labeled target batches)`; the latter is empty outside ssda/sda."""
+        return list(minibatches[: self.num_domains]), list(minibatches[self.num_domains:])
+
+    def update(self, minibatches, unlabeled=None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """Test-time adaptation on one test batch; returns the logits for it."""
+        raise ShiftbenchError(f"{type(self).__name__} has no test-time adaptation (adapt)")
+
+    def reset_adaptation(self) -> None:
+        """Undo everything `adapt` changed (episodic test-time adaptation)."""
+
+    def round_interval(self) -> int | None:
+        """Steps between calls of `on_round`, or None for algorithms without rounds."""
+        return None
+
+    def on_round(self, target_batches: Callable[[], Iterable[torch.Tensor]]) -> dict[str, float]:
+        """Between rounds: `target_batches()` iterates over the whole unlabeled target split."""
+        return {}
+
+    # ---- state for checkpoints -------------------------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimizer the algorithm owns (found among its attributes)."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
+
+    def full_state(self) -> dict[str, Any]:
+        return {
+            "model": self.state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers().items()},
+            "task": self.task,
+            "total_steps": self.total_steps,
+        }
+
+    def load_full_state(self, state: Mapping[str, Any]) -> None:
+        self.load_state_dict(state["model"])
+        optimizers = self.optimizers()
+        for name, opt_state in state["optimizers"].items():
+            optimizers[name].load_state_dict(opt_state)
+        self.task, self.total_steps = state["task"], state["total_steps"]
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def make_optimizer(params: Iterable[nn.Parameter], hparams: Mapping[str, Any],
+                   lr: float | None = None, weight_decay: float | None = None,
+                   **kwargs: Any) -> torch.optim.Adam:
+    """DomainBed's optimizer: Adam with the configuration's lr and weight decay."""
+    return torch.optim.Adam(
+        params,
+        lr=hparams["lr"] if lr is None else lr,
+        weight_decay=hparams["weight_decay"] if weight_decay is None else weight_decay,
+        **kwargs,
+    )
+
+
+def concat_minibatches(minibatches) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([x for x, _ in minibatches]), torch.cat([y for _, y in minibatches])
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy that also accepts a single binary logit column."""
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], y.float())
+    return F.cross_entropy(logits, y)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+ALGORITHM_REGISTRY: Registry[type[Algorithm]] = Registry("algorithm")
+ALGORITHMS: list[str] = []  # DomainBed-compatible list of names, in registration order
+_ENTRY_POINTS_LOADED = False
+
+
+def register_algorithm(cls: type[Algorithm] | None = None, *, name: str | None = None):
+    """Class decorator: `@register_algorithm` or `@register_algorithm(name="MyAlg")`."""
+
+    def decorator(c: type[Algorithm]) -> type[Algorithm]:
+        unknown = [s for s in c.SETTINGS if s not in SETTINGS]
+        if not c.SETTINGS or unknown:
+            raise ShiftbenchError(
+                f"algorithm {c.__name__} declares unknown settings {unknown or '()'}; "
+                f"valid: {', '.join(SETTINGS)}"
+            )
+        key = name or c.__name__
+        ALGORITHM_REGISTRY.register(key)(c)
+        if key not in ALGORITHMS:
+            ALGORITHMS.append(key)
+        return c
+
+    return decorator(cls) if cls is not None else decorator
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    for ep in importlib.metadata.entry_points(group="shiftbench.algorithms"):
+        ep.load()
+
+
+def get_algorithm_class(name: str) -> type[Algorithm]:
+    if name not in ALGORITHM_REGISTRY:
+        _load_entry_points()
+    return ALGORITHM_REGISTRY.get(name)
+
+
+def list_algorithms(pattern: str = "*", setting: str | None = None) -> list[str]:
+    _load_entry_points()
+    names = ALGORITHM_REGISTRY.names(pattern)
+    if setting is not None:
+        names = [n for n in names if setting in ALGORITHM_REGISTRY.get(n).SETTINGS]
+    return names
+
+
+def create_algorithm(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    num_domains: int,
+    hparams: Mapping[str, Any] | None = None,
+    dataset: str | DatasetInfo | None = None,
+) -> Algorithm:
+    """Build a registered algorithm; missing hparams are filled with defaults for `dataset`."""
+    cls = get_algorithm_class(name)
+    ds = dataset if isinstance(dataset, DatasetInfo) else DatasetInfo(
+        dataset or "custom", tuple(input_shape), int(num_classes))
+    if isinstance(dataset, str):
+        from shiftbench.hparams_registry import dataset_info
+
+        ds = dataset_info(dataset)
+    full = {k: hp.default for k, hp in cls.hparam_space(ds).items()}
+    full.update(hparams or {})
+    return cls(input_shape, num_classes, num_domains, full)
+
+
+def iter_modules_to_import() -> Iterator[str]:
+    import pkgutil
+
+    import shiftbench.algorithms as pkg
+
+    names = [i.name for i in pkgutil.iter_modules(pkg.__path__)
+             if not i.name.startswith("_") and i.name != "base"]
+    # ERM first: it is the reference row of every table.
+    for name in sorted(names, key=lambda n: (n != "erm", n)):
+        yield f"{pkg.__name__}.{name}"

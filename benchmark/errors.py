@@ -1,0 +1,41 @@
+"""Exceptions that the command line turns into a clear message and a non-zero exit."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ShiftbenchError(Exception):
+    """An error caused by the user's input or environment (not a bug).
+
+    The CLI prints its message (no traceback) and exits with status 2.
+    """
+
+    exit_code = 2
+
+
+class UnknownNameError(ShiftbenchError, KeyError):
+    """A name that is not in a registry; the message lists the choices and a best guess."""
+
+    def __init__(self, kind: str, name: object, choices: Iterable[str]):
+        self.kind, self.name, self.choices = kind, name, sorted(choices)
+        msg = f"unknown {kind} {name!r}"
+        close = difflib.get_close_matches(str(name), self.choices, n=1, cutoff=0.6)
+        if not close:
+            lowered = {c.lower(): c for c in self.choices}
+            if str(name).lower() in lowered:
+                close = [lowered[str(name).lower()]]
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+        msg += f"; valid choices: {', '.join(self.choices) if self.choices else '(none)'}"
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return self.args[0]
+
+
+class TrainingDiverged(ShiftbenchError):
+    """A loss became NaN or infinite; the trial is recorded as failed."""
+
+    exit_code = 3

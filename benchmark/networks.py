@@ -1,0 +1,156 @@
+"""Featurizers and classifiers (DomainBed's networks, offline-safe).
+
+`Featurizer(input_shape, hparams)` picks the network from the input shape:
+* 1-D vectors -> `MLP` (width/depth/dropout from hparams);
+* images up to 32x32 -> `MNIST_CNN` (4 conv layers 64-128-128-128, 3x3, ReLU, GroupNorm(8),
+  global average pool, 128-d), the standard DG featurizer for small images;
+* larger images -> torchvision ResNet-18/50, with ImageNet weights read from a local file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shiftbench.errors import ShiftbenchError
+
+
+class MLP(nn.Module):
+    """Linear -> Dropout -> ReLU, (depth - 2) hidden blocks, then Linear to `n_outputs`."""
+
+    def __init__(self, n_inputs: int, n_outputs: int, hparams: Mapping[str, Any]):
+        super().__init__()
+        width, depth = int(hparams["mlp_width"]), int(hparams["mlp_depth"])
+        dropout = float(hparams["mlp_dropout"])
+        layers: list[nn.Module] = [nn.Linear(n_inputs, width), nn.Dropout(dropout), nn.ReLU()]
+        for _ in range(depth - 2):
+            layers += [nn.Linear(width, width), nn.Dropout(dropout), nn.ReLU()]
+        layers.append(nn.Linear(width, n_outputs))
+        self.net = nn.Sequential(*layers)
+        self.n_outputs = n_outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MNIST_CNN(nn.Module):  # noqa: N801 - DomainBed's name
+    """The small-image featurizer of DomainBed (ReLU before GroupNorm, 128-d output)."""
+
+    n_outputs = 128
+
+    def __init__(self, input_shape: tuple[int, ...]):
+        super().__init__()
+        c = input_shape[0]
+        self.conv1 = nn.Conv2d(c, 64, 3, 1, padding=1)
+        self.conv2 = nn.Conv2d(64, 128, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(128, 128, 3, 1, padding=1)
+        self.conv4 = nn.Conv2d(128, 128, 3, 1, padding=1)
+        self.bn0 = nn.GroupNorm(8, 64)
+        self.bn1 = nn.GroupNorm(8, 128)
+        self.bn2 = nn.GroupNorm(8, 128)
+        self.bn3 = nn.GroupNorm(8, 128)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of each conv block (for methods that act on intermediate features)."""
+        maps = []
+        for conv, norm in ((self.conv1, self.bn0), (self.conv2, self.bn1),
+                           (self.conv3, self.bn2), (self.conv4, self.bn3)):
+            x = norm(torch.relu(conv(x)))
+            maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.feature_maps(x)[-1]
+        return self.avgpool(x).flatten(1)
+
+
+def pretrained_weights_path(arch: str) -> Path:
+    """Where ImageNet weights for `arch` must be: $SHIFTBENCH_PRETRAINED_DIR or torch's cache."""
+    import torchvision
+
+    weights = {"resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+               "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1}[arch]
+    filename = os.path.basename(weights.url)
+    candidates = []
+    if os.environ.get("SHIFTBENCH_PRETRAINED_DIR"):
+        candidates.append(Path(os.environ["SHIFTBENCH_PRETRAINED_DIR"]) / filename)
+    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / filename)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ShiftbenchError(
+        f"pretrained {arch} weights not found; looked for {filename} in "
+        + ", ".join(str(p.parent) for p in candidates)
+        + f". Download {weights.url} into one of these folders, or pass "
+        "--hparams '{\"pretrained\": false}' to train from scratch"
+    )
+
+
+class ResNet(nn.Module):
+    """torchvision ResNet-18/50 without its fc layer, optional dropout and frozen BatchNorm."""
+
+    def __init__(self, input_shape: tuple[int, ...], hparams: Mapping[str, Any]):
+        super().__init__()
+        import torchvision
+
+        arch = "resnet18" if hparams.get("resnet18", False) else "resnet50"
+        self.network = getattr(torchvision.models, arch)(weights=None)
+        if hparams.get("pretrained", True):
+            path = pretrained_weights_path(arch)
+            self.network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.n_outputs = self.network.fc.in_features
+        c = input_shape[0]
+        if c != 3:  # repeat the RGB filters cyclically over the input channels (as DomainBed)
+            old = self.network.conv1.weight.data.clone()
+            self.network.conv1 = nn.Conv2d(c, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            for i in range(c):
+                self.network.conv1.weight.data[:, i] = old[:, i % 3]
+        self.network.fc = nn.Identity()
+        self.dropout = nn.Dropout(float(hparams.get("resnet_dropout", 0.0)))
+        self.frozen_bn = bool(hparams.get("freeze_bn", False))
+        self._freeze_bn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.network(x))
+
+    def train(self, mode: bool = True) -> ResNet:
+        super().train(mode)
+        self._freeze_bn()
+        return self
+
+    def _freeze_bn(self) -> None:
+        if self.frozen_bn:
+            for m in self.network.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+
+
+def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any]) -> nn.Module:  # noqa: N802
+    """The featurizer for an input shape; its output size is `.n_outputs`."""
+    input_shape = tuple(input_shape)
+    if len(input_shape) == 1:
+        return MLP(input_shape[0], int(hparams["mlp_width"]), hparams)
+    if len(input_shape) == 3 and max(input_shape[1:]) <= 32:
+        return MNIST_CNN(input_shape)
+    if len(input_shape) == 3:
+        return ResNet(input_shape, hparams)
+    raise ShiftbenchError(
+        f"no featurizer for input shape {input_shape}; supported: (d,) vectors, (C, H, W) images"
+    )
+
+
+def Classifier(in_features: int, out_features: int, nonlinear: bool = False) -> nn.Module:  # noqa: N802
+    """A linear head, or DomainBed's 3-layer MLP head when `nonlinear`."""
+    if nonlinear:
+        return nn.Sequential(
+            nn.Linear(in_features, in_features // 2), nn.ReLU(),
+            nn.Linear(in_features // 2, in_features // 4), nn.ReLU(),
+            nn.Linear(in_features // 4, out_features),
+        )
+    return nn.Linear(in_features, out_features)

@@ -1,0 +1,96 @@
+"""Deterministic splits of every environment, fixed by `trial_seed` alone.
+
+For environment i (as DomainBed): shuffle its indices with `seed_hash(trial_seed, i)`; the first
+`int(n * holdout_fraction)` are `out` (validation), the rest `in`. For a test environment in the
+adaptation settings, `in` is split again with the same seed: the first
+`int(len(in) * uda_holdout_fraction)` become `uda` (the unlabeled target split handed to the
+algorithm without labels). For ssda/sda, `target_shots` examples per class are then drawn from
+what remains of `in` into `lab` (the few labeled target examples) with `seed_hash(trial_seed, i,
+"shots")`. Test accuracy is always measured on what is left of `in`, so it never includes an
+example the algorithm saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from shiftbench.errors import ShiftbenchError
+from shiftbench.seeds import seed_hash
+
+
+@dataclass
+class EnvSplits:
+    """Index tensors into one environment."""
+
+    in_: torch.Tensor
+    out: torch.Tensor
+    uda: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    lab: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+
+    def named(self) -> dict[str, torch.Tensor]:
+        return {"in": self.in_, "out": self.out, "uda": self.uda, "lab": self.lab}
+
+
+def _shuffled_split(keys: np.ndarray, n_first: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    keys = keys.copy()
+    np.random.RandomState(seed).shuffle(keys)
+    return keys[:n_first], keys[n_first:]
+
+
+def few_shot_indices(labels: torch.Tensor, pool: np.ndarray, shots: int, num_classes: int,
+                     seed: int) -> np.ndarray:
+    """`shots` indices of each class from `pool` (all of a class if it has fewer)."""
+    rs = np.random.RandomState(seed)
+    pool_labels = labels[torch.as_tensor(pool, dtype=torch.long)].numpy() if len(pool) else pool
+    chosen = []
+    for c in range(num_classes):
+        members = pool[pool_labels == c]
+        if len(members) == 0:
+            continue
+        chosen.append(rs.choice(members, size=min(shots, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def make_splits(
+    env_labels: Sequence[torch.Tensor],
+    test_envs: Sequence[int],
+    trial_seed: int,
+    holdout_fraction: float,
+    task: str = "dg",
+    uda_holdout_fraction: float = 0.0,
+    target_shots: int = 0,
+    num_classes: int = 0,
+) -> list[EnvSplits]:
+    """The splits of every environment; identical for every algorithm given the same seeds."""
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise ShiftbenchError(f"--holdout-fraction must lie in [0, 1), got {holdout_fraction}")
+    if not 0.0 <= uda_holdout_fraction < 1.0:
+        raise ShiftbenchError(
+            f"--uda-holdout-fraction must lie in [0, 1), got {uda_holdout_fraction}")
+    splits = []
+    for i, labels in enumerate(env_labels):
+        n = len(labels)
+        keys = np.arange(n, dtype=np.int64)
+        seed = seed_hash(trial_seed, i)
+        out, in_ = _shuffled_split(keys, int(n * holdout_fraction), seed)
+        uda = lab = np.zeros(0, dtype=np.int64)
+        if i in test_envs and task in ("uda", "ssda"):
+            uda, in_ = _shuffled_split(in_, int(len(in_) * uda_holdout_fraction), seed)
+            if len(uda) == 0:
+                raise ShiftbenchError(
+                    f"--task {task} needs unlabeled target examples, but environment {i} gets "
+                    f"none with --uda-holdout-fraction {uda_holdout_fraction}; use a value in (0, 1)"
+                )
+        if i in test_envs and task in ("ssda", "sda"):
+            if target_shots < 1:
+                raise ShiftbenchError(f"--task {task} needs --target-shots >= 1, got {target_shots}")
+            lab = few_shot_indices(labels, in_, target_shots, num_classes,
+                                   seed_hash(trial_seed, i, "shots"))
+            in_ = np.setdiff1d(in_, lab)
+        splits.append(EnvSplits(*(torch.as_tensor(a, dtype=torch.long)
+                                  for a in (in_, out, uda, lab))))
+    return splits

@@ -1,0 +1,143 @@
+"""The multi-domain dataset type and the dataset registry."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from shiftbench.errors import ShiftbenchError
+from shiftbench.registry import Registry
+
+
+class TensorDomain(Dataset):
+    """One environment held in memory as tensors.
+
+    `x` is float (used as is) or uint8 (scaled to [0, 1] when a batch is taken); `y` holds
+    integer class labels. The trainer samples batches with `batch(index)` by indexing, with no
+    per-example `__getitem__` and collate.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, name: str = ""):
+        if len(x) != len(y):
+            raise ShiftbenchError(f"environment {name!r}: {len(x)} inputs but {len(y)} labels")
+        self.x, self.y, self.name = x, y.long(), name
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """DomainBed's `TensorDataset.tensors`."""
+        return self.x, self.y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[index]
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        return x, self.y[index]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.batch(torch.as_tensor([i]))
+        return x[0], y[0]
+
+
+class MultiDomainDataset:
+    """A dataset made of named environments (domains) sharing one label space.
+
+    Subclasses set the class attributes and fill `self.datasets` (one torch `Dataset` per
+    environment, in `ENVIRONMENTS` order, each yielding `(x, y)`). Environments that fit in
+    memory should be `TensorDomain`s, which the trainer batches by indexing.
+    The constructor signature `(root, test_envs, hparams)` is DomainBed's.
+    """
+
+    ENVIRONMENTS: Sequence[str] = ()
+    INPUT_SHAPE: tuple[int, ...] = ()
+    NUM_CLASSES: int = 0
+    N_STEPS: int = 5001
+    CHECKPOINT_FREQ: int = 100
+    N_WORKERS: int | None = None  # None: chosen from the machine for lazily decoded datasets
+    CLASSES: Sequence[str] | None = None
+    # Free-form metadata shown by `shiftbench list datasets`.
+    SOURCE: str = ""
+
+    def __init__(self, root: str | None, test_envs: Sequence[int], hparams: dict[str, Any]):
+        self.root, self.test_envs, self.hparams = root, list(test_envs), hparams
+        self.datasets: list[Dataset] = []
+        self.input_shape = tuple(self.INPUT_SHAPE)
+        self.num_classes = int(self.NUM_CLASSES)
+
+    @property
+    def environments(self) -> list[str]:
+        return list(self.ENVIRONMENTS)
+
+    def __getitem__(self, index: int) -> Dataset:
+        return self.datasets[index]
+
+    def __len__(self) -> int:
+        return len(self.datasets)
+
+    @classmethod
+    def env_index(cls, env: int | str) -> int:
+        """An environment's index from its index or its name."""
+        names = list(cls.ENVIRONMENTS)
+        if isinstance(env, str) and not env.lstrip("-").isdigit():
+            if env not in names:
+                from shiftbench.errors import UnknownNameError
+
+                raise UnknownNameError(f"environment of {cls.__name__}", env, names)
+            return names.index(env)
+        index = int(env)
+        if not 0 <= index < len(names):
+            raise ShiftbenchError(
+                f"test environment {index} is out of range for {cls.__name__}, which has "
+                f"{len(names)} environments: "
+                + ", ".join(f"{i}={n}" for i, n in enumerate(names))
+            )
+        return index
+
+
+DATASETS: Registry[type[MultiDomainDataset]] = Registry("dataset")
+_ENTRY_POINTS_LOADED = False
+
+
+def register_dataset(cls: type[MultiDomainDataset] | None = None, *, name: str | None = None):
+    """Class decorator: `@register_dataset` or `@register_dataset(name="MyData")`."""
+
+    def decorator(c: type[MultiDomainDataset]) -> type[MultiDomainDataset]:
+        if not c.ENVIRONMENTS or not c.INPUT_SHAPE or not c.NUM_CLASSES:
+            raise ShiftbenchError(
+                f"dataset {c.__name__} must set ENVIRONMENTS, INPUT_SHAPE and NUM_CLASSES"
+            )
+        DATASETS.register(name or c.__name__)(c)
+        return c
+
+    return decorator(cls) if cls is not None else decorator
+
+
+def _load_entry_points() -> None:
+    """Datasets that installed packages declare under the `shiftbench.datasets` entry point."""
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    for ep in importlib.metadata.entry_points(group="shiftbench.datasets"):
+        ep.load()
+
+
+def get_dataset_class(name: str) -> type[MultiDomainDataset]:
+    if name not in DATASETS:
+        _load_entry_points()
+    return DATASETS.get(name)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    _load_entry_points()
+    return DATASETS.names(pattern)
+
+
+def num_environments(name: str) -> int:
+    return len(get_dataset_class(name).ENVIRONMENTS)

@@ -1,0 +1,1 @@
+"""Results: reading records, model selection rules and tables."""

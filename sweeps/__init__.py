@@ -1,0 +1,1 @@
+"""Sweeps: job enumeration, job state and launchers."""
