@@ -22,8 +22,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import (
     Choice,
@@ -33,6 +31,7 @@ from shiftbench.hparams_registry import (
     LogUniform,
 )
 from shiftbench.registry import Registry
+from torch import nn
 
 SETTINGS = {
     "dg": "domain generalization: labeled sources only",

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.seeds import seed_hash
 

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from shiftbench.errors import ShiftbenchError
+from torch import nn
 
 
 class MLP(nn.Module):

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
 from shiftbench.errors import ShiftbenchError
 from shiftbench.seeds import seed_hash
 

@@ -30,9 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import shiftbench
+import torch
 from shiftbench.algorithms import LABEL_SOURCES, SETTINGS, Algorithm, get_algorithm_class
 from shiftbench.data import BatchStream, accuracy_counts, eval_batches
 from shiftbench.datasets import get_dataset_class
@@ -139,9 +138,12 @@ def validate_args(args: TrainArgs) -> tuple[type, type]:
             f"--eval-splits {args.eval_splits!r} is not one of {', '.join(EVAL_SPLIT_CHOICES)}")
     if args.tta_mode not in TTA_MODES:
         raise ShiftbenchError(f"--tta-mode {args.tta_mode!r} is not one of {', '.join(TTA_MODES)}")
-    ds_info = DatasetInfo(args.dataset, tuple(dataset_cls.INPUT_SHAPE), int(dataset_cls.NUM_CLASSES))
-    resolve_hparams(args.algorithm, ds_info, args.hparams_seed, args.hparams)
+    resolve_hparams(args.algorithm, _info(args.dataset, dataset_cls), args.hparams_seed, args.hparams)
     return dataset_cls, algorithm_cls
+
+
+def _info(name: str, dataset_cls: type) -> DatasetInfo:
+    return DatasetInfo(name, tuple(dataset_cls.INPUT_SHAPE), int(dataset_cls.NUM_CLASSES))
 
 
 def _algorithms_for(task: str) -> list[str]:
@@ -158,8 +160,8 @@ def pick_device(requested: str | None) -> torch.device:
 
 def build_trial(args: TrainArgs) -> Trial:
     dataset_cls, _ = validate_args(args)
-    ds_info = DatasetInfo(args.dataset, tuple(dataset_cls.INPUT_SHAPE), int(dataset_cls.NUM_CLASSES))
-    hparams = resolve_hparams(args.algorithm, ds_info, args.hparams_seed, args.hparams)
+    hparams = resolve_hparams(args.algorithm, _info(args.dataset, dataset_cls), args.hparams_seed,
+                              args.hparams)
     seed_everything(args.seed)
     dataset = dataset_cls(args.data_dir, args.test_envs, hparams)
     check_dataset(dataset, args.dataset)

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from shiftbench.cli import main
 
 

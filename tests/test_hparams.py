@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import (
     DatasetInfo,
