@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import (
     Choice,
@@ -31,7 +33,6 @@ from shiftbench.hparams_registry import (
     LogUniform,
 )
 from shiftbench.registry import Registry
-from torch import nn
 
 SETTINGS = {
     "dg": "domain generalization: labeled sources only",

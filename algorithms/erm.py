@@ -8,6 +8,7 @@ labeled target examples are pooled with the sources); unlabeled target data is i
 from __future__ import annotations
 
 import torch
+
 from shiftbench import networks
 from shiftbench.algorithms.base import (
     Algorithm,

@@ -80,6 +80,7 @@ def import_user_modules(modules: Sequence[str]) -> None:
 
 def cmd_train(ns: argparse.Namespace) -> int:
     import torch
+
     from shiftbench.trainer import TrainArgs, summarize, train
 
     import_user_modules(ns.imports)

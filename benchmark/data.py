@@ -14,9 +14,10 @@ import os
 from collections.abc import Iterator
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
 from shiftbench.datasets.base import TensorDomain
 from shiftbench.seeds import seed_hash
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 
 def default_num_workers() -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.seeds import seed_hash
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from shiftbench.errors import ShiftbenchError
 from torch import nn
+
+from shiftbench.errors import ShiftbenchError
 
 
 class MLP(nn.Module):

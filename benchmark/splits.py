@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from shiftbench.errors import ShiftbenchError
 from shiftbench.seeds import seed_hash
 

@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import shiftbench
 import torch
+
+import shiftbench
 from shiftbench.algorithms import LABEL_SOURCES, SETTINGS, Algorithm, get_algorithm_class
 from shiftbench.data import BatchStream, accuracy_counts, eval_batches
 from shiftbench.datasets import get_dataset_class

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
+
 from shiftbench.errors import ShiftbenchError
 from shiftbench.registry import Registry
-from torch.utils.data import Dataset
 
 
 class TensorDomain(Dataset):

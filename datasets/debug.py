@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from shiftbench.datasets.base import MultiDomainDataset, TensorDomain, register_dataset
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+
 from shiftbench.datasets.base import MultiDomainDataset, TensorDomain, register_dataset
 from shiftbench.errors import ShiftbenchError
 from shiftbench.paths import atomic_write_bytes, cache_dir, sha256_bytes

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+
 from shiftbench.algorithms import ALGORITHM_REGISTRY, create_algorithm, get_algorithm_class
 from shiftbench.hparams_registry import DatasetInfo
 from shiftbench.trainer import TrainArgs, train

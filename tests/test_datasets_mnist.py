@@ -7,6 +7,7 @@ import gzip
 import numpy as np
 import pytest
 import torch
+
 from shiftbench.datasets import get_dataset_class
 from shiftbench.errors import ShiftbenchError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import (
     DatasetInfo,

@@ -12,6 +12,7 @@ import textwrap
 import pytest
 import torch
 from helpers import stable_records
+
 from shiftbench.errors import ShiftbenchError, TrainingDiverged
 from shiftbench.splits import make_splits
 from shiftbench.trainer import TrainArgs, TrialStore, train
