@@ -1,0 +1,53 @@
+"""Featurizers: shapes, the small-image CNN, and offline pretrained weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from shiftbench import networks
+from shiftbench.errors import ShiftbenchError
+
+
+def test_small_image_cnn():
+    net = networks.Featurizer((2, 28, 28), {})
+    assert isinstance(net, networks.MNIST_CNN) and net.n_outputs == 128
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 128, 128]
+    assert all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == 8
+               for m in (net.bn0, net.bn1, net.bn2, net.bn3))
+    assert net(torch.randn(3, 2, 28, 28)).shape == (3, 128)
+    assert net(torch.randn(3, 2, 32, 32)).shape == (3, 128)
+
+
+def test_mlp_for_vectors():
+    net = networks.Featurizer((8,), {"mlp_width": 16, "mlp_depth": 4, "mlp_dropout": 0.0})
+    assert net(torch.randn(5, 8)).shape == (5, 16)
+    assert sum(isinstance(m, torch.nn.Linear) for m in net.modules()) == 4
+
+
+def test_missing_pretrained_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHIFTBENCH_PRETRAINED_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(ShiftbenchError, match=r"resnet18-f37072fd\.pth.*pretrained\": false"):
+        networks.Featurizer((3, 64, 64), {"resnet18": True, "pretrained": True})
+
+
+def test_pretrained_weights_from_a_local_file(tmp_path, monkeypatch):
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    monkeypatch.setenv("SHIFTBENCH_PRETRAINED_DIR", str(tmp_path))
+    net = networks.Featurizer((3, 64, 64), {"resnet18": True, "pretrained": True,
+                                            "freeze_bn": True, "resnet_dropout": 0.0})
+    assert net.n_outputs == 512
+    assert torch.equal(net.network.conv1.weight, reference.conv1.weight)
+    net.train()
+    assert all(not m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_non_rgb_input_reuses_rgb_filters():
+    net = networks.Featurizer((2, 64, 64), {"resnet18": True, "pretrained": False})
+    w = net.network.conv1.weight
+    assert w.shape[1] == 2
