@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets import digits as D
+from shiftbench.datasets import get_dataset_class
 
 
 @pytest.fixture(scope="module")
