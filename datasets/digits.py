@@ -38,8 +38,11 @@ SIZE = 28
 N_SYNTH = 5000
 # scikit-image's bundled colour photos (no download needed); missing ones are skipped.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
-          "immunohistochemistry", "retina", "cat", "brick", "grass", "gravel")
+          "immunohistochemistry", "retina", "brick", "grass", "gravel")
 FONT_DIRS = ("/usr/share/fonts",)
+# Where Debian's opencv-doc package installs OpenCV's sample sheet of handwritten digits.
+OPENCV_DIGITS_PATHS = ("/usr/share/doc/opencv-doc/examples/data/digits.png",
+                       "/usr/share/opencv4/samples/data/digits.png")
 # TeX symbol fonts whose "digit" code points hold other symbols.
 EXCLUDED_FONTS = ("cmex10", "cmsy10")
 
@@ -209,6 +212,40 @@ def make_lowres(x: np.ndarray, y: np.ndarray, g: torch.Generator):
     return _to_rgb(gray), torch.from_numpy(y)[order]
 
 
+def find_opencv_digits(data_dir: str | None) -> Path | None:
+    """`<data_dir>/digits.png`, else the opencv-doc locations, else None."""
+    candidates = [Path(data_dir) / "digits.png"] if data_dir else []
+    candidates += [Path(p) for p in OPENCV_DIGITS_PATHS]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def load_opencv_digits(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's digits.png: a 2000x1000 sheet of 20x20 digits, 5 rows of 100 per class.
+
+    Returns 5,000 digits centred in 28x28 (as MNIST centres a 20x20 box) and their labels.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            sheet = np.array(im.convert("L"))
+    except OSError as e:
+        raise ShiftbenchError(f"cannot read OpenCV digits sheet {path}: {e}") from e
+    if sheet.shape != (1000, 2000):
+        raise ShiftbenchError(f"{path} is {sheet.shape[1]}x{sheet.shape[0]}; OpenCV's digits.png "
+                              "is 2000x1000 (100x50 cells of 20x20)")
+    cells = sheet.reshape(50, 20, 100, 20).transpose(0, 2, 1, 3).reshape(5000, 20, 20)
+    x = np.zeros((5000, SIZE, SIZE), dtype=np.uint8)
+    x[:, 4:24, 4:24] = cells
+    y = np.repeat(np.arange(10), 500).astype(np.int64)
+    return x, y
+
+
+def make_opencv(x: np.ndarray, y: np.ndarray, g: torch.Generator):
+    order = torch.randperm(len(y), generator=g)
+    return _to_rgb(torch.from_numpy(x)[order]), torch.from_numpy(y)[order]
+
+
 # --------------------------------------------------------------------------------------------
 # The dataset
 
@@ -271,4 +308,25 @@ class Digits(MultiDomainDataset):
     def __init__(self, root, test_envs, hparams):
         super().__init__(root, test_envs, hparams)
         envs = build_digits()
-        self.datasets = [TensorDomain(*envs[name], name=name) for name in self.ENVIRONMENTS]
+        self.datasets = [TensorDomain(*envs[name], name=name) for name in Digits.ENVIRONMENTS]
+
+
+@register_dataset
+class DigitsOpenCV(Digits):
+    """`Digits` plus a fifth domain, `opencv`: OpenCV's digits.png (needs the file)."""
+
+    ENVIRONMENTS = ("mnist", "mnist_m", "synth", "lowres", "opencv")
+    SOURCE = Digits.SOURCE + "; OpenCV digits.png (--data-dir/digits.png or opencv-doc)"
+
+    def __init__(self, root, test_envs, hparams):
+        path = find_opencv_digits(root)
+        if path is None:
+            raise ShiftbenchError(
+                "DigitsOpenCV needs OpenCV's digits.png: put it in --data-dir, or install the "
+                "Debian package opencv-doc (looked in "
+                + ", ".join(([f"{root}/digits.png"] if root else []) + list(OPENCV_DIGITS_PATHS))
+                + "); use the dataset Digits for the four domains that need no file")
+        super().__init__(root, test_envs, hparams)
+        x, y = load_opencv_digits(path)
+        x, y = make_opencv(x, y, torch.Generator().manual_seed(5))
+        self.datasets.append(TensorDomain(x, y, name="opencv"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from shiftbench.datasets import digits as D
@@ -98,3 +99,32 @@ def test_trainer_runs_on_digits(envs, tmp_path):
                "--steps", "2", "--checkpoint-freq", "1", "--hparams", '{"batch_size": 4}',
                "--output-dir", str(out), "--skip-model-save", "--threads", "1"])
     assert rc == 0 and (out / "done").exists()
+
+
+def test_opencv_domain_from_sheet(envs, tmp_path):
+    from PIL import Image
+
+    sheet = np.zeros((1000, 2000), dtype=np.uint8)
+    for digit in range(10):  # every cell of class d holds the value 10 * d + 5 in its centre
+        sheet[digit * 100:(digit + 1) * 100].reshape(5, 20, 100, 20)[:, 5:15, :, 5:15] = \
+            10 * digit + 5
+    Image.fromarray(sheet).save(tmp_path / "digits.png")
+    ds = get_dataset_class("DigitsOpenCV")(str(tmp_path), [4], {})
+    assert ds.environments[-1] == "opencv" and len(ds) == 5
+    x, y = ds[4].x, ds[4].y
+    assert x.shape == (5000, 3, 28, 28) and torch.bincount(y).tolist() == [500] * 10
+    assert torch.equal(x[:, 0, 14, 14].long(), 10 * y + 5)  # label matches its sheet row
+    assert int(x[:, :, :4].max()) == 0  # centred in a 4-pixel border
+    assert torch.equal(ds[0].x, envs["mnist"][0])
+
+
+def test_opencv_missing_or_bad_sheet(tmp_path, monkeypatch):
+    from PIL import Image
+    from shiftbench.errors import ShiftbenchError
+
+    monkeypatch.setattr(D, "OPENCV_DIGITS_PATHS", ())
+    with pytest.raises(ShiftbenchError, match="needs OpenCV's digits.png.*opencv-doc"):
+        get_dataset_class("DigitsOpenCV")(str(tmp_path), [0], {})
+    Image.new("L", (20, 20)).save(tmp_path / "digits.png")
+    with pytest.raises(ShiftbenchError, match="is 20x20; OpenCV's digits.png is 2000x1000"):
+        get_dataset_class("DigitsOpenCV")(str(tmp_path), [0], {})
