@@ -242,12 +242,14 @@ def test_data_command(tmp_path, capsys):
     from shiftbench.cli import main
 
     make_layout(tmp_path, "PACS")
+    Image.new("L", (2000, 1000)).save(tmp_path / "digits.png")
     assert main(["data", "--data-dir", str(tmp_path), "--json"]) == 0
     rows = {r["dataset"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["PACS"]["status"] == "present (28 images)"
     assert rows["PACS"]["domains"] == {"art_painting": 7, "cartoon": 7, "photo": 7, "sketch": 7}
     assert rows["VLCS"]["status"].startswith("missing")
-    assert "Digits" in rows and rows["DigitsOpenCV"]["status"].startswith(("missing", "present"))
+    assert "Digits" in rows
+    assert rows["DigitsOpenCV"]["status"] == f"present ({tmp_path / 'digits.png'})"
     assert main(["data", "--data-dir", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "PACS: present (28 images)" in text and "source:" in text
