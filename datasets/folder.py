@@ -1,0 +1,404 @@
+"""Image-folder datasets: users' own data and the standard DomainBed benchmarks.
+
+On-disk layout `<root>/<domain>/<class>/<image>`. Two ways to use it:
+
+* `register_image_folder(name, root, image_size)` and `register_arrays(name, x, y, domain)`
+  create and register a `MultiDomainDataset` subclass for small user data (decoded once into
+  memory); the trainer's `--import mymodule` flag loads the module that calls them.
+* `MultipleEnvironmentImageFolder` subclasses (PACS, VLCS, OfficeHome, TerraIncognita,
+  DomainNet, Office31, OfficeCaltech) decode lazily in DataLoader workers, at 3x224x224 with
+  ImageNet normalisation and DomainBed's training augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from shiftbench.datasets.base import (
+    DATASETS,
+    MultiDomainDataset,
+    TensorDomain,
+    register_dataset,
+)
+from shiftbench.errors import ShiftbenchError
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp",
+                    ".gif")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _subdirs(path: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def _images(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and
+                  p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def scan_domain(domain_dir: Path, classes: Sequence[str] | None = None,
+                ) -> tuple[list[tuple[str, int]], list[str]]:
+    """(samples [(path, label)], class names) of one `<domain>/<class>/<image>` folder.
+
+    With `classes`, labels index that list (a class folder outside it is an error); otherwise
+    the domain's own sorted class folders define the labels.
+    """
+    found = _subdirs(domain_dir)
+    names = list(classes) if classes is not None else found
+    unknown = sorted(set(found) - set(names))
+    if unknown:
+        raise ShiftbenchError(f"{domain_dir}: class folder(s) {', '.join(unknown)} are not among "
+                              f"the dataset's classes ({', '.join(names)})")
+    index = {c: i for i, c in enumerate(names)}
+    samples = [(str(p), index[c]) for c in found for p in _images(domain_dir / c)]
+    return samples, names
+
+
+# --------------------------------------------------------------------------------------------
+# Lazy environments (standard benchmarks)
+
+
+def train_transform(size: int = 224):
+    """DomainBed's training augmentation, then ImageNet normalisation."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.7, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(0.3, 0.3, 0.3, 0.3),
+        T.RandomGrayscale(),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def eval_transform(size: int = 224):
+    """Resize to a square and normalise with ImageNet statistics."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize((size, size)), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class ImageFolderDomain(Dataset):
+    """One environment of image files, decoded (PIL, RGB) when an item is read.
+
+    `targets` holds every label so that splits need no decoding; `classes` the class names.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], classes: Sequence[str], transform,
+                 name: str = ""):
+        self.samples, self.classes, self.transform, self.name = samples, list(classes), \
+            transform, name
+        self.targets = [label for _, label in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except OSError as e:
+            raise ShiftbenchError(f"cannot read image {path}: {e}") from e
+        return self.transform(image), label
+
+
+class MultipleEnvironmentImageFolder(MultiDomainDataset):
+    """Environments are the sorted sub-folders of `<data_dir>/<DATA_SUBDIR>` (DomainBed's rule).
+
+    Classes are the sorted union of the class folders over all environments, so a label means
+    the same class everywhere even if a domain lacks a class. `DOMAIN_SUBPATH` is appended to
+    each domain folder (Office-31 keeps its classes under `<domain>/images/`).
+    """
+
+    DATA_SUBDIR = ""
+    DOMAIN_SUBPATH = ""
+    INPUT_SHAPE = (3, 224, 224)
+    CHECKPOINT_FREQ = 300
+    URL = ""
+    LICENSE = ""
+
+    def __init__(self, root, test_envs, hparams):
+        super().__init__(root, test_envs, hparams)
+        base = self.locate(root)
+        folders = _subdirs(base)
+        if len(folders) != len(self.ENVIRONMENTS):
+            raise ShiftbenchError(
+                f"{type(self).__name__}: expected {len(self.ENVIRONMENTS)} domain folders in "
+                f"{base} ({', '.join(self.ENVIRONMENTS)}), found {len(folders)}: "
+                f"{', '.join(folders) or '(none)'}")
+        dirs = [base / f / self.DOMAIN_SUBPATH for f in folders]
+        classes = sorted(set().union(*(_subdirs(d) for d in dirs if d.is_dir())))
+        if self.NUM_CLASSES and len(classes) != self.NUM_CLASSES:
+            raise ShiftbenchError(f"{type(self).__name__}: expected {self.NUM_CLASSES} class "
+                                  f"folders under {base}, found {len(classes)}")
+        self.classes = classes
+        self.num_classes = len(classes)
+        augment = bool(hparams.get("data_augmentation", False))
+        size = self.INPUT_SHAPE[-1]
+        self.datasets = []
+        for i, (d, env) in enumerate(zip(dirs, self.ENVIRONMENTS)):
+            if not d.is_dir():
+                raise ShiftbenchError(f"{type(self).__name__}: missing folder {d}")
+            samples, _ = scan_domain(d, classes)
+            tf = train_transform(size) if augment and i not in self.test_envs else \
+                eval_transform(size)
+            self.datasets.append(ImageFolderDomain(samples, classes, tf, name=env))
+
+    @classmethod
+    def locate(cls, root: str | None) -> Path:
+        """`<root>/<DATA_SUBDIR>`, with an error that says where to get the data."""
+        if not root:
+            raise ShiftbenchError(f"{cls.__name__} needs --data-dir (the folder that holds "
+                                  f"{cls.DATA_SUBDIR}/); get it from {cls.URL}")
+        path = Path(root) / cls.DATA_SUBDIR
+        if not path.is_dir():
+            raise ShiftbenchError(f"{cls.__name__}: {path} does not exist; download it from "
+                                  f"{cls.URL} (see `shiftbench data --data-dir {root}`)")
+        return path
+
+    @classmethod
+    def count(cls, root: str) -> dict[str, int] | None:
+        """Images per domain folder, or None when the dataset is absent."""
+        path = Path(root) / cls.DATA_SUBDIR
+        if not path.is_dir():
+            return None
+        return {f: len(_images(path / f / cls.DOMAIN_SUBPATH)) for f in _subdirs(path)}
+
+
+@register_dataset
+class PACS(MultipleEnvironmentImageFolder):
+    """Li et al. 2017: art_painting, cartoon, photo, sketch; 7 classes; 9,991 images."""
+
+    ENVIRONMENTS = ("A", "C", "P", "S")
+    NUM_CLASSES = 7
+    DATA_SUBDIR = "PACS"
+    URL = "https://domaingeneralization.github.io/ (DomainBed: scripts/download.py)"
+    LICENSE = "research use; images from the web, no explicit licence"
+    SOURCE = "Li et al. 2017, PACS"
+
+
+@register_dataset
+class VLCS(MultipleEnvironmentImageFolder):
+    """Fang et al. 2013: Caltech101, LabelMe, SUN09, VOC2007; 5 classes; 10,729 images."""
+
+    ENVIRONMENTS = ("C", "L", "S", "V")
+    NUM_CLASSES = 5
+    DATA_SUBDIR = "VLCS"
+    URL = "DomainBed scripts/download.py (VLCS.tar.gz), built from VOC2007/Caltech101/SUN09/LabelMe"
+    LICENSE = "per source dataset (VOC, Caltech101, SUN09, LabelMe terms)"
+    SOURCE = "Fang et al. 2013, VLCS"
+
+
+@register_dataset
+class OfficeHome(MultipleEnvironmentImageFolder):
+    """Venkateswara et al. 2017: Art, Clipart, Product, Real World; 65 classes; 15,588 images."""
+
+    ENVIRONMENTS = ("A", "C", "P", "R")
+    NUM_CLASSES = 65
+    DATA_SUBDIR = "office_home"
+    URL = "https://www.hemanthdv.org/officeHomeDataset.html"
+    LICENSE = "non-commercial research and educational use only"
+    SOURCE = "Venkateswara et al. 2017, Office-Home"
+
+
+@register_dataset
+class TerraIncognita(MultipleEnvironmentImageFolder):
+    """Beery et al. 2018: camera-trap locations 100, 38, 43, 46; 10 classes; 24,788 images."""
+
+    ENVIRONMENTS = ("L100", "L38", "L43", "L46")
+    NUM_CLASSES = 10
+    DATA_SUBDIR = "terra_incognita"
+    URL = "https://lila.science/datasets/caltech-camera-traps (DomainBed scripts/download.py)"
+    LICENSE = "Community Data License Agreement (permissive)"
+    SOURCE = "Beery et al. 2018, Caltech Camera Traps subset"
+
+
+@register_dataset
+class DomainNet(MultipleEnvironmentImageFolder):
+    """Peng et al. 2019: clipart, infograph, painting, quickdraw, real, sketch; 345 classes."""
+
+    ENVIRONMENTS = ("clip", "info", "paint", "quick", "real", "sketch")
+    NUM_CLASSES = 345
+    CHECKPOINT_FREQ = 1000
+    DATA_SUBDIR = "domain_net"
+    URL = "http://ai.bu.edu/M3SDA/"
+    LICENSE = "fair use for research; images from the web"
+    SOURCE = "Peng et al. 2019, DomainNet"
+
+
+@register_dataset
+class Office31(MultipleEnvironmentImageFolder):
+    """Saenko et al. 2010: amazon, dslr, webcam (classes under `<domain>/images/`); 31 classes."""
+
+    ENVIRONMENTS = ("A", "D", "W")
+    NUM_CLASSES = 31
+    DATA_SUBDIR = "office31"
+    DOMAIN_SUBPATH = "images"
+    URL = "https://faculty.cc.gatech.edu/~judy/domainadapt/ (domain_adaptation_images.tar.gz)"
+    LICENSE = "research use"
+    SOURCE = "Saenko et al. 2010, Office-31"
+
+
+@register_dataset
+class OfficeCaltech(MultipleEnvironmentImageFolder):
+    """Gong et al. 2012: amazon, caltech, dslr, webcam; the 10 classes shared with Caltech-256."""
+
+    ENVIRONMENTS = ("A", "C", "D", "W")
+    NUM_CLASSES = 10
+    DATA_SUBDIR = "office_caltech_10"
+    URL = "https://github.com/jindongwang/transferlearning/tree/master/data (Office-Caltech10)"
+    LICENSE = "research use"
+    SOURCE = "Gong et al. 2012, Office-Caltech-10"
+
+
+IMAGE_FOLDER_DATASETS = (PACS, VLCS, OfficeHome, TerraIncognita, DomainNet, Office31,
+                         OfficeCaltech)
+
+
+# --------------------------------------------------------------------------------------------
+# Users' own data
+
+
+def _decode(path: str, size: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.BILINEAR)
+            return np.array(image)
+    except OSError as e:
+        raise ShiftbenchError(f"cannot read image {path}: {e}") from e
+
+
+def register_image_folder(name: str, root: str | os.PathLike,
+                          image_size: int | tuple[int, int] | None = None,
+                          steps: int = 2001, checkpoint_freq: int = 200,
+                          overwrite: bool = False) -> type[MultiDomainDataset]:
+    """Register `<root>/<domain>/<class>/<image>` as dataset `name` (decoded into memory).
+
+    Domains are the sorted sub-folders of `root`; every domain must have the same class
+    folders. Images are converted to RGB and resized to `image_size` (an int for a square);
+    with `image_size=None` they must all share one size. Errors are raised here, when the
+    folder is scanned, except unreadable images and mixed sizes, which are found when the
+    dataset is built. `overwrite=True` replaces a dataset registered under the same name.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ShiftbenchError(f"register_image_folder({name!r}): {root} is not a directory")
+    domains = _subdirs(root)
+    if not domains:
+        raise ShiftbenchError(f"register_image_folder({name!r}): {root} has no domain folders "
+                              "(expected <root>/<domain>/<class>/<image>)")
+    class_sets = {d: _subdirs(root / d) for d in domains}
+    classes = class_sets[domains[0]]
+    for d, cs in class_sets.items():
+        if cs != classes:
+            missing, extra = sorted(set(classes) - set(cs)), sorted(set(cs) - set(classes))
+            raise ShiftbenchError(
+                f"register_image_folder({name!r}): domain {d!r} has classes {cs} but domain "
+                f"{domains[0]!r} has {classes} (missing: {missing or '-'}, extra: {extra or '-'})")
+    if not classes:
+        raise ShiftbenchError(f"register_image_folder({name!r}): no class folders in {root}")
+    samples = {d: scan_domain(root / d, classes)[0] for d in domains}
+    for d, s in samples.items():
+        if not s:
+            raise ShiftbenchError(f"register_image_folder({name!r}): domain {d!r} has no images "
+                                  f"(extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    first = samples[domains[0]][0][0]
+    if size is None:
+        from PIL import Image
+
+        try:
+            with Image.open(first) as im:
+                size = (im.size[1], im.size[0])
+        except OSError as e:
+            raise ShiftbenchError(f"cannot read image {first}: {e}") from e
+        fixed = False
+    else:
+        fixed = True
+
+    def build(self, root_arg, test_envs, hparams) -> None:
+        MultiDomainDataset.__init__(self, root_arg, test_envs, hparams)
+        self.datasets = []
+        for d in domains:
+            arrays = []
+            for path, _ in samples[d]:
+                a = _decode(path, size if fixed else None)
+                if a.shape[:2] != size:
+                    raise ShiftbenchError(
+                        f"dataset {name}: {path} is {a.shape[1]}x{a.shape[0]} but {first} is "
+                        f"{size[1]}x{size[0]}; pass image_size= to resize them")
+                arrays.append(a)
+            x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+            y = torch.tensor([label for _, label in samples[d]], dtype=torch.long)
+            self.datasets.append(TensorDomain(x, y, name=d))
+
+    attrs: dict[str, Any] = dict(
+        ENVIRONMENTS=tuple(domains), INPUT_SHAPE=(3, *size), NUM_CLASSES=len(classes),
+        CLASSES=tuple(classes), N_STEPS=steps, CHECKPOINT_FREQ=checkpoint_freq,
+        SOURCE=f"image folder {root}", __init__=build, __doc__=f"Images in {root}.")
+    return DATASETS.register(name, overwrite=overwrite)(type(name, (MultiDomainDataset,), attrs))
+
+
+def register_arrays(name: str, x, y, domain, num_classes: int | None = None,
+                    domain_names: Sequence[str] | None = None, steps: int = 2001,
+                    checkpoint_freq: int = 200, overwrite: bool = False,
+                    ) -> type[MultiDomainDataset]:
+    """Register in-memory arrays as dataset `name`.
+
+    `x`: [N, ...] inputs (uint8 images are scaled to [0, 1] per batch, floats used as is);
+    `y`: [N] integer labels in [0, num_classes); `domain`: [N] domain ids or names (the
+    sorted distinct values become the environments, or `domain_names` gives their order).
+    """
+    x = torch.as_tensor(np.asarray(x))
+    y = torch.as_tensor(np.asarray(y))
+    domain = np.asarray(domain)
+    if not (len(x) == len(y) == len(domain)):
+        raise ShiftbenchError(f"register_arrays({name!r}): x, y and domain have lengths "
+                              f"{len(x)}, {len(y)}, {len(domain)}")
+    if y.dtype.is_floating_point or y.dim() != 1:
+        raise ShiftbenchError(f"register_arrays({name!r}): y must be 1-d integer labels")
+    if len(y) == 0:
+        raise ShiftbenchError(f"register_arrays({name!r}): no examples")
+    n_classes = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    if int(y.min()) < 0 or int(y.max()) >= n_classes:
+        raise ShiftbenchError(f"register_arrays({name!r}): labels must lie in "
+                              f"[0, {n_classes}), found [{int(y.min())}, {int(y.max())}]")
+    values = sorted(set(domain.tolist()))
+    order = list(domain_names) if domain_names is not None else values
+    unknown = sorted(map(str, set(values) - set(order)))
+    if unknown:
+        raise ShiftbenchError(f"register_arrays({name!r}): domain values {unknown} are not in "
+                              f"domain_names {list(order)}")
+    envs = []
+    for d in order:
+        mask = torch.from_numpy(domain == d)
+        if not bool(mask.any()):
+            raise ShiftbenchError(f"register_arrays({name!r}): domain {d!r} has no examples")
+        envs.append((x[mask], y[mask].long()))
+    names = tuple(str(d) for d in order)
+
+    def build(self, root_arg, test_envs, hparams) -> None:
+        MultiDomainDataset.__init__(self, root_arg, test_envs, hparams)
+        self.datasets = [TensorDomain(ex, ey, name=n) for (ex, ey), n in zip(envs, names)]
+
+    attrs: dict[str, Any] = dict(
+        ENVIRONMENTS=names, INPUT_SHAPE=tuple(x.shape[1:]), NUM_CLASSES=n_classes,
+        N_STEPS=steps, CHECKPOINT_FREQ=checkpoint_freq, SOURCE="in-memory arrays",
+        __init__=build, __doc__=f"In-memory arrays, domains {', '.join(names)}.")
+    return DATASETS.register(name, overwrite=overwrite)(type(name, (MultiDomainDataset,), attrs))
