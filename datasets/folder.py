@@ -124,6 +124,8 @@ class MultipleEnvironmentImageFolder(MultiDomainDataset):
 
     DATA_SUBDIR = ""
     DOMAIN_SUBPATH = ""
+    # Explicit domain folders, in ENVIRONMENTS order (default: every sub-folder, sorted).
+    DOMAIN_FOLDERS: tuple[str, ...] | None = None
     INPUT_SHAPE = (3, 224, 224)
     CHECKPOINT_FREQ = 300
     URL = ""
@@ -132,7 +134,7 @@ class MultipleEnvironmentImageFolder(MultiDomainDataset):
     def __init__(self, root, test_envs, hparams):
         super().__init__(root, test_envs, hparams)
         base = self.locate(root)
-        folders = _subdirs(base)
+        folders = list(self.DOMAIN_FOLDERS) if self.DOMAIN_FOLDERS else _subdirs(base)
         if len(folders) != len(self.ENVIRONMENTS):
             raise ShiftbenchError(
                 f"{type(self).__name__}: expected {len(self.ENVIRONMENTS)} domain folders in "
@@ -174,7 +176,9 @@ class MultipleEnvironmentImageFolder(MultiDomainDataset):
         path = Path(root) / cls.DATA_SUBDIR
         if not path.is_dir():
             return None
-        return {f: len(_images(path / f / cls.DOMAIN_SUBPATH)) for f in _subdirs(path)}
+        folders = [f for f in cls.DOMAIN_FOLDERS if (path / f).is_dir()] if cls.DOMAIN_FOLDERS \
+            else _subdirs(path)
+        return {f: len(_images(path / f / cls.DOMAIN_SUBPATH)) for f in folders}
 
 
 @register_dataset
@@ -263,8 +267,22 @@ class OfficeCaltech(MultipleEnvironmentImageFolder):
     SOURCE = "Gong et al. 2012, Office-Caltech-10"
 
 
+@register_dataset
+class VisDA(MultipleEnvironmentImageFolder):
+    """Peng et al. 2017 (VisDA-2017 classification): synthetic renderings (`train/`) and real
+    COCO crops (`validation/`); 12 classes. The unlabeled `test/` folder is not used."""
+
+    ENVIRONMENTS = ("synthetic", "real")
+    DOMAIN_FOLDERS = ("train", "validation")
+    NUM_CLASSES = 12
+    DATA_SUBDIR = "visda"
+    URL = "https://github.com/VisionLearningGroup/taskcv-2017-public (classification)"
+    LICENSE = "research use (COCO images under their own terms)"
+    SOURCE = "Peng et al. 2017, VisDA-2017"
+
+
 IMAGE_FOLDER_DATASETS = (PACS, VLCS, OfficeHome, TerraIncognita, DomainNet, Office31,
-                         OfficeCaltech)
+                         OfficeCaltech, VisDA)
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ LAYOUTS = {
     "DomainNet": ("domain_net", ["clipart", "infograph", "painting", "quickdraw", "real",
                                  "sketch"], [f"c{i:03d}" for i in range(345)]),
     "Office31": ("office31", ["amazon", "dslr", "webcam"], [f"k{i:02d}" for i in range(31)]),
+    "VisDA": ("visda", ["train", "validation"], ["aeroplane", "bicycle", "bus", "car", "horse",
+                                                "knife", "motorcycle", "person", "plant",
+                                                "skateboard", "train", "truck"]),
     "OfficeCaltech": ("office_caltech_10", ["amazon", "caltech", "dslr", "webcam"],
                       [f"k{i}" for i in range(10)]),
 }
@@ -112,6 +115,17 @@ def test_lazy_environment_works_with_trainer_loader(tmp_path):
     ds = get_dataset_class("VLCS")(str(tmp_path), [0], {})
     batches = list(eval_batches(ds[0], torch.arange(len(ds[0])), 3, num_workers=0))
     assert torch.cat([b[1] for b in batches]).tolist() == ds[0].targets
+
+
+def test_visda_ignores_test_folder(tmp_path):
+    make_layout(tmp_path, "VisDA")
+    _png(tmp_path / "visda" / "test" / "trunk_01" / "x.jpg")  # the unlabeled test release
+    ds = get_dataset_class("VisDA")(str(tmp_path), [1], {})
+    assert [Path(e.samples[0][0]).parts[-3] for e in ds.datasets] == ["train", "validation"]
+    assert ds.num_classes == 12
+    (tmp_path / "visda" / "validation").rename(tmp_path / "visda" / "val")
+    with pytest.raises(ShiftbenchError, match="missing folder .*validation"):
+        get_dataset_class("VisDA")(str(tmp_path), [1], {})
 
 
 def test_missing_and_incomplete_data_errors(tmp_path):
