@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from shiftbench.datasets.base import MultiDomainDataset, TensorDomain, register_dataset
 from shiftbench.errors import ShiftbenchError
 from shiftbench.paths import atomic_write_bytes, cache_dir

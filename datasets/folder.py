@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+
 from shiftbench.datasets.base import (
     DATASETS,
     MultiDomainDataset,
@@ -26,7 +28,6 @@ from shiftbench.datasets.base import (
     register_dataset,
 )
 from shiftbench.errors import ShiftbenchError
-from torch.utils.data import Dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp",
                     ".gif")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from shiftbench.datasets import digits as D
 from shiftbench.datasets import get_dataset_class
 
@@ -124,6 +125,7 @@ def test_opencv_domain_from_sheet(envs, tmp_path):
 
 def test_opencv_missing_or_bad_sheet(tmp_path, monkeypatch):
     from PIL import Image
+
     from shiftbench.errors import ShiftbenchError
 
     monkeypatch.setattr(D, "OPENCV_DIGITS_PATHS", ())

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from shiftbench.datasets import folder as F
 from shiftbench.datasets import get_dataset_class
 from shiftbench.errors import ShiftbenchError
