@@ -1,0 +1,61 @@
+"""DeepCORAL for unsupervised DA (Sun & Saenko, 2016): align source and target feature covariances.
+
+Loss: CE(source) + lambda * ||C_S - C_T||_F^2 / (4 d^2), where C_S is the covariance of the pooled
+source features and C_T that of the unlabeled target features. Target labels are never used.
+"""
+
+from __future__ import annotations
+
+import torch
+from shiftbench import networks
+from shiftbench.algorithms.base import (
+    Algorithm,
+    concat_minibatches,
+    cross_entropy,
+    make_optimizer,
+    register_algorithm,
+)
+from shiftbench.hparams_registry import HParam
+
+
+def coral_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Frobenius distance of the feature covariances of `a` and `b`, divided by 4 d^2."""
+    d = a.shape[1]
+    ca = torch.cov(a.T) if a.shape[0] > 1 else a.new_zeros(d, d)
+    cb = torch.cov(b.T) if b.shape[0] > 1 else b.new_zeros(d, d)
+    return ((ca - cb) ** 2).sum() / (4.0 * d * d)
+
+
+@register_algorithm
+class DeepCORAL(Algorithm):
+    """Source CE plus the CORAL distance between source and target feature covariances."""
+
+    SETTINGS = ("uda",)
+    PAPER = "Sun & Saenko, Deep CORAL, ECCV-W 2016"
+    HPARAMS = {"coral_weight": HParam(1.0, None, low=0.0, help="weight of the CORAL loss")}
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        self.featurizer = networks.Featurizer(input_shape, self.hparams)
+        self.classifier = networks.Classifier(
+            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])
+        self.optimizer = make_optimizer(
+            list(self.featurizer.parameters()) + list(self.classifier.parameters()), self.hparams)
+
+    def update(self, minibatches, unlabeled=None):
+        x, y = concat_minibatches(minibatches)
+        fs = self.featurizer(x)
+        cls_loss = cross_entropy(self.classifier(fs), y)
+        if unlabeled:
+            ft = self.featurizer(torch.cat(list(unlabeled)))
+            penalty = coral_distance(fs, ft)
+        else:
+            penalty = fs.new_zeros(())
+        loss = cls_loss + self.hparams["coral_weight"] * penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "cls_loss": cls_loss.item(), "coral": penalty.item()}
+
+    def predict(self, x):
+        return self.classifier(self.featurizer(x))
