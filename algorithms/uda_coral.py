@@ -7,6 +7,7 @@ source features and C_T that of the unlabeled target features. Target labels are
 from __future__ import annotations
 
 import torch
+
 from shiftbench import networks
 from shiftbench.algorithms.base import (
     Algorithm,

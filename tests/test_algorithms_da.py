@@ -3,6 +3,7 @@
 import copy
 
 import torch
+
 from shiftbench.algorithms.base import create_algorithm
 from shiftbench.algorithms.uda_coral import coral_distance
 
