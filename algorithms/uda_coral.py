@@ -16,15 +16,8 @@ from shiftbench.algorithms.base import (
     make_optimizer,
     register_algorithm,
 )
+from shiftbench.algorithms.components import coral_distance
 from shiftbench.hparams_registry import HParam
-
-
-def coral_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared Frobenius distance of the feature covariances of `a` and `b`, divided by 4 d^2."""
-    d = a.shape[1]
-    ca = torch.cov(a.T) if a.shape[0] > 1 else a.new_zeros(d, d)
-    cb = torch.cov(b.T) if b.shape[0] > 1 else b.new_zeros(d, d)
-    return ((ca - cb) ** 2).sum() / (4.0 * d * d)
 
 
 @register_algorithm

@@ -5,7 +5,7 @@ import copy
 import torch
 
 from shiftbench.algorithms.base import create_algorithm
-from shiftbench.algorithms.uda_coral import coral_distance
+from shiftbench.algorithms.components import coral_distance
 
 
 def _algo():

@@ -1,0 +1,103 @@
+"""Building blocks shared by several algorithm families (not algorithms themselves).
+
+Gradient reversal and its schedule (DANN, CDANN, CDAN), small discriminators, kernel and
+moment discrepancies (MMD, DAN, CORAL), entropy, and an exponential moving average of a module
+(Mean Teacher, DACS). Each is a few lines next to its formula so that algorithm modules stay
+readable on one screen.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
+        ctx.coeff = coeff
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.coeff * grad, None
+
+
+def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by `-coeff` backward (Ganin & Lempitsky, 2015)."""
+    return _ReverseGradient.apply(x, float(coeff))
+
+
+def dann_schedule(progress: float, gamma: float = 10.0) -> float:
+    """DANN's adaptation factor `2 / (1 + exp(-gamma p)) - 1`, rising from 0 to ~1 over training."""
+    return 2.0 / (1.0 + math.exp(-gamma * float(progress))) - 1.0
+
+
+class Discriminator(nn.Sequential):
+    """An MLP `in -> width -> ... -> out` with ReLU (and optional dropout) between layers."""
+
+    def __init__(self, n_inputs: int, n_outputs: int, width: int = 256, depth: int = 3,
+                 dropout: float = 0.0):
+        layers: list[nn.Module] = []
+        size = n_inputs
+        for _ in range(depth - 1):
+            layers += [nn.Linear(size, width), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            size = width
+        layers.append(nn.Linear(size, n_outputs))
+        super().__init__(*layers)
+
+
+def entropy(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Shannon entropy of softmax(logits) per row (natural log), averaged unless `reduction='none'`."""
+    log_p = F.log_softmax(logits, dim=1)
+    h = -(log_p.exp() * log_p).sum(dim=1)
+    return h.mean() if reduction == "mean" else h
+
+
+def gaussian_kernel(a: torch.Tensor, b: torch.Tensor,
+                    gammas: Sequence[float] = (0.001, 0.01, 0.1, 1, 10, 100, 1000)) -> torch.Tensor:
+    """Sum over bandwidths of `exp(-gamma ||a_i - b_j||^2)` (DomainBed's MMD kernel)."""
+    d2 = torch.cdist(a, b).pow(2)
+    return sum(torch.exp(-g * d2) for g in gammas)
+
+
+def mmd_gaussian(a: torch.Tensor, b: torch.Tensor,
+                 gammas: Sequence[float] = (0.001, 0.01, 0.1, 1, 10, 100, 1000)) -> torch.Tensor:
+    """Biased estimate of MMD^2 between samples `a` and `b` under a multi-bandwidth Gaussian kernel."""
+    return (gaussian_kernel(a, a, gammas).mean() + gaussian_kernel(b, b, gammas).mean()
+            - 2 * gaussian_kernel(a, b, gammas).mean())
+
+
+def coral_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Frobenius distance of the feature covariances of `a` and `b`, divided by 4 d^2."""
+    d = a.shape[1]
+    ca = torch.cov(a.T) if a.shape[0] > 1 else a.new_zeros(d, d)
+    cb = torch.cov(b.T) if b.shape[0] > 1 else b.new_zeros(d, d)
+    return ((ca - cb) ** 2).sum() / (4.0 * d * d)
+
+
+class EMA(nn.Module):
+    """A frozen copy of `model` whose parameters track `decay * ema + (1 - decay) * model`."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.module = copy.deepcopy(model)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        for ema_p, p in zip(self.module.parameters(), model.parameters()):
+            ema_p.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+        for ema_b, b in zip(self.module.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
