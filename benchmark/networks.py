@@ -19,17 +19,34 @@ from torch import nn
 
 from shiftbench.errors import ShiftbenchError
 
+NORMS = ("default", "batch")
+
+
+def _check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise ShiftbenchError(f"unknown featurizer norm {norm!r}; valid: {', '.join(NORMS)}")
+    return norm
+
 
 class MLP(nn.Module):
-    """Linear -> Dropout -> ReLU, (depth - 2) hidden blocks, then Linear to `n_outputs`."""
+    """Linear -> Dropout -> ReLU, (depth - 2) hidden blocks, then Linear to `n_outputs`.
 
-    def __init__(self, n_inputs: int, n_outputs: int, hparams: Mapping[str, Any]):
+    With `norm="batch"` a BatchNorm1d follows each hidden Linear (for AdaBN, Tent, ...).
+    """
+
+    def __init__(self, n_inputs: int, n_outputs: int, hparams: Mapping[str, Any],
+                 norm: str = "default"):
         super().__init__()
         width, depth = int(hparams["mlp_width"]), int(hparams["mlp_depth"])
         dropout = float(hparams["mlp_dropout"])
-        layers: list[nn.Module] = [nn.Linear(n_inputs, width), nn.Dropout(dropout), nn.ReLU()]
+
+        def block(n_in: int) -> list[nn.Module]:
+            bn = [nn.BatchNorm1d(width)] if _check_norm(norm) == "batch" else []
+            return [nn.Linear(n_in, width), *bn, nn.Dropout(dropout), nn.ReLU()]
+
+        layers: list[nn.Module] = block(n_inputs)
         for _ in range(depth - 2):
-            layers += [nn.Linear(width, width), nn.Dropout(dropout), nn.ReLU()]
+            layers += block(width)
         layers.append(nn.Linear(width, n_outputs))
         self.net = nn.Sequential(*layers)
         self.n_outputs = n_outputs
@@ -39,21 +56,26 @@ class MLP(nn.Module):
 
 
 class MNIST_CNN(nn.Module):  # noqa: N801 - DomainBed's name
-    """The small-image featurizer of DomainBed (ReLU before GroupNorm, 128-d output)."""
+    """The small-image featurizer of DomainBed (ReLU before GroupNorm, 128-d output).
+
+    `norm="batch"` swaps each GroupNorm(8) for a BatchNorm2d (methods that adapt BN statistics).
+    """
 
     n_outputs = 128
 
-    def __init__(self, input_shape: tuple[int, ...]):
+    def __init__(self, input_shape: tuple[int, ...], norm: str = "default"):
         super().__init__()
         c = input_shape[0]
+        make_norm = (nn.BatchNorm2d if _check_norm(norm) == "batch"
+                     else lambda n: nn.GroupNorm(8, n))
         self.conv1 = nn.Conv2d(c, 64, 3, 1, padding=1)
         self.conv2 = nn.Conv2d(64, 128, 3, stride=2, padding=1)
         self.conv3 = nn.Conv2d(128, 128, 3, 1, padding=1)
         self.conv4 = nn.Conv2d(128, 128, 3, 1, padding=1)
-        self.bn0 = nn.GroupNorm(8, 64)
-        self.bn1 = nn.GroupNorm(8, 128)
-        self.bn2 = nn.GroupNorm(8, 128)
-        self.bn3 = nn.GroupNorm(8, 128)
+        self.bn0 = make_norm(64)
+        self.bn1 = make_norm(128)
+        self.bn2 = make_norm(128)
+        self.bn3 = make_norm(128)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -131,13 +153,18 @@ class ResNet(nn.Module):
                     m.eval()
 
 
-def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any]) -> nn.Module:  # noqa: N802
-    """The featurizer for an input shape; its output size is `.n_outputs`."""
+def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any],  # noqa: N802
+               norm: str = "default") -> nn.Module:
+    """The featurizer for an input shape; its output size is `.n_outputs`.
+
+    `norm="batch"` asks for BatchNorm layers (the MLP and small CNN otherwise have none / use
+    GroupNorm; ResNets always have BatchNorm).
+    """
     input_shape = tuple(input_shape)
     if len(input_shape) == 1:
-        return MLP(input_shape[0], int(hparams["mlp_width"]), hparams)
+        return MLP(input_shape[0], int(hparams["mlp_width"]), hparams, norm)
     if len(input_shape) == 3 and max(input_shape[1:]) <= 32:
-        return MNIST_CNN(input_shape)
+        return MNIST_CNN(input_shape, norm)
     if len(input_shape) == 3:
         return ResNet(input_shape, hparams)
     raise ShiftbenchError(

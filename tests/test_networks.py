@@ -51,3 +51,20 @@ def test_non_rgb_input_reuses_rgb_filters():
     net = networks.Featurizer((2, 64, 64), {"resnet18": True, "pretrained": False})
     w = net.network.conv1.weight
     assert w.shape[1] == 2
+
+
+def test_batch_norm_featurizers():
+    from torch import nn
+
+    from shiftbench.networks import Featurizer
+
+    hp = {"mlp_width": 8, "mlp_depth": 3, "mlp_dropout": 0.0}
+    for shape in ((5,), (3, 28, 28)):
+        net = Featurizer(shape, hp, norm="batch")
+        assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        assert not any(isinstance(m, nn.GroupNorm) for m in net.modules())
+        assert net(torch.randn(4, *shape)).shape == (4, net.n_outputs)
+        plain = Featurizer(shape, hp)
+        assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plain.modules())
+    with pytest.raises(ShiftbenchError, match="layer"):
+        Featurizer((5,), hp, norm="layer")
