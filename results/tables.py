@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from shiftbench.errors import UnknownNameError
+from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.results.reading import Sweep, as_records
 from shiftbench.results.selection import (
     CLASSIC_RULES,
@@ -391,6 +391,13 @@ def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None 
                              f"records lack {', '.join(rule.REQUIRED_KEYS)}")
     else:
         rules = [get_selection_rule(r).NAME for r in rules]
+        present = {r["args"]["task"] for r in records}
+        for name in rules:
+            rule = get_selection_rule(name)
+            if not present & set(rule.TASKS):
+                raise ShiftbenchError(
+                    f"selection rule {name!r} applies to tasks {', '.join(rule.TASKS)}, but the "
+                    f"records are of tasks {', '.join(sorted(present)) or '(none)'}")
     titles = {r: get_selection_rule(r).TITLE for r in rules}
     selected = {r: select(records, r) for r in rules}
     tables: list[Table] = []
