@@ -122,16 +122,26 @@ def trial_key(record: dict[str, Any]) -> str:
     return json.dumps(args, sort_keys=True, default=str)
 
 
+# Files any trial writes early (ours and DomainBed's): a directory holding one is a trial.
+TRIAL_FILES = {RESULTS_FILE, DONE_FILE, FAILED_FILE, "checkpoint.pt", "out.txt", "err.txt"}
+
+
 def find_trial_dirs(input_dir: str | os.PathLike) -> list[Path]:
-    """Every directory under `input_dir` (itself included) holding a results file or a marker."""
+    """Every trial directory under `input_dir` (itself included).
+
+    A trial directory holds one of `TRIAL_FILES`; an empty directory directly under `input_dir`
+    also counts (a launched trial that has not written anything yet, as DomainBed's sweep sees
+    it).
+    """
     root = Path(input_dir)
     found = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=None):
         dirnames.sort()
-        names = set(filenames)
-        if RESULTS_FILE in names or (
-                Path(dirpath) != root and names & {DONE_FILE, FAILED_FILE}):
-            found.append(Path(dirpath))
+        here = Path(dirpath)
+        if RESULTS_FILE in filenames or (here != root and TRIAL_FILES & set(filenames)):
+            found.append(here)
+        elif here.parent == root and not filenames and not dirnames:
+            found.append(here)
     return sorted(found)
 
 

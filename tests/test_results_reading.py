@@ -62,11 +62,15 @@ def test_job_status_counts_and_only_done(tmp_path):
     write_trial(tmp_path, "d", [make_record(0, 0, [0])], "done")
     write_trial(tmp_path, "f", [make_record(0, 1, [0])], "failed")
     write_trial(tmp_path, "i", [make_record(0, 2, [0])], "incomplete")
-    (tmp_path / "launched-not-started").mkdir()
-    (tmp_path / "launched-not-started" / "failed").write_text("{}")
+    (tmp_path / "failed-at-start").mkdir()
+    (tmp_path / "failed-at-start" / "failed").write_text("{}")
+    (tmp_path / "launched").mkdir()  # DomainBed's sweep creates the directory at launch
+    (tmp_path / "running").mkdir()
+    (tmp_path / "running" / "out.txt").write_text("step 0")
+    (tmp_path / "plots" / "sub").mkdir(parents=True)  # not a trial
     sweep, _ = quiet_read(tmp_path)
     s = sweep.summary()
-    assert (s["done"], s["failed"], s["incomplete"], s["records"]) == (1, 2, 1, 3)
+    assert (s["done"], s["failed"], s["incomplete"], s["records"]) == (1, 2, 3, 3)
     sweep, _ = quiet_read(tmp_path, only_done=True)
     assert [r["args"]["hparams_seed"] for r in sweep.records] == [0]
 
