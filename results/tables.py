@@ -58,7 +58,16 @@ DOMAINBED_ENVIRONMENTS = {
     "SVIRO": ["aclass", "escape", "hilux", "i3", "lexus", "tesla", "tiguan", "tucson", "x5", "zoe"],
     "WILDSCamelyon": [f"hospital_{i}" for i in range(5)],
     "WILDSFMoW": [f"region_{i}" for i in range(6)],
+    **{f"Spawrious{kind}_{level}": ["Test", "SC_group_1", "SC_group_2"]
+       for kind in ("O2O", "M2M") for level in ("easy", "medium", "hard")},
 }
+# DomainBed's row and table order (its ALGORITHMS and DATASETS lists), for --format domainbed.
+DOMAINBED_ALGORITHMS = (
+    "ERM", "ERMPlusPlus", "Fish", "IRM", "GroupDRO", "Mixup", "MLDG", "CORAL", "MMD", "DANN",
+    "CDANN", "MTL", "SagNet", "ARM", "VREx", "RSC", "SD", "ANDMask", "SANDMask", "IGA", "SelfReg",
+    "Fishr", "TRM", "IB_ERM", "IB_IRM", "CAD", "CondCAD", "Transfer", "CausIRL_CORAL",
+    "CausIRL_MMD", "EQRM", "RDM", "ADRMX", "URM")
+DOMAINBED_DATASETS = tuple(DOMAINBED_ENVIRONMENTS)
 
 
 @dataclass
@@ -135,8 +144,12 @@ class Collection:
 # Ordering and names
 
 
-def environment_names(dataset: str, records: Sequence[dict[str, Any]] = ()) -> list[str]:
-    """A dataset's environment names: our registry, then the records, then DomainBed's list."""
+def environment_names(dataset: str, records: Sequence[dict[str, Any]] = (),
+                      prefer_domainbed: bool = False) -> list[str]:
+    """A dataset's environment names: our registry, then the records, then DomainBed's list
+    (DomainBed's first with `prefer_domainbed`)."""
+    if prefer_domainbed and dataset in DOMAINBED_ENVIRONMENTS:
+        return list(DOMAINBED_ENVIRONMENTS[dataset])
     try:
         from shiftbench.datasets import get_dataset_class
 
@@ -398,6 +411,9 @@ def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None 
                 raise ShiftbenchError(
                     f"selection rule {name!r} applies to tasks {', '.join(rule.TASKS)}, but the "
                     f"records are of tasks {', '.join(sorted(present)) or '(none)'}")
+    if "loo" in rules and not any(len(r["args"]["test_envs"]) == 2 for r in records):
+        notes.append("leave-one-domain-out needs the runs held out on pairs of environments; "
+                     "there are none, so its cells are X (sweep without --single-test-envs)")
     titles = {r: get_selection_rule(r).TITLE for r in rules}
     selected = {r: select(records, r) for r in rules}
     tables: list[Table] = []
@@ -612,13 +628,14 @@ def domainbed_format(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str
         tasks = sorted({r["args"]["task"] for r in relevant})
         for task in tasks:
             task_records = [r for r in relevant if r["args"]["task"] == task]
-            algorithms = order_algorithms(r["args"]["algorithm"] for r in task_records)
-            datasets = order_datasets(r["args"]["dataset"] for r in task_records)
+            algorithms = _ordered((r["args"]["algorithm"] for r in task_records),
+                                  DOMAINBED_ALGORITHMS)
+            datasets = _ordered((r["args"]["dataset"] for r in task_records), DOMAINBED_DATASETS)
             label = (lambda d: d) if task == "dg" else (lambda d, task=task: f"{d} [{task}]")
             for dataset in datasets:
                 if latex:
                     lines += ["", rf"\subsubsection{{{label(dataset)}}}"]
-                envs = environment_names(dataset, task_records)
+                envs = environment_names(dataset, task_records, prefer_domainbed=True)
                 rows = []
                 for alg in algorithms:
                     cells, means = [], []

@@ -162,3 +162,24 @@ def test_unknown_format_is_a_clear_error(full, tmp_path, capsys):
     assert main(["collect", "--input-dir", str(tmp_path), "--format", "htm"]) == 2
     assert "did you mean 'html'" in capsys.readouterr().err
     assert set(FORMATS) == {"text", "markdown", "latex", "csv", "json", "html", "domainbed"}
+
+
+def test_domainbed_format_orders_rows_and_tables_as_domainbed():
+    from shiftbench.results.tables import domainbed_format
+
+    records = [make_record(0, 0, [e], algorithm=a, dataset=d, n_envs=4 if d == "PACS" else 3)
+               for a in ("ZZZ", "IRM", "CORAL", "ERM") for d in ("PACS", "ColoredMNIST")
+               for e in range(3)]
+    text = domainbed_format(records, ["oracle"])
+    headers = [ln for ln in text.splitlines() if ln.startswith("-------- ")]
+    assert headers[0].startswith("-------- Dataset: ColoredMNIST") and "PACS" in headers[1]
+    first = text.split("-------- ")[1].splitlines()
+    assert first[1].split()[:4] == ["Algorithm", "+90%", "+80%", "-90%"]
+    assert [ln.split()[0] for ln in first[2:6]] == ["ERM", "IRM", "CORAL", "ZZZ"]
+    pacs = text.split("-------- ")[2].splitlines()
+    assert pacs[2].split()[-2:] == ["X", "X"]  # env 3 (S) never held out: X, and Avg X
+
+
+def test_loo_without_pair_runs_is_explained():
+    c = collect([make_record(0, 0, [e]) for e in range(3)], None)
+    assert "loo" in c.rules and any("pairs of environments" in n for n in c.notes)
