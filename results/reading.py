@@ -6,9 +6,11 @@ JSON record per checkpoint), a `done` marker when the trial finished and, for ou
 `failed`.
 
 What the reader does beyond DomainBed's `load_records`:
-* a trial restarted from scratch by DomainBed appends its records again: records of one trial
-  directory with the same `step` are duplicates; the **last** one written is kept (it belongs to
-  the newest run) and every dropped record is counted and reported;
+* a trial restarted by DomainBed appends its records again from step 0. A step that does not
+  increase starts a new run; the newest run's records are kept, and of each earlier run only the
+  steps before the later run's first step (so a restart from scratch drops the whole earlier
+  run, a resume from a checkpoint keeps the prefix it resumed from, a line written twice keeps
+  one copy). Every dropped record is counted as a duplicate and reported;
 * two trial directories holding the same trial (same arguments except output paths) at the same
   step: the directory that is `done` (else the one with more records, else the first in sorted
   order) wins, the other's records at those steps are dropped and reported;
@@ -145,6 +147,29 @@ def find_trial_dirs(input_dir: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
+def newest_run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Split at every step that does not increase; keep the last run plus earlier prefixes."""
+    runs: list[list[dict[str, Any]]] = []
+    for r in records:
+        if not runs or not _step_after(r["step"], runs[-1][-1]["step"]):
+            runs.append([])
+        runs[-1].append(r)
+    if not runs:
+        return []
+    kept = runs[-1]
+    for run in reversed(runs[:-1]):
+        first = kept[0]["step"]
+        kept = [r for r in run if _step_after(first, r["step"])] + kept
+    return kept
+
+
+def _step_after(a: Any, b: Any) -> bool:
+    try:
+        return a > b
+    except TypeError:
+        return False
+
+
 def _read_job(path: Path, warn) -> tuple[JobInfo, list[dict[str, Any]]]:
     status = ("done" if (path / DONE_FILE).exists()
               else "failed" if (path / FAILED_FILE).exists() else "incomplete")
@@ -161,7 +186,7 @@ def _read_job(path: Path, warn) -> tuple[JobInfo, list[dict[str, Any]]]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    by_step: dict[Any, dict[str, Any]] = {}
+    parsed: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -175,15 +200,12 @@ def _read_job(path: Path, warn) -> tuple[JobInfo, list[dict[str, Any]]]:
                 job.n_bad_lines += 1
                 warn(f"{results}: line {number} is not a valid record ({e}); skipped")
             continue
-        step = record["step"]
-        if step in by_step:
-            job.n_duplicates += 1
-            del by_step[step]  # keep the newest, at the position it was written
-        by_step[step] = record
-    records = list(by_step.values())
+        parsed.append(record)
+    records = newest_run(parsed)
+    job.n_duplicates = len(parsed) - len(records)
     if job.n_duplicates:
-        warn(f"{path}: {job.n_duplicates} duplicate records (same step written again by a "
-             "restarted run); kept the last of each")
+        warn(f"{path}: {job.n_duplicates} records superseded by a restarted run of the trial "
+             "(steps written again); kept the newest run's")
     for r in records:
         r["args"].setdefault("output_dir", str(path))
         r["_job_dir"] = str(path)

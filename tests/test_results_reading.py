@@ -27,8 +27,26 @@ def test_duplicates_from_a_restart_keep_the_newest(tmp_path):
     sweep, msgs = quiet_read(tmp_path)
     assert len(sweep.records) == 3 and sweep.n_duplicates == 2
     assert [r["env0_in_acc"] for r in sweep.records] == [0.7, 0.7, 0.7]
-    assert any("2 duplicate records" in m for m in msgs)
+    assert any("2 records superseded" in m for m in msgs)
     assert "2 duplicate records dropped" in sweep.summary_line()
+
+
+@pytest.mark.parametrize("steps, expected", [
+    ([0, 1, 2, 3, 0, 1], [(0, 1), (1, 1)]),  # restarted from scratch and still running
+    ([0, 1, 2, 3, 2, 3, 4], [(0, 0), (1, 0), (2, 1), (3, 1), (4, 1)]),  # resumed at step 2
+    ([0, 1, 1, 2], [(0, 0), (1, 1), (2, 1)]),  # a line written twice
+    ([0, 2, 4], [(0, 0), (2, 0), (4, 0)]),
+])
+def test_restart_keeps_the_newest_run(tmp_path, steps, expected):
+    records, run = [], 0
+    for k, step in enumerate(steps):
+        if k and step <= steps[k - 1]:
+            run += 1
+        records.append(make_record(step, 0, [0], run=run))
+    write_trial(tmp_path, "a", records)
+    sweep, _ = quiet_read(tmp_path)
+    assert [(r["step"], r["run"]) for r in sweep.records] == expected
+    assert sweep.n_duplicates == len(steps) - len(expected)
 
 
 def test_truncated_last_line_and_bad_middle_line(tmp_path):
