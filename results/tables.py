@@ -268,10 +268,15 @@ def build_rule_tables(rule_name: str, records: Sequence[dict[str, Any]], selecte
                     avg_notes.append(f"{alg} on {dataset}: no trial covers every held-out "
                                      f"environment (trials {partial} are partial)")
                 avg_cols[alg].append(cell)
+            notes = []
+            if rule.NAME == "loo" and not any(len(r["args"]["test_envs"]) == 2 for r in task_records
+                                              if r["args"]["dataset"] == dataset):
+                notes.append("no runs held out on pairs of environments: leave-one-domain-out "
+                             "cannot select (sweep without --single-test-envs)")
             tables.append(Table(
                 "dataset", f"Dataset: {dataset}, model selection method: {rule.TITLE}"
                 + _rule_suffix(task), rule.NAME, task, dataset, [*envs, "Avg"], list(algorithms),
-                cells_rows))
+                cells_rows, notes))
         rows = []
         for alg in algorithms:
             means = [c.mean for c in avg_cols[alg]]
@@ -280,7 +285,8 @@ def build_rule_tables(rule_name: str, records: Sequence[dict[str, Any]], selecte
         tables.append(Table("averages", f"Averages, model selection method: {rule.TITLE}"
                             + _rule_suffix(task), rule.NAME, task, None, [*datasets, "Avg"],
                             list(algorithms), rows, avg_notes))
-        tables.append(_rank_table(rule, task, algorithms, datasets, dataset_avgs))
+        if len(algorithms) > 1:
+            tables.append(_rank_table(rule, task, algorithms, datasets, dataset_avgs))
         if baseline is not None:
             tables.append(_baseline_table(rule, task, algorithms, datasets, per_trial_avgs,
                                           baseline))
@@ -411,9 +417,6 @@ def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None 
                 raise ShiftbenchError(
                     f"selection rule {name!r} applies to tasks {', '.join(rule.TASKS)}, but the "
                     f"records are of tasks {', '.join(sorted(present)) or '(none)'}")
-    if "loo" in rules and not any(len(r["args"]["test_envs"]) == 2 for r in records):
-        notes.append("leave-one-domain-out needs the runs held out on pairs of environments; "
-                     "there are none, so its cells are X (sweep without --single-test-envs)")
     titles = {r: get_selection_rule(r).TITLE for r in rules}
     selected = {r: select(records, r) for r in rules}
     tables: list[Table] = []

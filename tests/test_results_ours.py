@@ -77,7 +77,9 @@ def test_collect_prints_every_table(sweep_dir):
                   "test-domain validation set (oracle)", "few labeled target examples"):
         assert f"-------- Dataset: DebugVector, model selection method: {title}" in text
         assert f"-------- Averages, model selection method: {title}" in text
-        assert f"-------- Average rank (1 = best), model selection method: {title}" in text
+    for title in ("training-domain validation set", "leave-one-domain-out cross-validation",
+                  "test-domain validation set (oracle)"):  # ranks: only uda has 2 algorithms
+        assert f"-------- Average rank (1 = best), model selection method: {title}, task: uda" in text
     assert "-------- Difference to ERM (points; paired t-test over trial seeds), model selection " \
            "method: training-domain validation set, task: uda" in text
     assert "-------- Hyperparameter configurations per held-out environment and trial" in text

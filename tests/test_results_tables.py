@@ -182,4 +182,7 @@ def test_domainbed_format_orders_rows_and_tables_as_domainbed():
 
 def test_loo_without_pair_runs_is_explained():
     c = collect([make_record(0, 0, [e]) for e in range(3)], None)
-    assert "loo" in c.rules and any("pairs of environments" in n for n in c.notes)
+    loo = next(t for t in c.tables if t.rule == "loo" and t.kind == "dataset")
+    assert any("pairs of environments" in n for n in loo.notes)
+    assert all(cell.display() == "X" for cell in loo.cells[0])
+    assert not any(t.kind == "ranks" for t in c.tables)  # one algorithm: nothing to rank
