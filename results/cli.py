@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     p.add_argument(*_flag("ddof"), type=int, choices=(0, 1), default=0,
                    help="standard error: 0 = DomainBed's population std / sqrt(n), 1 = sample")
     p.add_argument(*_flag("quiet"), action="store_true", help="do not print reading warnings")
+    p.add_argument(*_flag("import"), dest="imports", action="append", default=[],
+                   metavar="MODULE", help="import a module that registers selection rules")
     p.set_defaults(func=cmd_collect)
 
 
@@ -49,6 +51,9 @@ def cmd_collect(ns: argparse.Namespace) -> int:
     from shiftbench.results.selection import get_selection_rule
     from shiftbench.results.tables import FORMATS, collect, domainbed_format, render
 
+    from shiftbench.cli import import_user_modules
+
+    import_user_modules(ns.imports)
     fmt = ns.format or ("latex" if ns.latex else "text")
     if fmt not in FORMATS:
         raise UnknownNameError("output format", fmt, FORMATS)

@@ -138,7 +138,7 @@ def find_trial_dirs(input_dir: str | os.PathLike) -> list[Path]:
     root = Path(input_dir)
     found = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=None):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
         if RESULTS_FILE in filenames or (here != root and TRIAL_FILES & set(filenames)):
             found.append(here)

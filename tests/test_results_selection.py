@@ -165,3 +165,28 @@ def test_runs_without_a_score_drop_out_but_others_compete():
                make_record(0, 1, [0], task="uda", env0_in_acc=0.6, env0_uda_snd=0.1)]
     s = only(select(records, "snd"))
     assert (s.hparams_seed, s.n_configs, s.n_scored) == (1, 2, 1)
+
+
+def test_user_registered_rule_works_from_the_command_line(tmp_path, monkeypatch, capsys):
+    from results_helpers import write_trial
+
+    from shiftbench.cli import main
+
+    (tmp_path / "my_rules.py").write_text(
+        "from shiftbench.results.selection import CheckpointRule, register_selection_rule\n"
+        "@register_selection_rule\n"
+        "class FirstCheckpoint(CheckpointRule):\n"
+        "    NAME = 'first'\n"
+        "    TITLE = 'first checkpoint'\n"
+        "    def val_score(self, record, test_env):\n"
+        "        return -record['step']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_trial(tmp_path / "sweep", "a", [make_record(s, 0, [0], env0_in_acc=0.1 * (s + 1))
+                                          for s in (0, 1)])
+    try:
+        assert main(["collect", "--input-dir", str(tmp_path / "sweep"), "--import", "my_rules",
+                     "--selection", "first", "--format", "csv"]) == 0
+        out = capsys.readouterr().out
+        assert ",first,dg,DebugVector," in out and "10.0" in out
+    finally:
+        SELECTION_RULES._items.pop("first", None)
