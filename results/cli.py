@@ -47,11 +47,10 @@ def register(subparsers) -> None:
 
 
 def cmd_collect(ns: argparse.Namespace) -> int:
+    from shiftbench.cli import import_user_modules
     from shiftbench.results.reading import read_sweep
     from shiftbench.results.selection import get_selection_rule
     from shiftbench.results.tables import FORMATS, collect, domainbed_format, render
-
-    from shiftbench.cli import import_user_modules
 
     import_user_modules(ns.imports)
     fmt = ns.format or ("latex" if ns.latex else "text")
