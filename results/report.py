@@ -82,7 +82,7 @@ def bar_chart(t: Table) -> str:
     width = 0.8 / max(1, len(t.rows))
     for k, (name, cells) in enumerate(zip(t.rows, t.cells)):
         xs = [i + k * width for i in range(len(cols))]
-        means = [c.mean if c.mean is not None else 0.0 for c in cells[:-1]]
+        means = [c.mean if c.mean is not None else math.nan for c in cells[:-1]]  # X: no bar
         errs = [c.err or 0.0 for c in cells[:-1]]
         ax.bar(xs, means, width, yerr=errs, capsize=2, label=name)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cols))], cols)
