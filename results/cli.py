@@ -54,6 +54,9 @@ def cmd_collect(ns: argparse.Namespace) -> int:
 
     import_user_modules(ns.imports)
     fmt = ns.format or ("latex" if ns.latex else "text")
+    if ns.latex and fmt not in ("latex", "domainbed"):
+        raise ShiftbenchError(f"--latex conflicts with --format {fmt} (use --format latex, or "
+                              "--format domainbed --latex for DomainBed's LaTeX layout)")
     if fmt not in FORMATS:
         raise UnknownNameError("output format", fmt, FORMATS)
     rules = None

@@ -201,7 +201,10 @@ def _read_job(path: Path, warn) -> tuple[JobInfo, list[dict[str, Any]]]:
                 warn(f"{results}: line {number} is not a valid record ({e}); skipped")
             continue
         parsed.append(record)
-    records = newest_run(parsed)
+    by_trial: dict[str, list[dict[str, Any]]] = {}
+    for r in parsed:  # normally one trial per file; a concatenated file is split by trial
+        by_trial.setdefault(trial_key(r), []).append(r)
+    records = [r for run in by_trial.values() for r in newest_run(run)]
     job.n_duplicates = len(parsed) - len(records)
     if job.n_duplicates:
         warn(f"{path}: {job.n_duplicates} records superseded by a restarted run of the trial "

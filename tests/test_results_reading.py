@@ -131,3 +131,10 @@ def test_dataframe_api_round_trip(tmp_path):
     from_frame = select(frame, "iid")
     from_disk = select(read_sweep(tmp_path, quiet=True), "iid")
     assert [s.to_dict() for s in from_frame] == [s.to_dict() for s in from_disk]
+
+
+def test_a_file_holding_several_trials_is_split_by_trial(tmp_path):
+    records = [make_record(s, 0, [e]) for e in range(3) for s in (0, 1)]
+    write_trial(tmp_path, "all", records)
+    sweep, _ = quiet_read(tmp_path)
+    assert len(sweep.records) == 6 and sweep.n_duplicates == 0

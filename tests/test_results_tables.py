@@ -186,3 +186,16 @@ def test_loo_without_pair_runs_is_explained():
     assert any("pairs of environments" in n for n in loo.notes)
     assert all(cell.display() == "X" for cell in loo.cells[0])
     assert not any(t.kind == "ranks" for t in c.tables)  # one algorithm: nothing to rank
+
+
+def test_cli_latex_alias_and_output_file(tmp_path, capsys):
+    for e in range(3):
+        write_trial(tmp_path / "s", f"t{e}", [make_record(0, 0, [e])])
+    out = tmp_path / "out" / "t.tex"
+    assert main(["collect", "--input-dir", str(tmp_path / "s"), "--latex", "--output", str(out)]) == 0
+    tex = out.read_text()
+    assert tex.startswith("\\documentclass{article}") and "\\toprule" in tex and "\\section*" in tex
+    assert main(["collect", "--input-dir", str(tmp_path / "s"), "--latex", "--format", "csv"]) == 2
+    assert "--latex conflicts with --format csv" in capsys.readouterr().err
+    assert main(["collect", "--input-dir", str(tmp_path / "missing")]) == 2
+    assert "no such directory" in capsys.readouterr().err
