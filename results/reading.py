@@ -147,6 +147,9 @@ def find_trial_dirs(input_dir: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
+_SHARED_KEYS = ("args", "hparams", "environments", "label_sources")
+
+
 def newest_run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Split at every step that does not increase; keep the last run plus earlier prefixes."""
     runs: list[list[dict[str, Any]]] = []
@@ -200,6 +203,10 @@ def _read_job(path: Path, warn) -> tuple[JobInfo, list[dict[str, Any]]]:
                 job.n_bad_lines += 1
                 warn(f"{results}: line {number} is not a valid record ({e}); skipped")
             continue
+        if parsed:  # share the per-trial dicts between checkpoints (memory of huge sweeps)
+            for key in _SHARED_KEYS:
+                if key in record and record[key] == parsed[-1].get(key):
+                    record[key] = parsed[-1][key]
         parsed.append(record)
     by_trial: dict[str, list[dict[str, Any]]] = {}
     for r in parsed:  # normally one trial per file; a concatenated file is split by trial

@@ -46,7 +46,6 @@ from shiftbench.results.stats import hparam_budgets, mean_and_error, paired_test
 
 FORMATS = ("text", "markdown", "latex", "csv", "json", "html", "domainbed")
 MISSING = "X"  # no value
-NOT_APPLICABLE = "-"  # a cell that cannot exist (e.g. the baseline against itself)
 
 # DomainBed's environment names for datasets we may not have registered.
 DOMAINBED_ENVIRONMENTS = {
