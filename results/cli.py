@@ -33,8 +33,9 @@ def register(subparsers) -> None:
                    help="DomainBed's flag: LaTeX output (DomainBed's layout with --format domainbed)")
     p.add_argument(*_flag("output"), default=None, metavar="PATH",
                    help="write here instead of standard output")
-    p.add_argument(*_flag("baseline"), default="ERM",
-                   help="algorithm the others are compared with ('none' to skip)")
+    p.add_argument(*_flag("baseline"), default=None,
+                   help="algorithm the others are compared with (default ERM when present; "
+                        "'none' to skip)")
     p.add_argument(*_flag("only_done"), action="store_true",
                    help="ignore trials without a done marker (default: use every record, as "
                         "DomainBed does)")
@@ -73,7 +74,13 @@ def cmd_collect(ns: argparse.Namespace) -> int:
     if fmt == "domainbed":
         text = domainbed_format(sweep, rules, latex=ns.latex)
     else:
-        baseline = None if ns.baseline.lower() == "none" else ns.baseline
+        baseline = "ERM" if ns.baseline is None else ns.baseline
+        if baseline.lower() == "none":
+            baseline = None
+        elif ns.baseline is not None:
+            present = {r["args"]["algorithm"] for r in sweep.records}
+            if baseline not in present:
+                raise UnknownNameError("baseline algorithm", baseline, present)
         text = render(collect(sweep, rules, baseline=baseline, ddof=ns.ddof), fmt)
     if ns.output:
         path = Path(ns.output)

@@ -70,7 +70,7 @@ def report_records():
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("report") / "report.html"
-    path.write_text(render(collect(report_records(), ["iid", "oracle"]), "html"), encoding="utf-8")
+    path.write_text(render(collect(report_records(), ["iid", "loo", "oracle"]), "html"), encoding="utf-8")
     return path
 
 
@@ -88,7 +88,8 @@ def test_report_is_self_contained(report):
     parser.feed(report.read_text())
     imgs = [a for t, a in parser.tags if t == "img"]
     tables = [a for t, a in parser.tags if t == "table"]
-    # per rule: 1 bar chart + 1 learning-curve figure; then 2 sensitivity figures
+    # iid, oracle: 1 bar chart + 1 learning-curve figure; loo (no pair runs): none; then 2
+    # sensitivity figures
     assert len(imgs) == 2 * 2 + 2
     assert {t["data-kind"] for t in tables} == {"dataset", "averages", "ranks", "baseline", "budget"}
     for a in imgs:

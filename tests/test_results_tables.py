@@ -199,3 +199,15 @@ def test_cli_latex_alias_and_output_file(tmp_path, capsys):
     assert "--latex conflicts with --format csv" in capsys.readouterr().err
     assert main(["collect", "--input-dir", str(tmp_path / "missing")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_cli_baseline_choice(tmp_path, capsys):
+    for e in range(3):
+        for alg in ("ERM", "IRM"):
+            write_trial(tmp_path, f"{alg}{e}", [make_record(0, 0, [e], algorithm=alg)])
+    assert main(["collect", "--input-dir", str(tmp_path), "--baseline", "IRN"]) == 2
+    assert "did you mean 'IRM'" in capsys.readouterr().err
+    assert main(["collect", "--input-dir", str(tmp_path), "--baseline", "IRM"]) == 0
+    assert "Difference to IRM" in capsys.readouterr().out
+    assert main(["collect", "--input-dir", str(tmp_path), "--baseline", "none"]) == 0
+    assert "Difference to" not in capsys.readouterr().out
