@@ -42,7 +42,7 @@ def chromium() -> str:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
         subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-                       env=env, capture_output=True, timeout=900, check=True)
+                       env=env, capture_output=True, timeout=300, check=True)
     except (subprocess.SubprocessError, OSError) as e:
         pytest.skip(f"chromium is not installed and apt-get install chromium failed: {e}")
     path = find_chromium()
