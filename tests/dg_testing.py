@@ -32,7 +32,7 @@ def params(alg) -> list[torch.Tensor]:
 def assert_erm_update(name: str, hparams: dict, steps: int = 2, domains: int = 3, rtol: float = 1e-10,
                       atol: float = 1e-12) -> None:
     """`name` with `hparams` makes exactly ERM's updates: same init, same batches, same parameters."""
-    erm, alg = build("ERM", hparams), build(name, hparams)
+    erm, alg = build("ERM", hparams, domains), build(name, hparams, domains)
     for a, b in zip(params(erm), params(alg)):
         assert torch.equal(a, b), "the two algorithms do not start from the same weights"
     for step in range(steps):
@@ -43,6 +43,6 @@ def assert_erm_update(name: str, hparams: dict, steps: int = 2, domains: int = 3
         alg.train_step(mbs)
         for a, b in zip(params(erm), params(alg)):
             torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
-    before = params(build("ERM", hparams))
+    before = params(build("ERM", hparams, domains))
     moved = any(not torch.equal(a, b) for a, b in zip(before, params(erm)))
     assert moved, "ERM did not move: the comparison would be vacuous"
