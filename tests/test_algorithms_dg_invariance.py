@@ -102,3 +102,19 @@ def test_eqrm_rejects_bad_settings():
         build("EQRM", {"eqrm_dist": "beta"})
     with pytest.raises(ShiftbenchError, match="eqrm_quantile"):
         build("EQRM", {"eqrm_quantile": 1.0})
+
+
+DG_ALGORITHMS = ["IRM", "VREx", "EQRM", "GroupDRO", "Mixup", "MLDG", "Fish", "CORAL", "MMD",
+                 "CausIRL_CORAL", "CausIRL_MMD", "ANDMask", "SANDMask", "IGA"]
+
+
+@pytest.mark.parametrize("name", DG_ALGORITHMS)
+def test_dg_algorithms_ignore_unlabeled_and_are_deterministic(name):
+    runs = []
+    for unlabeled in (None, [torch.randn(8, 5, dtype=torch.float64)]):
+        alg = build(name, {"eqrm_burnin_iters": 1} if name == "EQRM" else {})
+        torch.manual_seed(5)
+        for step in range(2):
+            alg.train_step(batches(seed=step), unlabeled)
+        runs.append([p.detach().clone() for p in alg.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
