@@ -235,14 +235,39 @@ def evaluate(trial: Trial) -> dict[str, float]:
             if is_test and args.task == "tta" and split_name in ("in", "out"):
                 accs[f"env{i}_{split_name}_acc"] = _tta_accuracy(trial, env, idx, i, split_name)
                 continue
-            correct = 0
+            correct, kept = 0, []
+            keep_logits = is_test and split_name == "uda"
             with torch.inference_mode(), autocast(trial):
                 for x, y in eval_batches(env, idx, bs):
                     logits = algorithm.predict(x.to(trial.device, non_blocking=True))
                     correct += accuracy_counts(logits, y.to(trial.device))
+                    if keep_logits:
+                        kept.append(logits.float().cpu())
             accs[f"env{i}_{split_name}_acc"] = correct / len(idx)
+            if kept:
+                accs.update(_unsupervised_scores(trial, i, torch.cat(kept)))
     algorithm.train(was_training)
     return accs
+
+
+SND_MAX_EXAMPLES = 2000
+
+
+def _unsupervised_scores(trial: Trial, env_i: int, logits: torch.Tensor) -> dict[str, float]:
+    """Label-free scores of the predictions on the unlabeled target split (for the `entropy`,
+    `im` and `snd` selection rules). Entropies use every example; SND compares all pairs, so it
+    sees at most `SND_MAX_EXAMPLES`, the same subset at every checkpoint of a trial."""
+    from shiftbench.results.validators import marginal_entropy, prediction_entropy, validator_scores
+    from shiftbench.seeds import seed_hash
+
+    subset = logits
+    if len(logits) > SND_MAX_EXAMPLES:
+        g = torch.Generator().manual_seed(seed_hash(trial.args.trial_seed, env_i, "snd"))
+        subset = logits[torch.randperm(len(logits), generator=g)[:SND_MAX_EXAMPLES]]
+    scores = validator_scores(env_i, subset)
+    scores[f"env{env_i}_uda_entropy"] = prediction_entropy(logits)
+    scores[f"env{env_i}_uda_marginal_entropy"] = marginal_entropy(logits)
+    return scores
 
 
 def _tta_accuracy(trial: Trial, env, idx: torch.Tensor, env_i: int, split_name: str) -> float:
