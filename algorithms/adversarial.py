@@ -19,8 +19,11 @@ Two training schemes (hparam `dann_scheme`):
 What D classifies depends on the setting: in ``dg`` the source-domain index (num_domains classes,
 DomainBed); in ``uda`` source vs target (2 classes, the paper), fed with the unlabeled target
 batches, each half weighted 1/2 so unequal batch sizes stay balanced. Target labels are never
-used. D is an MLP (`disc_width`, `disc_depth`, `disc_dropout`). Both schemes use two Adam
-optimizers with betas (beta1, 0.9) as DomainBed (the paper used SGD with momentum).
+used. D is an MLP (`disc_width`, `disc_depth`, `disc_dropout`). Optimizers (`dann_optimizer`):
+two Adams with betas (beta1, 0.9) as DomainBed (default), or the paper's SGD with momentum 0.9
+and annealed learning rate lr_p = lr / (1 + 10 p)^0.75 (set lr_g/lr_d to SGD-sized values, e.g.
+0.01). On the rotated-moons toy the adversarial effect appears with SGD, not with Adam
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from shiftbench.errors import UnknownNameError
 from shiftbench.hparams_registry import Choice, HParam, IntLogUniform, LogUniform
 
 SCHEMES = ("reversal", "alternating")
+OPTIMIZERS = ("adam", "sgd")
 
 
 def _renamed(spec, help_text: str):
@@ -61,6 +65,7 @@ class AbstractDANN(Algorithm):
         "schedule_gamma": HParam(10.0, Choice([5.0, 10.0]), low=0.0, help="steepness gamma"),
         "d_steps_per_g_step": HParam(1, IntLogUniform(0, 3), low=1, help="alternating only"),
         "grad_penalty": HParam(0.0, LogUniform(-2, 1), low=0.0, help="D input-gradient penalty"),
+        "dann_optimizer": HParam("adam", Choice(OPTIMIZERS), help="adam (DomainBed) or sgd (paper)"),
         "beta1": HParam(0.5, Choice([0.0, 0.5]), low=0.0, high=1.0, help="Adam beta1 (both)"),
         "disc_width": HParam(256, IntLogUniform(6, 10), low=1, help="discriminator width"),
         "disc_depth": HParam(3, Choice([3, 4, 5]), low=1, help="discriminator layers"),
@@ -76,13 +81,21 @@ class AbstractDANN(Algorithm):
         hp = self.hparams
         if hp["dann_scheme"] not in SCHEMES:
             raise UnknownNameError("dann_scheme", hp["dann_scheme"], SCHEMES)
+        if hp["dann_optimizer"] not in OPTIMIZERS:
+            raise UnknownNameError("dann_optimizer", hp["dann_optimizer"], OPTIMIZERS)
         self.featurizer = networks.Featurizer(input_shape, hp)
         self.classifier = networks.Classifier(
             self.featurizer.n_outputs, num_classes, hp["nonlinear_classifier"])
-        self.gen_opt = torch.optim.Adam(
+        self.gen_opt = self._optimizer(
             list(self.featurizer.parameters()) + list(self.classifier.parameters()),
-            lr=hp["lr_g"], weight_decay=hp["weight_decay_g"], betas=(hp["beta1"], 0.9))
+            hp["lr_g"], hp["weight_decay_g"])
         self._build_discriminator(num_domains)
+
+    def _optimizer(self, params, lr, weight_decay):
+        if self.hparams["dann_optimizer"] == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
+                                betas=(self.hparams["beta1"], 0.9))
 
     def _build_discriminator(self, n_out: int) -> None:
         """D (+ class embeddings) and its optimizer; rebuilt by `configure` for uda (2 outputs)."""
@@ -93,8 +106,7 @@ class AbstractDANN(Algorithm):
         d_params = list(self.discriminator.parameters())
         if self.conditional:
             d_params += list(self.class_embeddings.parameters())
-        self.disc_opt = torch.optim.Adam(d_params, lr=hp["lr_d"], weight_decay=hp["weight_decay_d"],
-                                         betas=(hp["beta1"], 0.9))
+        self.disc_opt = self._optimizer(d_params, hp["lr_d"], hp["weight_decay_d"])
 
     def configure(self, *, task, total_steps):
         super().configure(task=task, total_steps=total_steps)
@@ -164,6 +176,11 @@ class AbstractDANN(Algorithm):
         self.disc_opt.zero_grad(set_to_none=True)
         self.gen_opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.hparams["dann_optimizer"] == "sgd":  # the paper's annealing
+            decay = (1 + 10 * self.progress) ** -0.75
+            for opt, lr in ((self.gen_opt, self.hparams["lr_g"]), (self.disc_opt, self.hparams["lr_d"])):
+                for group in opt.param_groups:
+                    group["lr"] = lr * decay
         for opt in optimizers:
             opt.step()
 

@@ -151,3 +151,15 @@ def test_gradient_penalty_runs_and_d_steps_leave_featurizer(scheme):
         assert all(math.isfinite(v) for v in out.values())
         if "gen_disc_loss" not in out and scheme == "alternating":
             assert all(torch.equal(before[k], v) for k, v in _params(alg.featurizer).items())
+
+
+def test_sgd_option_anneals_the_learning_rate():
+    alg = _make("DANN", dann_optimizer="sgd", lr_g=0.01, lr_d=0.02)
+    assert isinstance(alg.gen_opt, torch.optim.SGD) and alg.gen_opt.param_groups[0]["momentum"] == 0.9
+    mbs, _ = _data()
+    alg.num_updates.fill_(5)  # progress 0.5
+    alg.train_step(mbs)
+    assert math.isclose(alg.gen_opt.param_groups[0]["lr"], 0.01 * 6 ** -0.75)
+    assert math.isclose(alg.disc_opt.param_groups[0]["lr"], 0.02 * 6 ** -0.75)
+    with pytest.raises(Exception, match="dann_optimizer"):
+        _make("DANN", dann_optimizer="rmsprop")
