@@ -129,8 +129,10 @@ class SagNet(Algorithm):
         x, y = concat_minibatches(minibatches)
         z = self._features(x)
         n = len(z)
-        y_c = self._content_head(style_randomize(z, torch.randperm(n), torch.rand(n)))
-        y_s = self.style_net(content_randomize(z, torch.randperm(n)))
+        dev = z.device
+        y_c = self._content_head(style_randomize(z, torch.randperm(n, device=dev),
+                                                 torch.rand(n, device=dev)))
+        y_s = self.style_net(content_randomize(z, torch.randperm(n, device=dev)))
         loss_s = cross_entropy(y_s, y)
         loss_adv = self.hparams["sag_w_adv"] * adversarial_style_loss(y_s)
         loss_c = cross_entropy(y_c, y)
@@ -177,13 +179,13 @@ class SagNetPooled(Algorithm):
 
     def _style_logits(self, x):
         z = self.featurizer(x)
-        return self.style_head(content_randomize(z, torch.randperm(len(z))))
+        return self.style_head(content_randomize(z, torch.randperm(len(z), device=z.device)))
 
     def update(self, minibatches, unlabeled=None):
         x, y = concat_minibatches(minibatches)
         z = self.featurizer(x)
-        loss_c = cross_entropy(self.classifier(style_randomize(z, torch.randperm(len(z)),
-                                                               torch.rand(len(z)))), y)
+        perm, alpha = torch.randperm(len(z), device=z.device), torch.rand(len(z), device=z.device)
+        loss_c = cross_entropy(self.classifier(style_randomize(z, perm, alpha)), y)
         self._step(loss_c, self.optimizer_f, self.optimizer_c)
         loss_s = cross_entropy(self._style_logits(x), y)
         self._step(loss_s, self.optimizer_s)

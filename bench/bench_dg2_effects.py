@@ -71,7 +71,7 @@ def shapes_domain(n: int, domain: int, rho: float, rs: np.random.RandomState, si
     hues = np.array([[1.0, 0.2, 0.2], [0.2, 1.0, 0.2], [0.2, 0.2, 1.0], [1.0, 1.0, 0.2]])
     grating = 0.1 * np.sin((xx * math.cos(domain) + yy * math.sin(domain)) * (0.5 + 0.3 * domain))
     for i in range(n):
-        r = rs.uniform(3, 6)
+        r = rs.uniform(3, 6) * size / 16
         cx, cy = rs.uniform(r, size - r, size=2)
         dx, dy = xx - cx, yy - cy
         mask = {0: dx ** 2 + dy ** 2 <= r ** 2,
@@ -161,20 +161,21 @@ def run_glyphs(args) -> list[dict]:
 
 def run_shapes(args) -> list[dict]:
     rows = []
-    names = ["ERM", "SagNet", "SagNetPooled", "MixStyle"]
+    names = args.methods.split(",")
+    shape = (3, args.size, args.size)
     for seed in range(args.seeds):
         rs = np.random.RandomState(seed)
-        train = [shapes_domain(400, d, 0.9, rs) for d in range(3)]
-        xe, ye = shapes_domain(600, 3, 0.0, rs)
+        train = [shapes_domain(400, d, 0.9, rs, args.size) for d in range(3)]
+        xe, ye = shapes_domain(600, 3, 0.0, rs, args.size)
         row = {"seed": seed}
         for name in names:
             torch.manual_seed(seed)
-            alg = create_algorithm(name, (3, 16, 16), 4, 3, {"lr": 1e-3},
-                                   dataset=DatasetInfo("shapes", (3, 16, 16), 4))
+            alg = create_algorithm(name, shape, 4, 3, {"lr": 1e-3},
+                                   dataset=DatasetInfo("shapes", shape, 4))
             alg.configure(task="dg", total_steps=args.steps)
             g = torch.Generator().manual_seed(seed)
             for _ in range(args.steps):
-                alg.train_step([batch(x, y, 32, g) for x, y in train])
+                alg.train_step([batch(x, y, args.batch, g) for x, y in train])
             row[name] = accuracy(alg, xe, ye)
         rows.append(row)
     return rows
@@ -201,6 +202,9 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--angle", type=float, default=50.0)
     p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--size", type=int, default=12, help="shapes: image side")
+    p.add_argument("--batch", type=int, default=16, help="shapes: examples per domain per step")
+    p.add_argument("--methods", default="ERM,SagNet,MixStyle,SagNetPooled", help="shapes: methods")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     args.steps = args.steps or {"moons": 2000, "glyphs": 600, "shapes": 600}[args.experiment]
