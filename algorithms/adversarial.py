@@ -1,0 +1,206 @@
+"""Domain-adversarial feature learning: DANN (Ganin et al., JMLR 2016) and its class-conditional
+variant CDANN (Li et al., ECCV 2018, in DomainBed's form).
+
+A discriminator D reads the features z = phi(x) and predicts the domain; the featurizer is
+trained to classify well while making D fail:
+
+    min_{phi, w} max_D   CE(w(phi(x_s)), y_s) - lambda * L_D(D(phi(x)), d)
+
+Two training schemes (hparam `dann_scheme`):
+
+* ``"reversal"`` (the paper's, default): one joint step of `CE + L_D` where the features reach D
+  through a gradient-reversal layer of coefficient `lambda * lambda_p`, with the paper's schedule
+  `lambda_p = 2 / (1 + exp(-gamma p)) - 1` (p = training progress, gamma = 10; hparam
+  `lambda_schedule` turns it off). D descends L_D with an unscaled gradient; phi ascends it.
+* ``"alternating"`` (DomainBed's): `d_steps_per_g_step` discriminator-only steps on
+  `L_D + grad_penalty * mean ||dL_D/dz||^2`, then one featurizer+classifier step on
+  `CE - lambda * L_D` (penalty included, as in DomainBed), no reversal layer and no schedule.
+
+What D classifies depends on the setting: in ``dg`` the source-domain index (num_domains classes,
+DomainBed); in ``uda`` source vs target (2 classes, the paper), fed with the unlabeled target
+batches, each half weighted 1/2 so unequal batch sizes stay balanced. Target labels are never
+used. D is an MLP (`disc_width`, `disc_depth`, `disc_dropout`). Optimizers (`dann_optimizer`):
+two Adams with betas (beta1, 0.9) as DomainBed (default), or the paper's SGD with momentum 0.9
+and annealed learning rate lr_p = lr / (1 + 10 p)^0.75 (set lr_g/lr_d to SGD-sized values, e.g.
+0.01). On the rotated-moons toy the adversarial effect appears with SGD, not with Adam
+(docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shiftbench import networks
+from shiftbench.algorithms.base import (
+    Algorithm,
+    _lr,
+    _weight_decay,
+    cross_entropy,
+    register_algorithm,
+)
+from shiftbench.algorithms.components import Discriminator, dann_schedule, grad_reverse
+from shiftbench.errors import UnknownNameError
+from shiftbench.hparams_registry import Choice, HParam, IntLogUniform, LogUniform
+
+SCHEMES = ("reversal", "alternating")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def _renamed(spec, help_text: str):
+    return lambda ds: HParam(spec(ds).default, spec(ds).dist, low=0.0, help=help_text)
+
+
+class AbstractDANN(Algorithm):
+    """Shared machinery of DANN and CDANN (`conditional` adds the class embedding)."""
+
+    SETTINGS = ("dg", "uda")
+    conditional = False
+    HPARAMS = {
+        "dann_scheme": HParam("reversal", Choice(SCHEMES),
+                              help="reversal: paper's GRL + schedule; alternating: DomainBed's"),
+        "lambda": HParam(1.0, LogUniform(-2, 2), low=0.0, help="weight of the adversarial term"),
+        "lambda_schedule": HParam(True, None, help="reversal: scale lambda by 2/(1+e^-gamma p)-1"),
+        "schedule_gamma": HParam(10.0, Choice([5.0, 10.0]), low=0.0, help="steepness gamma"),
+        "d_steps_per_g_step": HParam(1, IntLogUniform(0, 3), low=1, help="alternating only"),
+        "grad_penalty": HParam(0.0, LogUniform(-2, 1), low=0.0, help="D input-gradient penalty"),
+        "dann_optimizer": HParam("adam", Choice(OPTIMIZERS), help="adam (DomainBed) or sgd (paper)"),
+        "beta1": HParam(0.5, Choice([0.0, 0.5]), low=0.0, high=1.0, help="Adam beta1 (both)"),
+        "disc_width": HParam(256, IntLogUniform(6, 10), low=1, help="discriminator width"),
+        "disc_depth": HParam(3, Choice([3, 4, 5]), low=1, help="discriminator layers"),
+        "disc_dropout": HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0),
+        "lr_g": _renamed(_lr, "featurizer+classifier learning rate"),
+        "lr_d": _renamed(_lr, "discriminator learning rate"),
+        "weight_decay_g": _renamed(_weight_decay, "featurizer+classifier weight decay"),
+        "weight_decay_d": HParam(0.0, LogUniform(-6, -2), low=0.0, help="discriminator weight decay"),
+    }
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        hp = self.hparams
+        if hp["dann_scheme"] not in SCHEMES:
+            raise UnknownNameError("dann_scheme", hp["dann_scheme"], SCHEMES)
+        if hp["dann_optimizer"] not in OPTIMIZERS:
+            raise UnknownNameError("dann_optimizer", hp["dann_optimizer"], OPTIMIZERS)
+        self.featurizer = networks.Featurizer(input_shape, hp)
+        self.classifier = networks.Classifier(
+            self.featurizer.n_outputs, num_classes, hp["nonlinear_classifier"])
+        self.gen_opt = self._optimizer(
+            list(self.featurizer.parameters()) + list(self.classifier.parameters()),
+            hp["lr_g"], hp["weight_decay_g"])
+        self._build_discriminator(num_domains)
+
+    def _optimizer(self, params, lr, weight_decay):
+        if self.hparams["dann_optimizer"] == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
+                                betas=(self.hparams["beta1"], 0.9))
+
+    def _build_discriminator(self, n_out: int) -> None:
+        """D (+ class embeddings) and its optimizer; rebuilt by `configure` for uda (2 outputs)."""
+        hp, n = self.hparams, self.featurizer.n_outputs
+        self.discriminator = Discriminator(n, n_out, hp["disc_width"], hp["disc_depth"],
+                                           hp["disc_dropout"])
+        self.class_embeddings = nn.Embedding(self.num_classes, n) if self.conditional else None
+        d_params = list(self.discriminator.parameters())
+        if self.conditional:
+            d_params += list(self.class_embeddings.parameters())
+        self.disc_opt = self._optimizer(d_params, hp["lr_d"], hp["weight_decay_d"])
+
+    def configure(self, *, task, total_steps):
+        super().configure(task=task, total_steps=total_steps)
+        n_out = 2 if task == "uda" else self.num_domains
+        if n_out != self.discriminator[-1].out_features:
+            self._build_discriminator(n_out)
+
+    def reversal_coeff(self) -> float:
+        """lambda * (2 / (1 + exp(-gamma p)) - 1), or lambda without the schedule."""
+        s = dann_schedule(self.progress, self.hparams["schedule_gamma"])
+        return self.hparams["lambda"] * (s if self.hparams["lambda_schedule"] else 1.0)
+
+    def disc_loss(self, z, d, y_src, logits_tgt):
+        """L_D for features z = [source; target] with domain labels d (weights sum to 1)."""
+        n_src = len(y_src)
+        if self.conditional:
+            # no target labels: the expected class embedding under the detached prediction
+            emb_tgt = F.softmax(logits_tgt.detach(), 1) @ self.class_embeddings.weight
+            z = z + torch.cat([self.class_embeddings(y_src), emb_tgt])
+        losses = F.cross_entropy(self.discriminator(z), d, reduction="none")
+        if self.conditional:  # class-balanced: each present class weighs the same
+            counts = torch.bincount(y_src, minlength=self.num_classes).float()
+            w = 1.0 / (counts[y_src] * (counts > 0).sum())
+        else:
+            w = torch.full((n_src,), 1.0 / n_src, device=z.device)
+        if len(z) > n_src:  # uda: source and target halves weigh 1/2 each
+            w = 0.5 * torch.cat([w, torch.full((len(z) - n_src,), 1.0 / (len(z) - n_src),
+                                               device=z.device)])
+        return (w * losses).sum()
+
+    def update(self, minibatches, unlabeled=None):
+        sources, _ = self.split_minibatches(minibatches)
+        x_src = torch.cat([x for x, _ in sources])
+        y_src = torch.cat([y for _, y in sources])
+        if self.task == "uda":
+            x_tgt = torch.cat(list(unlabeled or [])) if unlabeled else x_src[:0]
+            d = torch.cat([torch.zeros(len(x_src)), torch.ones(len(x_tgt))])
+        else:
+            x_tgt = x_src[:0]
+            d = torch.cat([torch.full((len(x),), float(i)) for i, (x, _) in enumerate(sources)])
+        d = d.long().to(x_src.device)
+        n_src = len(x_src)
+        z = self.featurizer(torch.cat([x_src, x_tgt]))
+        logits = self.classifier(z)
+        cls_loss = cross_entropy(logits[:n_src], y_src)
+        scheme, k = self.hparams["dann_scheme"], self.hparams["d_steps_per_g_step"]
+        d_step = scheme == "alternating" and (int(self.num_updates) + 1) % (1 + k) < k
+        if scheme == "reversal":
+            coeff = self.reversal_coeff()
+            z_in = grad_reverse(z, coeff)
+        else:
+            z_in = z.detach().requires_grad_() if d_step else z
+        d_loss = self.disc_loss(z_in, d, y_src, logits[n_src:])
+        if self.hparams["grad_penalty"] > 0:
+            grad = torch.autograd.grad(d_loss, z_in, create_graph=True)[0]
+            d_loss = d_loss + self.hparams["grad_penalty"] * (grad ** 2).sum(1).mean()
+        if scheme == "reversal":
+            self._step(cls_loss + d_loss, self.disc_opt, self.gen_opt)
+            return {"loss": cls_loss.item(), "disc_loss": d_loss.item(), "grl_coeff": coeff}
+        if d_step:
+            self._step(d_loss, self.disc_opt)
+            return {"disc_loss": d_loss.item()}
+        self._step(cls_loss - self.hparams["lambda"] * d_loss, self.gen_opt)
+        return {"loss": cls_loss.item(), "gen_disc_loss": d_loss.item()}
+
+    def _step(self, loss, *optimizers):
+        self.disc_opt.zero_grad(set_to_none=True)
+        self.gen_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.hparams["dann_optimizer"] == "sgd":  # the paper's annealing
+            decay = (1 + 10 * self.progress) ** -0.75
+            for opt, lr in ((self.gen_opt, self.hparams["lr_g"]), (self.disc_opt, self.hparams["lr_d"])):
+                for group in opt.param_groups:
+                    group["lr"] = lr * decay
+        for opt in optimizers:
+            opt.step()
+
+    def predict(self, x):
+        return self.classifier(self.featurizer(x))
+
+
+@register_algorithm
+class DANN(AbstractDANN):
+    """Domain-adversarial neural network: CE + adversarial domain loss through gradient reversal
+    (paper) or alternating D/G steps (DomainBed); see the module docstring for the loss."""
+
+    PAPER = "Ganin et al., Domain-Adversarial Training of Neural Networks, JMLR 2016"
+
+
+@register_algorithm
+class CDANN(AbstractDANN):
+    """Conditional DANN: D reads z + e(y), a learned embedding of the class, and its loss is
+    class-balanced (1/count(y) weights), so phi aligns p(z|y) across domains. In uda the target
+    has no labels: e is replaced by its expectation under the detached prediction (our choice)."""
+
+    PAPER = "Li et al., Deep Domain Generalization via Conditional Invariant Adversarial Networks, ECCV 2018"
+    conditional = True

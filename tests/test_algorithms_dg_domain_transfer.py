@@ -1,0 +1,94 @@
+"""Mechanism tests for MTL (domain embeddings) and Transfer (adversarial classifier in a ball)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shiftbench.algorithms.base import create_algorithm
+from shiftbench.algorithms.dg_domain_transfer import _flat
+from shiftbench.hparams_registry import DatasetInfo
+
+IMG = DatasetInfo("Debug", (3, 16, 16), 3)
+VEC = DatasetInfo("Debug", (6,), 3)
+
+
+def _make(name, ds=VEC, **hp):
+    torch.manual_seed(0)
+    alg = create_algorithm(name, ds.input_shape, 3, 2, {"mlp_width": 16, "mlp_depth": 3, **hp}, dataset=ds)
+    alg.configure(task="dg", total_steps=10)
+    return alg
+
+
+def _data(ds=VEC, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn((8, *ds.input_shape), generator=g) + i, torch.randint(3, (8,), generator=g))
+            for i in range(2)]
+
+
+def test_mtl_embeddings_follow_the_ema_rule():
+    alg = _make("MTL", mtl_ema=0.5)
+    mbs1, mbs2 = _data(seed=1), _data(seed=2)
+    with torch.no_grad():
+        m1 = [alg.featurizer(x).mean(0) for x, _ in mbs1]
+    alg.update(mbs1)
+    for e in range(2):
+        assert torch.allclose(alg.embeddings[e], 0.5 * m1[e])
+    with torch.no_grad():
+        m2 = [alg.featurizer(x).mean(0) for x, _ in mbs2]
+    alg.update(mbs2)
+    for e in range(2):
+        assert torch.allclose(alg.embeddings[e], 0.5 * m2[e] + 0.25 * m1[e], atol=1e-6)
+
+
+def test_mtl_predict_uses_the_test_batch_marginal_without_noise():
+    alg = _make("MTL")
+    alg.update(_data())
+    alg.eval()
+    x = torch.randn(6, 6)
+    emb_before = alg.embeddings.clone()
+    with torch.no_grad():
+        z = alg.featurizer(x)
+        expected = alg.classifier(torch.cat([z, z.mean(0).expand(6, -1)], 1))
+        assert torch.equal(alg.predict(x), expected)
+        assert torch.equal(alg.predict(x), alg.predict(x))
+        # a different batch marginal changes the prediction of the same example
+        assert not torch.allclose(alg.predict(torch.cat([x[:1], x[1:] + 5]))[0], expected[0])
+    assert torch.equal(alg.embeddings, emb_before)
+
+
+@pytest.mark.parametrize("ds", [VEC, IMG], ids=["vector", "image"])
+def test_transfer_t_lambda_zero_equals_erm(ds):
+    mbs = _data(ds)
+    erm, alg = _make("ERM", ds), _make("Transfer", ds, t_lambda=0.0)
+    erm.update(mbs)
+    alg.update(mbs)
+    got = list(alg.featurizer.parameters()) + list(alg.classifier.parameters())
+    for (k, p), q in zip(erm.network.named_parameters(), got):
+        assert torch.equal(p, q), k
+
+
+def test_transfer_adversary_stays_in_ball_and_raises_the_gap():
+    alg = _make("Transfer", delta=0.5, lr_d=0.5, d_steps_per_g=5)
+    mbs = _data()
+    out = alg.update(mbs)
+    dist = (_flat(alg.adv_classifier) - _flat(alg.classifier)).norm()
+    assert dist <= 0.5 + 1e-5 and dist > 0.1
+    with torch.no_grad():
+        feats = [alg.featurizer(x) for x, _ in mbs]
+        labels = [y for _, y in mbs]
+        adv = alg.gap(feats, labels)
+        alg.adv_classifier.load_state_dict(alg.classifier.state_dict())
+        plain = alg.gap(feats, labels)
+    assert adv > plain
+    assert out["adv_gap"] > 0
+
+
+def test_transfer_gap_step_moves_only_the_featurizer():
+    alg = _make("Transfer", d_steps_per_g=0)
+    alg.optimizer.step = lambda: None  # isolate the gap step
+    before_c = [p.detach().clone() for p in alg.classifier.parameters()]
+    before_f = [p.detach().clone() for p in alg.featurizer.parameters()]
+    alg.update(_data())
+    assert all(torch.equal(b, p) for b, p in zip(before_c, alg.classifier.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before_f, alg.featurizer.parameters()))
