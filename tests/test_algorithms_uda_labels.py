@@ -7,16 +7,17 @@ import pytest
 import torch
 
 from shiftbench.algorithms import list_algorithms
-from shiftbench.datasets.base import TensorDomain, register_dataset
+from shiftbench.datasets.base import DATASETS, TensorDomain
 from shiftbench.datasets.debug import DebugVector
 from shiftbench.trainer import TrainArgs, train
 
 TARGET = 0
 
 
-@register_dataset(name="DebugVectorPermutedTarget")
 class DebugVectorPermutedTarget(DebugVector):
     """DebugVector with the target environment's labels permuted (inputs unchanged)."""
+
+    SOURCE = "synthetic (tests): DebugVector with permuted target labels"
 
     def __init__(self, root, test_envs, hparams):
         super().__init__(root, test_envs, hparams)
@@ -25,6 +26,12 @@ class DebugVectorPermutedTarget(DebugVector):
         shuffled = env.y[perm]
         assert not torch.equal(shuffled, env.y)
         self.datasets[TARGET] = TensorDomain(env.x, shuffled, name=env.name)
+
+
+@pytest.fixture(autouse=True)
+def _permuted_dataset(monkeypatch):
+    """Registered for the duration of each test only (the registry is process-wide)."""
+    monkeypatch.setitem(DATASETS._items, "DebugVectorPermutedTarget", DebugVectorPermutedTarget)
 
 
 def _trained_state(tmp_path, dataset: str, algorithm: str, task: str = "uda"):
