@@ -117,12 +117,16 @@ class CBST(ERM):
             probs.append(F.softmax(self.snapshot[1](f), dim=1))
         feats, probs = torch.cat(feats), torch.cat(probs)
         conf, pred = probs.max(dim=1)
-        self.thresholds.copy_(class_balanced_thresholds(conf, pred, self.num_classes, self.portion(k)))
+        self.thresholds.copy_(self.fit_thresholds(conf, pred, self.portion(k)))
         self.round_index.fill_(k)
         _, selected = cbst_select(probs, self.thresholds)
         stats = {"round_q": self.portion(k), "round_selected": selected.float().mean().item()}
         stats.update(self.after_labelling(feats, probs))
         return stats
+
+    def fit_thresholds(self, conf: torch.Tensor, pred: torch.Tensor, q: float) -> torch.Tensor:
+        """The round's lambda_c from the snapshot's confidences and predicted classes."""
+        return class_balanced_thresholds(conf, pred, self.num_classes, q)
 
     def after_labelling(self, feats: torch.Tensor, probs: torch.Tensor) -> dict[str, float]:
         """Extra round-start work of subclasses (TPLD)."""
