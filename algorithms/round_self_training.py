@@ -92,6 +92,11 @@ class CBST(ERM):
         self.register_buffer("thresholds", torch.ones(num_classes))
         self.register_buffer("round_index", torch.full((), -1, dtype=torch.long))
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.snapshot.eval()  # the frozen labeller always predicts in eval mode
+        return self
+
     def in_target_phase(self) -> bool:
         return int(self.num_updates) >= phase_start(self.total_steps, self.hparams["cbst_source_fraction"])
 

@@ -188,6 +188,11 @@ class SHOT(Algorithm):
         self.register_buffer("centroids", torch.zeros(num_classes, 257))
         self.register_buffer("valid", torch.zeros(num_classes, dtype=torch.bool))
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.snapshot.eval()  # the frozen labeller always predicts in eval mode
+        return self
+
     def round_interval(self):
         return 1  # on_round decides itself which steps start a refresh (see round_due)
 

@@ -130,6 +130,8 @@ def test_rounds_run_fix_thresholds_and_checkpoint(name, extra):
     qs = [v["round_q"] for v in log if "round_q" in v]
     assert qs == pytest.approx([0.2, 0.25, 0.3])  # q grows per round
     assert int(alg.round_index) == 2 and (alg.thresholds <= 1).all()
+    alg.train()
+    assert alg.network.training and not alg.snapshot.training  # the labeller stays in eval mode
     assert any("selected" in v for v in log)
     fresh = create_algorithm(name, (8,), 3, 1, {"mlp_width": 16, "mlp_depth": 3, "cbst_rounds": 3, **extra},
                              dataset=VEC)
