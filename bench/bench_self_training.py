@@ -185,6 +185,14 @@ def run_dgpe(args) -> None:
             recall = [(pred[yt == c] == c).float().mean().item() for c in range(3)]
             row[name] = sum(recall) / 3
             row[f"{name}_class2"] = recall[2]
+            if name != "ERM":  # mechanism: class 2's share of the last round's pseudo-labels
+                from shiftbench.algorithms.round_self_training import cbst_select
+
+                with torch.no_grad():
+                    probs = torch.softmax(alg.snapshot(pool), 1)
+                labels, mask = cbst_select(probs, alg.thresholds)
+                row[f"{name}_pl_share2"] = (labels[mask] == 2).float().mean().item()
+                row[f"{name}_pred_share2"] = (probs.argmax(1) == 2).float().mean().item()
         print(json.dumps(row), flush=True)
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -236,6 +244,12 @@ def report(paths) -> None:
                   f"{_mean_sd([r[key + '_class2'] for r in rows_e])} | "
                   f"{'—' if key == 'global' else _mean_sd(deltas)} | "
                   f"{'—' if key == 'global' else f'{wins}/{len(rows_e)}'} | {len(rows_e)} |")
+        if "CBST_pl_share2" in rows_e[0]:
+            for key in ("global", "CBST"):
+                pred = _mean_sd([r[key + "_pred_share2"] for r in rows_e])
+                chosen = _mean_sd([r[key + "_pl_share2"] for r in rows_e])
+                print(f"\n{key}: class 2 is {pred}% of the snapshot's predictions on the pool and "
+                      f"{chosen}% of the last round's selected pseudo-labels")
 
 
 def main(argv=None) -> None:

@@ -150,3 +150,41 @@ def test_tpld_two_phases():
     phase2 = [v for v in log if "easy" in v]
     assert phase2 and all("adv_g" in v for v in phase2)
     assert 0 < int(alg.bank_count) <= 64
+
+
+@pytest.mark.parametrize("name,hp", [
+    ("CBST", {"cbst_source_fraction": 0.3, "cbst_rounds": 2}),
+    ("TPLD", {"cbst_source_fraction": 0.3, "cbst_rounds": 2, "tpld_hard_rounds": 1}),
+    ("SHOT", {"shot_source_fraction": 0.3, "shot_rounds": 2}),
+])
+def test_interrupted_round_training_resumes_identically(tmp_path, monkeypatch, name, hp):
+    """Snapshot, thresholds, bank and centroids checkpoint: rounds start at steps 3 and 6, the
+    crash is at step 6 and the run resumes at step 5, inside the first round."""
+    import json
+
+    from helpers import stable_records
+
+    from shiftbench.algorithms.base import Algorithm
+    from shiftbench.trainer import TrainArgs, train
+
+    def args(out):
+        return TrainArgs(dataset="DebugVector", algorithm=name, test_envs=[0], task="uda", steps=9,
+                         checkpoint_freq=2, output_dir=str(tmp_path / out),
+                         hparams=json.dumps({"batch_size": 8, "mlp_width": 16, **hp}))
+
+    quiet = {"log": lambda m: None, "progress": False}
+    train(args("reference"), **quiet)
+    original, calls = Algorithm.train_step, {"n": 0}
+
+    def crash_at_7th(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise RuntimeError("simulated crash")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Algorithm, "train_step", crash_at_7th)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(args("crashed"), **quiet)
+    monkeypatch.setattr(Algorithm, "train_step", original)
+    train(args("crashed"), **quiet)
+    assert stable_records(tmp_path / "crashed") == stable_records(tmp_path / "reference")
