@@ -75,6 +75,7 @@ class CBST(ERM):
     """
 
     SETTINGS = ("uda",)
+    KEEPS_FEATURES = False  # whether the round pass keeps the split's features (TPLD's voting)
     PAPER = "Zou, Yu, Kumar & Wang, Unsupervised domain adaptation for semantic segmentation via " \
             "class-balanced self-training, ECCV 2018"
     HPARAMS = {
@@ -118,9 +119,11 @@ class CBST(ERM):
         feats, probs = [], []
         for x in target_batches():
             f = self.snapshot[0](x)
-            feats.append(f)
+            if self.KEEPS_FEATURES:
+                feats.append(f)
             probs.append(F.softmax(self.snapshot[1](f), dim=1))
-        feats, probs = torch.cat(feats), torch.cat(probs)
+        probs = torch.cat(probs)
+        feats = torch.cat(feats) if feats else probs.new_zeros(len(probs), 0)
         conf, pred = probs.max(dim=1)
         self.thresholds.copy_(self.fit_thresholds(conf, pred, self.portion(k)))
         self.round_index.fill_(k)
@@ -268,6 +271,7 @@ class TPLD(CBST):
     Phase-1 voting is a departure (no official code; details from secondary descriptions).
     """
 
+    KEEPS_FEATURES = True
     PAPER = "Shin, Woo, Pan & Kweon, Two-phase pseudo label densification for self-training based " \
             "domain adaptation, ECCV 2020"
     HPARAMS = {
