@@ -38,6 +38,18 @@ def dataset_status(data_dir: str | None) -> list[dict[str, Any]]:
         "source": "OpenCV samples/data/digits.png: put it in <data-dir> or install the Debian "
                   "package opencv-doc (Apache-2.0)",
     })
+    from shiftbench.datasets import digit_files
+
+    present = [n for n in digit_files.DOMAINS if digit_files.DOMAINS[n].find(data_dir)]
+    missing = [n for n in digit_files.DOMAINS if n not in present]
+    rows.append({
+        "dataset": "DigitFive",
+        "status": "present" if not missing else
+        f"missing {', '.join(missing)}" + (f" (present: {', '.join(present)})" if present else ""),
+        "domains": {n: "present" if n in present else "missing" for n in digit_files.DOMAINS},
+        "source": "; ".join(f"{n}: {d.files} from {d.url} ({d.licence})"
+                            for n, d in digit_files.DOMAINS.items()),
+    })
     for cls in IMAGE_FOLDER_DATASETS:
         counts = cls.count(data_dir) if data_dir else None
         if counts is None:
