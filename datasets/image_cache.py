@@ -166,9 +166,9 @@ def build_cache(dataset: str, env: str, samples: Sequence[tuple[str, int]], base
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+    """(x - mean) / std per channel, in place, as one multiply-add."""
+    inv = 1.0 / torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
+    return x.mul_(inv).sub_(torch.tensor(MEAN, dtype=x.dtype).view(1, 3, 1, 1) * inv)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -274,11 +274,11 @@ def color_jitter(x: torch.Tensor, strength: float = 0.3,
     """ColorJitter(strength x 4) per image: brightness, contrast, saturation and hue factors
     drawn per image and applied in a random order per image, as torchvision does.
 
-    Brightness, contrast and saturation are each a per-image linear map of the colour vector
-    (`A x + c`, then clamped to [0, 1]), so one batched 3x3 product per position in the order
-    applies whichever of them each image has there. The hue shift is exact (HSV) with
-    `hue="hsv"`; with `hue="linear"` it is a rotation about the grey axis, folded into the
-    same product.
+    Brightness, contrast and saturation are each `x * f + (1 - f) * target` then a clamp to
+    [0, 1], with target black, the mean grey level or the grey image; at each position of the
+    order one pass over the batch applies whichever of the three each image has there. The hue
+    shift is exact (HSV, per image) with `hue="hsv"`; with `hue="linear"` it is a rotation
+    about the grey axis.
     """
     n = len(x)
     lo, hi = 1.0 - strength, 1.0 + strength
@@ -286,31 +286,34 @@ def color_jitter(x: torch.Tensor, strength: float = 0.3,
     shifts = torch.empty(n).uniform_(-strength, strength, generator=generator)
     order = torch.rand(n, 4, generator=generator).argsort(1)
     gray = torch.tensor(GRAY, dtype=x.dtype)
-    eye = torch.eye(3, dtype=x.dtype)
-    rotations = hue_rotation(shifts) if hue == "linear" else None
-    h, w = x.shape[-2:]
+    rotations = hue_rotation(shifts).to(x.dtype) if hue == "linear" else None
     for position in range(4):
         op = order[:, position]
-        f = factors.gather(1, op.clamp(max=2).view(-1, 1)).view(-1, 1, 1)
-        linear = op < 3 if rotations is None else torch.ones(n, dtype=torch.bool)
-        # brightness: f I; contrast: f I, offset (1 - f) mean grey; saturation:
-        # f I + (1 - f) 1 gray^T; linear hue: a rotation. Others: the identity.
-        a = eye.expand(n, 3, 3).clone()
-        a[op < 3] = f[op < 3] * eye
-        sat = op == 2
-        a[sat] += (1 - f[sat]) * gray.view(1, 1, 3)
+        f = factors.gather(1, op.clamp(max=2).view(-1, 1)).view(-1).to(x.dtype)
+        if bool((op < 3).any()):
+            scale = torch.where(op < 3, f, torch.ones_like(f)).view(n, 1, 1, 1)
+            offset = torch.zeros(n, dtype=x.dtype)
+            con = op == 1
+            if bool(con.any()):
+                mean_grey = x.mean((2, 3)) @ gray
+                offset[con] = (1 - f[con]) * mean_grey[con]
+            shift = offset.view(n, 1, 1, 1)
+            sat = op == 2
+            if bool(sat.any()):
+                weight = torch.where(sat, 1 - f, torch.zeros_like(f)).view(n, 1, 1, 1)
+                shift = _gray(x).mul_(weight).add_(shift)
+            x = x.mul_(scale).add_(shift).clamp_(0.0, 1.0)
+        idx = (op == 3).nonzero().flatten()
+        if len(idx) == 0:
+            continue
         if rotations is not None:
-            a[op == 3] = rotations[op == 3]
-        offset = torch.zeros(n, 3, 1, dtype=x.dtype)
-        con = op == 1
-        if bool(con.any()):
-            mean_grey = x.view(n, 3, h * w).mean(2) @ gray
-            offset[con] = ((1 - f[con, 0, 0]) * mean_grey[con]).view(-1, 1, 1).expand(-1, 3, 1)
-        if bool(linear.any()):
-            # the whole batch in one product (identity rows are cheaper than gathering)
-            x = torch.baddbmm(offset, a, x.view(n, 3, h * w)).view(n, 3, h, w).clamp_(0, 1)
-        if rotations is None:
-            for i in (op == 3).nonzero().flatten().tolist():  # per image: stays in cache
+            part = x[idx]
+            rot = rotations[idx].view(len(idx), 3, 3, 1, 1)
+            mixed = part[:, 0:1] * rot[:, :, 0]
+            mixed.addcmul_(part[:, 1:2], rot[:, :, 1]).addcmul_(part[:, 2:3], rot[:, :, 2])
+            x[idx] = mixed.clamp_(0.0, 1.0)
+        else:
+            for i in idx.tolist():  # per image: its planes stay in cache
                 x[i:i + 1] = _shift_hue(x[i:i + 1], shifts[i:i + 1])
     return x
 

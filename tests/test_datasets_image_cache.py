@@ -222,3 +222,18 @@ def test_augment_batch_statistics():
     ev = C.eval_batch(x)
     assert torch.allclose(ev * std + mean, x.float() / 255, atol=1e-5)
     assert not math.isclose(float((a - C.augment_batch(x, 32)).abs().mean()), 0.0)
+
+
+def test_color_jitter_equals_torchvision_ops_in_the_drawn_order():
+    x = torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(6))
+    out = C.color_jitter(x.clone(), 0.3, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # the same draws, in the same order
+    factors = torch.empty(6, 3).uniform_(0.7, 1.3, generator=g)
+    shifts = torch.empty(6).uniform_(-0.3, 0.3, generator=g)
+    order = torch.rand(6, 4, generator=g).argsort(1)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in range(6):
+        ref = x[i]
+        for op in order[i].tolist():
+            ref = ops[op](ref, float(shifts[i] if op == 3 else factors[i, op]))
+        assert torch.allclose(out[i], ref, atol=1e-4), (i, order[i])
