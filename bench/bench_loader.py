@@ -81,6 +81,15 @@ def cpu_ms_per_image(env, batch_size: int, batches: int, seed: int) -> float:
     return 1000 * (time.process_time() - t0) / (batches * batch_size)
 
 
+def eval_cpu_ms_per_image(env, batch_size: int) -> float:
+    """CPU time per evaluation image, loading in this process (no workers)."""
+    t0 = time.process_time()
+    n = 0
+    for x, _ in eval_batches(env, torch.arange(len(env)), batch_size, num_workers=0):
+        n += len(x)
+    return 1000 * (time.process_time() - t0) / n
+
+
 def eval_rate(env, batch_size: int, workers: int) -> float:
     t0 = time.perf_counter()
     n = 0
@@ -130,21 +139,25 @@ def main() -> None:
                 tr = train_rate(ds[1], ns.batch_size, ns.batches, workers, seed=r)
                 ev = eval_rate(ds[0], 64, workers)
                 cpu = cpu_ms_per_image(ds[2], ns.batch_size, max(2, ns.batches // 2), seed=r)
+                ev_cpu = eval_cpu_ms_per_image(ds[0], 64)
                 rates.setdefault(f"{kind}_train", []).append(tr)
                 rates.setdefault(f"{kind}_eval", []).append(ev)
                 rates.setdefault(f"{kind}_cpu_ms", []).append(cpu)
+                rates.setdefault(f"{kind}_eval_cpu_ms", []).append(ev_cpu)
                 print(json.dumps({"repeat": r, "loader": kind, "train_images_per_s": round(tr, 1),
                                   "eval_images_per_s": round(ev, 1),
-                                  "train_cpu_ms_per_image": round(cpu, 2)}), flush=True)
+                                  "train_cpu_ms_per_image": round(cpu, 2),
+                                  "eval_cpu_ms_per_image": round(ev_cpu, 2)}), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     summary = {"workers": workers, "load_average": os.getloadavg()[0],
                "cpu_count": os.cpu_count(), "batch_size": ns.batch_size,
-               "repeats": ns.repeats, **{f"median_{k}": round(v, 1) for k, v in med.items()},
+               "repeats": ns.repeats, **{f"median_{k}": round(v, 2) for k, v in med.items()},
                "train_speedup": round(med["cached_train"] / med["lazy_train"], 2),
                "train_speedup_linear_hue": round(med["cached_linear_train"] / med["lazy_train"], 2),
                "eval_speedup": round(med["cached_eval"] / med["lazy_eval"], 2),
                "cpu_speedup": round(med["lazy_cpu_ms"] / med["cached_cpu_ms"], 2),
-               "cpu_speedup_linear_hue": round(med["lazy_cpu_ms"] / med["cached_linear_cpu_ms"], 2)}
+               "cpu_speedup_linear_hue": round(med["lazy_cpu_ms"] / med["cached_linear_cpu_ms"], 2),
+               "eval_cpu_speedup": round(med["lazy_eval_cpu_ms"] / med["cached_eval_cpu_ms"], 2)}
     print(json.dumps(summary))
 
 

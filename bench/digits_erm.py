@@ -56,12 +56,17 @@ def main() -> None:
     p.add_argument("--checkpoint-freq", type=int, default=None,
                    help="evaluation interval (default: --steps, i.e. first and last step only)")
     p.add_argument("--hparams", default=None, help="JSON hparams override, e.g. a smaller batch")
+    p.add_argument("--envs", type=int, nargs="+", default=None,
+                   help="only these held-out domains (to split the runs over processes)")
+    p.add_argument("--no-table", action="store_true", help="train only, print no table")
     ns = p.parse_args()
     cls = get_dataset_class(ns.dataset)
     ds = cls(None, [], {})
     out = Path(ns.out)
     rows = []
     for env, name in enumerate(cls.ENVIRONMENTS):
+        if ns.envs is not None and env not in ns.envs:
+            continue
         n = len(ds[env])
         sizes = {"out": int(n * 0.2), "in": n - int(n * 0.2)}
         held, within = [], []
@@ -72,6 +77,8 @@ def main() -> None:
             within.append(statistics.mean(rec[f"env{j}_out_acc"] for j in range(len(ds))
                                           if j != env))
         rows.append((name, held, within))
+    if ns.no_table:
+        return
     print("| held-out domain | held-out accuracy (per seed) | mean | in-domain validation "
           "accuracy (mean over seeds) |")
     print("| --- | --- | --- | --- |")
