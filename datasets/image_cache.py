@@ -166,7 +166,7 @@ def build_cache(dataset: str, env: str, samples: Sequence[tuple[str, int]], base
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    """(x - mean) / std per channel, in place, as one multiply-add."""
+    """(x - mean) / std per channel, in place (a multiply and a subtract)."""
     inv = 1.0 / torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
     return x.mul_(inv).sub_(torch.tensor(MEAN, dtype=x.dtype).view(1, 3, 1, 1) * inv)
 
