@@ -99,7 +99,7 @@ def spec_from_args(ns: argparse.Namespace) -> SweepSpec:
 
 def sweep_jobs(ns: argparse.Namespace) -> tuple[SweepSpec, list[Job]]:
     spec = spec_from_args(ns)
-    return spec, enumerate_jobs(spec, ns.output_dir, ns.data_dir)
+    return spec, enumerate_jobs(spec, ns.output_dir, ns.data_dir, ns.imports)
 
 
 def job_states(jobs: list[Job]) -> dict[str, JobState]:

@@ -78,6 +78,7 @@ class Job:
 
     args: TrainArgs
     hash: str
+    imports: tuple[str, ...] = ()  # modules the worker imports first (user registrations)
 
     @property
     def dir(self) -> Path:
@@ -103,6 +104,8 @@ class Job:
                 continue
             argv.append("--" + name.replace("_", "-"))
             argv.extend(str(v) for v in value) if isinstance(value, list) else argv.append(str(value))
+        for module in self.imports:
+            argv += ["--import", module]
         if threads:
             argv += ["--threads", str(threads)]
         return argv
@@ -112,13 +115,14 @@ class Job:
         return shlex.join(self.command(python, threads))
 
 
-def make_job(args: TrainArgs, output_dir: str | Path) -> Job:
+def make_job(args: TrainArgs, output_dir: str | Path, imports: tuple[str, ...] = ()) -> Job:
     h = job_hash(args)
     args.output_dir = str(Path(output_dir) / h)
-    return Job(args, h)
+    return Job(args, h, tuple(imports))
 
 
-def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None = None) -> list[Job]:
+def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None = None,
+                   imports: tuple[str, ...] | list[str] = ()) -> list[Job]:
     """Every job of a validated spec, in a deterministic order, without duplicates."""
     from shiftbench.datasets import get_dataset_class
 
@@ -142,6 +146,6 @@ def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None
                                 holdout_fraction=spec.holdout_fraction,
                                 uda_holdout_fraction=spec.uda_holdout_fraction,
                                 target_shots=spec.target_shots, data_dir=data_dir)
-                            job = make_job(args, output_dir)
+                            job = make_job(args, output_dir, tuple(imports))
                             jobs.setdefault(job.hash, job)
     return list(jobs.values())
