@@ -20,7 +20,7 @@ from dataclasses import fields
 from shiftbench.errors import ShiftbenchError
 from shiftbench.sweeps.jobs import Job, enumerate_jobs
 from shiftbench.sweeps.launchers import LAUNCHERS, LaunchOptions, LaunchResult, get_launcher
-from shiftbench.sweeps.spec import SweepSpec, load_spec, parse_hparams_flag
+from shiftbench.sweeps.spec import SweepSpec, load_spec, parse_hparams_flag, validate_spec
 from shiftbench.sweeps.state import STATES, JobState, job_state, try_lock_for_delete
 
 MAX_LISTED = 100
@@ -84,7 +84,7 @@ def spec_from_args(ns: argparse.Namespace) -> SweepSpec:
     from shiftbench.cli import TASK_ALIASES, import_user_modules
 
     import_user_modules(ns.imports)
-    spec = load_spec(ns.spec) if ns.spec else SweepSpec()
+    spec = load_spec(ns.spec, validate=False) if ns.spec else SweepSpec()
     given = {f.name: getattr(ns, f.name) for f in fields(SweepSpec)
              if f.name not in ("hparams", "fixed", "grid", "test_envs")
              and getattr(ns, f.name, None) is not None}
@@ -93,7 +93,7 @@ def spec_from_args(ns: argparse.Namespace) -> SweepSpec:
     spec.task = TASK_ALIASES.get(spec.task, spec.task)
     if ns.hparams:
         spec.hparams = {**spec.hparams, **parse_hparams_flag(ns.hparams)}
-    spec.validate()
+    validate_spec(spec, ns.spec)
     return spec
 
 

@@ -206,8 +206,11 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def load_spec(path: str | Path, base: SweepSpec | None = None) -> SweepSpec:
-    """Read a TOML sweep spec; errors name the file and line of the bad value."""
+def load_spec(path: str | Path, base: SweepSpec | None = None, validate: bool = True) -> SweepSpec:
+    """Read a TOML sweep spec; errors name the file and line of the bad value.
+
+    With `validate=False` only the file's syntax and types are checked (call `validate_spec`
+    after merging command-line flags)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -264,12 +267,23 @@ def load_spec(path: str | Path, base: SweepSpec | None = None) -> SweepSpec:
                 spec.grid[algorithm] = dict(values)
             else:
                 spec.fixed[algorithm] = dict(values)
+    if validate:
+        validate_spec(spec, path)
+    return spec
+
+
+def validate_spec(spec: SweepSpec, path: str | Path | None = None) -> None:
+    """`spec.validate()`, naming the spec file and the line an error is about when known."""
     try:
         spec.validate()
     except ShiftbenchError as e:
-        line = _locate(text, e)
+        if path is None:
+            raise
+        try:
+            line = _locate(Path(path).read_text(encoding="utf-8"), e)
+        except OSError:
+            line = None
         raise SpecError(f"{path}" + (f", line {line}" if line else "") + f": {e}") from None
-    return spec
 
 
 def _unknown(fail, name, choices, table, key, kind="key") -> SpecError:
