@@ -294,13 +294,17 @@ def wait_for_slurm(submitted: list, jobs: list[Job], result: LaunchResult,
     """Poll submitit jobs until each has ended; count successes and failures."""
     from tqdm import tqdm
 
-    start = time.time()
+    start = last_check = time.time()
     pending = dict(enumerate(submitted))
     with tqdm(total=len(submitted), desc="slurm", unit="job", disable=not options.progress,
               file=sys.stderr) as bar:
         while pending:
+            # A task's result file (success or error) appears when it ends; asking Slurm (sacct)
+            # only now and then spares clusters without accounting a warning per poll.
+            ask_slurm = time.time() - last_check > 30
+            last_check = time.time() if ask_slurm else last_check
             for i, sjob in list(pending.items()):
-                if not sjob.done():
+                if not (sjob.paths.result_pickle.exists() or (ask_slurm and sjob.done())):
                     continue
                 del pending[i]
                 bar.update(1)

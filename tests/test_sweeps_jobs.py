@@ -156,3 +156,23 @@ def test_dry_run_prints_commands(tmp_path, capsys):
     assert code == 0 and len(lines) == 6
     assert all("--steps 3" in ln and "--trial-seed" in ln for ln in lines)
     assert not list(tmp_path.iterdir())  # nothing launched, nothing written
+
+
+def test_slurm_options_are_checked():
+    from shiftbench.sweeps.launchers import check_sbatch_value, slurm_minutes
+
+    assert slurm_minutes("90") == 90
+    assert slurm_minutes("1:30:00") == 90
+    assert slurm_minutes("2-01:00") == 2 * 1440 + 60
+    with pytest.raises(ShiftbenchError, match="expected minutes"):
+        slurm_minutes("soon")
+    assert check_sbatch_value("partition", "gpu-a100") == "gpu-a100"
+    with pytest.raises(ShiftbenchError, match="not allowed"):
+        check_sbatch_value("partition", "gpu\n#SBATCH --wrap='rm -rf ~'")
+
+
+def test_unknown_launcher_lists_choices(tmp_path):
+    from shiftbench.sweeps.launchers import get_launcher
+
+    with pytest.raises(UnknownNameError, match="unknown launcher 'slurmm'.*did you mean 'slurm'"):
+        get_launcher("slurmm")
