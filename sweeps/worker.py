@@ -89,5 +89,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         lock.release()
 
 
+def main_exit(argv: Sequence[str] | None = None) -> None:
+    """Run and exit with the worker's status (flushing output first)."""
+    try:
+        code = run(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run())
+    main_exit()

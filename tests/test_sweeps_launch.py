@@ -240,3 +240,31 @@ def test_multi_gpu_launcher_gives_each_job_one_fake_device(tmp_path):
     assert code == 0
     devices = [read_attempts(j.dir)[0]["cuda_visible_devices"] for j in _jobs(out, steps=2)]
     assert len(devices) == 3 and set(devices) <= {"3", "5"}
+
+
+def test_ctrl_c_stops_jobs_and_leaves_them_resumable(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["--n-trials", "1", "--steps", "400", "--checkpoint-freq", "20", "--jobs", "2"]
+    launcher = subprocess.Popen(_launch_cmd(out, *args), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    jobs = _jobs(out, steps=400, checkpoint_freq=20)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if all((j.dir / "results.jsonl").exists() and len(_records(j.dir)) >= 2
+                   for j in jobs[:2]):
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the jobs never reached their second checkpoint")
+        os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        output = launcher.communicate(timeout=60)[0]
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 130, output
+    assert "interrupted" in output
+    for job in jobs[:2]:
+        state = job_state(job.dir)
+        assert state.state == "incomplete" and "resumable" in state.detail, state
+    assert job_state(jobs[2].dir).state == "not_launched"
