@@ -22,11 +22,11 @@ from shiftbench import networks
 from shiftbench.algorithms.base import (
     Algorithm,
     concat_minibatches,
-    cross_entropy,
     make_optimizer,
     register_algorithm,
 )
 from shiftbench.algorithms.components import entropy
+from shiftbench.algorithms.erm import ERM
 from shiftbench.algorithms.round_self_training import phase_start, round_due
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
 
@@ -56,29 +56,11 @@ def using_batch_statistics(module: nn.Module) -> Iterator[None]:
             bn.track_running_stats = track
 
 
-class _BNSourceModel(Algorithm):
+class _BNSourceModel(ERM):
     """ERM on the pooled sources with a BatchNorm featurizer (the source model of TTA methods)."""
 
     SETTINGS = ("tta",)
-
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.featurizer = networks.Featurizer(input_shape, self.hparams, norm="batch")
-        self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])
-        self.network = nn.Sequential(self.featurizer, self.classifier)
-        self.optimizer = make_optimizer(self.network.parameters(), self.hparams)
-
-    def update(self, minibatches, unlabeled=None):
-        x, y = concat_minibatches(minibatches)
-        loss = cross_entropy(self.network(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.item()}
-
-    def predict(self, x):
-        return self.network(x)
+    FEATURIZER_NORM = "batch"
 
 
 @register_algorithm
