@@ -6,7 +6,10 @@ in evaluation, for ERM at DomainBed's small-image defaults (batch 64 per domain,
    of 2x28x28, 2 classes; synthetic data with a class-dependent offset, as DomainBed's harness);
 2. `rotated-mnist`: RotatedMNIST from the 5,000 bundled digits (compute dominates).
 
+Each configuration runs in float32 and with `--precision bf16` (bfloat16 autocast).
+
 Usage: python bench/bench_trainer.py [--repeats 3] [--threads 2] [--configs cmnist-shape rotated-mnist]
+       [--precisions fp32 bf16]
 Prints one JSON line per run and a median summary per configuration. Run it on an idle machine.
 """
 
@@ -48,18 +51,19 @@ class BenchCMNISTShape(MultiDomainDataset):
 CONFIGS = {"cmnist-shape": "BenchCMNISTShape", "rotated-mnist": "RotatedMNIST"}
 
 
-def run_once(dataset: str, steps: int) -> dict:
+def run_once(dataset: str, steps: int, precision: str = "fp32") -> dict:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         records = train(TrainArgs(dataset=dataset, algorithm="ERM", test_envs=[0], steps=steps,
-                                  checkpoint_freq=100, output_dir=out, skip_model_save=True),
+                                  checkpoint_freq=100, output_dir=out, skip_model_save=True,
+                                  precision=precision),
                         log=lambda m: None, progress=False)
         wall = time.perf_counter() - start
     # step_time is a per-checkpoint mean over the steps since the previous checkpoint
     bounds = [-1] + [r["step"] for r in records]
     train_s = sum(r["step_time"] * (bounds[i + 1] - bounds[i]) for i, r in enumerate(records))
     eval_s = sum(r["eval_time"] for r in records)
-    return {"dataset": dataset, "steps": steps, "wall_s": wall, "train_s": train_s,
+    return {"dataset": dataset, "precision": precision, "steps": steps, "wall_s": wall, "train_s": train_s,
             "eval_s": eval_s, "steps_per_s_end_to_end": steps / wall,
             "steps_per_s_training": steps / train_s, "eval_share": eval_s / wall,
             "test_acc": records[-1]["env0_in_acc"]}
@@ -71,16 +75,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(json.dumps({"machine": platform.processor() or platform.machine(),
                       "torch": torch.__version__, "threads": args.threads}))
     summary = {}
     for _ in range(args.repeats):
-        for name in args.configs:  # interleaved, so drifting load hits both alike
-            result = run_once(CONFIGS[name], args.steps)
-            print(json.dumps({"config": name, **result}), flush=True)
-            summary.setdefault(name, []).append(result)
+        for name in args.configs:  # interleaved, so drifting load hits all alike
+            for precision in args.precisions:
+                result = run_once(CONFIGS[name], args.steps, precision)
+                print(json.dumps({"config": name, **result}), flush=True)
+                summary.setdefault(f"{name} {precision}", []).append(result)
     for name, runs in summary.items():
         med = {k: statistics.median(r[k] for r in runs) for k in
                ("steps_per_s_end_to_end", "steps_per_s_training", "eval_share", "wall_s",

@@ -46,6 +46,7 @@ from shiftbench.splits import EnvSplits, make_splits
 TIMING_KEYS = ("step_time", "eval_time", "mem_gb", "wall_time")
 EVAL_SPLIT_CHOICES = ("selection", "all")
 TTA_MODES = ("continual", "episodic")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class TrainArgs:
     target_shots: int = 3
     tta_mode: str = "continual"
     eval_splits: str = "selection"
+    precision: str = "fp32"
     output_dir: str = "train_output"
     data_dir: str | None = None
     device: str | None = None
@@ -139,6 +141,9 @@ def validate_args(args: TrainArgs) -> tuple[type, type]:
             f"--eval-splits {args.eval_splits!r} is not one of {', '.join(EVAL_SPLIT_CHOICES)}")
     if args.tta_mode not in TTA_MODES:
         raise ShiftbenchError(f"--tta-mode {args.tta_mode!r} is not one of {', '.join(TTA_MODES)}")
+    if args.precision not in PRECISIONS:
+        raise ShiftbenchError(
+            f"--precision {args.precision!r} is not one of {', '.join(PRECISIONS)}")
     resolve_hparams(args.algorithm, _info(args.dataset, dataset_cls), args.hparams_seed, args.hparams)
     return dataset_cls, algorithm_cls
 
@@ -157,6 +162,13 @@ def pick_device(requested: str | None) -> torch.device:
     if requested:
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(trial: Trial):
+    """Mixed precision for every forward pass of the trial: bfloat16 autocast with
+    `--precision bf16` (as AMP on GPUs; parameters and optimizer state stay float32)."""
+    return torch.autocast(trial.device.type, dtype=torch.bfloat16,
+                          enabled=trial.args.precision == "bf16")
 
 
 def build_trial(args: TrainArgs) -> Trial:
@@ -211,7 +223,8 @@ def evaluate(trial: Trial) -> dict[str, float]:
     accs: dict[str, float] = {}
     was_training = algorithm.training
     algorithm.eval()
-    bs = 512 if trial.device.type == "cpu" else 1024
+    # On CPUs, batches of ~128 keep the activations of small CNNs in cache (512 is slower).
+    bs = 128 if trial.device.type == "cpu" else 1024
     for i, env in enumerate(trial.dataset.datasets):
         is_test = i in args.test_envs
         for split_name, idx in trial.splits[i].named().items():
@@ -222,14 +235,39 @@ def evaluate(trial: Trial) -> dict[str, float]:
             if is_test and args.task == "tta" and split_name in ("in", "out"):
                 accs[f"env{i}_{split_name}_acc"] = _tta_accuracy(trial, env, idx, i, split_name)
                 continue
-            correct = 0
-            with torch.inference_mode():
+            correct, kept = 0, []
+            keep_logits = is_test and split_name == "uda"
+            with torch.inference_mode(), autocast(trial):
                 for x, y in eval_batches(env, idx, bs):
                     logits = algorithm.predict(x.to(trial.device, non_blocking=True))
                     correct += accuracy_counts(logits, y.to(trial.device))
+                    if keep_logits:
+                        kept.append(logits.float().cpu())
             accs[f"env{i}_{split_name}_acc"] = correct / len(idx)
+            if kept:
+                accs.update(_unsupervised_scores(trial, i, torch.cat(kept)))
     algorithm.train(was_training)
     return accs
+
+
+SND_MAX_EXAMPLES = 2000
+
+
+def _unsupervised_scores(trial: Trial, env_i: int, logits: torch.Tensor) -> dict[str, float]:
+    """Label-free scores of the predictions on the unlabeled target split (for the `entropy`,
+    `im` and `snd` selection rules). Entropies use every example; SND compares all pairs, so it
+    sees at most `SND_MAX_EXAMPLES`, the same subset at every checkpoint of a trial."""
+    from shiftbench.results.validators import marginal_entropy, prediction_entropy, validator_scores
+    from shiftbench.seeds import seed_hash
+
+    subset = logits
+    if len(logits) > SND_MAX_EXAMPLES:
+        g = torch.Generator().manual_seed(seed_hash(trial.args.trial_seed, env_i, "snd"))
+        subset = logits[torch.randperm(len(logits), generator=g)[:SND_MAX_EXAMPLES]]
+    scores = validator_scores(env_i, subset)
+    scores[f"env{env_i}_uda_entropy"] = prediction_entropy(logits)
+    scores[f"env{env_i}_uda_marginal_entropy"] = marginal_entropy(logits)
+    return scores
 
 
 def _tta_accuracy(trial: Trial, env, idx: torch.Tensor, env_i: int, split_name: str) -> float:
@@ -241,7 +279,8 @@ def _tta_accuracy(trial: Trial, env, idx: torch.Tensor, env_i: int, split_name: 
     stream = idx[torch.randperm(len(idx), generator=g)]
     correct = 0
     for x, y in eval_batches(env, stream, int(trial.hparams["batch_size"])):
-        logits = adapted.adapt(x.to(trial.device))
+        with autocast(trial):
+            logits = adapted.adapt(x.to(trial.device))
         correct += accuracy_counts(logits.detach(), y.to(trial.device))
         if trial.args.tta_mode == "episodic":
             adapted.reset_adaptation()
@@ -410,12 +449,15 @@ def _train(args: TrainArgs, store: TrialStore, log, progress: bool | None):
     for step in range(start_step, trial.n_steps):
         step_start = time.time()
         if round_every and step % round_every == 0:
-            for k, v in algorithm.on_round(lambda: _target_batches(trial, batch_size)).items():
+            with autocast(trial):
+                round_values = algorithm.on_round(lambda: _target_batches(trial, batch_size))
+            for k, v in round_values.items():
                 window[k].append(v)
         minibatches = [tuple(t.to(device, non_blocking=True) for t in s.next())
                        for s in streams + lab_streams]
         unlabeled = [s.next()[0].to(device, non_blocking=True) for s in uda_streams] or None
-        values = algorithm.train_step(minibatches, unlabeled)
+        with autocast(trial):
+            values = algorithm.train_step(minibatches, unlabeled)
         bad = {k: v for k, v in values.items() if not _is_finite(v)}
         if bad:
             atomic_write_bytes(store.failed, json.dumps({

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +13,22 @@ from torch.utils.data import Dataset
 
 from shiftbench.errors import ShiftbenchError
 from shiftbench.registry import Registry
+
+
+def resolve_inside(root: str | os.PathLike, relative: str, listed_in: str | os.PathLike,
+                   ) -> Path:
+    """`root / relative` for a path read from a manifest or list file, refusing any that
+    leaves `root`: absolute paths, `..` components, or symlinks that resolve outside it."""
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts or relative.startswith(("/", "\\")):
+        raise ShiftbenchError(f"{listed_in}: path {relative!r} is not inside {root} (absolute "
+                              "paths and '..' are not allowed in list files)")
+    base = Path(root).resolve()
+    path = (Path(root) / rel).resolve()
+    if path != base and base not in path.parents:
+        raise ShiftbenchError(f"{listed_in}: {relative!r} resolves to {path}, outside {base} "
+                              "(a symlink out of the data directory is not allowed)")
+    return path
 
 
 class TensorDomain(Dataset):

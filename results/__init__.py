@@ -1,1 +1,32 @@
-"""Results: reading records, model selection rules and tables."""
+"""Results: reading records, model selection rules, tables and reports.
+
+    from shiftbench.results import load_records, collect, render
+    frame = load_records("sweep_output")            # one row per record (pandas)
+    print(render(collect(read_sweep("sweep_output")), "markdown"))
+"""
+
+from shiftbench.results.reading import load_records, read_sweep
+from shiftbench.results.selection import (
+    SELECTION_RULES,
+    SelectionRule,
+    get_selection_rule,
+    list_selection_rules,
+    register_selection_rule,
+    select,
+)
+from shiftbench.results.tables import FORMATS, collect, domainbed_format, render
+
+__all__ = [
+    "FORMATS",
+    "SELECTION_RULES",
+    "SelectionRule",
+    "collect",
+    "domainbed_format",
+    "get_selection_rule",
+    "list_selection_rules",
+    "load_records",
+    "read_sweep",
+    "register_selection_rule",
+    "render",
+    "select",
+]

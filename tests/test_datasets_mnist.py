@@ -64,3 +64,59 @@ def test_truncated_idx_file_is_a_clear_error(tmp_path):
         _write_idx(raw / name, np.arange(10))
     with pytest.raises(ShiftbenchError, match="truncated"):
         get_dataset_class("ColoredMNIST")(str(tmp_path), [0], {})
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST variants
+
+
+def _write_fashion(root, n_train=36, n_test=12):
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rs = np.random.RandomState(1)
+    train = rs.randint(0, 255, (n_train, 28, 28))
+    _write_idx(raw / "train-images-idx3-ubyte.gz", train)
+    _write_idx(raw / "train-labels-idx1-ubyte.gz", np.arange(n_train) % 10)
+    _write_idx(raw / "t10k-images-idx3-ubyte.gz", rs.randint(0, 255, (n_test, 28, 28)))
+    _write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10)
+    return train
+
+
+def test_fashion_variants_from_idx_files(tmp_path, monkeypatch):
+    from shiftbench.datasets import mnist
+
+    monkeypatch.setattr(mnist, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian"))
+    train = _write_fashion(tmp_path)
+    rot = get_dataset_class("RotatedFashionMNIST")(str(tmp_path), [0], {})
+    assert rot.environments == ["0", "15", "30", "45", "60", "75"]
+    assert sum(len(e) for e in rot.datasets) == 48 and "Fashion-MNIST" in rot.source
+    # the 0-degree environment holds unrotated fixture images
+    flat = {bytes(img.astype(np.uint8).tobytes()) for img in train}
+    assert any(bytes(x[0].numpy().tobytes()) in flat for x in rot.datasets[0].x)
+    col = get_dataset_class("ColoredFashionMNIST")(str(tmp_path), [0], {})
+    assert col.environments == ["+90%", "+80%", "-90%"]
+    assert col.input_shape == (2, 28, 28) and col.num_classes == 2
+    x, y = col.datasets[0].batch(torch.arange(len(col.datasets[0])))
+    assert set(y.tolist()) <= {0, 1} and x.shape[1:] == (2, 28, 28)
+    # MNIST files with the same names in the data dir itself are not taken for Fashion-MNIST
+    assert mnist.find_fashion_idx(str(tmp_path / "FashionMNIST" / "raw")) is None
+
+
+def test_fashion_absent_is_a_clear_error(tmp_path, monkeypatch):
+    from shiftbench.datasets import mnist
+
+    monkeypatch.setattr(mnist, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian"))
+    for name in ("RotatedFashionMNIST", "ColoredFashionMNIST"):
+        with pytest.raises(ShiftbenchError, match="apt-get install dataset-fashion-mnist"):
+            get_dataset_class(name)(None, [0], {})
+
+
+def test_debian_fashion_mnist_package_layout():
+    from shiftbench.datasets import mnist
+
+    files = mnist.find_fashion_idx(None)
+    if files is None:
+        pytest.skip(f"Debian package dataset-fashion-mnist not installed "
+                    f"({mnist.FASHION_MNIST_SYSTEM_DIR} absent)")
+    labels = mnist._read_idx(files["test_y"])
+    assert labels.shape == (10000,) and np.bincount(labels).tolist() == [1000] * 10

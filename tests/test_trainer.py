@@ -247,3 +247,16 @@ def test_store_truncates_torn_last_line(tmp_path):
     store.truncate_records(1)
     assert store.results.read_text() == '{"step": 0}\n'
     os.remove(store.results)
+
+
+def test_bf16_precision_is_recorded_deterministic_and_learns(tmp_path):
+    a = train(_args(tmp_path, "a", precision="bf16", steps=30, checkpoint_freq=29), **QUIET)
+    train(_args(tmp_path, "b", precision="bf16", steps=30, checkpoint_freq=29), **QUIET)
+    f = train(_args(tmp_path, "f", steps=30, checkpoint_freq=29), **QUIET)
+    assert a[-1]["args"]["precision"] == "bf16" and f[-1]["args"]["precision"] == "fp32"
+    assert stable_records(tmp_path / "a") == stable_records(tmp_path / "b")
+    assert a[-1]["loss"] != f[-1]["loss"]  # autocast really changed the arithmetic
+    assert a[-1]["env1_out_acc"] > 0.5 and abs(a[-1]["env1_out_acc"] - f[-1]["env1_out_acc"]) < 0.2
+    with pytest.raises(ShiftbenchError, match="fp16.*fp32, bf16"):
+        train(_args(tmp_path, "bad", precision="fp16"), **QUIET)
+    assert not (tmp_path / "bad").exists()

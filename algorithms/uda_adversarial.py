@@ -1,0 +1,261 @@
+"""Adversarial unsupervised domain adaptation: CDAN and CDAN+E, BSP, ADDA.
+
+All three align source and target representations by playing against a domain discriminator D
+(source = label 1, target = label 0). CDAN and BSP use one joint step with a gradient reversal
+layer R_lambda (lambda follows DANN's schedule 2 / (1 + exp(-gamma p)) - 1 over the whole run);
+ADDA trains a separate target encoder with the inverted-label GAN loss after a source phase.
+Several source domains are pooled into one "source"; several target batches into one "target".
+Target labels are never available to these algorithms.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+from shiftbench import networks
+from shiftbench.algorithms.base import (
+    Algorithm,
+    concat_minibatches,
+    cross_entropy,
+    make_optimizer,
+    register_algorithm,
+)
+from shiftbench.algorithms.components import Discriminator, dann_schedule, entropy, grad_reverse
+from shiftbench.errors import ShiftbenchError
+from shiftbench.hparams_registry import Choice, HParam, LogUniform
+
+
+def multilinear_map(f: torch.Tensor, g: torch.Tensor, rf: torch.Tensor | None = None,
+                    rg: torch.Tensor | None = None) -> torch.Tensor:
+    """CDAN's conditioning T(f, g): `vec(g outer f)` (B x C*d), or, given the fixed random
+    matrices `rf` (d x m) and `rg` (C x m), the randomized map `(f rf) * (g rg) / sqrt(m)`."""
+    if rf is None or rg is None:
+        return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
+    return (f @ rf) * (g @ rg) / math.sqrt(rf.shape[1])
+
+
+def entropy_weights(logits: torch.Tensor) -> torch.Tensor:
+    """CDAN+E's `w_i = 1 + exp(-H(p_i))` from detached predictions, rescaled to sum to B."""
+    w = 1.0 + torch.exp(-entropy(logits.detach(), reduction="none"))
+    return w * (len(w) / w.sum())
+
+
+def _domain_labels(n_source: int, n_target: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.cat([like.new_ones(n_source), like.new_zeros(n_target)])
+
+
+class _GRLAdversary(Algorithm):
+    """Shared skeleton of the gradient-reversal methods (DANN-style, one optimizer):
+    `L = CE(source) + w * BCE_weighted(D(R_lambda(T(f, logits))), domain) + extra(f_s, f_t)`.
+    Subclasses choose the discriminator input `T`, the sample weights and the extra term."""
+
+    SETTINGS = ("uda",)
+    HPARAMS = {
+        "adv_weight": HParam(1.0, LogUniform(-1, 0.5), low=0.0, help="trade-off of the domain loss"),
+        "grl_gamma": HParam(10.0, Choice([5.0, 10.0]), low=0.0, help="steepness of the lambda schedule"),
+        "disc_width": HParam(256, Choice([256, 1024]), low=1, help="discriminator hidden width"),
+        "disc_depth": HParam(3, Choice([2, 3]), low=2, help="discriminator layers"),
+    }
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        self.featurizer = networks.Featurizer(input_shape, self.hparams)
+        self.classifier = networks.Classifier(
+            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])
+        self.discriminator = Discriminator(self.disc_inputs(), 1, int(self.hparams["disc_width"]),
+                                           int(self.hparams["disc_depth"]))
+        self.optimizer = make_optimizer(self.parameters(), self.hparams)
+
+    def disc_inputs(self) -> int:
+        return self.featurizer.n_outputs
+
+    def disc_input(self, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return f
+
+    def sample_weights(self, logits: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def extra_loss(self, fs: torch.Tensor, ft: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def update(self, minibatches, unlabeled=None):
+        xs, ys = concat_minibatches(minibatches)
+        if not unlabeled:
+            raise ShiftbenchError(f"{type(self).__name__} needs unlabeled target batches (--task uda)")
+        xt = torch.cat(list(unlabeled))
+        f = self.featurizer(torch.cat([xs, xt]))
+        logits = self.classifier(f)
+        cls_loss = cross_entropy(logits[: len(xs)], ys)
+        lam = dann_schedule(self.progress, self.hparams["grl_gamma"])
+        d_out = self.discriminator(grad_reverse(self.disc_input(f, logits), lam))[:, 0]
+        d_loss = F.binary_cross_entropy_with_logits(
+            d_out, _domain_labels(len(xs), len(xt), d_out), weight=self.sample_weights(logits))
+        extras = self.extra_loss(f[: len(xs)], f[len(xs):])
+        loss = cls_loss + self.hparams["adv_weight"] * d_loss + sum(extras.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "cls_loss": cls_loss.item(), "disc_loss": d_loss.item(),
+                "lambda": lam, **{k: v.item() for k, v in extras.items()}}
+
+    def predict(self, x):
+        return self.classifier(self.featurizer(x))
+
+
+@register_algorithm
+class CDAN(_GRLAdversary):
+    """Conditional adversarial DA (Long et al., NeurIPS 2018).
+
+    D sees the multilinear map `T(f, g) = vec(g f^T)` of the features f and the detached softmax
+    g (a C*d vector), or the randomized map `(R_f f) * (R_g g) / sqrt(m)` with fixed Gaussian
+    R_f, R_g when C*d > `multilinear_max` (4096). Loss: `CE(source) + w * BCE(D(R(T)), domain)`,
+    with CDAN+E weighting each example by `1 + exp(-H(g))` (normalised over the joint batch to
+    sum to its size, as TLlib; the official code normalises each domain's half separately).
+    Departure: Adam (the benchmark's optimizer) instead of SGD with inverse-decay LR.
+    """
+
+    PAPER = "Long, Cao, Wang & Jordan, Conditional Adversarial Domain Adaptation, NeurIPS 2018"
+    HPARAMS = {
+        "entropy_conditioning": HParam(False, Choice([False, True]), help="CDAN+E weights"),
+        "randomized_dim": HParam(1024, Choice([512, 1024]), low=1, help="m of the randomized map"),
+        "multilinear_max": HParam(4096, None, low=1, help="largest C*d using the exact map"),
+    }
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        d, m = self.featurizer.n_outputs, int(self.hparams["randomized_dim"])
+        if self.randomized:  # sampled once, saved with the model, never trained
+            self.register_buffer("rf", torch.randn(d, m))
+            self.register_buffer("rg", torch.randn(num_classes, m))
+        else:
+            self.rf = self.rg = None
+
+    @property
+    def randomized(self) -> bool:
+        return self.featurizer.n_outputs * self.num_classes > int(self.hparams["multilinear_max"])
+
+    def disc_inputs(self) -> int:
+        if self.randomized:
+            return int(self.hparams["randomized_dim"])
+        return self.featurizer.n_outputs * self.num_classes
+
+    def disc_input(self, f, logits):
+        return multilinear_map(f, F.softmax(logits, dim=1).detach(), self.rf, self.rg)
+
+    def sample_weights(self, logits):
+        return entropy_weights(logits) if self.hparams["entropy_conditioning"] else None
+
+
+@register_algorithm
+class CDANE(CDAN):
+    """CDAN+E (Long et al., NeurIPS 2018): CDAN with entropy conditioning on by default, so
+    confident examples (weight `1 + exp(-H)`) count more in the domain loss; see CDAN."""
+
+    PAPER = CDAN.PAPER
+    HPARAMS = {"entropy_conditioning": HParam(True, None, help="CDAN+E weights")}
+
+
+@register_algorithm
+class BSP(_GRLAdversary):
+    """Batch Spectral Penalization on DANN (Chen, Wang, Long & Wang, ICML 2019).
+
+    `L = CE(source) + w * BCE(D(R_lambda(f)), domain) + beta * sum_{i<=k} (s_i(F_s)^2 + s_i(F_t)^2)`
+    where s_i are the largest singular values of the batch feature matrices F_s (source) and
+    F_t (target): penalising them stops a few directions from dominating the transferable
+    features, which the paper shows hurts discriminability. Defaults k = 1, beta = 1e-4 (paper).
+    Departure: Adam instead of SGD with inverse-decay LR; D is the shared MLP discriminator.
+    """
+
+    PAPER = ("Chen, Wang, Long & Wang, Transferability vs. Discriminability: Batch Spectral "
+             "Penalization for Adversarial Domain Adaptation, ICML 2019")
+    HPARAMS = {
+        "bsp_weight": HParam(1e-4, LogUniform(-5, -3), low=0.0, help="beta of the spectral penalty"),
+        "bsp_k": HParam(1, Choice([1, 2]), low=1, help="number of top singular values penalised"),
+    }
+
+    def extra_loss(self, fs, ft):
+        k = int(self.hparams["bsp_k"])
+        penalty = sum((torch.linalg.svdvals(m)[:k] ** 2).sum() for m in (fs, ft))
+        return {"bsp": self.hparams["bsp_weight"] * penalty}
+
+
+@register_algorithm
+class ADDA(Algorithm):
+    """Adversarial Discriminative Domain Adaptation (Tzeng, Hoffman, Saenko & Darrell, CVPR 2017).
+
+    Phase 1 (progress < `pretrain_fraction`): source encoder M_s and classifier C on source CE.
+    Phase 2: the target encoder M_t starts as a copy of M_s; M_s and C are frozen; each step
+      D-step: `min_D BCE(D(M_s(x_s)), 1) + BCE(D(M_t(x_t)), 0)`;
+      M-step: `min_{M_t} BCE(D(M_t(x_t)), 1)` (inverted labels, not gradient reversal).
+    `predict = C(M_t(x))` after the switch, `C(M_s(x))` before. Both phases count in the budget.
+    Defaults from the paper's digits runs: D 500-500-1, Adam lr 2e-4, beta1 = 0.5 in phase 2.
+    """
+
+    SETTINGS = ("uda",)
+    PAPER = "Tzeng, Hoffman, Saenko & Darrell, Adversarial Discriminative Domain Adaptation, CVPR 2017"
+    HPARAMS = {
+        "pretrain_fraction": HParam(0.5, Choice([0.3, 0.5]), low=0.0, high=1.0,
+                                    help="share of the steps spent on source pretraining"),
+        "lr_d": HParam(2e-4, LogUniform(-4.5, -3), low=0.0, help="discriminator Adam lr"),
+        "lr_target": HParam(2e-4, LogUniform(-4.5, -3), low=0.0, help="target encoder Adam lr"),
+        "beta1": HParam(0.5, Choice([0.5, 0.9]), low=0.0, high=1.0, help="Adam beta1 in phase 2"),
+        "disc_width": HParam(500, Choice([500, 1024]), low=1, help="discriminator hidden width"),
+    }
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        hp = self.hparams
+        self.source_encoder = networks.Featurizer(input_shape, hp)
+        self.classifier = networks.Classifier(
+            self.source_encoder.n_outputs, num_classes, hp["nonlinear_classifier"])
+        self.target_encoder = copy.deepcopy(self.source_encoder)
+        self.discriminator = Discriminator(self.source_encoder.n_outputs, 1, int(hp["disc_width"]), 3)
+        self.register_buffer("adapting", torch.zeros((), dtype=torch.bool))
+        self.optimizer = make_optimizer(
+            list(self.source_encoder.parameters()) + list(self.classifier.parameters()), hp)
+        betas = (float(hp["beta1"]), 0.999)
+        self.target_optimizer = make_optimizer(self.target_encoder.parameters(), hp,
+                                               lr=hp["lr_target"], betas=betas)
+        self.disc_optimizer = make_optimizer(self.discriminator.parameters(), hp, lr=hp["lr_d"],
+                                             betas=betas)
+
+    def start_adaptation(self) -> None:
+        """The phase switch: M_t <- M_s, then M_s and C stay frozen."""
+        self.target_encoder.load_state_dict(self.source_encoder.state_dict())
+        self.adapting.fill_(True)
+
+    def update(self, minibatches, unlabeled=None):
+        xs, ys = concat_minibatches(minibatches)
+        if not self.adapting and self.progress >= self.hparams["pretrain_fraction"]:
+            self.start_adaptation()
+        if not self.adapting:
+            loss = cross_entropy(self.classifier(self.source_encoder(xs)), ys)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            return {"cls_loss": loss.item(), "phase": 1.0}
+        if not unlabeled:
+            raise ShiftbenchError("ADDA needs unlabeled target batches (--task uda)")
+        with torch.no_grad():
+            fs = self.source_encoder(xs)
+        ft = self.target_encoder(torch.cat(list(unlabeled)))
+        d_out = self.discriminator(torch.cat([fs, ft.detach()]))[:, 0]
+        d_loss = F.binary_cross_entropy_with_logits(d_out, _domain_labels(len(fs), len(ft), d_out))
+        self.disc_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.disc_optimizer.step()
+        t_out = self.discriminator(ft)[:, 0]
+        m_loss = F.binary_cross_entropy_with_logits(t_out, torch.ones_like(t_out))
+        self.target_optimizer.zero_grad(set_to_none=True)
+        m_loss.backward()
+        self.target_optimizer.step()
+        self.discriminator.zero_grad(set_to_none=True)  # D is only moved by its own step
+        return {"disc_loss": d_loss.item(), "target_loss": m_loss.item(), "phase": 2.0}
+
+    def predict(self, x):
+        encoder = self.target_encoder if self.adapting else self.source_encoder
+        return self.classifier(encoder(x))

@@ -1,0 +1,225 @@
+"""`--format html`: one self-contained HTML file (tables, and matplotlib figures as base64 PNG).
+
+Contents: the reading summary; per selection rule, every table of `tables.collect`, a bar chart
+per dataset (held-out environments x algorithms, error bars = standard error over trials) and the
+learning curves of the selected runs (test accuracy of each trial's selected run against step,
+the selected checkpoint marked); then, per dataset and algorithm, the sensitivity of test
+accuracy to each numeric hyperparameter that varies (every run scored by the first rule, one
+point per run and held-out environment). Nothing is loaded from the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from shiftbench.results.selection import get_selection_rule, group_records
+from shiftbench.results.tables import Collection, Table, environment_names, order_algorithms
+
+MAX_FIGURES = 60  # keep reports of huge sweeps readable and small
+MAX_HPARAMS = 6
+
+CSS = """
+body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1200px; }
+table.results { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+table.results th, table.results td { border-bottom: 1px solid #ccc; padding: 3px 10px;
+  text-align: right; white-space: nowrap; }
+table.results th:first-child, table.results td:first-child { text-align: left; }
+table.results thead th { border-bottom: 2px solid #444; }
+td.missing { color: #b00; }
+p.note { font-size: 85%; color: #555; margin: 0.2em 0; }
+figure { margin: 0.5em 0 1.5em; }
+figure img { max-width: 100%; }
+"""
+
+
+def _figure():
+    from matplotlib.figure import Figure
+
+    return Figure
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(fig, alt: str, caption: str) -> str:
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def table_html(t: Table) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in [t.row_label, *t.columns])
+    body = []
+    for name, cells in zip(t.rows, t.cells):
+        tds = []
+        for c in cells:
+            text = c.display("html", t.digits)
+            cls = ' class="missing"' if text == "X" else ""
+            tds.append(f"<td{cls}>{html.escape(text)}</td>")
+        body.append(f"<tr><th>{html.escape(name)}</th>{''.join(tds)}</tr>")
+    out = [f"<h3>{html.escape(t.title)}</h3>"]
+    if t.rows:
+        out.append(f'<table class="results" data-kind="{t.kind}"><thead><tr>{head}</tr></thead>'
+                   f"<tbody>{''.join(body)}</tbody></table>")
+    out += [f'<p class="note">{html.escape(n)}</p>' for n in t.notes]
+    return "\n".join(out)
+
+
+def bar_chart(t: Table) -> str:
+    """Grouped bars: held-out environments (and Avg) on x, one bar per algorithm."""
+    Figure = _figure()
+    cols = t.columns[:-1]
+    fig = Figure(figsize=(max(4.0, 1.2 * len(cols) * max(1, len(t.rows)) ** 0.5 + 2), 3.2))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(t.rows))
+    for k, (name, cells) in enumerate(zip(t.rows, t.cells)):
+        xs = [i + k * width for i in range(len(cols))]
+        means = [c.mean if c.mean is not None else math.nan for c in cells[:-1]]  # X: no bar
+        errs = [c.err or 0.0 for c in cells[:-1]]
+        ax.bar(xs, means, width, yerr=errs, capsize=2, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cols))], cols)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel("held-out environment")
+    ax.set_title(f"{t.dataset} ({t.task}) - {t.rule}")
+    ax.legend(fontsize="small", ncol=2)
+    return _img(fig, f"bar chart {t.dataset} {t.rule}", f"Per-domain test accuracy, {t.title}")
+
+
+def _runs_index(records: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    runs: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        a = r["args"]
+        if len(a["test_envs"]) == 1:
+            runs[(a["task"], a["dataset"], a["algorithm"], a["test_envs"][0], a["trial_seed"],
+                  int(a["hparams_seed"]))].append(r)
+    for v in runs.values():
+        v.sort(key=lambda r: r["step"])
+    return runs
+
+
+def learning_curves(collection: Collection, rule: str, task: str, dataset: str, runs) -> str | None:
+    """Test accuracy vs step of each trial's selected run, one panel per held-out environment."""
+    selected = [s for s in collection.selected[rule] if (s.task, s.dataset) == (task, dataset)]
+    if not selected:
+        return None
+    Figure = _figure()
+    envs = sorted({s.test_env for s in selected})
+    names = environment_names(dataset, collection.records)
+    fig = Figure(figsize=(3.2 * len(envs), 2.8))
+    axes = fig.subplots(1, len(envs), squeeze=False)[0]
+    colors = {a: f"C{i % 10}" for i, a in enumerate(order_algorithms(s.algorithm for s in selected))}
+    for ax, env in zip(axes, envs):
+        for s in (s for s in selected if s.test_env == env):
+            run = runs.get((task, dataset, s.algorithm, env, s.trial_seed, s.hparams_seed), [])
+            pts = [(r["step"], 100 * r[f"env{env}_in_acc"]) for r in run if f"env{env}_in_acc" in r]
+            if not pts:
+                continue
+            ax.plot(*zip(*pts), color=colors[s.algorithm], alpha=0.8,
+                    label=s.algorithm if s.trial_seed == min(x.trial_seed for x in selected) else None)
+            ax.plot([s.step], [100 * s.test_acc], "o", color=colors[s.algorithm], ms=4)
+        label = names[env] if env < len(names) else str(env)
+        ax.set_title(f"held out: {label}", fontsize="small")
+        ax.set_xlabel("step")
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend(fontsize="x-small")
+    return _img(fig, f"learning curves {dataset} {rule}",
+                f"Learning curves of the selected runs (dots: selected checkpoint), {dataset}, "
+                f"{task}, rule {rule}")
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def sensitivity(collection: Collection, rule_name: str, task: str, dataset: str,
+                algorithm: str) -> str | None:
+    """Test accuracy of every run (scored by the rule) against each varying numeric hparam."""
+    rule = get_selection_rule(rule_name)
+    points: list[tuple[dict[str, Any], int, float]] = []
+    groups = group_records(r for r in collection.records
+                           if (r["args"]["task"], r["args"]["dataset"], r["args"]["algorithm"])
+                           == (task, dataset, algorithm))
+    for (_, _, _, env, _), group in groups.items():
+        for _, choice in rule.hparams_accs(group, env):
+            points.append((choice.record.get("hparams", {}), env, 100 * choice.test_acc))
+    if len(points) < 2:
+        return None
+    keys = sorted({k for hp, _, _ in points for k, v in hp.items() if _numeric(v)})
+    varying = [k for k in keys if len({hp.get(k) for hp, _, _ in points}) > 1][:MAX_HPARAMS]
+    if not varying:
+        return None
+    Figure = _figure()
+    fig = Figure(figsize=(3.0 * len(varying), 2.6))
+    axes = fig.subplots(1, len(varying), squeeze=False)[0]
+    for ax, key in zip(axes, varying):
+        pts = [(hp[key], env, acc) for hp, env, acc in points if _numeric(hp.get(key))]
+        for env in sorted({e for _, e, _ in pts}):
+            xs = [x for x, e, _ in pts if e == env]
+            ys = [y for _, e, y in pts if e == env]
+            ax.scatter(xs, ys, s=12, label=f"env {env}")
+        values = [x for x, _, _ in pts]
+        if min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend(fontsize="x-small")
+    return _img(fig, f"sensitivity {dataset} {algorithm}",
+                f"Hyperparameter sensitivity of {algorithm} on {dataset} ({task}): every run's test "
+                f"accuracy at the checkpoint rule {rule_name} picks")
+
+
+def render_html(collection: Collection) -> str:
+    """The whole report as one HTML string."""
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>shiftbench results</title>", f"<style>{CSS}</style></head><body>",
+             "<h1>shiftbench results</h1>", '<ul class="summary">']
+    s = collection.summary
+    parts.append(f"<li>Total records: {s.get('records', 0)}</li>")
+    if "jobs" in s:
+        parts.append(f"<li>Trials: {s['jobs']} ({s['done']} done, {s['incomplete']} incomplete, "
+                     f"{s['failed']} failed); duplicate records dropped: "
+                     f"{s['duplicates_dropped']}; bad lines: {s['bad_lines']}; unreadable files: "
+                     f"{s['unreadable_files']}</li>")
+    parts += [f"<li>{html.escape(n)}</li>" for n in collection.notes]
+    parts.append("</ul>")
+    runs = _runs_index(collection.records)
+    n_figures = 0
+    for rule in collection.rules:
+        parts.append(f"<h2>Model selection: {html.escape(collection.titles[rule])}</h2>")
+        for t in (t for t in collection.tables if t.rule == rule):
+            parts.append(table_html(t))
+            if t.kind == "dataset" and t.rows and n_figures < MAX_FIGURES:
+                if any(c.mean is not None for cells in t.cells for c in cells[:-1]):
+                    parts.append(bar_chart(t))
+                    n_figures += 1
+                curves = learning_curves(collection, rule, t.task, t.dataset, runs)
+                if curves:
+                    parts.append(curves)
+                    n_figures += 1
+    parts.append("<h2>Search budgets</h2>")
+    parts += [table_html(t) for t in collection.tables if t.kind == "budget"]
+    if collection.rules:
+        parts.append("<h2>Hyperparameter sensitivity</h2>")
+        first = collection.rules[0]
+        keys = sorted({(r["args"]["task"], r["args"]["dataset"], r["args"]["algorithm"])
+                       for r in collection.records})
+        for task, dataset, algorithm in keys:
+            if n_figures >= MAX_FIGURES:
+                parts.append('<p class="note">further figures omitted (figure limit)</p>')
+                break
+            if task not in get_selection_rule(first).TASKS:
+                continue
+            fig = sensitivity(collection, first, task, dataset, algorithm)
+            if fig:
+                parts.append(fig)
+                n_figures += 1
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,391 @@
+"""Model selection rules (a registry), with DomainBed's definitions for its three rules.
+
+Vocabulary (DomainBed's): a *group* is every record of one (task, dataset, algorithm, held-out
+environment t, trial_seed); a run held out on `[t, v]` belongs to the groups of t and of v. A
+*run* is the records of one `hparams_seed` within a group (one hyperparameter configuration).
+A rule scores a run (`run_acc` -> validation and test accuracy, or None when it cannot), then the
+run with the best validation score wins the group (`sweep_acc`). Selection is per trial; tables
+then average the per-trial winners over trials.
+
+Rules:
+* `iid` — training-domain validation (DomainBed's IIDAccuracySelectionMethod): runs held out on
+  `[t]` only; at each checkpoint val = mean of `env{i}_out_acc` over every i != t, test =
+  `env{t}_in_acc`; the best checkpoint (early stopping), then the best run.
+* `loo` — leave-one-domain-out cross-validation (LeaveOneOutSelectionMethod): at each step where
+  the run held out on `[t]` and, for every other environment v, the run held out on `[t, v]` all
+  logged, val = mean over v of the pair run's `env{v}_in_acc` (a model trained without v, tested
+  on v), test = the `[t]` run's `env{t}_in_acc`; steps with a missing pair run are skipped; the
+  best step, then the best run.
+* `oracle` — test-domain validation (OracleSelectionMethod): runs held out on `[t]`, the **last**
+  checkpoint only; val = `env{t}_out_acc`, test = `env{t}_in_acc`; the best run.
+* `target` — the few labeled target examples (ssda/sda): as `iid` with val = `env{t}_lab_acc`.
+  Note: our trainer's `lab` split is the labeled target examples the algorithm trains on, so
+  this validation is optimistic (the usual protocol in SSDA papers that reuse the shots).
+* Unsupervised validators on the unlabeled target split (uda/ssda), early stopping over
+  checkpoints like `iid`; each reads one per-checkpoint score the trainer must record for a
+  held-out environment t:
+  - `entropy`: `env{t}_uda_entropy` = mean prediction entropy (lower is better);
+  - `im`: information maximisation, `env{t}_uda_marginal_entropy - env{t}_uda_entropy`
+    (entropy of the mean prediction minus mean entropy; higher is better);
+  - `snd`: `env{t}_uda_snd` = soft neighbourhood density (Saito et al., ICCV 2021; higher better);
+  - `dev`: `env{t}_uda_dev` = deep embedded validation risk (You et al., ICML 2019; lower better).
+  A rule asked for when no record carries its keys raises a ShiftbenchError naming them.
+
+Ties: between checkpoints of a run the earliest step wins (DomainBed takes the first maximum in
+file order, i.e. by step); between runs the smallest `hparams_seed` wins (DomainBed's order there
+depends on directory listing order).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shiftbench.errors import ShiftbenchError, UnknownNameError
+from shiftbench.registry import Registry
+from shiftbench.results.reading import Sweep, as_records
+
+SELECTION_RULES: Registry[type[SelectionRule]] = Registry("selection rule")
+ALL_TASKS = ("dg", "uda", "ssda", "sda", "tta")
+
+
+def register_selection_rule(cls: type[SelectionRule]) -> type[SelectionRule]:
+    """Class decorator registering a rule under its `NAME`."""
+    return SELECTION_RULES.register(cls.NAME)(cls)
+
+
+@dataclass
+class RunChoice:
+    """A run's score under a rule: the chosen checkpoint's validation and test accuracy."""
+
+    val_acc: float
+    test_acc: float
+    step: int
+    record: dict[str, Any]
+
+
+@dataclass
+class Selected:
+    """The winner of one group (one trial of one algorithm on one held-out environment)."""
+
+    rule: str
+    task: str
+    dataset: str
+    algorithm: str
+    test_env: int
+    trial_seed: int
+    hparams_seed: int
+    step: int
+    val_acc: float
+    test_acc: float
+    n_configs: int  # hyperparameter configurations with at least one record in the group
+    n_scored: int  # ... of which the rule could score
+    job_dir: str | None
+    hparams: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def single_test_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records of runs held out on exactly one environment, by step."""
+    return sorted((r for r in records if len(r["args"]["test_envs"]) == 1), key=lambda r: r["step"])
+
+
+class SelectionRule:
+    """Base class: subclasses define how a run is scored (`run_acc`)."""
+
+    NAME = ""
+    TITLE = ""  # the name printed in table headers (DomainBed's for its rules)
+    TASKS: tuple[str, ...] = ALL_TASKS  # the settings the rule applies to
+    REQUIRED_KEYS: tuple[str, ...] = ()  # per-checkpoint keys, with {t} for the held-out env
+
+    def run_acc(self, records: Sequence[dict[str, Any]], test_env: int) -> RunChoice | None:
+        raise NotImplementedError
+
+    def check(self, records: Sequence[dict[str, Any]]) -> None:
+        """Raise a clear error when no record carries the keys this rule reads."""
+        if not self.REQUIRED_KEYS or not records:
+            return
+        for r in records:
+            envs = r["args"]["test_envs"]
+            if len(envs) == 1 and all(k.format(t=envs[0]) in r for k in self.REQUIRED_KEYS):
+                return
+        keys = ", ".join(k.replace("{t}", "<t>") for k in self.REQUIRED_KEYS)
+        raise ShiftbenchError(
+            f"selection rule {self.NAME!r} needs the per-checkpoint key(s) {keys} (t = the held-out "
+            f"environment) in the records, and none of the {len(records)} records of tasks "
+            f"{', '.join(self.TASKS)} has them; the trainer must record these scores on the "
+            "unlabeled target split for this rule to work")
+
+    def hparams_accs(self, records: Sequence[dict[str, Any]], test_env: int
+                     ) -> list[tuple[int, RunChoice]]:
+        """Every scorable run of a group, best first (ties: smallest hparams_seed)."""
+        runs: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for r in records:
+            runs[int(r["args"]["hparams_seed"])].append(r)
+        scored = []
+        for seed in sorted(runs):
+            choice = self.run_acc(runs[seed], test_env)
+            if choice is not None:
+                scored.append((seed, choice))
+        scored.sort(key=lambda sc: -sc[1].val_acc)  # stable: keeps the smaller seed first
+        return scored
+
+
+class CheckpointRule(SelectionRule):
+    """Early stopping over the checkpoints of the run held out on [t], by a validation score."""
+
+    def val_score(self, record: dict[str, Any], test_env: int) -> float | None:
+        raise NotImplementedError
+
+    def run_acc(self, records, test_env):
+        best = None
+        for r in single_test_records(records):
+            val = self.val_score(r, test_env)
+            test = r.get(f"env{test_env}_in_acc")
+            if not (_finite(val) and _finite(test)):
+                continue
+            if best is None or val > best.val_acc:
+                best = RunChoice(float(val), float(test), r["step"], r)
+        return best
+
+
+@register_selection_rule
+class IIDAccuracySelectionMethod(CheckpointRule):
+    """Training-domain validation: mean out-split accuracy of the training domains."""
+
+    NAME = "iid"
+    TITLE = "training-domain validation set"
+
+    def val_score(self, record, test_env):
+        accs = []
+        i = 0
+        while f"env{i}_out_acc" in record:
+            if i != test_env:
+                accs.append(record[f"env{i}_out_acc"])
+            i += 1
+        if not accs or not all(_finite(a) for a in accs):
+            return None
+        return sum(accs) / len(accs)
+
+
+@register_selection_rule
+class LeaveOneOutSelectionMethod(SelectionRule):
+    """Leave-one-domain-out cross-validation from the runs held out on pairs [t, v]."""
+
+    NAME = "loo"
+    TITLE = "leave-one-domain-out cross-validation"
+
+    def step_acc(self, records: Sequence[dict[str, Any]], test_env: int) -> RunChoice | None:
+        singles = [r for r in records if r["args"]["test_envs"] == [test_env]]
+        if len(singles) != 1:
+            return None
+        test_record = singles[0]
+        n_envs = 0
+        while f"env{n_envs}_out_acc" in test_record:
+            n_envs += 1
+        val: dict[int, float] = {}
+        for r in records:
+            envs = r["args"]["test_envs"]
+            if len(envs) != 2 or test_env not in envs:
+                continue
+            v = envs[0] if envs[1] == test_env else envs[1]
+            acc = r.get(f"env{v}_in_acc")
+            if _finite(acc):
+                val[v] = acc
+        others = [v for v in range(n_envs) if v != test_env]
+        test = test_record.get(f"env{test_env}_in_acc")
+        if n_envs < 2 or any(v not in val for v in others) or not _finite(test):
+            return None
+        return RunChoice(sum(val[v] for v in others) / len(others), float(test),
+                         test_record["step"], test_record)
+
+    def run_acc(self, records, test_env):
+        by_step: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+        for r in records:
+            by_step[r["step"]].append(r)
+        best = None
+        for step in sorted(by_step):
+            choice = self.step_acc(by_step[step], test_env)
+            if choice is not None and (best is None or choice.val_acc > best.val_acc):
+                best = choice
+        return best
+
+
+@register_selection_rule
+class OracleSelectionMethod(SelectionRule):
+    """Test-domain validation (oracle): the last checkpoint, scored on the test domain's out split."""
+
+    NAME = "oracle"
+    TITLE = "test-domain validation set (oracle)"
+
+    def run_acc(self, records, test_env):
+        singles = single_test_records(records)
+        if not singles:
+            return None
+        last = singles[-1]
+        val, test = last.get(f"env{test_env}_out_acc"), last.get(f"env{test_env}_in_acc")
+        if not (_finite(val) and _finite(test)):
+            return None
+        return RunChoice(float(val), float(test), last["step"], last)
+
+
+class KeyRule(CheckpointRule):
+    """Early stopping on one recorded per-checkpoint score (sign set by `HIGHER_IS_BETTER`)."""
+
+    HIGHER_IS_BETTER = True
+
+    def val_score(self, record, test_env):
+        value = record.get(self.REQUIRED_KEYS[0].format(t=test_env))
+        if not _finite(value):
+            return None
+        return value if self.HIGHER_IS_BETTER else -value
+
+
+@register_selection_rule
+class TargetLabeledSelection(KeyRule):
+    """Validation on the few labeled target examples (ssda/sda)."""
+
+    NAME = "target"
+    TITLE = "few labeled target examples"
+    TASKS = ("ssda", "sda")
+    REQUIRED_KEYS = ("env{t}_lab_acc",)
+
+
+@register_selection_rule
+class EntropySelection(KeyRule):
+    """Lowest mean prediction entropy on the unlabeled target split."""
+
+    NAME = "entropy"
+    TITLE = "target entropy (unsupervised)"
+    TASKS = ("uda", "ssda")
+    REQUIRED_KEYS = ("env{t}_uda_entropy",)
+    HIGHER_IS_BETTER = False
+
+
+@register_selection_rule
+class InfoMaxSelection(CheckpointRule):
+    """Information maximisation: H(mean prediction) - mean H(prediction), highest wins."""
+
+    NAME = "im"
+    TITLE = "target information maximisation (unsupervised)"
+    TASKS = ("uda", "ssda")
+    REQUIRED_KEYS = ("env{t}_uda_marginal_entropy", "env{t}_uda_entropy")
+
+    def val_score(self, record, test_env):
+        marginal = record.get(f"env{test_env}_uda_marginal_entropy")
+        cond = record.get(f"env{test_env}_uda_entropy")
+        if not (_finite(marginal) and _finite(cond)):
+            return None
+        return marginal - cond
+
+
+@register_selection_rule
+class SNDSelection(KeyRule):
+    """Soft neighbourhood density of target features, highest wins."""
+
+    NAME = "snd"
+    TITLE = "target soft neighbourhood density (unsupervised)"
+    TASKS = ("uda", "ssda")
+    REQUIRED_KEYS = ("env{t}_uda_snd",)
+
+
+@register_selection_rule
+class DEVSelection(KeyRule):
+    """Deep embedded validation risk, lowest wins."""
+
+    NAME = "dev"
+    TITLE = "deep embedded validation (unsupervised)"
+    TASKS = ("uda", "ssda")
+    REQUIRED_KEYS = ("env{t}_uda_dev",)
+    HIGHER_IS_BETTER = False
+
+
+CLASSIC_RULES = ("iid", "loo", "oracle")
+ALIASES = {
+    "IIDAccuracySelectionMethod": "iid", "training-domain": "iid", "training_domain": "iid",
+    "LeaveOneOutSelectionMethod": "loo", "leave-one-out": "loo", "leave_one_out": "loo",
+    "OracleSelectionMethod": "oracle", "test-domain": "oracle", "test_domain": "oracle",
+    "information-maximization": "im", "infomax": "im",
+}
+
+
+def get_selection_rule(name: str | SelectionRule) -> SelectionRule:
+    """A rule instance by name (or DomainBed class name); unknown names list the choices."""
+    if isinstance(name, SelectionRule):
+        return name
+    canonical = ALIASES.get(name, name)
+    if canonical not in SELECTION_RULES:
+        raise UnknownNameError("selection rule", name, SELECTION_RULES.names())
+    return SELECTION_RULES.get(canonical)()
+
+
+def list_selection_rules() -> list[str]:
+    return SELECTION_RULES.names()
+
+
+def group_records(records: Iterable[dict[str, Any]]
+                  ) -> dict[tuple[str, str, str, int, int], list[dict[str, Any]]]:
+    """(task, dataset, algorithm, test_env, trial_seed) -> records; a pair run joins two groups."""
+    groups: dict[tuple[str, str, str, int, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        a = r["args"]
+        for t in a["test_envs"]:
+            groups[(a["task"], a["dataset"], a["algorithm"], int(t), int(a["trial_seed"]))].append(r)
+    return groups
+
+
+def select(data: Sweep | Iterable[dict[str, Any]], rule: str | SelectionRule,
+           *, strict: bool = True) -> list[Selected]:
+    """The winner of every group the rule can decide, per trial (not yet averaged).
+
+    With `strict`, a rule whose per-checkpoint keys no record carries raises; otherwise it
+    selects nothing.
+    """
+    rule = get_selection_rule(rule)
+    records = [r for r in as_records(data) if r["args"]["task"] in rule.TASKS]
+    try:
+        rule.check(records)
+    except ShiftbenchError:
+        if strict:
+            raise
+        return []
+    out = []
+    for (task, dataset, algorithm, test_env, trial), group in sorted(group_records(records).items()):
+        ranked = rule.hparams_accs(group, test_env)
+        if not ranked:
+            continue
+        seed, choice = ranked[0]
+        n_configs = len({int(r["args"]["hparams_seed"]) for r in group})
+        out.append(Selected(
+            rule.NAME, task, dataset, algorithm, test_env, trial, seed, choice.step,
+            choice.val_acc, choice.test_acc, n_configs, len(ranked),
+            choice.record.get("_job_dir", choice.record["args"].get("output_dir")),
+            dict(choice.record.get("hparams", {}))))
+    return out
+
+
+def applicable_rules(data: Sweep | Iterable[dict[str, Any]]) -> list[str]:
+    """Rules that can select something in these records (the default of `shiftbench collect`)."""
+    records = as_records(data)
+    tasks = {r["args"]["task"] for r in records}
+    names = []
+    for name in SELECTION_RULES.names():
+        rule = get_selection_rule(name)
+        subset = [r for r in records if r["args"]["task"] in rule.TASKS]
+        if not tasks & set(rule.TASKS) or not subset:
+            continue
+        try:
+            rule.check(subset)
+        except ShiftbenchError:
+            continue
+        names.append(name)
+    return names

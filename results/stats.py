@@ -1,0 +1,115 @@
+"""Statistics over trial seeds: means with standard errors, paired tests, search budgets."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+
+def mean_and_error(values: Sequence[float], ddof: int = 0) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean; (None, None) for no values.
+
+    `ddof=0` is DomainBed's estimator, `np.std(values / sqrt(n))` (population standard deviation
+    over sqrt(n); 0 for one value). `ddof=1` is the sample standard error (undefined, None, for
+    one value).
+    """
+    if len(values) == 0:
+        return None, None
+    arr = np.asarray(list(values), dtype=float)
+    mean = float(np.mean(arr))
+    if ddof == 0:
+        return mean, float(np.std(arr / np.sqrt(len(arr))))
+    if len(arr) <= ddof:
+        return mean, None
+    return mean, float(np.std(arr, ddof=ddof) / np.sqrt(len(arr)))
+
+
+@dataclass
+class PairedComparison:
+    """An algorithm against the baseline over the trial seeds both have."""
+
+    algorithm: str
+    baseline: str
+    trials: list[int]
+    diffs: list[float]  # algorithm - baseline, per trial (same units as the inputs)
+    mean_diff: float | None
+    t_statistic: float | None
+    p_value: float | None  # two-sided paired t-test; None with fewer than 2 pairs or no variance
+
+    @property
+    def n(self) -> int:
+        return len(self.trials)
+
+
+def paired_test(algorithm: str, baseline: str, alg_by_trial: Mapping[int, float],
+                base_by_trial: Mapping[int, float]) -> PairedComparison:
+    """Paired two-sided t-test (scipy.stats.ttest_rel) over the trials present in both."""
+    trials = sorted(set(alg_by_trial) & set(base_by_trial))
+    a = [alg_by_trial[t] for t in trials]
+    b = [base_by_trial[t] for t in trials]
+    diffs = [x - y for x, y in zip(a, b)]
+    mean_diff = float(np.mean(diffs)) if diffs else None
+    t_stat = p = None
+    if len(trials) >= 2:
+        res = sps.ttest_rel(a, b)
+        if math.isfinite(float(res.pvalue)):
+            t_stat, p = float(res.statistic), float(res.pvalue)
+    return PairedComparison(algorithm, baseline, trials, diffs, mean_diff, t_stat, p)
+
+
+@dataclass
+class Budget:
+    """How many hyperparameter configurations an algorithm had on one dataset."""
+
+    task: str
+    dataset: str
+    algorithm: str
+    min_configs: int
+    max_configs: int
+
+    def text(self) -> str:
+        if self.min_configs == self.max_configs:
+            return str(self.min_configs)
+        return f"{self.min_configs}-{self.max_configs}"
+
+
+def hparam_budgets(records: Iterable[dict[str, Any]]) -> list[Budget]:
+    """Distinct `hparams_seed`s per (held-out env, trial), summarised per (task, dataset, algorithm).
+
+    Only runs held out on one environment count (the pair runs of leave-one-domain-out repeat
+    the same configurations).
+    """
+    seeds: dict[tuple, set[int]] = defaultdict(set)
+    for r in records:
+        a = r["args"]
+        if len(a["test_envs"]) != 1:
+            continue
+        seeds[(a["task"], a["dataset"], a["algorithm"], a["test_envs"][0], a["trial_seed"])].add(
+            int(a["hparams_seed"]))
+    per: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for (task, dataset, algorithm, _, _), s in seeds.items():
+        per[(task, dataset, algorithm)].append(len(s))
+    return [Budget(t, d, a, min(v), max(v)) for (t, d, a), v in sorted(per.items())]
+
+
+def unequal_budgets(budgets: Sequence[Budget], baseline: str | None = None) -> list[str]:
+    """Human-readable warnings where algorithms on one (task, dataset) had different budgets."""
+    warnings = []
+    by_dataset: dict[tuple[str, str], list[Budget]] = defaultdict(list)
+    for b in budgets:
+        by_dataset[(b.task, b.dataset)].append(b)
+    for (task, dataset), bs in sorted(by_dataset.items()):
+        ranges = {(b.min_configs, b.max_configs) for b in bs}
+        if len(ranges) <= 1 and all(b.min_configs == b.max_configs for b in bs):
+            continue
+        ref = next((b for b in bs if b.algorithm == baseline), None)
+        detail = ", ".join(f"{b.algorithm} {b.text()}" for b in bs)
+        what = f" (baseline {ref.algorithm}: {ref.text()})" if ref else ""
+        warnings.append(f"unequal hparam budgets on {dataset} [{task}]{what}: {detail}")
+    return warnings

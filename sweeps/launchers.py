@@ -1,0 +1,384 @@
+"""Launchers: how a list of jobs gets run. A registry, so users can add their own::
+
+    from shiftbench.sweeps.launchers import LaunchResult, register_launcher
+
+    @register_launcher("my_cluster")
+    def my_cluster(jobs, options):
+        for job in jobs:
+            submit(job.command_str(threads=options.threads))  # a shell-quoted command
+        return LaunchResult(launched=len(jobs))
+
+then `shiftbench sweep launch --launcher my_cluster --import my_module ...`.
+
+Every launcher runs `Job.command()` (the worker), which takes the job's lock first, so a job that
+is already running elsewhere is never trained twice, whatever the launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shiftbench.errors import ShiftbenchError, UnknownNameError
+from shiftbench.sweeps.jobs import Job
+
+Launcher = Callable[[list[Job], "LaunchOptions"], "LaunchResult"]
+LAUNCHERS: dict[str, Launcher] = {}
+
+
+def register_launcher(name: str) -> Callable[[Launcher], Launcher]:
+    """Decorator: register `fn(jobs, options) -> LaunchResult` under `name`."""
+
+    def wrap(fn: Launcher) -> Launcher:
+        LAUNCHERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_launcher(name: str) -> Launcher:
+    if name not in LAUNCHERS:
+        raise UnknownNameError("launcher", name, LAUNCHERS)
+    return LAUNCHERS[name]
+
+
+@dataclass
+class LaunchOptions:
+    """Options shared by the launchers (each reads the ones it understands)."""
+
+    n_parallel: int | None = None  # local: jobs at once (default: the usable CPU cores)
+    threads: int | None = None  # torch threads per job (default: cores / jobs at once)
+    gpus: list[str] | None = None  # multi_gpu: device ids (default: $CUDA_VISIBLE_DEVICES)
+    python: str | None = None  # interpreter for the jobs (default: this one)
+    progress: bool = True
+    poll_interval: float = 0.05
+    # local/multi_gpu: "forkserver" forks each job from a process that imported torch and
+    # shiftbench once (saves seconds of imports per job); "subprocess" runs the command line.
+    start_method: str = "forkserver"
+    # slurm
+    slurm_folder: str | None = None
+    partition: str | None = None
+    time: str | None = None  # minutes, or [D-]HH:MM[:SS]
+    mem: str | None = None  # e.g. 8G
+    gpus_per_task: int = 0
+    cpus_per_task: int | None = None
+    array_parallelism: int = 256
+    max_num_timeout: int = 3  # requeues after timeout/preemption
+    wait: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # more sbatch options
+
+
+@dataclass
+class LaunchResult:
+    launched: int = 0
+    succeeded: int = 0
+    failed: list[Job] = field(default_factory=list)
+    interrupted: bool = False
+    info: list[str] = field(default_factory=list)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _tail(path: Path, n: int = 1) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])
+
+
+def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
+             options: LaunchOptions, desc: str = "sweep") -> LaunchResult:
+    """Run jobs as subprocesses, one per slot at a time (a slot = extra environment variables).
+
+    Ctrl-C forwards SIGINT to the running jobs, which stop at once and stay resumable."""
+    from tqdm import tqdm
+
+    result = LaunchResult()
+    pending = deque(jobs)
+    running: dict[int, tuple[subprocess.Popen, Job]] = {}
+    base_env = dict(os.environ)
+    base_env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                     "OPENBLAS_NUM_THREADS": str(threads)})
+    bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not options.progress,
+               dynamic_ncols=True, file=sys.stderr)
+
+    method = options.start_method
+    if method not in ("forkserver", "subprocess"):
+        raise UnknownNameError("start method", method, ("forkserver", "subprocess"))
+    if options.python and options.python != sys.executable:
+        method = "subprocess"  # another interpreter cannot be forked from this one
+    ctx = _forkserver([m for job in jobs for m in job.imports]) if method == "forkserver" else None
+
+    def start(slot: int, job: Job) -> None:
+        job.dir.mkdir(parents=True, exist_ok=True)
+        argv = job.command(options.python, threads)
+        if ctx is not None:
+            proc: Any = ForkedJob(ctx, argv[3:], {**slots[slot], **{
+                k: base_env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}},
+                job.dir / "out.txt", job.dir / "err.txt")
+        else:
+            env = {**base_env, **slots[slot]}
+            with open(job.dir / "out.txt", "ab") as out, open(job.dir / "err.txt", "ab") as err:
+                proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                        env=env, start_new_session=True)
+        running[slot] = (proc, job)
+        result.launched += 1
+
+    def reap() -> None:
+        for slot, (proc, job) in list(running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del running[slot]
+            if code == 0:
+                result.succeeded += 1
+            else:
+                result.failed.append(job)
+                bar.write(f"FAILED ({code}) {job.describe()}: {_tail(job.dir / 'err.txt')} "
+                          f"[{job.dir}]")
+            bar.update(1)
+            bar.set_postfix(running=len(running), failed=len(result.failed), refresh=False)
+
+    try:
+        while pending or running:
+            for slot in range(len(slots)):
+                if slot not in running and pending:
+                    start(slot, pending.popleft())
+            reap()
+            if running:
+                time.sleep(options.poll_interval)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        for proc, _ in running.values():
+            try:
+                proc.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 30
+        for proc, _ in running.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        result.info.append(f"interrupted: {len(running)} running job(s) stopped and "
+                           f"{len(pending)} not started; `sweep launch` again resumes them")
+    finally:
+        bar.close()
+    return result
+
+
+def _forkserver(extra_modules: list[str]):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "shiftbench.trainer", "shiftbench.sweeps.worker",
+                                *sorted(set(extra_modules))])
+    return ctx
+
+
+def _run_forked(argv: list[str], env: dict[str, str], out: str, err: str) -> None:
+    """Body of a forked job: own session, its environment, output files, then the worker."""
+    os.setsid()
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from shiftbench.sweeps.worker import main_exit
+
+    main_exit(argv)
+
+
+class ForkedJob:
+    """A job forked from the forkserver, with the bits of `Popen`'s interface run_pool uses."""
+
+    def __init__(self, ctx, argv: list[str], env: dict[str, str], out: Path, err: Path):
+        self.process = ctx.Process(target=_run_forked, args=(argv, env, str(out), str(err)))
+        self.process.start()
+        self.pid = self.process.pid
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+        return self.process.exitcode
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+@register_launcher("local")
+def local_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
+    """N jobs at once on this machine; torch threads per job = cores / N (at least 1)."""
+    cores = usable_cores()
+    n = options.n_parallel or cores
+    if n < 1:
+        raise ShiftbenchError(f"--jobs must be >= 1, got {n}")
+    threads = options.threads or max(1, cores // n)
+    return run_pool(jobs, [{} for _ in range(n)], threads, options)
+
+
+def visible_gpus(options: LaunchOptions) -> list[str]:
+    if options.gpus:
+        return list(options.gpus)
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+@register_launcher("multi_gpu")
+def multi_gpu_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
+    """One job per visible GPU at a time, each seeing only its own (`CUDA_VISIBLE_DEVICES`)."""
+    gpus = visible_gpus(options)
+    if not gpus:
+        raise ShiftbenchError("multi_gpu launcher: no GPU visible (set --gpus 0,1 or "
+                              "CUDA_VISIBLE_DEVICES); use --launcher local for CPU")
+    threads = options.threads or max(1, usable_cores() // len(gpus))
+    return run_pool(jobs, [{"CUDA_VISIBLE_DEVICES": g} for g in gpus], threads, options,
+                    desc="sweep (gpus " + ",".join(gpus) + ")")
+
+
+@register_launcher("dry-run")
+def dry_run_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
+    """Print each job's shell command; run nothing."""
+    for job in jobs:
+        print(job.command_str(options.python, options.threads))
+    return LaunchResult(info=[f"dry run: {len(jobs)} command(s) printed, nothing launched"])
+
+
+LAUNCHERS["dry_run"] = dry_run_launcher
+LAUNCHERS["dummy"] = dry_run_launcher  # DomainBed's name
+
+_SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.,:=@/+\-\[\]]+$")
+
+
+def slurm_minutes(value: str | None) -> int | None:
+    """Slurm time (`90`, `1:30:00`, `2-00:00:00`) in whole minutes."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value.strip())
+    if not m:
+        raise ShiftbenchError(f"--slurm-time {value!r}: expected minutes or [D-]HH:MM[:SS]")
+    days, a, b, c = (int(g) if g else 0 for g in m.groups())
+    if m.group(3) is None:
+        minutes = a if not m.group(1) else days * 1440 + a * 60
+    else:
+        minutes = days * 1440 + a * 60 + b + (1 if c else 0)
+    return max(1, minutes)
+
+
+def check_sbatch_value(name: str, value: Any) -> str:
+    """sbatch options become `#SBATCH` lines: refuse anything that could break out of one."""
+    text = str(value)
+    if not _SBATCH_VALUE.match(text):
+        raise ShiftbenchError(f"slurm option {name}={text!r} contains characters that are not "
+                              "allowed (letters, digits and _.,:=@/+-[] only)")
+    return text
+
+
+def slurm_executor(folder: str | Path, options: LaunchOptions, threads: int):
+    try:
+        import submitit
+    except ImportError:
+        raise ShiftbenchError("the slurm launcher needs submitit: pip install 'submitit>=1.5' "
+                              "(or pip install shiftbench[slurm])") from None
+    params: dict[str, Any] = {"job_name": "shiftbench", "cpus_per_task": options.cpus_per_task or threads,
+                              "array_parallelism": options.array_parallelism, "nodes": 1,
+                              "ntasks_per_node": 1}
+    if options.partition:
+        params["partition"] = check_sbatch_value("partition", options.partition)
+    minutes = slurm_minutes(options.time)
+    if minutes:
+        params["time"] = minutes
+    if options.mem:
+        params["mem"] = check_sbatch_value("mem", options.mem)
+    if options.gpus_per_task:
+        params["gpus_per_node"] = int(options.gpus_per_task)
+    extra = {check_sbatch_value("option", k): check_sbatch_value(k, v)
+             for k, v in options.extra.items()}
+    if extra:
+        params["additional_parameters"] = extra
+    executor = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=options.max_num_timeout)
+    executor.update_parameters(**params)
+    return executor
+
+
+@register_launcher("slurm")
+def slurm_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
+    """One Slurm job array through submitit; a preempted or timed-out task is requeued and its
+    job resumes from its checkpoint. With `wait`, shows progress until every task has ended."""
+    from shiftbench.sweeps.slurm_task import SweepTask
+
+    if not jobs:
+        return LaunchResult()
+    threads = options.threads or options.cpus_per_task or 1
+    folder = options.slurm_folder or str(jobs[0].dir.parent / ".slurm" / "%j")
+    executor = slurm_executor(folder, options, threads)
+    with executor.batch():
+        submitted = [executor.submit(SweepTask(job.command(options.python, threads), str(job.dir)))
+                     for job in jobs]
+    ids = sorted({str(s.job_id).split("_")[0] for s in submitted})
+    result = LaunchResult(launched=len(jobs), info=[
+        f"submitted {len(jobs)} task(s) as Slurm job array {', '.join(ids)}; logs in "
+        f"{Path(folder).parent}"])
+    if options.wait:
+        wait_for_slurm(submitted, jobs, result, options)
+    return result
+
+
+def wait_for_slurm(submitted: list, jobs: list[Job], result: LaunchResult,
+                   options: LaunchOptions, timeout: float | None = None) -> None:
+    """Poll submitit jobs until each has ended; count successes and failures."""
+    from tqdm import tqdm
+
+    start = last_check = time.time()
+    pending = dict(enumerate(submitted))
+    with tqdm(total=len(submitted), desc="slurm", unit="job", disable=not options.progress,
+              file=sys.stderr) as bar:
+        while pending:
+            # A task's result file (success or error) appears when it ends; asking Slurm (sacct)
+            # only now and then spares clusters without accounting a warning per poll.
+            ask_slurm = time.time() - last_check > 30
+            last_check = time.time() if ask_slurm else last_check
+            for i, sjob in list(pending.items()):
+                if not (sjob.paths.result_pickle.exists() or (ask_slurm and sjob.done())):
+                    continue
+                del pending[i]
+                bar.update(1)
+                try:
+                    sjob.result()
+                    result.succeeded += 1
+                except Exception as e:  # noqa: BLE001 - any task failure is reported, not raised
+                    result.failed.append(jobs[i])
+                    bar.write(f"FAILED {jobs[i].describe()}: {str(e).strip().splitlines()[-1:]}")
+            if timeout is not None and time.time() - start > timeout:
+                raise ShiftbenchError(f"slurm jobs still pending after {timeout:.0f} s")
+            time.sleep(1.0)

@@ -1,0 +1,319 @@
+"""What a sweep runs: DomainBed's sweep flags, or a TOML file that can also pin hparams.
+
+A TOML spec (read with Python's own `tomllib`) holds the same keys as the flags, plus per-algorithm
+hparam grids/fixed values and named test-environment sets::
+
+    datasets = ["Digits"]
+    algorithms = ["ERM", "DANN"]
+    task = "dg"                 # dg | uda | ssda | sda | tta
+    n_hparams = 2               # hparam seeds n_hparams_from .. n_hparams-1 (seed 0 = defaults)
+    n_trials = 2                # trial seeds 0 .. n_trials-1
+    steps = 300
+    checkpoint_freq = 100
+    single_test_envs = true     # only single held-out domains (no pairs)
+
+    [hparams]                   # fixed values for every algorithm (like --hparams)
+    batch_size = 32
+
+    [algorithm.DANN.fixed]      # fixed values for one algorithm
+    lambda = 0.1
+    [algorithm.DANN.grid]       # a grid: every combination becomes its own job
+    lr = [1e-3, 1e-4]
+
+    [test_envs]                 # explicit test-environment sets per dataset (names or indices)
+    Digits = [["mnist"], ["synth", "lowres"]]
+
+Precedence: flags given on the command line > the TOML file > the defaults below. Grid values
+override fixed values, which override what the hparam seed drew.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from shiftbench.errors import ShiftbenchError, UnknownNameError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+TOP_LEVEL_KEYS = ("datasets", "algorithms", "task", "n_hparams", "n_hparams_from", "n_trials",
+                  "steps", "checkpoint_freq", "holdout_fraction", "uda_holdout_fraction",
+                  "target_shots", "single_test_envs", "hparams", "test_envs", "algorithm")
+ALGORITHM_KEYS = ("fixed", "grid")
+
+
+class SpecError(ShiftbenchError):
+    """A sweep spec that cannot be used; the message names the file and line when known."""
+
+
+@dataclass
+class SweepSpec:
+    """A sweep, before it is expanded into jobs (see `shiftbench.sweeps.jobs.enumerate_jobs`)."""
+
+    datasets: list[str] = field(default_factory=list)
+    algorithms: list[str] = field(default_factory=list)  # empty: every algorithm for the task
+    task: str = "dg"
+    n_hparams: int = 1
+    n_hparams_from: int = 0
+    n_trials: int = 3
+    steps: int | None = None
+    checkpoint_freq: int | None = None
+    holdout_fraction: float = 0.2
+    uda_holdout_fraction: float | None = None
+    target_shots: int = 3
+    single_test_envs: bool = False
+    hparams: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    test_envs: dict[str, list[list[int | str]]] = field(default_factory=dict)
+
+    def grid_points(self, algorithm: str) -> list[dict[str, Any]]:
+        """The hparam overrides of each job of `algorithm` (one empty dict without a grid)."""
+        grid = self.grid.get(algorithm, {})
+        names = sorted(grid)
+        return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+    def overrides(self, algorithm: str, point: Mapping[str, Any]) -> dict[str, Any]:
+        """Global fixed values, then the algorithm's fixed values, then the grid point."""
+        return {**self.hparams, **self.fixed.get(algorithm, {}), **point}
+
+    def validate(self) -> None:
+        """Check names, counts and hparams against the registries; raise a clear error."""
+        from shiftbench.algorithms import SETTINGS, get_algorithm_class, list_algorithms
+        from shiftbench.datasets import get_dataset_class
+        from shiftbench.hparams_registry import hparam_space, validate_overrides
+
+        if self.task not in SETTINGS:
+            raise UnknownNameError("task", self.task, SETTINGS)
+        if not self.datasets:
+            from shiftbench.datasets import list_datasets
+
+            raise SpecError("no datasets given (--datasets, or `datasets = [...]` in the spec); "
+                            f"choices: {', '.join(list_datasets())}")
+        if not self.algorithms:
+            self.algorithms = list_algorithms(setting=self.task)
+        for name in self.datasets:
+            get_dataset_class(name)
+        for name in self.algorithms:
+            cls = get_algorithm_class(name)
+            if self.task not in cls.SETTINGS:
+                raise SpecError(f"algorithm {name} does not support task {self.task!r} (it "
+                                f"supports {', '.join(cls.SETTINGS)}); algorithms for "
+                                f"{self.task}: {', '.join(list_algorithms(setting=self.task))}")
+        for name in list(self.fixed) + list(self.grid):
+            if name not in self.algorithms:
+                raise SpecError(f"hparams are given for algorithm {name!r}, which is not in the "
+                                f"sweep's algorithms ({', '.join(self.algorithms)})")
+        for key in ("n_hparams", "n_trials"):
+            if getattr(self, key) < 1:
+                raise SpecError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.n_hparams_from < self.n_hparams:
+            raise SpecError(f"n_hparams_from must be in [0, n_hparams={self.n_hparams}), got "
+                            f"{self.n_hparams_from}")
+        if self.steps is not None and self.steps < 1:
+            raise SpecError(f"steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise SpecError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        for algorithm, grid in self.grid.items():
+            for hp, values in grid.items():
+                if not isinstance(values, list) or not values:
+                    raise SpecError(f"grid value of {algorithm}.{hp} must be a non-empty list, "
+                                    f"got {values!r}")
+        for dataset in self.datasets:
+            for algorithm in self.algorithms:
+                space = hparam_space(algorithm, dataset)
+                for point in self.grid_points(algorithm):
+                    validate_overrides(space, self.overrides(algorithm, point), algorithm)
+        for dataset, sets in self.test_envs.items():
+            if dataset not in self.datasets:
+                raise SpecError(f"test_envs given for dataset {dataset!r}, which is not in the "
+                                f"sweep's datasets ({', '.join(self.datasets)})")
+            cls = get_dataset_class(dataset)
+            for envs in sets:
+                resolved = {cls.env_index(e) for e in envs}
+                if not resolved or len(resolved) >= len(cls.ENVIRONMENTS):
+                    raise SpecError(f"test_envs set {envs} of {dataset} must hold at least one "
+                                    f"and fewer than {len(cls.ENVIRONMENTS)} environments")
+
+
+def held_out_sets(spec: SweepSpec, dataset: str) -> list[list[int]]:
+    """The held-out sets of a dataset: the spec's own, else each environment, plus every pair
+    (what leave-one-domain-out selection needs) unless `single_test_envs` or < 3 environments."""
+    from shiftbench.datasets import get_dataset_class
+
+    cls = get_dataset_class(dataset)
+    if dataset in spec.test_envs:
+        return [sorted({cls.env_index(e) for e in envs}) for envs in spec.test_envs[dataset]]
+    n = len(cls.ENVIRONMENTS)
+    sets = [[i] for i in range(n)]
+    if not spec.single_test_envs and n >= 3:
+        sets += [[i, j] for i, j in itertools.combinations(range(n), 2)]
+    return sets
+
+
+# --------------------------------------------------------------------------------------------
+# TOML
+
+
+def _line_of(text: str, table: Sequence[str], key: str | None) -> int | None:
+    """The line (1-based) where `key` is set inside `[table]` (or the table's header line)."""
+    current: tuple[str, ...] = ()
+    header_line = None
+    want = tuple(table)
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        m = re.match(r"^\[\s*([^\[\]]+?)\s*\]$", stripped)
+        if m:
+            current = tuple(p.strip().strip('"') for p in m.group(1).split("."))
+            if current == want:
+                header_line = number
+            continue
+        if key is None:
+            continue
+        m = re.match(r"^([A-Za-z0-9_\-\"\.\s]+?)\s*=", stripped)
+        if not m:
+            continue
+        dotted = tuple(p.strip().strip('"') for p in m.group(1).split("."))
+        if current + dotted[:-1] == want and dotted[-1] == key:
+            return number
+        if current + dotted == want:  # `table = {...}` written inline
+            return number
+    return header_line
+
+
+def _check_type(value: Any, kind: type | tuple[type, ...], where: str) -> None:
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise SpecError(f"{where} must be {names}, got {value!r}")
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "datasets": list, "algorithms": list, "task": str, "n_hparams": int, "n_hparams_from": int,
+    "n_trials": int, "steps": int, "checkpoint_freq": int, "holdout_fraction": float,
+    "uda_holdout_fraction": float, "target_shots": int, "single_test_envs": bool, "hparams": dict,
+    "test_envs": dict, "algorithm": dict,
+}
+
+
+def load_spec(path: str | Path, base: SweepSpec | None = None, validate: bool = True) -> SweepSpec:
+    """Read a TOML sweep spec; errors name the file and line of the bad value.
+
+    With `validate=False` only the file's syntax and types are checked (call `validate_spec`
+    after merging command-line flags)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"cannot read sweep spec {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: invalid TOML: {e}") from None
+    spec = base or SweepSpec()
+
+    def fail(message: str, table: Sequence[str], key: str | None) -> SpecError:
+        line = _line_of(text, table, key)
+        return SpecError(f"{path}" + (f", line {line}" if line else "") + f": {message}")
+
+    for key, value in data.items():
+        if key not in TOP_LEVEL_KEYS:
+            raise _unknown(fail, key, TOP_LEVEL_KEYS, (), key)
+        try:
+            _check_type(value, _TYPES[key], key)
+        except SpecError as e:
+            raise fail(str(e), (), key) from None
+    for key in ("datasets", "algorithms"):
+        for item in data.get(key, []):
+            if not isinstance(item, str):
+                raise fail(f"{key} must be a list of names, got {item!r}", (), key)
+    for f in fields(SweepSpec):
+        if f.name in data and f.name not in ("hparams", "test_envs"):
+            value = data[f.name]
+            setattr(spec, f.name, float(value) if _TYPES[f.name] is float else value)
+    spec.hparams = dict(data.get("hparams", spec.hparams))
+    for dataset, sets in data.get("test_envs", {}).items():
+        if not (isinstance(sets, list) and all(isinstance(s, list) and s for s in sets)):
+            raise fail(f"test_envs.{dataset} must be a list of non-empty lists of environments "
+                       f"(names or indices), e.g. [[0], [\"mnist\", 2]]; got {sets!r}",
+                       ("test_envs",), dataset)
+        spec.test_envs[dataset] = sets
+    for algorithm, tables in data.get("algorithm", {}).items():
+        if not isinstance(tables, dict):
+            raise fail(f"algorithm.{algorithm} must be a table with 'fixed' and/or 'grid'",
+                       ("algorithm",), algorithm)
+        for sub, values in tables.items():
+            if sub not in ALGORITHM_KEYS:
+                raise _unknown(fail, sub, ALGORITHM_KEYS, ("algorithm", algorithm), sub,
+                                          kind=f"key in [algorithm.{algorithm}]")
+            if not isinstance(values, dict):
+                raise fail(f"algorithm.{algorithm}.{sub} must be a table of hparams",
+                           ("algorithm", algorithm), sub)
+            if sub == "grid":
+                for hp, vs in values.items():
+                    if not isinstance(vs, list) or not vs:
+                        raise fail(f"grid value of {algorithm}.{hp} must be a non-empty list, "
+                                   f"got {vs!r}", ("algorithm", algorithm, "grid"), hp)
+                spec.grid[algorithm] = dict(values)
+            else:
+                spec.fixed[algorithm] = dict(values)
+    if validate:
+        validate_spec(spec, path)
+    return spec
+
+
+def validate_spec(spec: SweepSpec, path: str | Path | None = None) -> None:
+    """`spec.validate()`, naming the spec file and the line an error is about when known."""
+    try:
+        spec.validate()
+    except ShiftbenchError as e:
+        if path is None:
+            raise
+        try:
+            line = _locate(Path(path).read_text(encoding="utf-8"), e)
+        except OSError:
+            line = None
+        raise SpecError(f"{path}" + (f", line {line}" if line else "") + f": {e}") from None
+
+
+def _unknown(fail, name, choices, table, key, kind="key") -> SpecError:
+    return fail(str(UnknownNameError(f"sweep spec {kind}", name, choices)), table, key)
+
+
+def _locate(text: str, error: ShiftbenchError) -> int | None:
+    """Best effort: the first line mentioning the name an error is about."""
+    name = getattr(error, "name", None)
+    if name is None:
+        m = re.search(r"'([^']+)'", str(error)) or re.search(r"\b(n_\w+|steps|holdout_fraction)\b",
+                                                             str(error))
+        name = m.group(1) if m else None
+    if not name:
+        return None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if re.search(rf"(^|[^\w]){re.escape(str(name))}([^\w]|$)", line.split("#")[0]):
+            return number
+    return None
+
+
+def parse_hparams_flag(value: str | None) -> dict[str, Any]:
+    """`--hparams` JSON into a dict, with a clear error."""
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"--hparams is not valid JSON ({e.msg}): {value!r}; expected an object "
+                        "such as '{\"lr\": 0.001}'") from None
+    if not isinstance(parsed, dict):
+        raise SpecError(f"--hparams must be a JSON object, got {value!r}")
+    return parsed

@@ -1,0 +1,239 @@
+"""The memory-mapped image cache: keying, atomic files, equivalence with the PIL pipeline, and
+the batched DomainBed augmentation."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from shiftbench.datasets import get_dataset_class
+from shiftbench.datasets import image_cache as C
+from shiftbench.datasets.folder import ImageFolderDomain
+from shiftbench.errors import ShiftbenchError
+
+PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
+PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    path = tmp_path / "cache"
+    monkeypatch.setenv("SHIFTBENCH_CACHE", str(path))
+    monkeypatch.delenv("SHIFTBENCH_IMAGE_CACHE", raising=False)
+    return path
+
+
+def make_pacs(root: Path, per_class: int = 1) -> None:
+    rs = np.random.RandomState(0)
+    for d in PACS_DOMAINS:
+        for c in PACS_CLASSES:
+            folder = root / "PACS" / d / c
+            folder.mkdir(parents=True)
+            for k in range(per_class):
+                h, w = rs.randint(20, 40, size=2)
+                pixels = rs.randint(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{k}.{'jpg' if k % 2 else 'png'}")
+
+
+def test_preprocessed_eval_matches_pil_pipeline(tmp_path, cache):
+    make_pacs(tmp_path / "data")
+    cls = get_dataset_class("PACS")
+    lazy = cls(str(tmp_path / "data"), [0], {"data_augmentation": False})
+    assert all(isinstance(e, ImageFolderDomain) for e in lazy.datasets)
+    files = cls.preprocess(str(tmp_path / "data"), num_workers=0, log=lambda m: None)
+    assert len(files) == 4 and all(f.stat().st_size == 7 * 3 * 224 * 224 for f in files)
+    cached = cls(str(tmp_path / "data"), [0], {"data_augmentation": False})
+    assert all(isinstance(e, C.CachedImageDomain) for e in cached.datasets)
+    for a, b in zip(lazy.datasets, cached.datasets):
+        assert a.targets == b.targets and a.samples == b.samples
+        for i in (0, len(a) - 1):
+            xa, ya = a[i]
+            xb, yb = b[i]
+            assert ya == yb and xb.shape == xa.shape == (3, 224, 224)
+            assert torch.allclose(xa, xb, atol=1e-5)
+    # a second preprocess finds the cache up to date
+    messages = []
+    cls.preprocess(str(tmp_path / "data"), num_workers=0, log=messages.append)
+    assert all("up to date" in m for m in messages)
+
+
+def test_cache_key_follows_the_files(tmp_path, cache):
+    make_pacs(tmp_path / "data")
+    cls = get_dataset_class("PACS")
+    cls.preprocess(str(tmp_path / "data"), num_workers=0, log=lambda m: None)
+    touched = tmp_path / "data" / "PACS" / "photo" / "dog" / "0.png"
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    ds = cls(str(tmp_path / "data"), [0], {})
+    kinds = [type(e).__name__ for e in ds.datasets]
+    assert kinds == ["CachedImageDomain", "CachedImageDomain", "ImageFolderDomain",
+                     "CachedImageDomain"]
+    # a truncated data file is not used
+    data = next(p for p in (cache / "images").glob("PACS-A-*.u8"))
+    with open(data, "r+b") as f:
+        f.truncate(100)
+    ds = cls(str(tmp_path / "data"), [0], {})
+    assert type(ds.datasets[0]).__name__ == "ImageFolderDomain"
+    # rebuilding photo replaces its stale cache files
+    cls.preprocess(str(tmp_path / "data"), num_workers=0, log=lambda m: None)
+    assert len(list((cache / "images").glob("PACS-P-*.u8"))) == 1
+    assert not list((cache / "images").glob(".*.tmp"))
+
+
+def test_cache_modes(tmp_path, cache, monkeypatch):
+    make_pacs(tmp_path / "data")
+    cls = get_dataset_class("PACS")
+    monkeypatch.setenv("SHIFTBENCH_IMAGE_CACHE", "build")
+    ds = cls(str(tmp_path / "data"), [3], {"data_augmentation": True})
+    assert all(isinstance(e, C.CachedImageDomain) for e in ds.datasets)
+    assert [e.augment for e in ds.datasets] == [True, True, True, False]
+    monkeypatch.setenv("SHIFTBENCH_IMAGE_CACHE", "off")
+    assert isinstance(cls(str(tmp_path / "data"), [3], {}).datasets[0], ImageFolderDomain)
+    monkeypatch.setenv("SHIFTBENCH_IMAGE_CACHE", "sometimes")
+    with pytest.raises(ShiftbenchError, match="'sometimes' is not one of auto, build, off"):
+        cls(str(tmp_path / "data"), [3], {})
+
+
+def test_cached_domain_in_dataloader_workers(tmp_path, cache):
+    from shiftbench.data import BatchStream, eval_batches
+
+    make_pacs(tmp_path / "data", per_class=2)
+    cls = get_dataset_class("PACS")
+    cls.preprocess(str(tmp_path / "data"), num_workers=0, log=lambda m: None)
+    ds = cls(str(tmp_path / "data"), [0], {"data_augmentation": True})
+    env = ds[1]
+    stream = BatchStream(env, torch.arange(len(env)), 5, seed=0, role="train", env=1,
+                         start_step=0, num_workers=1)
+    x, y = stream.next()
+    assert x.shape == (5, 3, 224, 224) and x.dtype == torch.float32 and y.dtype == torch.long
+    batches = list(eval_batches(ds[0], torch.arange(len(ds[0])), 4, num_workers=0))
+    assert torch.cat([b[1] for b in batches]).tolist() == ds[0].targets
+
+
+def test_preprocess_command(tmp_path, cache, capsys):
+    from shiftbench.cli import main
+
+    make_pacs(tmp_path / "data")
+    assert main(["data", "preprocess", "--dataset", "PACS", "--data-dir", str(tmp_path / "data"),
+                 "--workers", "0"]) == 0
+    assert capsys.readouterr().out.count("images preprocessed") == 4
+    assert main(["data", "preprocess", "--dataset", "Digits", "--data-dir", str(tmp_path)]) == 2
+    assert "not an image-folder dataset" in capsys.readouterr().err
+    assert main(["data", "preprocess", "--data-dir", str(tmp_path)]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Batched augmentation against torchvision's per-image functions
+
+
+def test_crop_boxes_follow_random_resized_crop_rule():
+    g = torch.Generator().manual_seed(0)
+    boxes = C.crop_boxes(2000, 224, 224, generator=g)
+    top, left, h, w = boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= 224).all() and (left + w <= 224).all()
+    area = h * w / 224**2
+    assert area.min() >= 0.69 and area.max() <= 1.0
+    ratio = w / h
+    assert ratio.min() >= 3 / 4 - 0.02 and ratio.max() <= 4 / 3 + 0.02
+    assert area.std() > 0.05 and len(set(left.tolist())) > 10
+    # an image too thin for every attempt falls back to a centred crop of clamped ratio
+    thin = C.crop_boxes(5, 10, 200, scale=(0.99, 1.0), ratio=(1.0, 1.0))
+    assert thin[:, 2].tolist() == [10.0] * 5 and thin[:, 3].tolist() == [10.0] * 5
+    assert thin[:, 1].tolist() == [95.0] * 5
+
+
+def test_resized_crop_matches_torchvision():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 50, 60, generator=g)
+    boxes = torch.tensor([[0.0, 0.0, 50.0, 60.0], [5.0, 7.0, 30.0, 40.0], [10.0, 3.0, 40.0, 45.0]])
+    flip = torch.tensor([False, True, False])
+    out = C.resized_crop(x, boxes, 64, flip)
+    for i in range(3):
+        t, left, h, w = (int(v) for v in boxes[i])
+        ref = TF.resized_crop(x[i], t, left, h, w, [64, 64], antialias=True)
+        if flip[i]:
+            ref = ref.flip(-1)
+        assert torch.allclose(out[i], ref, atol=1e-5), i
+    same = C.resized_crop(x[:1], boxes[:1], 50, torch.tensor([False]))
+    assert torch.allclose(same[0, :, :, :], TF.resize(x[0], [50, 50], antialias=True), atol=1e-5)
+
+
+def test_hue_and_colour_ops_match_torchvision():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(4, 3, 16, 16, generator=g)
+    shifts = torch.tensor([0.0, 0.1, -0.25, 0.3])
+    out = C._shift_hue(x, shifts)
+    for i in range(4):
+        assert torch.allclose(out[i], TF.adjust_hue(x[i], float(shifts[i])), atol=1e-4), i
+    # one op at a time through color_jitter with strength 0 is the identity
+    assert torch.allclose(C.color_jitter(x.clone(), 0.0), x, atol=1e-5)
+    gray = C._gray(x)
+    assert torch.allclose(gray[:, 0], TF.rgb_to_grayscale(x)[:, 0], atol=1e-6)
+    # uint8 crops agree with torchvision's uint8 resize up to rounding
+    xu = (x * 255).round().to(torch.uint8)
+    box = torch.tensor([[2.0, 3.0, 10.0, 12.0]])
+    ours = C.resized_crop(xu[:1], box, 20, torch.tensor([False]))[0]
+    ref = TF.resized_crop(xu[0], 2, 3, 10, 12, [20, 20], antialias=True)
+    assert ours.dtype == torch.uint8 and (ours.int() - ref.int()).abs().max() <= 1
+
+
+def test_linear_hue_rotation(monkeypatch):
+    rot = C.hue_rotation(torch.tensor([0.0, 0.25, -0.3]))
+    assert torch.allclose(rot[0], torch.eye(3), atol=1e-6)
+    for r in rot:  # orthogonal, keeps grey
+        assert torch.allclose(r @ r.T, torch.eye(3), atol=1e-5)
+        assert torch.allclose(r @ torch.ones(3), torch.ones(3), atol=1e-5)
+    # a third of a turn maps red to green, as the HSV shift does
+    third = C.hue_rotation(torch.tensor([1 / 3]))[0]
+    assert torch.allclose(third @ torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]),
+                          atol=1e-5)
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(C.color_jitter(x.clone(), 0.0, hue="linear"), x, atol=1e-5)
+    monkeypatch.setenv("SHIFTBENCH_HUE", "linear")
+    assert C.hue_mode() == "linear"
+    monkeypatch.setenv("SHIFTBENCH_HUE", "hsl")
+    with pytest.raises(ShiftbenchError, match="'hsl' is not one of hsv, linear"):
+        C.hue_mode()
+
+
+def test_augment_batch_statistics():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (64, 3, 40, 40), dtype=torch.uint8, generator=g)
+    a = C.augment_batch(x, 32, generator=torch.Generator().manual_seed(4))
+    b = C.augment_batch(x, 32, generator=torch.Generator().manual_seed(4))
+    assert a.shape == (64, 3, 32, 32) and torch.equal(a, b)
+    lo = (0 - max(C.MEAN)) / min(C.STD)
+    hi = (1 - min(C.MEAN)) / min(C.STD)
+    assert a.min() >= lo - 1e-4 and a.max() <= hi + 1e-4
+    # about 10% grey images (equal channels once un-normalised)
+    mean = torch.tensor(C.MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(C.STD).view(1, 3, 1, 1)
+    raw = a * std + mean
+    grey = ((raw[:, 0] - raw[:, 1]).abs().amax((1, 2)) < 1e-4).float().mean()
+    assert 0.0 < grey < 0.3
+    ev = C.eval_batch(x)
+    assert torch.allclose(ev * std + mean, x.float() / 255, atol=1e-5)
+    assert not math.isclose(float((a - C.augment_batch(x, 32)).abs().mean()), 0.0)
+
+
+def test_color_jitter_equals_torchvision_ops_in_the_drawn_order():
+    x = torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(6))
+    out = C.color_jitter(x.clone(), 0.3, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # the same draws, in the same order
+    factors = torch.empty(6, 3).uniform_(0.7, 1.3, generator=g)
+    shifts = torch.empty(6).uniform_(-0.3, 0.3, generator=g)
+    order = torch.rand(6, 4, generator=g).argsort(1)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in range(6):
+        ref = x[i]
+        for op in order[i].tolist():
+            ref = ops[op](ref, float(shifts[i] if op == 3 else factors[i, op]))
+        assert torch.allclose(out[i], ref, atol=1e-4), (i, order[i])
