@@ -15,6 +15,7 @@ markdown table. Run one with e.g. `OMP_NUM_THREADS=1 python bench/bench_dg2_effe
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
@@ -170,7 +171,8 @@ def run_shapes(args) -> list[dict]:
         row = {"seed": seed}
         for name in names:
             torch.manual_seed(seed)
-            alg = create_algorithm(name, shape, 4, 3, {"lr": 1e-3},
+            extra = json.loads(args.hparams) if name != "ERM" else {}
+            alg = create_algorithm(name, shape, 4, 3, {"lr": 1e-3, **extra},
                                    dataset=DatasetInfo("shapes", shape, 4))
             alg.configure(task="dg", total_steps=args.steps)
             g = torch.Generator().manual_seed(seed)
@@ -205,6 +207,7 @@ def main(argv=None) -> None:
     p.add_argument("--size", type=int, default=12, help="shapes: image side")
     p.add_argument("--batch", type=int, default=16, help="shapes: examples per domain per step")
     p.add_argument("--methods", default="ERM,SagNet,MixStyle,SagNetPooled", help="shapes: methods")
+    p.add_argument("--hparams", default="{}", help="shapes: JSON hparams for the non-ERM methods")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     args.steps = args.steps or {"moons": 2000, "glyphs": 600, "shapes": 600}[args.experiment]
