@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shiftbench.cli import main
 from shiftbench.demo import DEMO_ALGORITHMS, plan
 
@@ -13,6 +15,7 @@ def test_plan_groups_by_first_supported_task_and_reports_missing():
     assert "ERM" in DEMO_ALGORITHMS
 
 
+@pytest.mark.slow
 def test_tiny_demo_runs_and_reports(tmp_path, capsys):
     code = main(["demo", "--output-dir", str(tmp_path), "--steps", "1", "--n-trials", "1",
                  "--algorithms", "ERM", "Missing", "--held-out", "mnist", "--no-progress"])
