@@ -66,7 +66,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from shiftbench.sweeps.spec import SweepSpec
     from shiftbench.sweeps.state import job_state
 
-    importlib.import_module(DEMO_MODULE)
+    importlib.import_module(DEMO_MODULE).ensure_registered()
     from shiftbench.demo_data import DEMO_PER_DOMAIN, DEMO_SIZE
 
     algorithms = ns.algorithms or list(DEMO_ALGORITHMS)
