@@ -6,6 +6,7 @@ evaluating). The gap is what the sweep machinery costs: process start-up and imp
 launcher's polling, the lock/heartbeat, and idle slots at the end.
 
     OMP_NUM_THREADS=1 python bench/bench_sweep.py [--steps 40] [--jobs 2] [--dataset DigitsDemo]
+        [--start-method forkserver|subprocess]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--n-trials", type=int, default=3)
+    p.add_argument("--start-method", default="forkserver", choices=("forkserver", "subprocess"))
     p.add_argument("--keep", default=None, help="keep the sweep in this directory")
     ns = p.parse_args()
 
@@ -50,7 +52,8 @@ def main() -> None:
     get_dataset_class(ns.dataset)(None, [0], {})
     start = time.time()
     result = get_launcher("local")(jobs, LaunchOptions(n_parallel=ns.jobs, threads=1,
-                                                       progress=False))
+                                                       progress=False,
+                                                       start_method=ns.start_method))
     wall = time.time() - start
     own = []
     for job in jobs:
@@ -60,7 +63,7 @@ def main() -> None:
     load = os.getloadavg()
     report = {
         "jobs": len(jobs), "succeeded": result.succeeded, "failed": len(result.failed),
-        "parallel": ns.jobs, "steps": ns.steps, "dataset": ns.dataset,
+        "parallel": ns.jobs, "steps": ns.steps, "start_method": ns.start_method, "dataset": ns.dataset,
         "sweep_wall_s": round(wall, 1), "sum_trial_s": round(sum(own), 1),
         "mean_trial_s": round(sum(own) / len(own), 1), "ideal_wall_s": round(ideal, 1),
         "overhead_pct": round(100 * (wall / ideal - 1), 1),

@@ -66,7 +66,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from shiftbench.sweeps.spec import SweepSpec
     from shiftbench.sweeps.state import job_state
 
-    importlib.import_module(DEMO_MODULE)
+    importlib.import_module(DEMO_MODULE).ensure_registered()
     from shiftbench.demo_data import DEMO_PER_DOMAIN, DEMO_SIZE
 
     algorithms = ns.algorithms or list(DEMO_ALGORITHMS)
@@ -94,7 +94,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
           f"on Digits downsampled to {DEMO_SIZE}x{DEMO_SIZE} px, {DEMO_PER_DOMAIN} images per "
           f"domain,\n  {ns.steps} steps of batch {ns.batch_size} per domain, small CNN, default "
           f"hparams; {cores} CPU core(s), {min(cores, len(jobs))} trials at a time.\n"
-          f"  Sized to finish in about 10 minutes on 2 cores; --steps/--n-trials/--algorithms "
+          f"  Sized to finish in about 10 minutes on 2 idle cores; --steps/--n-trials/--algorithms "
           f"change that. Output: {out}")
     todo = [j for j in jobs if job_state(j.dir).state in ("not_launched", "incomplete")]
     if len(todo) < len(jobs):
@@ -128,7 +128,7 @@ def register(subparsers) -> None:
     p.add_argument("--output-dir", "--output_dir", dest="output_dir", default="shiftbench_demo")
     p.add_argument("--algorithms", nargs="+", default=None,
                    help=f"default: {' '.join(DEMO_ALGORITHMS)}")
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--n-trials", "--n_trials", dest="n_trials", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16, help="examples per domain per step")
     p.add_argument("--held-out", nargs="+", default=None, metavar="DOMAIN",

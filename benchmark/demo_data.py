@@ -39,3 +39,11 @@ class DigitsDemo(MultiDomainDataset):
             if x.dtype == torch.uint8:
                 small = small.round().clamp_(0, 255).to(torch.uint8)
             self.datasets.append(TensorDomain(small, y[keep], name=name))
+
+
+def ensure_registered() -> None:
+    """Register DigitsDemo again if something removed it from the registry (tests do)."""
+    from shiftbench.datasets.base import DATASETS
+
+    if "DigitsDemo" not in DATASETS:
+        register_dataset(DigitsDemo)

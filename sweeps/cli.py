@@ -124,7 +124,26 @@ def status_table(jobs: list[Job], states: dict[str, JobState]) -> str:
     width = 40
     filled = int(width * done / n) if n else width
     bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{n} done ({100 * done / max(n, 1):.0f}%)"
+    mean = mean_trial_seconds([j for j in jobs if states[j.hash].state == "done"])
+    if mean is not None and done < n:
+        bar += (f"; a done trial took {mean:.0f} s on average, so about {mean * (n - done):.0f} "
+                "s of trial time remain (divide by the jobs run at once)")
     return table + "\n" + bar
+
+
+def mean_trial_seconds(done_jobs: list[Job], sample: int = 50) -> float | None:
+    """Mean `wall_time` of the last record of (up to `sample`) finished jobs."""
+    import json
+
+    times = []
+    for job in done_jobs[:sample]:
+        try:
+            with open(job.dir / "results.jsonl", "rb") as f:
+                last = f.read().splitlines()[-1]
+            times.append(float(json.loads(last)["wall_time"]))
+        except (OSError, IndexError, KeyError, ValueError):
+            continue
+    return sum(times) / len(times) if times else None
 
 
 def confirm(question: str, skip: bool) -> bool:

@@ -111,7 +111,7 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
     result = LaunchResult()
     pending = deque(jobs)
     running: dict[int, tuple[subprocess.Popen, Job]] = {}
-    base_env = dict(os.environ)
+    base_env = dict(os.environ)  # read at launch: a forked job gets it too
     base_env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                      "OPENBLAS_NUM_THREADS": str(threads)})
     bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not options.progress,
@@ -128,9 +128,8 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
         job.dir.mkdir(parents=True, exist_ok=True)
         argv = job.command(options.python, threads)
         if ctx is not None:
-            proc: Any = ForkedJob(ctx, argv[3:], {**slots[slot], **{
-                k: base_env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}},
-                job.dir / "out.txt", job.dir / "err.txt")
+            proc: Any = ForkedJob(ctx, argv[3:], {**base_env, **slots[slot]},
+                                  job.dir / "out.txt", job.dir / "err.txt")
         else:
             env = {**base_env, **slots[slot]}
             with open(job.dir / "out.txt", "ab") as out, open(job.dir / "err.txt", "ab") as err:
@@ -192,10 +191,15 @@ def _forkserver(extra_modules: list[str]):
     return ctx
 
 
-def _run_forked(argv: list[str], env: dict[str, str], out: str, err: str) -> None:
-    """Body of a forked job: own session, its environment, output files, then the worker."""
+def _run_forked(argv: list[str], env: dict[str, str], out: str, err: str, cwd: str,
+                path: list[str]) -> None:
+    """Body of a forked job: own session; the launcher's environment, directory and import path
+    as they are now (the server started earlier); output files; then the worker."""
     os.setsid()
+    os.environ.clear()
     os.environ.update(env)
+    os.chdir(cwd)
+    sys.path[:] = path
     for fd, path in ((1, out), (2, err)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(target, fd)
@@ -212,7 +216,8 @@ class ForkedJob:
     """A job forked from the forkserver, with the bits of `Popen`'s interface run_pool uses."""
 
     def __init__(self, ctx, argv: list[str], env: dict[str, str], out: Path, err: Path):
-        self.process = ctx.Process(target=_run_forked, args=(argv, env, str(out), str(err)))
+        self.process = ctx.Process(target=_run_forked, args=(
+            argv, env, str(out), str(err), os.getcwd(), list(sys.path)))
         self.process.start()
         self.pid = self.process.pid
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shiftbench.cli import main
 from shiftbench.demo import DEMO_ALGORITHMS, plan
 
@@ -13,7 +15,19 @@ def test_plan_groups_by_first_supported_task_and_reports_missing():
     assert "ERM" in DEMO_ALGORITHMS
 
 
-def test_tiny_demo_runs_and_reports(tmp_path, capsys):
+@pytest.fixture
+def unregister_demo_dataset():
+    """The demo registers DigitsDemo in this process; keep other tests' registry unchanged."""
+    from shiftbench.datasets.base import DATASETS
+
+    had = "DigitsDemo" in DATASETS
+    yield
+    if not had:
+        DATASETS._items.pop("DigitsDemo", None)
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_and_reports(tmp_path, capsys, unregister_demo_dataset):
     code = main(["demo", "--output-dir", str(tmp_path), "--steps", "1", "--n-trials", "1",
                  "--algorithms", "ERM", "Missing", "--held-out", "mnist", "--no-progress"])
     out = capsys.readouterr().out

@@ -176,3 +176,19 @@ def test_unknown_launcher_lists_choices(tmp_path):
 
     with pytest.raises(UnknownNameError, match="unknown launcher 'slurmm'.*did you mean 'slurm'"):
         get_launcher("slurmm")
+
+
+def test_slurm_task_requeues_itself_on_preemption(tmp_path):
+    pytest.importorskip("submitit")
+    from shiftbench.sweeps.slurm_task import SweepTask
+
+    spec = _spec(datasets=["DebugVector"], algorithms=["ERM"], n_trials=1, single_test_envs=True)
+    job = enumerate_jobs(spec, tmp_path)[0]
+    task = SweepTask(job.command(threads=1), str(job.dir))
+    # submitit calls checkpoint() on SIGUSR2 (timeout/preemption) and requeues what it returns:
+    # the same command, which resumes the trial from its checkpoint.
+    resubmission = task.checkpoint()
+    assert resubmission.function is task and resubmission.function.argv == job.command(threads=1)
+    failing = SweepTask([sys.executable, "-c", "raise SystemExit(3)"], str(job.dir))
+    with pytest.raises(RuntimeError, match="exited with status 3"):
+        failing()
