@@ -21,13 +21,21 @@ from shiftbench.cli import main as cli_main
 from shiftbench.datasets import get_dataset_class
 
 
+def finished(trial: Path, steps: int) -> dict | None:
+    """The last record of a trial that reached its last step, else None."""
+    results = trial / "results.jsonl"
+    if not results.is_file():
+        return None
+    last = json.loads(results.read_text().splitlines()[-1])
+    return last if last["step"] == steps - 1 else None
+
+
 def run(out: Path, test_env: int, seed: int, steps: int, dataset: str, freq: int,
         hparams: str | None) -> dict:
     """Train one trial (or reuse a finished one) and return its last record."""
     trial = out / f"env{test_env}_seed{seed}"
     results = trial / "results.jsonl"
-    if not (results.is_file() and json.loads(results.read_text().splitlines()[-1])["step"]
-            == steps - 1):
+    if finished(trial, steps) is None:
         argv = ["train", "--dataset", dataset, "--algorithm", "ERM", "--test-envs", str(test_env),
                 "--steps", str(steps), "--checkpoint-freq", str(freq),
                 "--trial-seed", str(seed), "--seed", str(seed), "--threads", "1",
@@ -59,6 +67,8 @@ def main() -> None:
     p.add_argument("--envs", type=int, nargs="+", default=None,
                    help="only these held-out domains (to split the runs over processes)")
     p.add_argument("--no-table", action="store_true", help="train only, print no table")
+    p.add_argument("--report-only", action="store_true",
+                   help="print the table from finished trials only (train nothing)")
     ns = p.parse_args()
     cls = get_dataset_class(ns.dataset)
     ds = cls(None, [], {})
@@ -71,8 +81,13 @@ def main() -> None:
         sizes = {"out": int(n * 0.2), "in": n - int(n * 0.2)}
         held, within = [], []
         for seed in ns.seeds:
-            rec = run(out, env, seed, ns.steps, ns.dataset, ns.checkpoint_freq or ns.steps,
-                      ns.hparams)
+            if ns.report_only:
+                rec = finished(out / f"env{env}_seed{seed}", ns.steps)
+                if rec is None:
+                    continue
+            else:
+                rec = run(out, env, seed, ns.steps, ns.dataset, ns.checkpoint_freq or ns.steps,
+                          ns.hparams)
             held.append(held_out_accuracy(rec, env, sizes))
             within.append(statistics.mean(rec[f"env{j}_out_acc"] for j in range(len(ds))
                                           if j != env))
@@ -83,6 +98,9 @@ def main() -> None:
           "accuracy (mean over seeds) |")
     print("| --- | --- | --- | --- |")
     for name, held, within in rows:
+        if not held:
+            print(f"| `{name}` | (not run) | - | - |")
+            continue
         print(f"| `{name}` | {', '.join(f'{a:.3f}' for a in held)} | {statistics.mean(held):.3f} "
               f"| {statistics.mean(within):.3f} |")
 
