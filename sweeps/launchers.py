@@ -128,9 +128,9 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
         job.dir.mkdir(parents=True, exist_ok=True)
         argv = job.command(options.python, threads)
         if ctx is not None:
-            proc: Any = ForkedJob(ctx, argv[3:], {**slots[slot], **{
-                k: base_env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}},
-                job.dir / "out.txt", job.dir / "err.txt")
+            # the whole environment: the forkserver kept the one of the launch that started it
+            proc: Any = ForkedJob(ctx, argv[3:], {**base_env, **slots[slot]},
+                                  job.dir / "out.txt", job.dir / "err.txt")
         else:
             env = {**base_env, **slots[slot]}
             with open(job.dir / "out.txt", "ab") as out, open(job.dir / "err.txt", "ab") as err:
@@ -195,6 +195,7 @@ def _forkserver(extra_modules: list[str]):
 def _run_forked(argv: list[str], env: dict[str, str], out: str, err: str) -> None:
     """Body of a forked job: own session, its environment, output files, then the worker."""
     os.setsid()
+    os.environ.clear()  # exactly the launcher's current environment, not the forkserver's
     os.environ.update(env)
     for fd, path in ((1, out), (2, err)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
