@@ -358,7 +358,11 @@ class TrialStore:
                 log(f"checkpoint {path.name} is corrupted or incomplete (checksum mismatch); "
                     "ignoring it")
                 continue
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            try:  # weights_only: a checkpoint holding any other pickled object is refused
+                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception as e:  # pickle.UnpicklingError for a forbidden global
+                log(f"checkpoint {path.name} refused: it holds something other than tensors and "
+                    f"plain data ({type(e).__name__}: {str(e).splitlines()[0][:200]}); ignoring it")
         return None
 
     def remove_checkpoints(self) -> None:
