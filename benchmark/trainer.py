@@ -395,6 +395,7 @@ def train(args: TrainArgs, log=None, progress: bool | None = None) -> list[dict[
     if store.done.exists():
         log(f"{args.output_dir}: already done; nothing to do")
         return store.read_records()
+    created = not store.dir.exists()
     try:
         store.dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -403,6 +404,14 @@ def train(args: TrainArgs, log=None, progress: bool | None = None) -> list[dict[
         return _train(args, store, log, progress)
     except (TrainingDiverged, StorageError, KeyboardInterrupt):
         raise  # diverged: `failed` already written; storage / Ctrl-C: resumable, not failed
+    except ShiftbenchError as e:
+        # Bad input found while building the trial (a missing data directory...): leave no
+        # trace in a directory this call created; elsewhere (a sweep's job) mark the job failed.
+        if created and not any(store.dir.iterdir()):
+            store.dir.rmdir()
+        else:
+            _mark_failed(store, e)
+        raise
     except OSError as e:
         if e.errno in STORAGE_ERRNOS:
             raise StorageError(e.filename or store.dir, e) from e
