@@ -91,3 +91,25 @@ def test_sigkilled_launcher_orphan_job_and_relaunch_end_every_job_once(tmp_path)
     before = [(j.dir / "results.jsonl").read_bytes() for j in jobs]
     assert main(["sweep", "launch", *FLAGS, "--output-dir", str(out)]) == 0
     assert [(j.dir / "results.jsonl").read_bytes() for j in jobs] == before
+
+
+def test_a_diverging_job_is_failed_the_sweep_goes_on_and_collect_shows_it(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    spec = tmp_path / "s.toml"
+    spec.write_text('datasets = ["DebugVector"]\nalgorithms = ["ERM"]\nn_trials = 1\nsteps = 3\n'
+                    'checkpoint_freq = 1\n[algorithm.ERM.grid]\nlr = [1e-3, 1e30]\n'
+                    '[test_envs]\nDebugVector = [[0]]\n')
+    flags = ["--spec", str(spec), "--output-dir", str(out), "--skip-confirmation", "--no-progress",
+             "--threads", "1"]
+    assert main(["sweep", "launch", *flags]) == 1  # one job failed; the other still ran
+    states = {}
+    for job_dir in (p for p in out.iterdir() if (p / "results.jsonl").exists() or (p / "failed").exists()):
+        states[job_state(job_dir).state] = job_dir
+    assert set(states) == {"done", "failed"}
+    failed = json.loads((states["failed"] / "failed").read_text())
+    assert failed["error"] == "non-finite loss" and isinstance(failed["step"], int)
+    assert any(v in ("nan", "inf") for v in failed["values"].values())
+    capsys.readouterr()
+    assert main(["collect", "--input-dir", str(out), "--selection", "oracle"]) == 0
+    text = capsys.readouterr().out
+    assert "1 done" in text and "1 failed" in text

@@ -160,3 +160,21 @@ def test_real_read_only_directory(tiny_tmpfs, capsys, reference):
     _remount(tiny_tmpfs, "rw")
     assert main(["train", *FLAGS, "--output-dir", str(tiny_tmpfs / "new")]) == 0
     assert stable_records(tiny_tmpfs / "new") == reference
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, monkeypatch, reference):
+    out = tmp_path / "run"
+    # stop the trial once two checkpoints exist: when the third record is written
+    fault = FailingFsync(7, errno.ENOSPC)  # writes: rec0, ckpt0, sha0, rec2, ckpt2, sha2, rec4...
+    monkeypatch.setattr(os, "fsync", fault)
+    with pytest.raises(StorageError):
+        train(_args(out), **QUIET)
+    monkeypatch.undo()
+    assert (out / "checkpoint.prev.pt").exists()
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # truncated (e.g. by a full disk)
+    messages: list[str] = []
+    train(_args(out), log=messages.append, progress=False)
+    assert any("checkpoint.pt is corrupted or incomplete" in m for m in messages), messages
+    assert any("resuming from the checkpoint at step 0" in m for m in messages), messages
+    assert stable_records(out) == reference
