@@ -21,7 +21,8 @@ from shiftbench.errors import ShiftbenchError
 from shiftbench.results.reading import read_sweep
 from shiftbench.sweeps.spec import SweepSpec, load_spec
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=60, deadline=None, database=None,
+                suppress_health_check=list(HealthCheck))
 
 scalars = (st.none() | st.booleans() | st.integers(-10**30, 10**30)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8))
