@@ -51,7 +51,17 @@ def run(argv: Sequence[str] | None = None) -> int:
     values["test_envs"] = list(values["test_envs"])
     args = TrainArgs(**values)
     lock = JobLock(args.output_dir)
-    if not lock.acquire():
+    try:
+        acquired = lock.acquire()
+    except (ShiftbenchError, OSError) as e:  # full disk, read-only directory
+        err = e if isinstance(e, ShiftbenchError) else StorageError(e.filename or args.output_dir, e)
+        try:
+            lock.release()
+        except OSError:
+            pass
+        print(f"shiftbench: error: {err}", file=sys.stderr)
+        return err.exit_code
+    if not acquired:
         print(f"{args.output_dir}: another worker is running this job; leaving it alone",
               flush=True)
         return EXIT_BUSY

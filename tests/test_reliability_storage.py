@@ -178,3 +178,22 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, monkeypat
     assert any("checkpoint.pt is corrupted or incomplete" in m for m in messages), messages
     assert any("resuming from the checkpoint at step 0" in m for m in messages), messages
     assert stable_records(out) == reference
+
+
+def test_sweep_worker_reports_a_full_disk_and_leaves_the_job_resumable(tmp_path, monkeypatch, capsys,
+                                                                        reference):
+    from shiftbench.sweeps.state import job_state
+    from shiftbench.sweeps.worker import run
+
+    out = tmp_path / "job"
+    argv = [*FLAGS, "--output-dir", str(out)]
+    for n in (1, 6):  # the lock's `running` file; a write during training
+        monkeypatch.setattr(os, "fsync", FailingFsync(n, errno.ENOSPC))
+        assert run(argv) == 4
+        err = capsys.readouterr().err
+        assert "no space left on device" in err and "Traceback" not in err
+        monkeypatch.undo()
+        assert job_state(out).state in ("incomplete", "not_launched")
+    assert run(argv) == 0
+    assert job_state(out).state == "done"
+    assert stable_records(out) == reference
