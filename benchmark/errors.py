@@ -39,3 +39,26 @@ class TrainingDiverged(ShiftbenchError):
     """A loss became NaN or infinite; the trial is recorded as failed."""
 
     exit_code = 3
+
+
+class StorageError(ShiftbenchError):
+    """Writing an output file failed (disk full, quota, read-only or forbidden directory).
+
+    Nothing already written is lost: rerunning the same command once the cause is fixed resumes
+    from the last intact checkpoint.
+    """
+
+    exit_code = 4
+
+    def __init__(self, path: object, error: OSError):
+        import errno
+        import os
+
+        self.path, self.error = path, error
+        reason = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                  errno.EPERM: "operation not permitted"}.get(
+                      error.errno, error.strerror or (os.strerror(error.errno) if error.errno
+                                                      else str(error)))
+        super().__init__(f"cannot write {path}: {reason}; records written so far are kept; "
+                         "free space or fix the directory, then rerun the same command to resume")

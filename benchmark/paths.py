@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from shiftbench.errors import StorageError
+
 
 def cache_dir() -> Path:
     """$SHIFTBENCH_CACHE, else ~/.cache/shiftbench (created on demand)."""
@@ -18,20 +20,29 @@ def cache_dir() -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that a crash leaves either the old file or the new one, never a torn one."""
+    """Write a file so that a crash leaves either the old file or the new one, never a torn one.
+
+    An OSError (disk full, read-only directory...) becomes a `StorageError` naming the path; the
+    old file, if any, is left as it was.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise StorageError(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(e, OSError):
+            raise StorageError(path, e) from e
         raise
     _fsync_dir(path.parent)
 

@@ -15,6 +15,7 @@ after that checkpoint are dropped first, so the finished file equals an uninterr
 from __future__ import annotations
 
 import copy
+import errno
 import io
 import json
 import math
@@ -37,7 +38,7 @@ from shiftbench.algorithms import LABEL_SOURCES, SETTINGS, Algorithm, get_algori
 from shiftbench.data import BatchStream, accuracy_counts, eval_batches
 from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets.base import MultiDomainDataset
-from shiftbench.errors import ShiftbenchError, TrainingDiverged
+from shiftbench.errors import ShiftbenchError, StorageError, TrainingDiverged
 from shiftbench.hparams_registry import DatasetInfo, resolve_hparams
 from shiftbench.paths import atomic_write_bytes, sha256_bytes
 from shiftbench.seeds import rng_state, seed_everything, set_rng_state
@@ -304,10 +305,13 @@ class TrialStore:
 
     def append_record(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True) + "\n"
-        with open(self.results, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.results, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a part of the line may be on disk: resume truncates it
+            raise StorageError(self.results, e) from e
 
     def read_records(self) -> list[dict[str, Any]]:
         if not self.results.exists():
@@ -354,7 +358,11 @@ class TrialStore:
                 log(f"checkpoint {path.name} is corrupted or incomplete (checksum mismatch); "
                     "ignoring it")
                 continue
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            try:  # weights_only: a checkpoint holding any other pickled object is refused
+                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception as e:  # pickle.UnpicklingError for a forbidden global
+                log(f"checkpoint {path.name} refused: it holds something other than tensors and "
+                    f"plain data ({type(e).__name__}: {str(e).splitlines()[0][:200]}); ignoring it")
         return None
 
     def remove_checkpoints(self) -> None:
@@ -387,17 +395,44 @@ def train(args: TrainArgs, log=None, progress: bool | None = None) -> list[dict[
     if store.done.exists():
         log(f"{args.output_dir}: already done; nothing to do")
         return store.read_records()
-    store.dir.mkdir(parents=True, exist_ok=True)
+    created = not store.dir.exists()
+    try:
+        store.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(store.dir, e) from e
     try:
         return _train(args, store, log, progress)
-    except TrainingDiverged:
+    except (TrainingDiverged, StorageError, KeyboardInterrupt):
+        raise  # diverged: `failed` already written; storage / Ctrl-C: resumable, not failed
+    except ShiftbenchError as e:
+        # Bad input found while building the trial (a missing data directory...): leave no
+        # trace in a directory this call created; elsewhere (a sweep's job) mark the job failed.
+        if created and not any(store.dir.iterdir()):
+            store.dir.rmdir()
+        else:
+            _mark_failed(store, e)
         raise
-    except (Exception, KeyboardInterrupt) as e:
-        if not isinstance(e, KeyboardInterrupt):
-            atomic_write_bytes(store.failed, json.dumps({
-                "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
-                "time": time.time()}, indent=1).encode())
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError(e.filename or store.dir, e) from e
+        _mark_failed(store, e)
         raise
+    except Exception as e:
+        _mark_failed(store, e)
+        raise
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _mark_failed(store: TrialStore, e: BaseException) -> None:
+    """Write the `failed` marker if the disk lets us; the original error is what matters."""
+    try:
+        atomic_write_bytes(store.failed, json.dumps({
+            "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
+            "time": time.time()}, indent=1).encode())
+    except ShiftbenchError:
+        pass
 
 
 def _train(args: TrainArgs, store: TrialStore, log, progress: bool | None):

@@ -107,10 +107,26 @@ def normalize_record(record: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"record args lack {key!r}")
     if "step" not in record:
         raise ValueError("record has no 'step'")
+    for key in ("dataset", "algorithm"):
+        if not isinstance(args[key], str):
+            raise ValueError(f"record args {key!r} is not a string: {args[key]!r}")
+    if args.get("task") is not None and not isinstance(args["task"], str):
+        raise ValueError(f"record args 'task' is not a string: {args['task']!r}")
+    for key in ("hparams_seed", "trial_seed"):
+        if key in args and (isinstance(args[key], bool) or not isinstance(args[key], int)):
+            raise ValueError(f"record args {key!r} is not an integer: {args[key]!r}")
+    step = record["step"]
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
+        raise ValueError(f"record 'step' is not a number: {step!r}")
+    if not isinstance(record.get("hparams", {}), dict):
+        raise ValueError("record 'hparams' is not an object")
     test_envs = args["test_envs"]
     if isinstance(test_envs, int):
         test_envs = [test_envs]
-    args["test_envs"] = sorted(int(e) for e in test_envs)
+    try:
+        args["test_envs"] = sorted(int(e) for e in test_envs)
+    except OverflowError as e:  # int(inf)
+        raise ValueError(f"record args 'test_envs' is not a list of integers: {test_envs!r}") from e
     args["task"] = TASK_ALIASES.get(args.get("task") or "dg", args.get("task") or "dg")
     args.setdefault("hparams_seed", 0)
     args.setdefault("trial_seed", 0)

@@ -216,10 +216,18 @@ def load_spec(path: str | Path, base: SweepSpec | None = None, validate: bool = 
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"cannot read sweep spec {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        text_line = e.object[:e.start].count(b"\n") + 1
+        raise SpecError(f"{path}, line {text_line}: not UTF-8 text (byte {e.object[e.start]:#04x} "
+                        f"at offset {e.start}); a sweep spec must be a UTF-8 TOML file") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: invalid TOML: {e}") from None
+        message = str(e)
+        if "line" not in message:  # "... (at end of document)": the error is on the last line
+            line = text.count("\n") + (0 if text.endswith("\n") else 1)
+            message += f" (line {max(line, 1)})"
+        raise SpecError(f"{path}: invalid TOML: {message}") from None
     spec = base or SweepSpec()
 
     def fail(message: str, table: Sequence[str], key: str | None) -> SpecError:

@@ -33,7 +33,7 @@ def _interrupt(signum, frame) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     from shiftbench.cli import TASK_ALIASES, import_user_modules
-    from shiftbench.errors import ShiftbenchError
+    from shiftbench.errors import ShiftbenchError, StorageError
     from shiftbench.paths import atomic_write_bytes
     from shiftbench.sweeps.jobs import job_hash, job_identity
     from shiftbench.sweeps.state import JOB_FILE, JobLock, record_attempt
@@ -51,7 +51,17 @@ def run(argv: Sequence[str] | None = None) -> int:
     values["test_envs"] = list(values["test_envs"])
     args = TrainArgs(**values)
     lock = JobLock(args.output_dir)
-    if not lock.acquire():
+    try:
+        acquired = lock.acquire()
+    except (ShiftbenchError, OSError) as e:  # full disk, read-only directory
+        err = e if isinstance(e, ShiftbenchError) else StorageError(e.filename or args.output_dir, e)
+        try:
+            lock.release()
+        except OSError:
+            pass
+        print(f"shiftbench: error: {err}", file=sys.stderr)
+        return err.exit_code
+    if not acquired:
         print(f"{args.output_dir}: another worker is running this job; leaving it alone",
               flush=True)
         return EXIT_BUSY
@@ -66,20 +76,24 @@ def run(argv: Sequence[str] | None = None) -> int:
         except ShiftbenchError as e:
             print(f"shiftbench: error: {e}", file=sys.stderr)
             return e.exit_code
-        atomic_write_bytes(lock.dir / JOB_FILE, json.dumps(
-            {"args": asdict(args), "identity": job_identity(args), "hash": job_hash(args)},
-            indent=1, sort_keys=True).encode())
-        record_attempt(args.output_dir,
-                       resumed=(lock.dir / "checkpoint.pt").exists()
-                       or (lock.dir / "checkpoint.prev.pt").exists(),
-                       cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-                       slurm_job_id=os.environ.get("SLURM_JOB_ID"),
-                       threads=ns.threads)
         try:
+            atomic_write_bytes(lock.dir / JOB_FILE, json.dumps(
+                {"args": asdict(args), "identity": job_identity(args), "hash": job_hash(args)},
+                indent=1, sort_keys=True).encode())
+            record_attempt(args.output_dir,
+                           resumed=(lock.dir / "checkpoint.pt").exists()
+                           or (lock.dir / "checkpoint.prev.pt").exists(),
+                           cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                           slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+                           threads=ns.threads)
             train(args, progress=False if ns.progress is None else ns.progress)
         except ShiftbenchError as e:
             print(f"shiftbench: error: {e}", file=sys.stderr)
             return e.exit_code
+        except OSError as e:  # the attempts log could not be written (full disk...)
+            err = StorageError(e.filename or args.output_dir, e)
+            print(f"shiftbench: error: {err}", file=sys.stderr)
+            return err.exit_code
         except KeyboardInterrupt:
             print(f"{args.output_dir}: interrupted; resumable from its last checkpoint",
                   file=sys.stderr, flush=True)
