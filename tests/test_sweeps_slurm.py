@@ -89,7 +89,7 @@ def test_slurm_requeued_task_resumes_from_checkpoint(tmp_path, slurm_cluster):
     (job,) = enumerate_jobs(spec, out)
     job_dir = job.dir
     results = job_dir / "results.jsonl"
-    deadline = time.time() + 90
+    deadline = time.time() + 240
     while not (results.exists() and len(results.read_text().splitlines()) >= 3):
         assert time.time() < deadline, "the Slurm task never reached its third checkpoint"
         time.sleep(0.1)
@@ -97,14 +97,14 @@ def test_slurm_requeued_task_resumes_from_checkpoint(tmp_path, slurm_cluster):
     subprocess.run(["scontrol", "requeue", slurm_id], check=True, timeout=30)
     # Slurm holds a requeued job for a while (BeginTime); once it is pending again, release it
     # now, as the administrator.
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     while "PENDING" not in subprocess.run(["squeue", "-h", "-o", "%T", "-j", slurm_id],
                                           capture_output=True, text=True, timeout=30).stdout:
         assert time.time() < deadline, "the requeued task never became pending"
         time.sleep(0.5)
     subprocess.run(["scontrol", "update", f"jobid={slurm_id}", "StartTime=now"], check=True,
                    timeout=30)
-    deadline = time.time() + 120
+    deadline = time.time() + 360
     while not (job_dir / "done").exists():
         assert time.time() < deadline, "the requeued task did not finish"
         time.sleep(0.2)
