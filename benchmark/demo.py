@@ -128,7 +128,7 @@ def register(subparsers) -> None:
     p.add_argument("--output-dir", "--output_dir", dest="output_dir", default="shiftbench_demo")
     p.add_argument("--algorithms", nargs="+", default=None,
                    help=f"default: {' '.join(DEMO_ALGORITHMS)}")
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=150)
     p.add_argument("--n-trials", "--n_trials", dest="n_trials", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16, help="examples per domain per step")
     p.add_argument("--held-out", nargs="+", default=None, metavar="DOMAIN",
