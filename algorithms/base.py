@@ -16,7 +16,6 @@ domain. `unlabeled` holds one `x` batch per target domain in `uda`/`ssda`, else 
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -231,9 +230,8 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Registry
 
-ALGORITHM_REGISTRY: Registry[type[Algorithm]] = Registry("algorithm")
+ALGORITHM_REGISTRY: Registry[type[Algorithm]] = Registry("algorithm", "shiftbench.algorithms")
 ALGORITHMS: list[str] = []  # DomainBed-compatible list of names, in registration order
-_ENTRY_POINTS_LOADED = False
 
 
 def register_algorithm(cls: type[Algorithm] | None = None, *, name: str | None = None):
@@ -255,23 +253,12 @@ def register_algorithm(cls: type[Algorithm] | None = None, *, name: str | None =
     return decorator(cls) if cls is not None else decorator
 
 
-def _load_entry_points() -> None:
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for ep in importlib.metadata.entry_points(group="shiftbench.algorithms"):
-        ep.load()
-
-
 def get_algorithm_class(name: str) -> type[Algorithm]:
-    if name not in ALGORITHM_REGISTRY:
-        _load_entry_points()
-    return ALGORITHM_REGISTRY.get(name)
+    return ALGORITHM_REGISTRY.lookup(name)
 
 
 def list_algorithms(pattern: str = "*", setting: str | None = None) -> list[str]:
-    _load_entry_points()
+    ALGORITHM_REGISTRY.load_entry_points()
     names = ALGORITHM_REGISTRY.names(pattern)
     if setting is not None:
         names = [n for n in names if setting in ALGORITHM_REGISTRY.get(n).SETTINGS]

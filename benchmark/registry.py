@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -14,9 +15,25 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to objects, keeps registration order, and explains unknown names."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, entry_point_group: str | None = None):
         self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._entry_points_loaded = entry_point_group is None
         self._items: dict[str, T] = {}
+
+    def load_entry_points(self) -> None:
+        """Import, once, what installed packages declare under this registry's entry-point group."""
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in importlib.metadata.entry_points(group=self.entry_point_group):
+            ep.load()
+
+    def lookup(self, name: str) -> T:
+        """`get`, after loading the entry points if `name` is not registered yet."""
+        if name not in self._items:
+            self.load_entry_points()
+        return self.get(name)
 
     def register(self, name: str | None = None, *, overwrite: bool = False) -> Callable[[T], T]:
         def decorator(obj: T) -> T:

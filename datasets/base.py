@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,8 +117,7 @@ class MultiDomainDataset:
         return index
 
 
-DATASETS: Registry[type[MultiDomainDataset]] = Registry("dataset")
-_ENTRY_POINTS_LOADED = False
+DATASETS: Registry[type[MultiDomainDataset]] = Registry("dataset", "shiftbench.datasets")
 
 
 def register_dataset(cls: type[MultiDomainDataset] | None = None, *, name: str | None = None):
@@ -136,24 +134,12 @@ def register_dataset(cls: type[MultiDomainDataset] | None = None, *, name: str |
     return decorator(cls) if cls is not None else decorator
 
 
-def _load_entry_points() -> None:
-    """Datasets that installed packages declare under the `shiftbench.datasets` entry point."""
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for ep in importlib.metadata.entry_points(group="shiftbench.datasets"):
-        ep.load()
-
-
 def get_dataset_class(name: str) -> type[MultiDomainDataset]:
-    if name not in DATASETS:
-        _load_entry_points()
-    return DATASETS.get(name)
+    return DATASETS.lookup(name)
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
-    _load_entry_points()
+    DATASETS.load_entry_points()
     return DATASETS.names(pattern)
 
 
