@@ -31,7 +31,7 @@ def finished(trial: Path, steps: int) -> dict | None:
 
 
 def run(out: Path, test_env: int, seed: int, steps: int, dataset: str, freq: int,
-        hparams: str | None) -> dict:
+        hparams: str | None, precision: str = "fp32") -> dict:
     """Train one trial (or reuse a finished one) and return its last record."""
     trial = out / f"env{test_env}_seed{seed}"
     results = trial / "results.jsonl"
@@ -39,7 +39,8 @@ def run(out: Path, test_env: int, seed: int, steps: int, dataset: str, freq: int
         argv = ["train", "--dataset", dataset, "--algorithm", "ERM", "--test-envs", str(test_env),
                 "--steps", str(steps), "--checkpoint-freq", str(freq),
                 "--trial-seed", str(seed), "--seed", str(seed), "--threads", "1",
-                "--output-dir", str(trial), "--skip-model-save", "--no-progress"]
+                "--output-dir", str(trial), "--skip-model-save", "--no-progress",
+                "--precision", precision]
         if hparams:
             argv += ["--hparams", hparams]
         t0 = time.time()
@@ -66,6 +67,7 @@ def main() -> None:
     p.add_argument("--hparams", default=None, help="JSON hparams override, e.g. a smaller batch")
     p.add_argument("--envs", type=int, nargs="+", default=None,
                    help="only these held-out domains (to split the runs over processes)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--no-table", action="store_true", help="train only, print no table")
     p.add_argument("--report-only", action="store_true",
                    help="print the table from finished trials only (train nothing)")
@@ -87,7 +89,7 @@ def main() -> None:
                     continue
             else:
                 rec = run(out, env, seed, ns.steps, ns.dataset, ns.checkpoint_freq or ns.steps,
-                          ns.hparams)
+                          ns.hparams, ns.precision)
             held.append(held_out_accuracy(rec, env, sizes))
             within.append(statistics.mean(rec[f"env{j}_out_acc"] for j in range(len(ds))
                                           if j != env))
