@@ -64,6 +64,22 @@ def test_zero_weight_reduces_to_erm(name, hp):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_dan_warmup_follows_dann_schedule():
+    """With `mmd_warmup` the MMD weight is w * (2 / (1 + exp(-10 p)) - 1): 0 at the first step."""
+    from shiftbench.algorithms.components import dann_schedule
+
+    mbs, unl = _batch()
+    f, logits = torch.randn(12, 8), torch.randn(12, 3)
+    ramped, fixed = _make("DAN", steps=10), _make("DAN", steps=10, mmd_warmup=False)
+    assert ramped.penalty(f, logits, 6)["mmd"].item() == 0.0
+    full = fixed.penalty(f, logits, 6)["mmd"].item()
+    assert full > 0
+    for _ in range(4):
+        ramped.train_step(mbs, unl)
+    expected = full * dann_schedule(ramped.progress)
+    assert ramped.penalty(f, logits, 6)["mmd"].item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_mcd_discrepancy_zero_for_identical_classifiers():
     logits = torch.randn(7, 3)
     assert classifier_discrepancy(logits, logits.clone()).item() == 0.0
