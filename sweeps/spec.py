@@ -95,7 +95,6 @@ class SweepSpec:
         from shiftbench.algorithms import SETTINGS, get_algorithm_class, list_algorithms
         from shiftbench.datasets import get_dataset_class
         from shiftbench.hparams_registry import hparam_space, validate_overrides
-
         from shiftbench.trainer import PRECISIONS, TTA_MODES
 
         if self.task not in SETTINGS:
@@ -212,9 +211,8 @@ def _check_type(value: Any, kind: type | tuple[type, ...], where: str) -> None:
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "datasets": list, "algorithms": list, "task": str, "n_hparams": int, "n_hparams_from": int,
     "n_trials": int, "steps": int, "checkpoint_freq": int, "holdout_fraction": float,
-    "uda_holdout_fraction": float, "target_shots": int, "single_test_envs": bool, "precision": str, "tta_mode": str,
-    "hparams": dict,
-    "test_envs": dict, "algorithm": dict,
+    "uda_holdout_fraction": float, "target_shots": int, "single_test_envs": bool,
+    "precision": str, "tta_mode": str, "hparams": dict, "test_envs": dict, "algorithm": dict,
 }
 
 
