@@ -36,16 +36,17 @@ def unregister_demo_dataset():
 def test_tiny_demo_runs_and_reports(tmp_path, capsys, unregister_demo_dataset):
     code = main(["demo", "--output-dir", str(tmp_path), "--steps", "2", "--n-trials", "1",
                  "--algorithms", "ERM", "Missing", "--held-out", "mnist", "--no-progress",
-                 "--precision", "bf16", "--lr", "0.002"])
+                 "--precision", "bf16", "--lr", "0.002", "--cnn-width", "16"])
     out = capsys.readouterr().out
     assert "not registered in this installation, skipped: Missing" in out
     assert "16x16 px" in out and "1 trial(s) run, 0 failed" in out
     assert "2 steps of batch 16" in out and "2 evaluations" in out and "bf16 precision" in out
-    assert "lr 0.002" in out
+    assert "lr 0.002" in out and "width 16 (16-32-32-32 channels" in out
     records = list((tmp_path / "sweep").glob("*/results.jsonl"))
     assert len(records) == 1
     last = json.loads(records[0].read_text().splitlines()[-1])
     assert last["args"]["precision"] == "bf16" and last["hparams"]["lr"] == 0.002
+    assert last["hparams"]["cnn_width"] == 16
     assert last["cpu_time"] > 0
     assert code == 0
     if "`shiftbench collect` is not available" not in out:  # the results package is installed
