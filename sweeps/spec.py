@@ -11,6 +11,8 @@ hparam grids/fixed values and named test-environment sets::
     steps = 300
     checkpoint_freq = 100
     single_test_envs = true     # only single held-out domains (no pairs)
+    precision = "bf16"          # fp32 (default) | bf16: bfloat16 autocast of forward passes
+    tta_mode = "episodic"       # continual (default) | episodic: test-time adaptation (task tta)
 
     [hparams]                   # fixed values for every algorithm (like --hparams)
     batch_size = 32
@@ -46,7 +48,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 TOP_LEVEL_KEYS = ("datasets", "algorithms", "task", "n_hparams", "n_hparams_from", "n_trials",
                   "steps", "checkpoint_freq", "holdout_fraction", "uda_holdout_fraction",
-                  "target_shots", "single_test_envs", "hparams", "test_envs", "algorithm")
+                  "target_shots", "single_test_envs", "precision", "tta_mode", "hparams",
+                  "test_envs", "algorithm")
 ALGORITHM_KEYS = ("fixed", "grid")
 
 
@@ -70,6 +73,8 @@ class SweepSpec:
     uda_holdout_fraction: float | None = None
     target_shots: int = 3
     single_test_envs: bool = False
+    precision: str = "fp32"  # a trainer default: not in the job hash unless changed
+    tta_mode: str = "continual"  # likewise
     hparams: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
@@ -90,9 +95,14 @@ class SweepSpec:
         from shiftbench.algorithms import SETTINGS, get_algorithm_class, list_algorithms
         from shiftbench.datasets import get_dataset_class
         from shiftbench.hparams_registry import hparam_space, validate_overrides
+        from shiftbench.trainer import PRECISIONS, TTA_MODES
 
         if self.task not in SETTINGS:
             raise UnknownNameError("task", self.task, SETTINGS)
+        if self.precision not in PRECISIONS:
+            raise UnknownNameError("precision", self.precision, PRECISIONS)
+        if self.tta_mode not in TTA_MODES:
+            raise UnknownNameError("tta_mode", self.tta_mode, TTA_MODES)
         if not self.datasets:
             from shiftbench.datasets import list_datasets
 
@@ -201,8 +211,8 @@ def _check_type(value: Any, kind: type | tuple[type, ...], where: str) -> None:
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "datasets": list, "algorithms": list, "task": str, "n_hparams": int, "n_hparams_from": int,
     "n_trials": int, "steps": int, "checkpoint_freq": int, "holdout_fraction": float,
-    "uda_holdout_fraction": float, "target_shots": int, "single_test_envs": bool, "hparams": dict,
-    "test_envs": dict, "algorithm": dict,
+    "uda_holdout_fraction": float, "target_shots": int, "single_test_envs": bool,
+    "precision": str, "tta_mode": str, "hparams": dict, "test_envs": dict, "algorithm": dict,
 }
 
 

@@ -75,6 +75,36 @@ def test_corrupt_cache_is_replaced(envs, cache):
     assert path.with_suffix(".corrupt").exists()
 
 
+def test_cache_found_by_source_fingerprint_without_reading_sources(envs, cache, monkeypatch):
+    fingerprint = D.source_fingerprint()
+    assert fingerprint is not None and fingerprint == D.source_fingerprint()
+    key = D._read_index()[fingerprint]
+    assert (cache / f"Digits-v{D.GENERATION_VERSION}-{key}.pt").is_file()
+
+    def unread(*args, **kwargs):
+        raise AssertionError("a source was read although the fingerprint matched")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(D, "mnist_source", unread)
+        mp.setattr(D, "font_files", unread)
+        fast = D.build_digits()
+    for name in envs:
+        assert torch.equal(fast[name][0], envs[name][0]) and torch.equal(fast[name][1], envs[name][1])
+    # Another fingerprint (a source file changed) goes back to reading the sources.
+    with monkeypatch.context() as mp:
+        mp.setattr(D, "source_fingerprint", lambda: "0" * 16)
+        mp.setattr(D, "mnist_source", unread)
+        with pytest.raises(AssertionError, match="source was read"):
+            D.build_digits()
+    # A new font file changes the fingerprint.
+    fonts = cache / "fonts"
+    fonts.mkdir()
+    monkeypatch.setattr(D, "FONT_DIRS", (str(fonts),))
+    before = D.source_fingerprint()
+    (fonts / "new.ttf").write_bytes(b"x")
+    assert D.source_fingerprint() != before
+
+
 def test_fonts_draw_digits():
     fonts = D.font_files()
     assert len(fonts) >= 9

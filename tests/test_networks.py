@@ -21,6 +21,27 @@ def test_small_image_cnn():
     assert net(torch.randn(3, 2, 32, 32)).shape == (3, 128)
 
 
+def test_small_image_cnn_width():
+    from shiftbench.algorithms import get_algorithm_class
+    from shiftbench.hparams_registry import DatasetInfo, resolve_hparams
+
+    net = networks.Featurizer((3, 16, 16), {"cnn_width": 32})
+    assert [c.out_channels for c in net.modules() if isinstance(c, torch.nn.Conv2d)] == [
+        32, 64, 64, 64]
+    assert net.n_outputs == 64 and net(torch.randn(2, 3, 16, 16)).shape == (2, 64)
+    with pytest.raises(ShiftbenchError, match="cnn_width must be a positive multiple of 8.*got 20"):
+        networks.Featurizer((3, 16, 16), {"cnn_width": 20})
+    # An hparam of small-image datasets only, DomainBed's 64 by default; algorithms follow it.
+    small = DatasetInfo("DigitsDemo", (3, 16, 16), 10)
+    assert resolve_hparams("ERM", small)["cnn_width"] == 64
+    assert "cnn_width" not in resolve_hparams("ERM", DatasetInfo("PACS", (3, 224, 224), 7))
+    assert "cnn_width" not in resolve_hparams("ERM", DatasetInfo("Vec", (8,), 2))
+    hp = resolve_hparams("SagNet", small, 0, '{"cnn_width": 16}')
+    model = get_algorithm_class("SagNet")((3, 16, 16), 10, 3, hp)
+    assert model.predict(torch.rand(4, 3, 16, 16)).shape == (4, 10)
+    assert model.featurizer.n_outputs == 32
+
+
 def test_mlp_for_vectors():
     net = networks.Featurizer((8,), {"mlp_width": 16, "mlp_depth": 4, "mlp_dropout": 0.0})
     assert net(torch.randn(5, 8)).shape == (5, 16)

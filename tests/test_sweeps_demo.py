@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from shiftbench.cli import main
-from shiftbench.demo import DEMO_ALGORITHMS, plan
+from shiftbench.demo import DEMO_ALGORITHMS, auto_precision, plan
 
 
 def test_plan_groups_by_first_supported_task_and_reports_missing():
-    by_task, missing = plan(["ERM", "DeepCORAL", "NoSuchAlgorithm"])
+    by_task, missing = plan(["DeepCORAL", "ERM", "NoSuchAlgorithm"])
     assert by_task["dg"][0] == "ERM" and by_task["uda"] == ["DeepCORAL"]
+    assert list(by_task) == ["dg", "uda"]  # in the order of the settings, not of the names
     assert missing == ["NoSuchAlgorithm"]
     assert "ERM" in DEMO_ALGORITHMS
+    # CCSA supports dg too, but the demo runs it in its paper's main setting
+    assert plan(["CCSA", "SagNet"])[0] == {"dg": ["SagNet"], "sda": ["CCSA"]}
+    assert auto_precision() in ("fp32", "bf16")
 
 
 @pytest.fixture
@@ -28,13 +34,20 @@ def unregister_demo_dataset():
 
 @pytest.mark.slow
 def test_tiny_demo_runs_and_reports(tmp_path, capsys, unregister_demo_dataset):
-    code = main(["demo", "--output-dir", str(tmp_path), "--steps", "1", "--n-trials", "1",
-                 "--algorithms", "ERM", "Missing", "--held-out", "mnist", "--no-progress"])
+    code = main(["demo", "--output-dir", str(tmp_path), "--steps", "2", "--n-trials", "1",
+                 "--algorithms", "ERM", "Missing", "--held-out", "mnist", "--no-progress",
+                 "--precision", "bf16", "--lr", "0.002", "--cnn-width", "16"])
     out = capsys.readouterr().out
     assert "not registered in this installation, skipped: Missing" in out
     assert "16x16 px" in out and "1 trial(s) run, 0 failed" in out
+    assert "2 steps of batch 16" in out and "2 evaluations" in out and "bf16 precision" in out
+    assert "lr 0.002" in out and "width 16 (16-32-32-32 channels" in out
     records = list((tmp_path / "sweep").glob("*/results.jsonl"))
     assert len(records) == 1
+    last = json.loads(records[0].read_text().splitlines()[-1])
+    assert last["args"]["precision"] == "bf16" and last["hparams"]["lr"] == 0.002
+    assert last["hparams"]["cnn_width"] == 16
+    assert last["cpu_time"] > 0
     assert code == 0
     if "`shiftbench collect` is not available" not in out:  # the results package is installed
         assert "<html" in (tmp_path / "report.html").read_text().lower()

@@ -192,3 +192,68 @@ def test_slurm_task_requeues_itself_on_preemption(tmp_path):
     failing = SweepTask([sys.executable, "-c", "raise SystemExit(3)"], str(job.dir))
     with pytest.raises(RuntimeError, match="exited with status 3"):
         failing()
+
+
+def test_precision_and_tta_mode_reach_jobs_hashes_and_commands(tmp_path):
+    # The defaults (fp32, continual) leave the identity, hence every existing hash, unchanged.
+    assert "precision" not in job_identity(GOLDEN_ARGS)
+    assert "tta_mode" not in job_identity(GOLDEN_ARGS)
+    explicit = TrainArgs(**{**GOLDEN_ARGS.__dict__, "precision": "fp32", "tta_mode": "continual"})
+    assert job_hash(explicit) == "2ba2f402e8c9cd1627cc3017ff46dde8"
+    bf16 = TrainArgs(**{**GOLDEN_ARGS.__dict__, "precision": "bf16"})
+    assert job_identity(bf16)["precision"] == "bf16"
+    assert job_hash(bf16) != job_hash(GOLDEN_ARGS)
+    episodic = TrainArgs(**{**GOLDEN_ARGS.__dict__, "task": "tta", "tta_mode": "episodic"})
+    continual = TrainArgs(**{**GOLDEN_ARGS.__dict__, "task": "tta"})
+    assert job_hash(episodic) != job_hash(continual)
+
+    base = dict(datasets=["Debug28"], algorithms=["ERM"], n_trials=1, single_test_envs=True)
+    fp32_jobs = enumerate_jobs(_spec(**base), tmp_path)
+    bf16_jobs = enumerate_jobs(_spec(**base, precision="bf16"), tmp_path)
+    assert all(j.args.precision == "bf16" for j in bf16_jobs)
+    assert not {j.hash for j in fp32_jobs} & {j.hash for j in bf16_jobs}
+    assert "--precision bf16" in bf16_jobs[0].command_str()
+    assert "--precision" not in fp32_jobs[0].command_str()
+    # tta_mode is read only by test-time adaptation: other tasks' jobs ignore it.
+    dg_episodic = enumerate_jobs(_spec(**base, tta_mode="episodic"), tmp_path)
+    assert [j.hash for j in dg_episodic] == [j.hash for j in fp32_jobs]
+    tta = dict(base, algorithms=["Tent"], task="tta")
+    tta_jobs = enumerate_jobs(_spec(**tta, tta_mode="episodic"), tmp_path)
+    assert all(j.args.tta_mode == "episodic" for j in tta_jobs)
+    assert "--tta-mode episodic" in tta_jobs[0].command_str()
+    assert ({j.hash for j in tta_jobs}
+            .isdisjoint(j.hash for j in enumerate_jobs(_spec(**tta), tmp_path)))
+
+
+def test_precision_and_tta_mode_from_toml_and_flags(tmp_path, capsys):
+    from shiftbench.cli import main
+
+    path = tmp_path / "s.toml"
+    path.write_text('datasets = ["Debug28"]\nalgorithms = ["ERM"]\nn_trials = 1\n'
+                    'single_test_envs = true\nprecision = "bf16"\n')
+    assert load_spec(path).precision == "bf16"
+    path.write_text('datasets = ["Debug28"]\nalgorithms = ["ERM"]\nprecision = "fp16"\n')
+    with pytest.raises(SpecError, match=r"line 3: unknown precision 'fp16'.*; valid choices: "
+                                        r"bf16, fp32"):
+        load_spec(path)
+    path.write_text('datasets = ["Debug28"]\nalgorithms = ["Tent"]\ntask = "tta"\n'
+                    'tta_mode = "online"\n')
+    with pytest.raises(SpecError, match=r"line 4: unknown tta_mode 'online'.*; valid choices: "
+                                        r"continual, episodic"):
+        load_spec(path)
+    path.write_text('datasets = ["Debug28"]\nprecision = 16\n')
+    with pytest.raises(SpecError, match=r"line 2: precision must be str"):
+        load_spec(path)
+
+    flags = ["sweep", "launch", "--datasets", "Debug28", "--algorithms", "ERM", "--n-trials", "1",
+             "--single-test-envs", "--steps", "3", "--output-dir", str(tmp_path / "out"),
+             "--launcher", "dry-run"]
+    assert main(flags + ["--precision", "bf16"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "sweeps.worker" in ln]
+    assert len(lines) == 3 and all("--precision bf16" in ln for ln in lines)
+    # The flag overrides the spec file; a bad value names the choices.
+    path.write_text('datasets = ["Debug28"]\nalgorithms = ["ERM"]\nprecision = "bf16"\n')
+    assert main(flags + ["--spec", str(path), "--precision", "fp32"]) == 0
+    assert "--precision" not in capsys.readouterr().out
+    assert main(flags + ["--precision", "half"]) == 2
+    assert "unknown precision 'half'; valid choices: bf16, fp32" in capsys.readouterr().err
