@@ -310,12 +310,12 @@ def _hue_one(x: torch.Tensor, shift: float, s: _Scratch) -> torch.Tensor:
     q.addcmul_(mask, p)  # red branch overrides
     torch.mul(c, 6.0, out=p)
     q.div_(p.clamp_(min=1e-30))  # hue in turns; grey pixels (C = 0) have 0 / tiny = 0
-    m.mul_(2.0).sub_(v)  # 2 m - V
-    z = s.three
+    m.sub_(c)  # 2 m - V
+    # r, g, b are no longer needed: z goes into x itself (a smaller working set)
     for i, phase in enumerate(_HUE_PHASE):  # (a broadcast add over channels is much slower)
-        torch.add(q, phase + shift, out=z[i])
-    z.frac_().sub_(1.0 / 3.0).abs_().clamp_(1.0 / 6.0, 1.0 / 3.0)
-    return torch.addcmul(m, p, z, out=x)  # p = 6C (tiny where C = 0, times z <= 1/3)
+        torch.add(q, phase + shift, out=x[i])
+    x.frac_().sub_(1.0 / 3.0).abs_().clamp_(1.0 / 6.0, 1.0 / 3.0)
+    return torch.addcmul(m, p, x, out=x)  # p = 6C (tiny where C = 0, times z <= 1/3)
 
 
 def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -370,7 +370,9 @@ def _jitter_one(x: torch.Tensor, factors: Sequence[float], shift: float, order: 
             target = torch.tensor(sum(w * mu for w, mu in zip(GRAY, means)))
         else:
             target = _gray_into(x, s.one[0])
-        x.lerp_(target, 1.0 - f).clamp_(0.0, 1.0)  # f x + (1 - f) t
+        x.lerp_(target, 1.0 - f)  # f x + (1 - f) t
+        if f > 1.0:  # otherwise a convex combination of values in [0, 1]
+            x.clamp_(0.0, 1.0)
     return x
 
 
