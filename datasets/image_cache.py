@@ -2,23 +2,30 @@
 
 Each environment's images are decoded once (PIL, RGB), resized to `size x size` with PIL's
 bilinear filter (exactly what the evaluation transform's `Resize((size, size))` does) and stored
-as one uint8 array `[N, 3, size, size]` in `<cache>/images/<Dataset>-<env>-<size>px-<key>.u8`,
-with a JSON file beside it holding the shape and the labels. `key` hashes the cache version,
+as one uint8 array `[N, size, size, 3]` (channels last) in
+`<cache>/images/<Dataset>-<env>-<size>px-<key>.u8`, with a JSON file beside it holding the
+shape and the labels. `key` hashes the cache version,
 the size and every source file's path (relative to the dataset folder), byte size, mtime and
 label, so adding, removing, relabelling or touching a file selects a different cache.
 Data and metadata are written to temporary files and renamed, metadata last: a crash leaves
 no cache rather than a torn one.
 
-`CachedImageDomain` reads a batch of rows from the memory map and applies DomainBed's training
-augmentation to the whole batch at once (each image still gets its own random crop, flip, colour
-jitter order and factors, and grayscale draw), then ImageNet normalisation. The DataLoader
-calls `__getitems__` with a whole batch of indices, so a worker does one vectorised pass per
-batch instead of one PIL pipeline per image.
+`CachedImageDomain` reads a batch of rows from the memory map, draws the batch's random
+parameters at once (each image still gets its own crop, flip, colour jitter order and factors,
+and grayscale draw), then runs each image through the whole pipeline in reused scratch planes
+that stay in the CPU cache: crop + bilinear resize with PyTorch's uint8 channels-last kernel,
+conversion to float, torchvision's tensor colour operations (brightness, contrast, saturation
+as float blends, the HSV hue shift in an exact branch-free form), grayscale, and ImageNet
+normalisation written straight into the batch (in shared memory inside a DataLoader worker).
+`__getitems__` returns the finished batch, which `shiftbench.data.collate` passes on without
+stacking the images again. The result equals torchvision's tensor transforms with the same
+draws (tested to 1e-4, the uint8 resize to one grey level).
 
-Differences from the PIL pipeline, all small: the random resized crop is taken from the
-`size x size` resized image rather than from the original (so its aspect ratio is relative to
-the squared image, and a crop is upsampled by at most 1/sqrt(0.7) = 1.2x), and colour jitter uses
-float blends as torchvision's tensor implementation does, not PIL's ImageEnhance.
+Differences from the PIL pipeline: the random resized crop is taken from the `size x size`
+resized image rather than from the original (so its aspect ratio is relative to the squared
+image, and a crop is upsampled by at most 1/sqrt(0.7) = 1.2x), and colour jitter follows
+torchvision's tensor definitions (float blends, float HSV), not PIL's 8-bit ImageEnhance and
+8-bit HSV, which round after every operation.
 
 When the cache is used (environment variable `SHIFTBENCH_IMAGE_CACHE`):
 `auto` (default) when a matching cache exists; `build` builds a missing cache when the dataset
