@@ -372,12 +372,11 @@ def _jitter_one(x: torch.Tensor, factors: Sequence[float], shift: float, order: 
             if f > 1.0:  # x f <= x <= 1 otherwise
                 x.clamp_(max=1.0)
             continue
-        if op == 1:
+        if op == 1:  # the mean luma is the luma-weighted mean of the channel means
             means = x.view(3, -1).mean(1).tolist()
-            target = torch.tensor(sum(w * mu for w, mu in zip(GRAY, means)))
+            x.mul_(f).add_((1.0 - f) * sum(w * mu for w, mu in zip(GRAY, means)))
         else:
-            target = _gray_into(x, s.one[0])
-        x.lerp_(target, 1.0 - f)  # f x + (1 - f) t
+            x.lerp_(_gray_into(x, s.one[0]), 1.0 - f)  # f x + (1 - f) t
         if f > 1.0:  # otherwise a convex combination of values in [0, 1]
             x.clamp_(0.0, 1.0)
     return x
