@@ -363,7 +363,7 @@ def _jitter_one(x: torch.Tensor, factors: Sequence[float], shift: float, order: 
             if rotation is None:
                 _hue_one(x, shift, s)
             else:
-                mixed = torch.matmul(rotation, x.view(3, -1), out=s.three.view(3, -1))
+                mixed = torch.matmul(rotation, x.reshape(3, -1), out=s.three.view(3, -1))
                 x.copy_(mixed.view_as(x)).clamp_(0.0, 1.0)
             continue
         f = factors[op]
@@ -373,7 +373,7 @@ def _jitter_one(x: torch.Tensor, factors: Sequence[float], shift: float, order: 
                 x.clamp_(max=1.0)
             continue
         if op == 1:  # the mean luma is the luma-weighted mean of the channel means
-            means = x.view(3, -1).mean(1).tolist()
+            means = x.mean((1, 2)).tolist()
             x.mul_(f).add_((1.0 - f) * sum(w * mu for w, mu in zip(GRAY, means)))
         else:
             x.lerp_(_gray_into(x, s.one[0]), 1.0 - f)  # f x + (1 - f) t

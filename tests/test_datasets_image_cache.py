@@ -310,3 +310,12 @@ def test_collated_batches_pass_through_the_loader(tmp_path, cache):
     for workers in (0, 1):
         xs = [b[0] for b in DataLoader(env, batch_size=4, num_workers=workers, collate_fn=collate)]
         assert torch.equal(torch.cat(xs), env.batch(range(len(env)))[0])
+
+
+def test_color_jitter_on_a_non_contiguous_batch():
+    x = torch.rand(4, 12, 12, 3, generator=torch.Generator().manual_seed(11)).permute(0, 3, 1, 2)
+    for hue in ("hsv", "linear"):
+        a = C.color_jitter(x.clone(), 0.3, generator=torch.Generator().manual_seed(12), hue=hue)
+        b = C.color_jitter(x.contiguous(), 0.3, generator=torch.Generator().manual_seed(12),
+                           hue=hue)
+        assert torch.allclose(a, b, atol=1e-6), hue
