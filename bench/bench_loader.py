@@ -7,8 +7,9 @@ trainer's own loaders (`shiftbench.data.BatchStream` / `eval_batches`) with the 
 DataLoader workers, for:
 
 * `lazy`: `ImageFolderDomain` (PIL decode + torchvision transforms per image, in workers);
-* `cached`: `CachedImageDomain` after `PACS.preprocess` (memory-mapped uint8, batched
-  augmentation in workers), exact HSV hue shift (the default);
+* `cached`: `CachedImageDomain` after `PACS.preprocess` (memory-mapped uint8, the same
+  augmentation as torchvision's tensor ops done image by image in reused buffers, in workers),
+  exact HSV hue shift (the default);
 * `cached_linear`: the same with `SHIFTBENCH_HUE=linear` (hue as a rotation about the grey axis).
 
 Two figures per loader: wall-clock images/s through the DataLoader workers, and CPU
@@ -17,7 +18,8 @@ robust to other load on the machine.
 
 Usage: OMP_NUM_THREADS=1 python bench/bench_loader.py [--images 2000] [--repeats 3]
        [--batches 20] [--batch-size 32] [--workers N] [--root DIR]
-Prints one JSON line per measurement and a median summary with the cached/lazy ratio.
+Prints one JSON line per measurement, a JSON summary of medians and ratios, and a final
+human-readable `SUMMARY` block (medians of the repeats, cached/lazy ratios, load average).
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def main() -> None:
     p.add_argument("--root", default=None, help="where to write the images (default: a temp dir)")
     ns = p.parse_args()
     torch.set_num_threads(1)
+    load_start = round(os.getloadavg()[0], 2)
     workers = default_num_workers() if ns.workers is None else ns.workers
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(ns.root or tmp)
@@ -149,7 +152,8 @@ def main() -> None:
                                   "train_cpu_ms_per_image": round(cpu, 2),
                                   "eval_cpu_ms_per_image": round(ev_cpu, 2)}), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    summary = {"workers": workers, "load_average": os.getloadavg()[0],
+    summary = {"workers": workers, "load_average_start": load_start,
+               "load_average_end": round(os.getloadavg()[0], 2),
                "cpu_count": os.cpu_count(), "batch_size": ns.batch_size,
                "repeats": ns.repeats, **{f"median_{k}": round(v, 2) for k, v in med.items()},
                "train_speedup": round(med["cached_train"] / med["lazy_train"], 2),
@@ -159,6 +163,16 @@ def main() -> None:
                "cpu_speedup_linear_hue": round(med["lazy_cpu_ms"] / med["cached_linear_cpu_ms"], 2),
                "eval_cpu_speedup": round(med["lazy_eval_cpu_ms"] / med["cached_eval_cpu_ms"], 2)}
     print(json.dumps(summary))
+    print(f"SUMMARY ({ns.repeats} repeats, medians; {workers} worker(s); load average "
+          f"{load_start:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n"
+          f"  train: lazy {med['lazy_train']:.1f} img/s, {med['lazy_cpu_ms']:.2f} CPU ms/img | "
+          f"cached {med['cached_train']:.1f} img/s, {med['cached_cpu_ms']:.2f} CPU ms/img | "
+          f"speedup {summary['train_speedup']:.2f}x wall, {summary['cpu_speedup']:.2f}x CPU\n"
+          f"  eval:  lazy {med['lazy_eval']:.1f} img/s, {med['lazy_eval_cpu_ms']:.2f} CPU ms/img | "
+          f"cached {med['cached_eval']:.1f} img/s, {med['cached_eval_cpu_ms']:.2f} CPU ms/img | "
+          f"speedup {summary['eval_speedup']:.2f}x wall, {summary['eval_cpu_speedup']:.2f}x CPU\n"
+          f"  (linear hue, optional: train {summary['train_speedup_linear_hue']:.2f}x wall, "
+          f"{summary['cpu_speedup_linear_hue']:.2f}x CPU)", flush=True)
 
 
 if __name__ == "__main__":

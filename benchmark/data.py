@@ -14,9 +14,9 @@ import os
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
-from shiftbench.datasets.base import TensorDomain
+from shiftbench.datasets.base import CollatedBatch, TensorDomain
 from shiftbench.seeds import seed_hash
 
 
@@ -28,6 +28,14 @@ def default_num_workers() -> int:
 def step_indices(n: int, batch_size: int, seed: int, role: str, env: int, step: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed_hash(seed, role, env, step))
     return torch.randint(n, (batch_size,), generator=g)
+
+
+def collate(batch):
+    """`default_collate`, except that a batch the dataset already collated
+    (`CollatedBatch`, from `__getitems__`) is returned as its tensors, without a copy."""
+    if isinstance(batch, CollatedBatch):
+        return batch.x, batch.y
+    return default_collate(batch)
 
 
 class _StepSampler(Sampler):
@@ -62,7 +70,7 @@ class BatchStream:
             workers = default_num_workers() if num_workers is None else num_workers
             loader = DataLoader(dataset, batch_sampler=_StepSampler(
                 split, batch_size, seed, role, env, start_step), num_workers=workers,
-                persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+                collate_fn=collate, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
             self._iter = iter(loader)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +93,7 @@ def eval_batches(dataset: Dataset, split: torch.Tensor, batch_size: int,
         return
     workers = default_num_workers() if num_workers is None else num_workers
     yield from DataLoader(Subset(dataset, split.tolist()), batch_size=batch_size, shuffle=False,
-                          num_workers=workers)
+                          num_workers=workers, collate_fn=collate)
 
 
 def accuracy_counts(logits: torch.Tensor, y: torch.Tensor) -> int:

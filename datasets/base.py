@@ -30,6 +30,16 @@ def resolve_inside(root: str | os.PathLike, relative: str, listed_in: str | os.P
     return path
 
 
+class CollatedBatch(list):
+    """A batch a dataset built whole in `__getitems__`: a list of (input, label) pairs (what
+    `default_collate` expects) that also keeps the batch tensors `x` `[B, ...]` and `y` `[B]`,
+    which `shiftbench.data.collate` returns as they are instead of stacking the pairs."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        super().__init__(zip(x.unbind(0), y.tolist()))
+        self.x, self.y = x, y
+
+
 class TensorDomain(Dataset):
     """One environment held in memory as tensors.
 

@@ -2,23 +2,30 @@
 
 Each environment's images are decoded once (PIL, RGB), resized to `size x size` with PIL's
 bilinear filter (exactly what the evaluation transform's `Resize((size, size))` does) and stored
-as one uint8 array `[N, 3, size, size]` in `<cache>/images/<Dataset>-<env>-<size>px-<key>.u8`,
-with a JSON file beside it holding the shape and the labels. `key` hashes the cache version,
+as one uint8 array `[N, size, size, 3]` (channels last) in
+`<cache>/images/<Dataset>-<env>-<size>px-<key>.u8`, with a JSON file beside it holding the
+shape and the labels. `key` hashes the cache version,
 the size and every source file's path (relative to the dataset folder), byte size, mtime and
 label, so adding, removing, relabelling or touching a file selects a different cache.
 Data and metadata are written to temporary files and renamed, metadata last: a crash leaves
 no cache rather than a torn one.
 
-`CachedImageDomain` reads a batch of rows from the memory map and applies DomainBed's training
-augmentation to the whole batch at once (each image still gets its own random crop, flip, colour
-jitter order and factors, and grayscale draw), then ImageNet normalisation. The DataLoader
-calls `__getitems__` with a whole batch of indices, so a worker does one vectorised pass per
-batch instead of one PIL pipeline per image.
+`CachedImageDomain` reads a batch of rows from the memory map, draws the batch's random
+parameters at once (each image still gets its own crop, flip, colour jitter order and factors,
+and grayscale draw), then runs each image through the whole pipeline in reused scratch planes
+that stay in the CPU cache: crop + bilinear resize with PyTorch's uint8 channels-last kernel,
+conversion to float, torchvision's tensor colour operations (brightness, contrast, saturation
+as float blends, the HSV hue shift in an exact branch-free form), grayscale, and ImageNet
+normalisation written straight into the batch (in shared memory inside a DataLoader worker).
+`__getitems__` returns the finished batch, which `shiftbench.data.collate` passes on without
+stacking the images again. The result equals torchvision's tensor transforms with the same
+draws (tested to 1e-4, the uint8 resize to one grey level).
 
-Differences from the PIL pipeline, all small: the random resized crop is taken from the
-`size x size` resized image rather than from the original (so its aspect ratio is relative to
-the squared image, and a crop is upsampled by at most 1/sqrt(0.7) = 1.2x), and colour jitter uses
-float blends as torchvision's tensor implementation does, not PIL's ImageEnhance.
+Differences from the PIL pipeline: the random resized crop is taken from the `size x size`
+resized image rather than from the original (so its aspect ratio is relative to the squared
+image, and a crop is upsampled by at most 1/sqrt(0.7) = 1.2x), and colour jitter follows
+torchvision's tensor definitions (float blends, float HSV), not PIL's 8-bit ImageEnhance and
+8-bit HSV, which round after every operation.
 
 When the cache is used (environment variable `SHIFTBENCH_IMAGE_CACHE`):
 `auto` (default) when a matching cache exists; `build` builds a missing cache when the dataset
@@ -32,6 +39,7 @@ import json
 import math
 import os
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,10 +48,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from shiftbench.datasets.base import CollatedBatch
 from shiftbench.errors import ShiftbenchError
 from shiftbench.paths import atomic_write_bytes, cache_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: pixels stored channels-last, [N, size, size, 3]
 CACHE_MODES = ("auto", "build", "off")
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -95,14 +104,14 @@ def find_cache(dataset: str, env: str, samples: Sequence[tuple[str, int]], base,
     except (OSError, ValueError):
         return None
     expected = len(samples) * 3 * size * size
-    if meta.get("key") != key or meta.get("shape") != [len(samples), 3, size, size] or \
+    if meta.get("key") != key or meta.get("shape") != [len(samples), size, size, 3] or \
             data.stat().st_size != expected or meta.get("labels") != [s[1] for s in samples]:
         return None
     return data, meta
 
 
 class _Decode(Dataset):
-    """Decode + resize one image to uint8 `[3, size, size]` (for building the cache)."""
+    """Decode + resize one image to uint8 `[size, size, 3]` (for building the cache)."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], size: int):
         self.samples, self.size = samples, size
@@ -121,7 +130,7 @@ class _Decode(Dataset):
             raise ShiftbenchError(f"cannot read image {path}: {e}") from e
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+        return torch.from_numpy(np.asarray(image).copy())
 
 
 def build_cache(dataset: str, env: str, samples: Sequence[tuple[str, int]], base, size: int,
@@ -133,7 +142,7 @@ def build_cache(dataset: str, env: str, samples: Sequence[tuple[str, int]], base
         raise ShiftbenchError(f"{dataset}/{env}: no images to preprocess")
     key = source_key(samples, base, size)
     data, meta_path = cache_paths(dataset, env, size, key)
-    shape = (len(samples), 3, size, size)
+    shape = (len(samples), size, size, 3)
     tmp = data.with_name(f".{data.name}.{os.getpid()}.tmp")
     workers = default_num_workers() if num_workers is None else num_workers
     try:
@@ -162,18 +171,53 @@ def build_cache(dataset: str, env: str, samples: Sequence[tuple[str, int]], base
 
 
 # --------------------------------------------------------------------------------------------
-# Batched augmentation on uint8 tensors
+# Augmentation on uint8 tensors, one image at a time in reused scratch planes
+#
+# A batch is drawn at once (boxes, flips, jitter factors, orders, grayscale draws), then each
+# image goes through the whole pipeline on its own: its planes (224x224 float32, 200 KB each)
+# stay in the CPU cache between operations, where a whole-batch pass would stream 19 MB through
+# memory once per operation. Every operation writes into preallocated scratch planes or in
+# place, and the last one writes the normalised image straight into the batch output.
+
+
+class _Scratch(threading.local):
+    """Per-thread scratch planes, reallocated when the image size changes."""
+
+    def __init__(self):
+        self.hw: tuple[int, int] | None = None
+
+    def planes(self, height: int, width: int) -> _Scratch:
+        if self.hw != (height, width):
+            self.hw = (height, width)
+            self.one = [torch.empty(height, width) for _ in range(6)]
+            self.three = torch.empty(3, height, width)
+            self.image = torch.empty(3, height, width)
+        return self
+
+
+_SCRATCH = _Scratch()
+_SCALE = torch.tensor([1.0 / s for s in STD]).view(3, 1, 1)
+_BIAS = torch.tensor([-m / s for m, s in zip(MEAN, STD)]).view(3, 1, 1)
+_SCALE_U8 = _SCALE / 255.0
+# Hue: per-channel phase (in turns) of the HSV -> RGB formula below, plus 1 to stay positive.
+_HUE_PHASE = (5 / 6 + 1, 3 / 6 + 1, 1 / 6 + 1)
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    """(x - mean) / std per channel, in place (a multiply and a subtract)."""
-    inv = 1.0 / torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
-    return x.mul_(inv).sub_(torch.tensor(MEAN, dtype=x.dtype).view(1, 3, 1, 1) * inv)
+    """(x - mean) / std per channel, in place, for `[B, 3, H, W]` or `[3, H, W]`."""
+    return x.mul_(_SCALE).add_(_BIAS)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     """Luma (ITU-R 601) `[B, 1, H, W]` of RGB `[B, 3, H, W]` in [0, 1]."""
     return (GRAY[0] * x[:, 0] + GRAY[1] * x[:, 1] + GRAY[2] * x[:, 2]).unsqueeze(1)
+
+
+def _gray_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Luma of one image `[3, H, W]` written into the plane `out` `[H, W]`."""
+    torch.mul(x[0], GRAY[0], out=out)
+    out.add_(x[1], alpha=GRAY[1])
+    return out.add_(x[2], alpha=GRAY[2])
 
 
 def crop_boxes(n: int, height: int, width: int, scale=(0.7, 1.0), ratio=(3 / 4, 4 / 3),
@@ -214,6 +258,20 @@ def crop_boxes(n: int, height: int, width: int, scale=(0.7, 1.0), ratio=(3 / 4, 
     return torch.stack([top, left, h_pick, w_pick], 1)
 
 
+def _crop_one(x: torch.Tensor, box: Sequence[int], size: int, flip: bool) -> torch.Tensor:
+    """One image `[1, C, H, W]` cropped to `box` (top, left, h, w), resized bilinearly
+    (antialiased when shrinking, as torchvision) to `size x size`, flipped if `flip`.
+
+    uint8 in channels-last memory (how the cache stores pixels) takes PyTorch's fast 8-bit
+    path."""
+    top, left, h, w = box
+    crop = x[:, :, top:top + h, left:left + w]
+    if (h, w) != (size, size):
+        crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
+                             antialias=True)
+    return crop.flip(-1) if flip else crop
+
+
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor,
                  ) -> torch.Tensor:
     """Crop each image to its box, resize it bilinearly to `size`, flip where `flip`.
@@ -222,38 +280,64 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Te
     input gives rounded uint8 output, float gives float.
     """
     out = torch.empty((len(x), x.shape[1], size, size), dtype=x.dtype)
-    for i, (top, left, h, w) in enumerate(boxes.long().tolist()):
-        crop = x[i:i + 1, :, top:top + h, left:left + w]
-        if (h, w) != (size, size):
-            crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
-                                 antialias=True)
-        out[i] = crop[0].flip(-1) if flip[i] else crop[0]
+    for i, box in enumerate(boxes.long().tolist()):
+        out[i] = _crop_one(x[i:i + 1], box, size, bool(flip[i]))[0]
     return out
 
 
+def _hue_one(x: torch.Tensor, shift: float, s: _Scratch) -> torch.Tensor:
+    """Rotate the HSV hue of one RGB image `[3, H, W]` in [0, 1] by `shift` turns, in place.
+
+    The same map as torchvision's `adjust_hue` (value = max and chroma = max - min are kept,
+    the hue moves around the colour hexagon), written without branches: with hue h in turns
+    (h6 = 6h in sextants), the HSV -> RGB formula `V - C * clamp(min(k, 4 - k), 0, 1)` with
+    `k = (h6 + n) mod 6` and n = 5, 3, 1 for R, G, B equals `(2 m - V) + 6 C z` with
+    `z = clamp(|frac(h + n / 6) - 1/3|, 1/6, 1/3)` and m = min. Comparisons give float masks
+    (cheap), not boolean ones.
+    """
+    r, g, b = x.unbind(0)
+    v, m, c, p, q, mask = s.one
+    torch.maximum(r, g, out=v)
+    torch.maximum(v, b, out=v)
+    torch.minimum(r, g, out=m)
+    torch.minimum(m, b, out=m)
+    torch.sub(v, m, out=c)
+    # 6 h C: (g - b) where red is the max, else 2C + b - r where green is, else 4C + r - g
+    # (the max channel decided in torchvision's order: red, then green, then blue).
+    torch.sub(b, r, out=p)
+    p.add_(c, alpha=2.0)
+    torch.sub(r, g, out=q)
+    q.add_(c, alpha=4.0)
+    p.sub_(q)
+    torch.eq(v, g, out=mask)
+    q.addcmul_(mask, p)  # green or blue branch
+    torch.sub(g, b, out=p)
+    p.sub_(q)
+    torch.eq(v, r, out=mask)
+    q.addcmul_(mask, p)  # red branch overrides
+    torch.mul(c, 6.0, out=p)
+    q.div_(p.clamp_(min=1e-30))  # hue in turns; grey pixels (C = 0) have 0 / tiny = 0
+    m.sub_(c)  # 2 m - V
+    # r, g, b are no longer needed: z goes into x itself (a smaller working set)
+    for i, phase in enumerate(_HUE_PHASE):  # (a broadcast add over channels is much slower)
+        torch.add(q, phase + shift, out=x[i])
+    x.frac_().sub_(1.0 / 3.0).abs_().clamp_(1.0 / 6.0, 1.0 / 3.0)
+    return torch.addcmul(m, p, x, out=x)  # p = 6C (tiny where C = 0, times z <= 1/3)
+
+
 def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue of RGB images `[B, 3, H, W]` in [0, 1] by `shift` turns (one per image),
-    through HSV as torchvision's `adjust_hue` does: value (max) and chroma (max - min) are
-    kept and the hue moves around the colour hexagon."""
-    r, g, b = x.unbind(1)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    delta = maxc - torch.minimum(torch.minimum(r, g), b)
-    inv = torch.where(delta > 0, delta, torch.ones_like(delta)).reciprocal_()
-    # hue in sextants [0, 6): from the max channel and the difference of the other two
-    hue = torch.where(maxc == r, g - b, torch.where(maxc == g, (b - r).add_(delta, alpha=2.0),
-                                                      (r - g).add_(delta, alpha=4.0)))
-    hue.mul_(inv).add_(shift.view(-1, 1, 1) * 6.0)
-    out = torch.empty_like(x)
-    for c, n in enumerate((5.0, 3.0, 1.0)):  # channel = max - chroma * clamp(min(k, 4 - k))
-        k = torch.remainder(hue + n, 6.0)
-        k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0).mul_(delta)
-        torch.sub(maxc, k, out=out[:, c])
+    """Hue of RGB images `[B, 3, H, W]` in [0, 1] rotated by `shift` turns (one per image),
+    as torchvision's `adjust_hue`; returns a new tensor."""
+    out = x.clone()
+    s = _SCRATCH.planes(*x.shape[-2:])
+    for i, sh in enumerate(shift.tolist()):
+        _hue_one(out[i], sh, s)
     return out
 
 
 def hue_rotation(shift: torch.Tensor) -> torch.Tensor:
     """`[B, 3, 3]` rotations of RGB space about the grey axis by `shift` turns (Rodrigues'
-    formula); the fast, linear stand-in for the HSV hue shift (`SHIFTBENCH_HUE=linear`)."""
+    formula); the linear stand-in for the HSV hue shift (`SHIFTBENCH_HUE=linear`)."""
     theta = 2 * math.pi * shift
     k = torch.full((3,), 1 / math.sqrt(3.0))
     cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
@@ -262,81 +346,117 @@ def hue_rotation(shift: torch.Tensor) -> torch.Tensor:
 
 
 def hue_mode() -> str:
-    """`SHIFTBENCH_HUE`: `hsv` (default, torchvision's definition) or `linear` (faster)."""
+    """`SHIFTBENCH_HUE`: `hsv` (default, torchvision's definition) or `linear` (approximate)."""
     mode = os.environ.get("SHIFTBENCH_HUE", "hsv").strip().lower() or "hsv"
     if mode not in ("hsv", "linear"):
         raise ShiftbenchError(f"SHIFTBENCH_HUE={mode!r} is not one of hsv, linear")
     return mode
 
 
-def color_jitter(x: torch.Tensor, strength: float = 0.3,
-                 generator: torch.Generator | None = None, hue: str = "hsv") -> torch.Tensor:
-    """ColorJitter(strength x 4) per image: brightness, contrast, saturation and hue factors
-    drawn per image and applied in a random order per image, as torchvision does.
+def _jitter_one(x: torch.Tensor, factors: Sequence[float], shift: float, order: Sequence[int],
+                s: _Scratch, rotation: torch.Tensor | None = None) -> torch.Tensor:
+    """Brightness, contrast, saturation (`factors`) and hue (`shift`) of one image `[3, H, W]`
+    in [0, 1], in place, in `order` (0-3 in that list), each as torchvision's tensor op:
+    `clamp(f x + (1 - f) t, 0, 1)` with t black, the mean luma or the luma image."""
+    for op in order:
+        if op == 3:
+            if rotation is None:
+                _hue_one(x, shift, s)
+            else:
+                mixed = torch.matmul(rotation, x.reshape(3, -1), out=s.three.view(3, -1))
+                x.copy_(mixed.view_as(x)).clamp_(0.0, 1.0)
+            continue
+        f = factors[op]
+        if op == 0:
+            x.mul_(f)
+            if f > 1.0:  # x f <= x <= 1 otherwise
+                x.clamp_(max=1.0)
+            continue
+        if op == 1:  # the mean luma is the luma-weighted mean of the channel means
+            means = x.mean((1, 2)).tolist()
+            x.mul_(f).add_((1.0 - f) * sum(w * mu for w, mu in zip(GRAY, means)))
+        else:
+            x.lerp_(_gray_into(x, s.one[0]), 1.0 - f)  # f x + (1 - f) t
+        if f > 1.0:  # otherwise a convex combination of values in [0, 1]
+            x.clamp_(0.0, 1.0)
+    return x
 
-    Brightness, contrast and saturation are each `x * f + (1 - f) * target` then a clamp to
-    [0, 1], with target black, the mean grey level or the grey image; at each position of the
-    order one pass over the batch applies whichever of the three each image has there. The hue
-    shift is exact (HSV, per image) with `hue="hsv"`; with `hue="linear"` it is a rotation
-    about the grey axis.
-    """
-    n = len(x)
-    lo, hi = 1.0 - strength, 1.0 + strength
-    factors = torch.empty(n, 3).uniform_(lo, hi, generator=generator)
+
+def _jitter_draws(n: int, strength: float, generator: torch.Generator | None,
+                  ) -> tuple[list, list, list]:
+    """Per-image ColorJitter draws: [b, c, s] factors, hue shifts, and op orders."""
+    factors = torch.empty(n, 3).uniform_(1.0 - strength, 1.0 + strength, generator=generator)
     shifts = torch.empty(n).uniform_(-strength, strength, generator=generator)
     order = torch.rand(n, 4, generator=generator).argsort(1)
-    gray = torch.tensor(GRAY, dtype=x.dtype)
-    rotations = hue_rotation(shifts).to(x.dtype) if hue == "linear" else None
-    for position in range(4):
-        op = order[:, position]
-        f = factors.gather(1, op.clamp(max=2).view(-1, 1)).view(-1).to(x.dtype)
-        if bool((op < 3).any()):
-            scale = torch.where(op < 3, f, torch.ones_like(f)).view(n, 1, 1, 1)
-            offset = torch.zeros(n, dtype=x.dtype)
-            con = op == 1
-            if bool(con.any()):
-                mean_grey = x.mean((2, 3)) @ gray
-                offset[con] = (1 - f[con]) * mean_grey[con]
-            shift = offset.view(n, 1, 1, 1)
-            sat = op == 2
-            if bool(sat.any()):
-                weight = torch.where(sat, 1 - f, torch.zeros_like(f)).view(n, 1, 1, 1)
-                shift = _gray(x).mul_(weight).add_(shift)
-            x = x.mul_(scale).add_(shift).clamp_(0.0, 1.0)
-        idx = (op == 3).nonzero().flatten()
-        if len(idx) == 0:
-            continue
-        if rotations is not None:
-            part = x[idx]
-            rot = rotations[idx].view(len(idx), 3, 3, 1, 1)
-            mixed = part[:, 0:1] * rot[:, :, 0]
-            mixed.addcmul_(part[:, 1:2], rot[:, :, 1]).addcmul_(part[:, 2:3], rot[:, :, 2])
-            x[idx] = mixed.clamp_(0.0, 1.0)
-        else:
-            for i in idx.tolist():  # per image: its planes stay in cache
-                x[i:i + 1] = _shift_hue(x[i:i + 1], shifts[i:i + 1])
+    return factors.tolist(), shifts.tolist(), order.tolist()
+
+
+def color_jitter(x: torch.Tensor, strength: float = 0.3,
+                 generator: torch.Generator | None = None, hue: str = "hsv") -> torch.Tensor:
+    """ColorJitter(strength x 4) of float images `[B, 3, H, W]` in [0, 1], in place: per image
+    brightness, contrast, saturation and hue factors and a random order, as torchvision draws
+    them. The hue shift is exact (HSV) with `hue="hsv"`; `hue="linear"` rotates RGB space
+    about the grey axis instead."""
+    factors, shifts, orders = _jitter_draws(len(x), strength, generator)
+    rotations = hue_rotation(torch.tensor(shifts)).to(x.dtype) if hue == "linear" else None
+    s = _SCRATCH.planes(*x.shape[-2:])
+    for i in range(len(x)):
+        _jitter_one(x[i], factors[i], shifts[i], orders[i], s,
+                    None if rotations is None else rotations[i])
     return x
+
+
+def _output(shape: Sequence[int]) -> torch.Tensor:
+    """An empty float32 batch; in a DataLoader worker, in shared memory (as `default_collate`
+    allocates it) so that sending it to the main process copies nothing."""
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return torch.empty(shape)
+    numel = math.prod(shape)
+    storage = torch.empty(0)._typed_storage()._new_shared(numel)
+    return torch.empty(0).new(storage).view(*shape)
+
+
+def _to_float(x: torch.Tensor, out: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """uint8 `[3, H, W]` in any memory layout -> float `out` (planar) / 255, mirrored if `flip`
+    (a negative-stride view in numpy: the flip costs no extra copy)."""
+    src = x.numpy()
+    np.copyto(out.numpy(), src[:, :, ::-1] if flip else src, casting="unsafe")
+    return out.div_(255.0)
 
 
 def augment_batch(x: torch.Tensor, size: int, generator: torch.Generator | None = None,
                   hue: str = "hsv") -> torch.Tensor:
     """DomainBed's training augmentation on uint8 `[B, 3, H, W]`, then ImageNet normalisation:
     RandomResizedCrop(size, scale=(0.7, 1)), horizontal flip (p=0.5), ColorJitter(0.3, 0.3, 0.3,
-    0.3), RandomGrayscale (p=0.1)."""
+    0.3), RandomGrayscale (p=0.1). Channels-last input (the cache's layout) crops fastest."""
     n, _, height, width = x.shape
-    boxes = crop_boxes(n, height, width, generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
-    xf = resized_crop(x, boxes, size, flip).float().div_(255.0)
-    xf = color_jitter(xf, 0.3, generator=generator, hue=hue)
-    gray = (torch.rand(n, generator=generator) < 0.1).nonzero().flatten()
-    if len(gray):
-        xf[gray] = _gray(xf[gray]).expand(-1, 3, -1, -1)
-    return _normalise(xf)
+    boxes = crop_boxes(n, height, width, generator=generator).long().tolist()
+    flips = (torch.rand(n, generator=generator) < 0.5).tolist()
+    factors, shifts, orders = _jitter_draws(n, 0.3, generator)
+    grays = (torch.rand(n, generator=generator) < 0.1).tolist()
+    rotations = hue_rotation(torch.tensor(shifts)) if hue == "linear" else None
+    out = _output((n, 3, size, size))
+    s = _SCRATCH.planes(size, size)
+    for i in range(n):
+        crop = _crop_one(x[i:i + 1], boxes[i], size, False)[0]
+        image = _to_float(crop, s.image, flips[i])
+        _jitter_one(image, factors[i], shifts[i], orders[i], s,
+                    None if rotations is None else rotations[i])
+        if grays[i]:
+            image = _gray_into(image, s.one[0]).unsqueeze(0).expand(3, -1, -1)
+        torch.mul(image, _SCALE, out=out[i]).add_(_BIAS)
+    return out
 
 
 def eval_batch(x: torch.Tensor) -> torch.Tensor:
     """uint8 `[B, 3, H, W]` -> ImageNet-normalised float (the evaluation transform after Resize)."""
-    return _normalise(x.float().div_(255.0))
+    out = _output((len(x), 3, *x.shape[2:]))
+    for i in range(len(x)):
+        np.copyto(out[i].numpy(), x[i].numpy(), casting="unsafe")
+        out[i].mul_(_SCALE_U8).add_(_BIAS)
+    return out
 
 
 class CachedImageDomain(Dataset):
@@ -359,7 +479,7 @@ class CachedImageDomain(Dataset):
         if self._array is None:  # opened lazily, once per (worker) process
             n = len(self.samples)
             self._array = np.memmap(self.data_path, dtype=np.uint8, mode="r",
-                                    shape=(n, 3, self.size, self.size))
+                                    shape=(n, self.size, self.size, 3))
         return self._array
 
     def __getstate__(self) -> dict:
@@ -373,13 +493,15 @@ class CachedImageDomain(Dataset):
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs `[B, 3, size, size]` (augmented or not) and labels `[B]` of `indices`."""
         idx = np.asarray(indices, dtype=np.int64)
-        x = torch.from_numpy(np.ascontiguousarray(self.array[idx]))
+        # [B, 3, size, size] in channels-last memory: the layout of the fast uint8 resize
+        x = torch.from_numpy(np.ascontiguousarray(self.array[idx])).permute(0, 3, 1, 2)
         x = augment_batch(x, self.size, hue=self.hue) if self.augment else eval_batch(x)
         return x, torch.as_tensor([self.targets[i] for i in idx], dtype=torch.long)
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        x, y = self.batch(indices)
-        return list(zip(x.unbind(0), y.tolist()))
+    def __getitems__(self, indices: Sequence[int]) -> CollatedBatch:
+        """The batch's (input, label) pairs, carrying the batch tensors themselves so that
+        `shiftbench.data.collate` passes them on without stacking the images again."""
+        return CollatedBatch(*self.batch(indices))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x, y = self.batch([i])

@@ -237,3 +237,85 @@ def test_color_jitter_equals_torchvision_ops_in_the_drawn_order():
         for op in order[i].tolist():
             ref = ops[op](ref, float(shifts[i] if op == 3 else factors[i, op]))
         assert torch.allclose(out[i], ref, atol=1e-4), (i, order[i])
+
+
+def test_hue_shift_exact_on_edge_cases():
+    """Greys, ties between channels and primaries, across the whole range of shifts."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randint(0, 256, (8, 3, 10, 10), generator=g).float() / 255
+    x[0] = 0.5  # grey: unchanged
+    x[1, 0] = x[1, 1]  # red = green
+    x[2] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    x[3, 1] = x[3, 2]
+    x[4, 0] = x[4, 2]
+    x[5, :, :5] = 0.0
+    for shift in torch.linspace(-0.5, 0.5, 11).tolist():
+        out = C._shift_hue(x, torch.full((8,), shift))
+        ref = torch.stack([TF.adjust_hue(xi, shift) for xi in x])
+        assert (out - ref).abs().max() < 1e-5, shift
+    assert torch.equal(C._shift_hue(x[:1], torch.tensor([0.3])), x[:1])
+
+
+def test_augment_batch_equals_torchvision_pipeline_with_the_same_draws():
+    """The cached training augmentation is torchvision's tensor transforms image by image:
+    resized_crop (uint8, antialiased; to one grey level), hflip,
+    adjust_brightness/contrast/saturation/hue in the drawn order, rgb_to_grayscale, normalize -
+    with the same random draws."""
+    n, size = 24, 28
+    g = torch.Generator().manual_seed(9)
+    x = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+    out = C.augment_batch(x, size, generator=torch.Generator().manual_seed(10))
+    g = torch.Generator().manual_seed(10)  # the draws of augment_batch, in its order
+    boxes = C.crop_boxes(n, 32, 32, generator=g).long()
+    flips = torch.rand(n, generator=g) < 0.5
+    factors = torch.empty(n, 3).uniform_(0.7, 1.3, generator=g)
+    shifts = torch.empty(n).uniform_(-0.3, 0.3, generator=g)
+    order = torch.rand(n, 4, generator=g).argsort(1)
+    grays = torch.rand(n, generator=g) < 0.1
+    assert flips.any() and (~flips).any() and grays.any()
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in range(n):
+        top, left, h, w = boxes[i].tolist()
+        # torchvision resizes uint8 in float and rounds, PyTorch's uint8 kernel in fixed point:
+        # the same crop up to one grey level (PIL's resize, the lazy path, is also fixed point)
+        tv = TF.resized_crop(x[i], top, left, h, w, [size, size], antialias=True)
+        crop = C.resized_crop(x[i:i + 1], boxes[i:i + 1], size, torch.tensor([False]))[0]
+        assert (tv.int() - crop.int()).abs().max() <= 1
+        ref = (TF.hflip(crop) if flips[i] else crop).float() / 255
+        for op in order[i].tolist():
+            ref = ops[op](ref, float(shifts[i] if op == 3 else factors[i, op]))
+        if grays[i]:
+            ref = TF.rgb_to_grayscale(ref, num_output_channels=3)
+        ref = TF.normalize(ref, list(C.MEAN), list(C.STD))
+        assert torch.allclose(out[i], ref, atol=1e-4), i
+
+
+def test_collated_batches_pass_through_the_loader(tmp_path, cache):
+    from torch.utils.data import DataLoader, default_collate
+
+    from shiftbench.data import collate
+    from shiftbench.datasets.base import CollatedBatch
+
+    make_pacs(tmp_path / "data")
+    cls = get_dataset_class("PACS")
+    cls.preprocess(str(tmp_path / "data"), num_workers=0, log=lambda m: None)
+    env = cls(str(tmp_path / "data"), [0], {})[1]
+    batch = env.__getitems__([0, 3, 5])
+    assert isinstance(batch, CollatedBatch)
+    x, y = collate(batch)
+    assert x is batch.x and y.tolist() == [env.targets[i] for i in (0, 3, 5)]
+    # a plain DataLoader (default_collate) still gets ordinary (input, label) pairs
+    xd, yd = default_collate(batch)
+    assert torch.equal(xd, x) and torch.equal(yd, y)
+    for workers in (0, 1):
+        xs = [b[0] for b in DataLoader(env, batch_size=4, num_workers=workers, collate_fn=collate)]
+        assert torch.equal(torch.cat(xs), env.batch(range(len(env)))[0])
+
+
+def test_color_jitter_on_a_non_contiguous_batch():
+    x = torch.rand(4, 12, 12, 3, generator=torch.Generator().manual_seed(11)).permute(0, 3, 1, 2)
+    for hue in ("hsv", "linear"):
+        a = C.color_jitter(x.clone(), 0.3, generator=torch.Generator().manual_seed(12), hue=hue)
+        b = C.color_jitter(x.contiguous(), 0.3, generator=torch.Generator().manual_seed(12),
+                           hue=hue)
+        assert torch.allclose(a, b, atol=1e-6), hue
