@@ -28,6 +28,7 @@ TASK_ORDER = ("dg", "uda", "ssda", "sda", "tta")
 # Settings other than the first supported one: CCSA in supervised DA, its paper's main setting
 # (a few labeled target examples per class), which the demo's tables would otherwise lack.
 DEMO_TASKS = {"CCSA": "sda"}
+BASELINE = "ERM"
 DEMO_STEPS = 400
 DEMO_BATCH_SIZE = 16
 DEMO_CNN_WIDTH = 32  # half of DomainBed's small CNN (64-128-128-128): ~2x faster steps
@@ -50,6 +51,12 @@ def plan(algorithms: tuple[str, ...] | list[str]) -> tuple[dict[str, list[str]],
         task = (preferred if preferred in settings
                 else next(t for t in TASK_ORDER if t in settings))
         by_task.setdefault(task, []).append(name)
+    # ERM, when asked for, is also the baseline of every other setting (source-only in uda,
+    # "S+T" in ssda/sda) so that each table has its paired comparison against ERM.
+    if BASELINE in algorithms and BASELINE in ALGORITHM_REGISTRY:
+        for task, names in by_task.items():
+            if BASELINE not in names and task in ALGORITHM_REGISTRY.get(BASELINE).SETTINGS:
+                names.insert(0, BASELINE)
     return {t: by_task[t] for t in TASK_ORDER if t in by_task}, missing
 
 
