@@ -10,7 +10,7 @@ Domains (all 3x28x28 uint8, 10 classes, scaled to [0, 1] when batched; no normal
 * `lowres`  - scikit-learn's 1,797 8x8 handwritten digits (UCI optdigits), upsampled bilinearly.
 
 USPS, SVHN and SynDigits are not shipped by any installed package, so they are not included;
-OpenCV's `digits.png` (Debian `opencv-doc`) was not installed on the build machine either.
+OpenCV's `digits.png` (Debian `opencv-doc`) is an optional fifth domain in `DigitsOpenCV`.
 
 The order of `ENVIRONMENTS` is fixed. Every domain is generated with a fixed generator (not the
 run's `--seed`): every trial sees the same data. The result is cached in

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -164,3 +166,47 @@ def test_opencv_missing_or_bad_sheet(tmp_path, monkeypatch):
     Image.new("L", (20, 20)).save(tmp_path / "digits.png")
     with pytest.raises(ShiftbenchError, match="is 20x20; OpenCV's digits.png is 2000x1000"):
         get_dataset_class("DigitsOpenCV")(str(tmp_path), [0], {})
+
+
+def _real_opencv_sheet(tmp_path_factory) -> str | None:
+    """OpenCV's real digits.png: installed, or extracted from Debian's `opencv-doc` package
+    (`apt-get download` + `dpkg-deb`, about 100 MB once); None where neither works."""
+    import shutil
+    import subprocess
+
+    for path in D.OPENCV_DIGITS_PATHS:
+        if Path(path).is_file():
+            return path
+    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
+        return None
+    work = tmp_path_factory.mktemp("opencv_doc")
+    try:
+        subprocess.run(["apt-get", "download", "opencv-doc"], cwd=work, check=True,
+                       capture_output=True, timeout=600)
+        deb = next(work.glob("opencv-doc_*.deb"))
+        tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True,
+                             capture_output=True, timeout=300).stdout
+        subprocess.run(["tar", "-x", "--wildcards", "*/examples/data/digits.png"], cwd=work,
+                       input=tar, check=True, capture_output=True, timeout=300)
+    except (subprocess.SubprocessError, OSError, StopIteration):
+        return None
+    found = list(work.glob("usr/share/doc/opencv-doc/examples/data/digits.png"))
+    return str(found[0]) if found else None
+
+
+@pytest.mark.slow
+def test_opencv_domain_on_the_real_sheet(envs, tmp_path_factory):
+    """The real file: 500 digits per class, and its labels agree with MNIST's (1-NN on pixels
+    from the mnist domain scores far above chance; 0.71 on the reference machine)."""
+    sheet = _real_opencv_sheet(tmp_path_factory)
+    if sheet is None:
+        pytest.skip("OpenCV's digits.png is not installed and `apt-get download opencv-doc` failed")
+    ds = get_dataset_class("DigitsOpenCV")(str(Path(sheet).parent), [4], {})
+    x, y = ds[4].x, ds[4].y
+    assert x.shape == (5000, 3, 28, 28) and torch.bincount(y).tolist() == [500] * 10
+    xm, ym = envs["mnist"]
+    a = x.flatten(1).float()
+    b = xm.flatten(1).float()
+    a, b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    accuracy = (ym[(a @ b.T).argmax(1)] == y).float().mean().item()
+    assert accuracy > 0.5, accuracy
