@@ -170,27 +170,14 @@ def test_opencv_missing_or_bad_sheet(tmp_path, monkeypatch):
 
 def _real_opencv_sheet(tmp_path_factory) -> str | None:
     """OpenCV's real digits.png: installed, or extracted from Debian's `opencv-doc` package
-    (`apt-get download` + `dpkg-deb`, about 100 MB once); None where neither works."""
-    import shutil
-    import subprocess
+    (about 100 MB, once); None where neither works."""
+    from helpers import debian_package_files
 
     for path in D.OPENCV_DIGITS_PATHS:
         if Path(path).is_file():
             return path
-    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
-        return None
-    work = tmp_path_factory.mktemp("opencv_doc")
-    try:
-        subprocess.run(["apt-get", "download", "opencv-doc"], cwd=work, check=True,
-                       capture_output=True, timeout=600)
-        deb = next(work.glob("opencv-doc_*.deb"))
-        tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True,
-                             capture_output=True, timeout=300).stdout
-        subprocess.run(["tar", "-x", "--wildcards", "*/examples/data/digits.png"], cwd=work,
-                       input=tar, check=True, capture_output=True, timeout=300)
-    except (subprocess.SubprocessError, OSError, StopIteration):
-        return None
-    found = list(work.glob("usr/share/doc/opencv-doc/examples/data/digits.png"))
+    found = debian_package_files("opencv-doc", "*/examples/data/digits.png",
+                                 tmp_path_factory.mktemp("opencv_doc"))
     return str(found[0]) if found else None
 
 
