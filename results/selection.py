@@ -141,7 +141,11 @@ class SelectionRule:
 
 
 class CheckpointRule(SelectionRule):
-    """Early stopping over the checkpoints of the run held out on [t], by a validation score."""
+    """Early stopping over the checkpoints of the run held out on [t], by a validation score.
+    With `SKIP_INITIAL` the untrained model (step 0) is not a candidate: label-free scores can
+    prefer it (an untrained network's features have the highest neighbourhood density)."""
+
+    SKIP_INITIAL = False
 
     def val_score(self, record: dict[str, Any], test_env: int) -> float | None:
         raise NotImplementedError
@@ -149,6 +153,8 @@ class CheckpointRule(SelectionRule):
     def run_acc(self, records, test_env):
         best = None
         for r in single_test_records(records):
+            if self.SKIP_INITIAL and r.get("step") == 0:
+                continue
             val = self.val_score(r, test_env)
             test = r.get(f"env{test_env}_in_acc")
             if not (_finite(val) and _finite(test)):
@@ -268,6 +274,7 @@ class EntropySelection(KeyRule):
     TITLE = "target entropy (unsupervised)"
     TASKS = ("uda", "ssda")
     REQUIRED_KEYS = ("env{t}_uda_entropy",)
+    SKIP_INITIAL = True
     HIGHER_IS_BETTER = False
 
 
@@ -279,6 +286,7 @@ class InfoMaxSelection(CheckpointRule):
     TITLE = "target information maximisation (unsupervised)"
     TASKS = ("uda", "ssda")
     REQUIRED_KEYS = ("env{t}_uda_marginal_entropy", "env{t}_uda_entropy")
+    SKIP_INITIAL = True
 
     def val_score(self, record, test_env):
         marginal = record.get(f"env{test_env}_uda_marginal_entropy")
@@ -296,6 +304,7 @@ class SNDSelection(KeyRule):
     TITLE = "target soft neighbourhood density (unsupervised)"
     TASKS = ("uda", "ssda")
     REQUIRED_KEYS = ("env{t}_uda_snd",)
+    SKIP_INITIAL = True
 
 
 @register_selection_rule
@@ -306,6 +315,7 @@ class DEVSelection(KeyRule):
     TITLE = "deep embedded validation (unsupervised)"
     TASKS = ("uda", "ssda")
     REQUIRED_KEYS = ("env{t}_uda_dev",)
+    SKIP_INITIAL = True
     HIGHER_IS_BETTER = False
 
 

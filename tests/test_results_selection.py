@@ -143,9 +143,15 @@ def test_target_rule_reads_labeled_target_accuracy_only_for_ssda_sda():
 ])
 def test_unsupervised_validators(rule, keys, expected_step):
     records = [make_record(step, 0, [0], task="uda", env0_in_acc=0.1 * (step + 1), **k)
-               for step, k in enumerate(keys)]
+               for step, k in enumerate(keys, start=1)]
     s = only(select(records, rule))
-    assert s.step == expected_step and s.test_acc == pytest.approx(0.1 * (expected_step + 1))
+    assert s.step == expected_step + 1 and s.test_acc == pytest.approx(0.1 * (expected_step + 2))
+    # the untrained model (step 0) is never a candidate, even with the best label-free score
+    best = {k: (v if rule in ("snd", "im") else -v) * 10 for k, v in keys[expected_step].items()}
+    if rule == "im":
+        best = {"env0_uda_entropy": 0.0, "env0_uda_marginal_entropy": 10.0}
+    initial = make_record(0, 0, [0], task="uda", env0_in_acc=0.99, **best)
+    assert only(select([initial, *records], rule)).step == expected_step + 1
 
 
 def test_unsupervised_validator_without_scores_is_a_clear_error():
@@ -161,8 +167,8 @@ def test_unsupervised_validator_without_scores_is_a_clear_error():
 
 
 def test_runs_without_a_score_drop_out_but_others_compete():
-    records = [make_record(0, 0, [0], task="uda", env0_in_acc=0.3),
-               make_record(0, 1, [0], task="uda", env0_in_acc=0.6, env0_uda_snd=0.1)]
+    records = [make_record(1, 0, [0], task="uda", env0_in_acc=0.3),
+               make_record(1, 1, [0], task="uda", env0_in_acc=0.6, env0_uda_snd=0.1)]
     s = only(select(records, "snd"))
     assert (s.hparams_seed, s.n_configs, s.n_scored) == (1, 2, 1)
 
