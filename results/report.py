@@ -18,8 +18,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from shiftbench.results.names import environment_names, order_algorithms
 from shiftbench.results.selection import get_selection_rule, group_records
-from shiftbench.results.tables import Collection, Table, environment_names, order_algorithms
+from shiftbench.results.table_model import Collection, Table
 
 MAX_FIGURES = 60  # keep reports of huge sweeps readable and small
 MAX_HPARAMS = 6

@@ -1,4 +1,4 @@
-"""Statistics over trial seeds: means with standard errors, paired tests, search budgets."""
+"""Statistics over trial seeds: means with standard errors, paired tests, ranks, search budgets."""
 
 from __future__ import annotations
 
@@ -61,6 +61,21 @@ def paired_test(algorithm: str, baseline: str, alg_by_trial: Mapping[int, float]
         if math.isfinite(float(res.pvalue)):
             t_stat, p = float(res.statistic), float(res.pvalue)
     return PairedComparison(algorithm, baseline, trials, diffs, mean_diff, t_stat, p)
+
+
+def average_ranks(scores: Mapping[str, Mapping[str, float | None]]) -> dict[str, dict[str, float]]:
+    """Per group (e.g. dataset), rank the names by score (1 = best, ties share the mean rank).
+
+    `scores`: group -> name -> score (None = unranked in that group). Returns name -> group -> rank.
+    """
+    ranks: dict[str, dict[str, float]] = defaultdict(dict)
+    for group, by_name in scores.items():
+        present = [(a, v) for a, v in by_name.items() if v is not None]
+        if not present:
+            continue
+        for (a, _), rank in zip(present, sps.rankdata([-v for _, v in present], method="average")):
+            ranks[a][group] = float(rank)
+    return ranks
 
 
 @dataclass

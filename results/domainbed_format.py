@@ -1,0 +1,117 @@
+"""`--format domainbed`: DomainBed's collect_results layout and numbers, for diffing old outputs.
+
+Cells are `mean +/- err` with DomainBed's error (population std / sqrt n), `Avg` the mean of the
+row's cells; the averages table averages, per trial, whatever held-out environments that trial
+has (DomainBed's behaviour, unlike `results.builders`). Tasks other than dg get their own tables,
+the dataset name suffixed with the task.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from shiftbench.results.builders import index_selected, sorted_values
+from shiftbench.results.names import (
+    DOMAINBED_ALGORITHMS,
+    DOMAINBED_DATASETS,
+    environment_names,
+    ordered,
+)
+from shiftbench.results.reading import Sweep, as_records
+from shiftbench.results.selection import CLASSIC_RULES, get_selection_rule, select
+
+
+def _format_mean(fractions: Sequence[float], latex: bool) -> tuple[float | None, str]:
+    if not fractions:
+        return None, "X"
+    mean = 100 * np.mean(list(fractions))
+    err = 100 * np.std(np.asarray(list(fractions)) / np.sqrt(len(fractions)))
+    pm = r"$\pm$" if latex else "+/-"
+    return mean, f"{mean:.1f} {pm} {err:.1f}"
+
+
+def _row(cells: Sequence[str], width: int, latex: bool) -> str:
+    sep, end = (" & ", "\\\\") if latex else ("  ", "")
+    return sep.join(str(c).ljust(width)[:width] for c in cells) + " " + end
+
+
+def _table(lines: list[str], header: str, columns: list[str], rows: list[tuple[str, list[str]]],
+           width: int, latex: bool) -> None:
+    lines.append("")
+    if latex:
+        lines += [r"\begin{center}", r"\adjustbox{max width=\textwidth}{%",
+                  r"\begin{tabular}{l" + "c" * (len(columns) - 1) + "}", r"\toprule"]
+        columns = [r"\textbf{" + str(c).replace("%", r"\%") + "}" for c in columns]
+    else:
+        lines.append(f"-------- {header}")
+    lines.append(_row(columns, width, latex))
+    if latex:
+        lines.append(r"\midrule")
+    for name, cells in rows:
+        lines.append(_row([name, *cells], width, latex))
+    if latex:
+        lines += [r"\bottomrule", r"\end{tabular}}", r"\end{center}"]
+
+
+def _with_average(cells: list[str], means: list[float | None]) -> list[str]:
+    return cells + ["X" if None in means else f"{sum(means) / len(means):.1f}"]
+
+
+def domainbed_format(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None = None,
+                     latex: bool = False) -> str:
+    """DomainBed's collect_results output (text or `--latex`), computed with its definitions."""
+    records = as_records(data)
+    rules = list(rules or CLASSIC_RULES)
+    lines: list[str] = []
+    if latex:
+        lines += [r"\documentclass{article}", r"\usepackage{booktabs}", r"\usepackage{adjustbox}",
+                  r"\begin{document}", r"\section{Full DomainBed results}",
+                  f"% Total records: {len(records)}"]
+    else:
+        lines.append(f"Total records: {len(records)}")
+    for name in rules:
+        rule = get_selection_rule(name)
+        if latex:
+            lines += ["", rf"\subsection{{Model selection: {rule.TITLE}}}"]
+        index = index_selected(select(records, rule))
+        relevant = [r for r in records if r["args"]["task"] in rule.TASKS]
+        for task in sorted({r["args"]["task"] for r in relevant}):
+            task_records = [r for r in relevant if r["args"]["task"] == task]
+            algorithms = ordered((r["args"]["algorithm"] for r in task_records), DOMAINBED_ALGORITHMS)
+            datasets = ordered((r["args"]["dataset"] for r in task_records), DOMAINBED_DATASETS)
+            label = (lambda d: d) if task == "dg" else (lambda d, task=task: f"{d} [{task}]")
+            for dataset in datasets:
+                if latex:
+                    lines += ["", rf"\subsubsection{{{label(dataset)}}}"]
+                envs = environment_names(dataset, task_records, prefer_domainbed=True)
+                rows = []
+                for alg in algorithms:
+                    shown = [_format_mean(sorted_values(index.get((task, dataset, alg, e), {})), latex)
+                             for e in range(len(envs))]
+                    rows.append((alg, _with_average([t for _, t in shown], [m for m, _ in shown])))
+                _table(lines, f"Dataset: {label(dataset)}, model selection method: {rule.TITLE}",
+                       ["Algorithm", *envs, "Avg"], rows, 20, latex)
+            if latex:
+                lines += ["", r"\subsubsection{Averages}"]
+            rows = []
+            for alg in algorithms:
+                shown = []
+                for dataset in datasets:
+                    per_trial: dict[int, list[float]] = defaultdict(list)
+                    for (t, d, a, _), by_trial in index.items():
+                        if (t, d, a) == (task, dataset, alg):
+                            for trial, acc in by_trial.items():
+                                per_trial[trial].append(acc)
+                    trial_means = [float(np.mean(per_trial[tr])) for tr in sorted(per_trial)]
+                    shown.append(_format_mean(trial_means, latex))
+                rows.append((alg, _with_average([t for _, t in shown], [m for m, _ in shown])))
+            header = "Averages" if task == "dg" else f"Averages [{task}]"
+            _table(lines, f"{header}, model selection method: {rule.TITLE}",
+                   ["Algorithm", *[label(d) for d in datasets], "Avg"], rows, 25, latex)
+    if latex:
+        lines.append(r"\end{document}")
+    return "\n".join(lines) + "\n"
