@@ -30,6 +30,7 @@ from shiftbench.hparams_registry import (
     HParam,
     IntLogUniform,
     LogUniform,
+    check_protocol,
 )
 from shiftbench.registry import Registry
 
@@ -73,6 +74,35 @@ def _batch_size(ds: DatasetInfo) -> HParam:
     return HParam(32, IntLogUniform(3, 5.5), low=1, help="examples per domain per step")
 
 
+def _domainbed_lr(ds: DatasetInfo) -> HParam:
+    if ds.domainbed_small:
+        return HParam(1e-3, LogUniform(-4.5, -2.5), low=0.0, help="Adam learning rate")
+    return HParam(5e-5, LogUniform(-5, -3.5), low=0.0, help="Adam learning rate")
+
+
+def _domainbed_weight_decay(ds: DatasetInfo) -> HParam:
+    return HParam(0.0, None if ds.domainbed_small else LogUniform(-6, -2), low=0.0)
+
+
+def _domainbed_batch_size(ds: DatasetInfo) -> HParam:
+    if ds.domainbed_small:
+        return HParam(64, IntLogUniform(3, 9), low=1, help="examples per domain per step")
+    high = 5 if ds.name == "DomainNet" else 5.5
+    return HParam(32, IntLogUniform(3, high), low=1, help="examples per domain per step")
+
+
+def _small_network(ds: DatasetInfo, domainbed: bool) -> HParam | None:
+    """The featurizer of image inputs up to 32x32 (larger images use a ResNet)."""
+    if ds.is_vector or len(ds.input_shape) != 3 or max(ds.input_shape[1:]) > 32:
+        return None
+    wrn = domainbed and tuple(ds.input_shape[1:]) == (32, 32)
+    return HParam("wrn16_2" if wrn else "mnist_cnn", None, choices=SMALL_NETWORKS, variant=True,
+                  help="featurizer for small images: DomainBed's MNIST_CNN or WideResNet-16-2")
+
+
+SMALL_NETWORKS = ("mnist_cnn", "wrn16_2")
+
+
 def _only_large(hp: HParam) -> Callable[[DatasetInfo], HParam | None]:
     return lambda ds: None if (ds.small_images or ds.is_vector) else hp
 
@@ -106,6 +136,15 @@ class Algorithm(nn.Module):
         "mlp_width": _only_vector(HParam(256, IntLogUniform(6, 10), low=1)),
         "mlp_depth": _only_vector(HParam(3, Choice([3, 4, 5]), low=2)),
         "mlp_dropout": _only_vector(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
+        "network": lambda ds: _small_network(ds, domainbed=False),
+    }
+    # DomainBed's values under `protocol="domainbed"`, merged over every class's `HPARAMS`
+    # (a subclass's `DOMAINBED_HPARAMS` wins over its bases'; None removes an hparam).
+    DOMAINBED_HPARAMS: Mapping[str, HParamSpec | None] = {
+        "lr": _domainbed_lr,
+        "weight_decay": _domainbed_weight_decay,
+        "batch_size": _domainbed_batch_size,
+        "network": lambda ds: _small_network(ds, domainbed=True),
     }
 
     def __init__(
@@ -126,16 +165,20 @@ class Algorithm(nn.Module):
 
     # ---- declaration -----------------------------------------------------------------------
     @classmethod
-    def hparam_space(cls, ds: DatasetInfo) -> dict[str, HParam]:
-        """The merged `HPARAMS` of the class and its bases, resolved for one dataset."""
+    def hparam_space(cls, ds: DatasetInfo, protocol: str = "shiftbench") -> dict[str, HParam]:
+        """The merged `HPARAMS` of the class and its bases, resolved for one dataset; under
+        `protocol="domainbed"` the merged `DOMAINBED_HPARAMS` on top."""
+        layers = ["HPARAMS"] + (["DOMAINBED_HPARAMS"] if check_protocol(protocol) == "domainbed"
+                                else [])
         space: dict[str, HParam] = {}
-        for klass in reversed(cls.__mro__):
-            for name, spec in vars(klass).get("HPARAMS", {}).items():
-                hp = spec(ds) if callable(spec) and not isinstance(spec, HParam) else spec
-                if hp is None:
-                    space.pop(name, None)
-                else:
-                    space[name] = hp
+        for layer in layers:
+            for klass in reversed(cls.__mro__):
+                for name, spec in vars(klass).get(layer, {}).items():
+                    hp = spec(ds) if callable(spec) and not isinstance(spec, HParam) else spec
+                    if hp is None:
+                        space.pop(name, None)
+                    else:
+                        space[name] = hp
         return space
 
     # ---- the trainer's calls ---------------------------------------------------------------
@@ -279,8 +322,10 @@ def create_algorithm(
     num_domains: int,
     hparams: Mapping[str, Any] | None = None,
     dataset: str | DatasetInfo | None = None,
+    protocol: str = "shiftbench",
 ) -> Algorithm:
-    """Build a registered algorithm; missing hparams are filled with defaults for `dataset`."""
+    """Build a registered algorithm; missing hparams are filled with defaults for `dataset`
+    under `protocol`."""
     cls = get_algorithm_class(name)
     ds = dataset if isinstance(dataset, DatasetInfo) else DatasetInfo(
         dataset or "custom", tuple(input_shape), int(num_classes))
@@ -288,7 +333,7 @@ def create_algorithm(
         from shiftbench.hparams_registry import dataset_info
 
         ds = dataset_info(dataset)
-    full = {k: hp.default for k, hp in cls.hparam_space(ds).items()}
+    full = {k: hp.default for k, hp in cls.hparam_space(ds, protocol).items()}
     full.update(hparams or {})
     return cls(input_shape, num_classes, num_domains, full)
 

@@ -1,8 +1,17 @@
 """Hyperparameters: declared next to each algorithm, resolved here.
 
-Each algorithm declares a search space (`Algorithm.hparam_space(dataset_info)`): a mapping
-name -> `HParam(default, distribution)`. This module turns it into the two dicts DomainBed's
-`hparams_registry` offers, with one deliberate difference:
+Each algorithm declares a search space (`Algorithm.hparam_space(dataset_info, protocol)`): a
+mapping name -> `HParam(default, distribution)`. Its `HPARAMS` give the shiftbench protocol; its
+`DOMAINBED_HPARAMS` (merged on top, over the whole class hierarchy) give DomainBed's values
+under `protocol="domainbed"`: defaults, search distributions, fixed variant switches and the
+network. Algorithms read only the resolved hparams, never the protocol.
+
+A *variant switch* (`HParam(..., variant=True)`) selects between variants of one method (e.g.
+DANN's gradient-reversal vs alternating updates). It is never searched: a random search keeps it
+at its default, and only `--hparams` changes it, so one sweep never mixes variants.
+
+This module turns a space into the two dicts DomainBed's `hparams_registry` offers, with one
+deliberate difference:
 
 * `default_hparams(algorithm, dataset)` — every default.
 * `random_hparams(algorithm, dataset, seed)` — one draw of the random search. Each hparam is
@@ -24,6 +33,23 @@ import numpy as np
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.seeds import seed_hash
+
+PROTOCOLS = ("shiftbench", "domainbed")
+
+# DomainBed's `algorithms.ALGORITHMS` (current main): the names `--protocol domainbed` applies to.
+DOMAINBED_ALGORITHMS = (
+    "ERM", "ERMPlusPlus", "Fish", "IRM", "GroupDRO", "Mixup", "MLDG", "CORAL", "MMD", "DANN",
+    "CDANN", "MTL", "SagNet", "ARM", "VREx", "RSC", "SD", "ANDMask", "SANDMask", "IGA", "SelfReg",
+    "Fishr", "TRM", "IB_ERM", "IB_IRM", "CAD", "CondCAD", "Transfer", "CausIRL_CORAL",
+    "CausIRL_MMD", "EQRM", "RDM", "ADRMX", "URM",
+)
+
+
+def check_protocol(protocol: str) -> str:
+    """`protocol` if it is one of `PROTOCOLS`, else a clear error naming the choices."""
+    if protocol not in PROTOCOLS:
+        raise UnknownNameError("protocol", protocol, PROTOCOLS)
+    return protocol
 
 # --------------------------------------------------------------------------------------------
 # Distributions of the random search
@@ -113,20 +139,46 @@ class Choice(Distribution):
 
 @dataclass(frozen=True)
 class HParam:
-    """A hyperparameter: its default, its random-search distribution (None = fixed) and the
-    range of values the algorithm accepts (`low`/`high`, inclusive, checked for overrides)."""
+    """A hyperparameter: its default, its random-search distribution (None = fixed), the range
+    of values the algorithm accepts (`low`/`high`, inclusive) and, for a categorical one, its
+    `choices` (a string hparam searched with `Choice` takes the choice's values). Overrides are
+    checked against all of these, so constructors need no checks of their own.
+
+    `variant=True` marks a switch between variants of one method: it must be fixed (no `dist`)
+    and have `choices` (or be a bool)."""
 
     default: Any
     dist: Distribution | None = None
     low: float | None = None
     high: float | None = None
+    choices: tuple | None = None
+    variant: bool = False
     help: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        choices = self.choices
+        if choices is None and isinstance(self.dist, Choice) and isinstance(self.default, str):
+            choices = self.dist.values
+        if choices is not None:
+            choices = tuple(choices)
+            object.__setattr__(self, "choices", choices)
+            if self.default not in choices:
+                raise ShiftbenchError(f"HParam default {self.default!r} is not among its "
+                                      f"choices {choices}")
+        if self.variant:
+            if self.dist is not None:
+                raise ShiftbenchError(f"variant switch (default {self.default!r}) must be fixed: "
+                                      f"a random search never mixes variants; got {self.dist}")
+            if choices is None and not isinstance(self.default, bool):
+                raise ShiftbenchError(f"variant switch (default {self.default!r}) needs choices")
 
     def sample(self, rs: np.random.RandomState) -> Any:
         return self.default if self.dist is None else self.dist.sample(rs)
 
     def describe(self) -> str:
         space = str(self.dist) if self.dist is not None else "fixed"
+        if self.variant:
+            space = "variant {" + ",".join(map(str, self.choices or (False, True))) + "}"
         return f"{self.default!r} / {space}"
 
 
@@ -147,6 +199,11 @@ class DatasetInfo:
     def is_vector(self) -> bool:
         return len(self.input_shape) == 1
 
+    @property
+    def domainbed_small(self) -> bool:
+        """DomainBed's `SMALL_IMAGES` (Debug28, RotatedMNIST, ColoredMNIST): the 28x28 inputs."""
+        return len(self.input_shape) == 3 and tuple(self.input_shape[1:]) == (28, 28)
+
 
 def dataset_info(dataset: str | DatasetInfo) -> DatasetInfo:
     if isinstance(dataset, DatasetInfo):
@@ -157,22 +214,35 @@ def dataset_info(dataset: str | DatasetInfo) -> DatasetInfo:
     return DatasetInfo(dataset, tuple(cls.INPUT_SHAPE), int(cls.NUM_CLASSES))
 
 
-def hparam_space(algorithm: str, dataset: str | DatasetInfo) -> dict[str, HParam]:
+def hparam_space(
+    algorithm: str, dataset: str | DatasetInfo, protocol: str = "shiftbench"
+) -> dict[str, HParam]:
+    """The declared space of `algorithm` on `dataset` under `protocol`."""
     from shiftbench.algorithms import get_algorithm_class
 
-    return get_algorithm_class(algorithm).hparam_space(dataset_info(dataset))
+    cls = get_algorithm_class(algorithm)
+    if check_protocol(protocol) == "domainbed" and algorithm not in DOMAINBED_ALGORITHMS:
+        raise ShiftbenchError(
+            f"algorithm {algorithm} is not in DomainBed, so --protocol domainbed does not apply "
+            f"to it; use --protocol shiftbench, or one of DomainBed's algorithms: "
+            f"{', '.join(DOMAINBED_ALGORITHMS)}")
+    return cls.hparam_space(dataset_info(dataset), protocol)
 
 
-def default_hparams(algorithm: str, dataset: str | DatasetInfo) -> dict[str, Any]:
+def default_hparams(
+    algorithm: str, dataset: str | DatasetInfo, protocol: str = "shiftbench"
+) -> dict[str, Any]:
     """Every hparam at its default (DomainBed's `default_hparams`)."""
-    return {name: hp.default for name, hp in hparam_space(algorithm, dataset).items()}
+    return {name: hp.default for name, hp in hparam_space(algorithm, dataset, protocol).items()}
 
 
-def random_hparams(algorithm: str, dataset: str | DatasetInfo, seed: int) -> dict[str, Any]:
+def random_hparams(
+    algorithm: str, dataset: str | DatasetInfo, seed: int, protocol: str = "shiftbench"
+) -> dict[str, Any]:
     """One draw of the random search; hparam `name` is drawn with `seed_hash(seed, name)`."""
     return {
         name: hp.sample(np.random.RandomState(seed_hash(seed, name)))
-        for name, hp in hparam_space(algorithm, dataset).items()
+        for name, hp in hparam_space(algorithm, dataset, protocol).items()
     }
 
 
@@ -181,15 +251,16 @@ def resolve_hparams(
     dataset: str | DatasetInfo,
     hparams_seed: int = 0,
     overrides: str | Mapping[str, Any] | None = None,
+    protocol: str = "shiftbench",
 ) -> dict[str, Any]:
     """The configuration a trial runs with: defaults (seed 0) or a random draw, then overrides."""
     if hparams_seed < 0:
         raise ShiftbenchError(f"--hparams-seed must be >= 0, got {hparams_seed}")
-    space = hparam_space(algorithm, dataset)
+    space = hparam_space(algorithm, dataset, protocol)
     if hparams_seed == 0:
         hparams = {name: hp.default for name, hp in space.items()}
     else:
-        hparams = random_hparams(algorithm, dataset, hparams_seed)
+        hparams = random_hparams(algorithm, dataset, hparams_seed, protocol)
     hparams.update(validate_overrides(space, overrides, algorithm))
     return hparams
 
@@ -255,6 +326,6 @@ def _check_value(name: str, value: Any, hp: HParam) -> Any:
             lo = "-inf" if hp.low is None else f"{hp.low:g}"
             hi = "inf" if hp.high is None else f"{hp.high:g}"
             raise ShiftbenchError(f"hparam {name!r} must lie in [{lo}, {hi}], got {value!r}")
-    if isinstance(hp.dist, Choice) and isinstance(default, str) and value not in hp.dist.values:
-        raise UnknownNameError(f"value for hparam {name!r}", value, map(str, hp.dist.values))
+    if hp.choices is not None and value not in hp.choices:
+        raise UnknownNameError(f"value for hparam {name!r}", value, map(str, hp.choices))
     return value

@@ -2,9 +2,10 @@
 
 `Featurizer(input_shape, hparams)` picks the network from the input shape:
 * 1-D vectors -> `MLP` (width/depth/dropout from hparams);
-* images up to 32x32 -> `MNIST_CNN` (4 conv layers 64-128-128-128, 3x3, ReLU, GroupNorm(8),
-  global average pool, 128-d), the standard DG featurizer for small images; the `cnn_width`
-  hparam (default 64) scales its channels;
+* images up to 32x32 -> the `network` hparam: `MNIST_CNN` (4 conv layers 64-128-128-128, 3x3,
+  ReLU, GroupNorm(8), global average pool, 128-d; the `cnn_width` hparam scales its channels),
+  or `WideResNet` 16-2 (DomainBed's featurizer for 32x32 inputs, the default under
+  `--protocol domainbed`);
 * larger images -> torchvision ResNet-18/50, with ImageNet weights read from a local file.
 """
 
@@ -97,6 +98,68 @@ class MNIST_CNN(nn.Module):  # noqa: N801 - DomainBed's name
         return self.avgpool(x).flatten(1)
 
 
+class _WideBlock(nn.Module):
+    """Pre-activation wide residual block: BN-ReLU-conv3x3-dropout-BN-ReLU-conv3x3 + shortcut
+    (a 1x1 conv when the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.dropout = nn.Dropout(dropout)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=stride, padding=1)
+        self.shortcut = (nn.Conv2d(c_in, c_out, 1, stride=stride)
+                         if stride != 1 or c_in != c_out else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(self.conv1(torch.relu(self.bn1(x))))
+        return self.conv2(torch.relu(self.bn2(h))) + self.shortcut(x)
+
+
+class WideResNet(nn.Module):
+    """WideResNet-depth-k (Zagoruyko & Komodakis, 2016) without its classifier, as DomainBed's
+    featurizer for 32x32 inputs (depth 16, k 2, no dropout: 128-d output).
+
+    Stages of 16, 16k, 32k, 64k channels, (depth - 4) / 6 blocks per residual stage, strides
+    1, 2, 2; a final BatchNorm (momentum 0.9, as DomainBed's) and ReLU, then average pooling.
+    Layers keep PyTorch's default initialisation, as DomainBed's.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], depth: int = 16, k: int = 2,
+                 dropout: float = 0.0):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ShiftbenchError(f"WideResNet depth must be 6n+4 (10, 16, 22, 28, ...), got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * k, 32 * k, 64 * k]
+        self.conv1 = nn.Conv2d(input_shape[0], widths[0], 3, padding=1)
+        stages, c_in = [], widths[0]
+        for c_out, stride in zip(widths[1:], (1, 2, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(_WideBlock(c_in, c_out, stride if i == 0 else 1, dropout))
+                c_in = c_out
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.bn1 = nn.BatchNorm2d(widths[-1], momentum=0.9)
+        self.n_outputs = widths[-1]
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of each residual stage (the last one after the final BN and ReLU)."""
+        x = self.conv1(x)
+        maps = []
+        for stage in (self.layer1, self.layer2):
+            x = stage(x)
+            maps.append(x)
+        maps.append(torch.relu(self.bn1(self.layer3(x))))
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.feature_maps(x)[-1]
+        return nn.functional.avg_pool2d(x, 8)[:, :, 0, 0]
+
+
 def pretrained_weights_path(arch: str) -> Path:
     """Where ImageNet weights for `arch` must be: $SHIFTBENCH_PRETRAINED_DIR or torch's cache."""
     import torchvision
@@ -169,6 +232,13 @@ def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any],  # noqa
     if len(input_shape) == 1:
         return MLP(input_shape[0], int(hparams["mlp_width"]), hparams, norm)
     if len(input_shape) == 3 and max(input_shape[1:]) <= 32:
+        network = hparams.get("network", "mnist_cnn")
+        if network == "wrn16_2":
+            if tuple(input_shape[1:]) != (32, 32):
+                raise ShiftbenchError(f"network 'wrn16_2' needs 32x32 inputs, got {input_shape}")
+            return WideResNet(input_shape, 16, 2, 0.0)
+        if network != "mnist_cnn":
+            raise ShiftbenchError(f"unknown network {network!r}; valid: mnist_cnn, wrn16_2")
         return MNIST_CNN(input_shape, norm, int(hparams.get("cnn_width", 64)))
     if len(input_shape) == 3:
         return ResNet(input_shape, hparams)

@@ -6,6 +6,7 @@ import pytest
 
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import (
+    Choice,
     DatasetInfo,
     default_hparams,
     random_hparams,
@@ -48,3 +49,44 @@ def test_overrides_are_validated():
         resolve_hparams("ERM", "DebugVector", 0, {"lr": float("nan")})
     with pytest.raises(ShiftbenchError, match="type bool"):
         resolve_hparams("ERM", "DebugVector", 0, {"nonlinear_classifier": 1})
+
+
+def test_protocol_is_validated_and_names_the_choices():
+    from shiftbench.hparams_registry import PROTOCOLS
+
+    assert PROTOCOLS == ("shiftbench", "domainbed")
+    for call in (lambda: default_hparams("ERM", "RotatedMNIST", protocol="dombed"),
+                 lambda: random_hparams("ERM", "RotatedMNIST", 1, protocol="dombed"),
+                 lambda: resolve_hparams("ERM", "RotatedMNIST", protocol="dombed")):
+        with pytest.raises(ShiftbenchError, match="protocol 'dombed'.*domainbed, shiftbench"):
+            call()
+    with pytest.raises(ShiftbenchError, match="MME is not in DomainBed"):
+        default_hparams("MME", "RotatedMNIST", protocol="domainbed")
+
+
+def test_domainbed_protocol_follows_domainbeds_registry_rules():
+    """DomainBed's SMALL_IMAGES are the 28x28 datasets; 32x32 inputs get the large-image lr and
+    batch size and WideResNet-16-2."""
+    cifar = DatasetInfo("C32", (3, 32, 32), 10)
+    assert default_hparams("ERM", cifar)["network"] == "mnist_cnn"
+    db = default_hparams("ERM", cifar, protocol="domainbed")
+    assert db["network"] == "wrn16_2" and db["lr"] == 5e-5 and db["batch_size"] == 32
+    assert default_hparams("ERM", "RotatedMNIST", protocol="domainbed")["network"] == "mnist_cnn"
+    domainnet = DatasetInfo("DomainNet", (3, 224, 224), 345)
+    for seed in range(1, 20):
+        assert 8 <= random_hparams("ERM", domainnet, seed, protocol="domainbed")["batch_size"] < 32
+        wd = random_hparams("ERM", "RotatedMNIST", seed, protocol="domainbed")["weight_decay"]
+        assert wd == 0.0
+
+
+def test_choices_are_validated_by_the_registry():
+    from shiftbench.hparams_registry import HParam, validate_overrides
+
+    space = {"mode": HParam("a", None, choices=("a", "b"), variant=True)}
+    assert validate_overrides(space, {"mode": "b"}) == {"mode": "b"}
+    with pytest.raises(ShiftbenchError, match="value for hparam 'mode'.*a, b"):
+        validate_overrides(space, {"mode": "c"})
+    with pytest.raises(ShiftbenchError, match="must be fixed"):
+        HParam("a", Choice(["a", "b"]), variant=True)
+    with pytest.raises(ShiftbenchError, match="not among its choices"):
+        HParam("z", None, choices=("a", "b"))
