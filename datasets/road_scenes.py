@@ -1,0 +1,225 @@
+"""GTA5, Cityscapes and SYNTHIA-RAND-CITYSCAPES: the real segmentation adaptation benchmarks.
+
+Label encodings (from the Cityscapes label table of cityscapesScripts and the SYNTHIA README):
+
+* Cityscapes `gtFine/<split>/<city>/*_gtFine_labelIds.png`: 8-bit label ids 0-33 (and -1 for the
+  licence plate, never stored in labelIds files); 19 of them have a train id 0-18, the rest are
+  ignored (255).
+* GTA5 `labels/*.png`: the same Cityscapes label ids (8-bit, paletted), mapped the same way.
+* SYNTHIA-RAND-CITYSCAPES `GT/LABELS/*.png`: 16-bit RGB, the SYNTHIA class id in the first (R)
+  channel: 0 void, 1 sky, 2 building, 3 road, 4 sidewalk, 5 fence, 6 vegetation, 7 pole, 8 car,
+  9 traffic sign, 10 pedestrian, 11 bicycle, 12 motorcycle, 13 parking slot, 14 road work,
+  15 traffic light, 16 terrain, 17 rider, 18 truck, 19 bus, 20 train, 21 wall, 22 lane marking.
+
+Evaluation subsets: 19 classes (GTA5 -> Cityscapes), 16 classes = 19 minus terrain, truck and
+train (SYNTHIA has none of them), 13 classes = 16 minus wall, fence and pole. A dataset with k
+classes relabels every domain to 0..k-1 over its subset; everything else is 255.
+
+Images and labels are resized to `INPUT_SHAPE` (bilinear / nearest) when read; the Cityscapes
+environment holds the `train` and then the `val` images of the chosen cities, and the engine's
+seeded splits decide which images are unlabeled target data and which evaluate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from shiftbench.datasets.base import register_dataset
+from shiftbench.datasets.segmentation import IGNORE_INDEX, SegmentationDataset
+from shiftbench.errors import ShiftbenchError
+
+# (name, label id, train id) - the Cityscapes label table.
+CITYSCAPES_LABELS = (
+    ("unlabeled", 0, 255), ("ego vehicle", 1, 255), ("rectification border", 2, 255),
+    ("out of roi", 3, 255), ("static", 4, 255), ("dynamic", 5, 255), ("ground", 6, 255),
+    ("road", 7, 0), ("sidewalk", 8, 1), ("parking", 9, 255), ("rail track", 10, 255),
+    ("building", 11, 2), ("wall", 12, 3), ("fence", 13, 4), ("guard rail", 14, 255),
+    ("bridge", 15, 255), ("tunnel", 16, 255), ("pole", 17, 5), ("polegroup", 18, 255),
+    ("traffic light", 19, 6), ("traffic sign", 20, 7), ("vegetation", 21, 8), ("terrain", 22, 9),
+    ("sky", 23, 10), ("person", 24, 11), ("rider", 25, 12), ("car", 26, 13), ("truck", 27, 14),
+    ("bus", 28, 15), ("caravan", 29, 255), ("trailer", 30, 255), ("train", 31, 16),
+    ("motorcycle", 32, 17), ("bicycle", 33, 18), ("license plate", -1, 255),
+)
+CLASSES_19 = tuple(name for name, _, train in sorted(
+    (t for t in CITYSCAPES_LABELS if t[2] != 255), key=lambda t: t[2]))
+CLASSES_16 = tuple(c for c in CLASSES_19 if c not in ("terrain", "truck", "train"))
+CLASSES_13 = tuple(c for c in CLASSES_16 if c not in ("wall", "fence", "pole"))
+# SYNTHIA class id -> Cityscapes train id (19-class numbering).
+SYNTHIA_TO_TRAIN19 = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10,
+                      10: 11, 17: 12, 8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18}
+
+
+def label_table(raw_to_train19: dict[int, int], classes: Sequence[str]) -> np.ndarray:
+    """Lookup table raw id -> index in `classes` (255 for ids outside it)."""
+    table = np.full(256, IGNORE_INDEX, np.uint8)
+    for raw, train in raw_to_train19.items():
+        name = CLASSES_19[train]
+        if raw >= 0 and name in classes:
+            table[raw] = classes.index(name)
+    return table
+
+
+CITYSCAPES_TO_TRAIN19 = {lid: train for _, lid, train in CITYSCAPES_LABELS if train != 255}
+
+
+class SegmentationFiles(Dataset):
+    """(image, label) file pairs decoded on access, resized to `size` = (H, W)."""
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], table: np.ndarray, size: tuple[int, int],
+                 read_label, name: str = ""):
+        self.pairs, self.table, self.size, self.read_label = list(pairs), table, size, read_label
+        self.name = name
+        # the engine's splits need only the number of examples
+        self.targets = np.zeros(len(self.pairs), np.int64)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        image_path, label_path = self.pairs[i]
+        with Image.open(image_path) as im:
+            x = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy())
+        raw = self.read_label(label_path)
+        y = torch.from_numpy(self.table[raw.astype(np.int64).clip(0, 255)])
+        x = x.permute(2, 0, 1).float().div_(255)
+        if tuple(x.shape[1:]) != self.size:
+            x = F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False)[0]
+        if tuple(y.shape) != self.size:
+            y = F.interpolate(y[None, None].float(), size=self.size, mode="nearest")[0, 0].byte()
+        return x, y.long()
+
+
+def read_label_ids(path: Path) -> np.ndarray:
+    """An 8-bit label-id PNG (grey or paletted: the palette index is the id)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in ("L", "P"):
+            raise ShiftbenchError(f"{path}: expected an 8-bit label-id PNG, got mode {im.mode}")
+        return np.asarray(im, dtype=np.uint8)
+
+
+def read_synthia_label(path: Path) -> np.ndarray:
+    """The SYNTHIA class id: first channel of the 16-bit RGB label PNG."""
+    from shiftbench.datasets.png16 import read_png16
+
+    a = read_png16(path)
+    if a.ndim != 3 or a.dtype != np.uint16:
+        raise ShiftbenchError(f"{path}: expected a 16-bit RGB SYNTHIA label PNG, got "
+                              f"{a.dtype} {a.shape}")
+    return a[..., 0]
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise ShiftbenchError(f"{what} not found: {path} is not a directory (see "
+                              "docs/segmentation.md for the expected layout)")
+    return path
+
+
+def gta5_pairs(root: Path) -> list[tuple[Path, Path]]:
+    """GTA5: `images/NNNNN.png` with `labels/NNNNN.png` of the same name."""
+    images = _require_dir(root / "images", "GTA5 images")
+    labels = _require_dir(root / "labels", "GTA5 labels")
+    pairs = [(p, labels / p.name) for p in sorted(images.glob("*.png"))]
+    return _check_pairs(pairs, "GTA5")
+
+
+def cityscapes_pairs(root: Path, splits: Sequence[str] = ("train", "val")) -> list[tuple[Path, Path]]:
+    """Cityscapes: `leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png` with
+    `gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`."""
+    pairs = []
+    for split in splits:
+        image_dir = _require_dir(root / "leftImg8bit" / split, "Cityscapes leftImg8bit")
+        for p in sorted(image_dir.glob("*/*_leftImg8bit.png")):
+            stem = p.name[: -len("_leftImg8bit.png")]
+            pairs.append((p, root / "gtFine" / split / p.parent.name / f"{stem}_gtFine_labelIds.png"))
+    return _check_pairs(pairs, "Cityscapes")
+
+
+def synthia_pairs(root: Path) -> list[tuple[Path, Path]]:
+    """SYNTHIA-RAND-CITYSCAPES: `RGB/NNNNNNN.png` with `GT/LABELS/NNNNNNN.png`."""
+    images = _require_dir(root / "RGB", "SYNTHIA RGB")
+    labels = _require_dir(root / "GT" / "LABELS", "SYNTHIA GT/LABELS")
+    return _check_pairs([(p, labels / p.name) for p in sorted(images.glob("*.png"))], "SYNTHIA")
+
+
+def _check_pairs(pairs, what: str):
+    if not pairs:
+        raise ShiftbenchError(f"{what}: no images found")
+    missing = [str(lab) for _, lab in pairs if not lab.is_file()]
+    if missing:
+        raise ShiftbenchError(f"{what}: {len(missing)} label files missing, e.g. {missing[0]}")
+    return pairs
+
+
+class _RoadScenes(SegmentationDataset):
+    """Two-domain real benchmark under `--data-dir`: `<root>/<SOURCE_DIR>` and
+    `<root>/cityscapes`."""
+
+    INPUT_SHAPE = (3, 512, 1024)
+    N_STEPS = 40001
+    CHECKPOINT_FREQ = 2000
+    N_WORKERS = None
+    SOURCE_DIR = ""
+
+    def __init__(self, root, test_envs, hparams):
+        super().__init__(root, test_envs, hparams)
+        if not root:
+            raise ShiftbenchError(f"{type(self).__name__} needs --data-dir holding {self.SOURCE_DIR}/ "
+                                  "and cityscapes/")
+        base, size = Path(root), tuple(self.INPUT_SHAPE[1:])
+        source_pairs, source_table, reader = self.source(base / self.SOURCE_DIR)
+        city_table = label_table(CITYSCAPES_TO_TRAIN19, self.CLASSES)
+        self.datasets = [
+            SegmentationFiles(source_pairs, source_table, size, reader, self.ENVIRONMENTS[0]),
+            SegmentationFiles(cityscapes_pairs(base / "cityscapes"), city_table, size,
+                              read_label_ids, "cityscapes"),
+        ]
+
+    def source(self, path: Path):
+        raise NotImplementedError
+
+
+@register_dataset
+class GTA5Cityscapes(_RoadScenes):
+    """GTA5 -> Cityscapes, 19 classes (`--data-dir` with GTA5/ and cityscapes/)."""
+
+    ENVIRONMENTS = ("gta5", "cityscapes")
+    CLASSES = CLASSES_19
+    NUM_CLASSES = 19
+    SOURCE_DIR = "GTA5"
+    SOURCE = "GTA5 (Richter et al. 2016) and Cityscapes (Cordts et al. 2016), local copies"
+
+    def source(self, path):
+        return gta5_pairs(path), label_table(CITYSCAPES_TO_TRAIN19, self.CLASSES), read_label_ids
+
+
+@register_dataset
+class SynthiaCityscapes16(_RoadScenes):
+    """SYNTHIA-RAND-CITYSCAPES -> Cityscapes, the 16-class protocol."""
+
+    ENVIRONMENTS = ("synthia", "cityscapes")
+    CLASSES = CLASSES_16
+    NUM_CLASSES = 16
+    SOURCE_DIR = "RAND_CITYSCAPES"
+    SOURCE = "SYNTHIA-RAND-CITYSCAPES (Ros et al. 2016) and Cityscapes, local copies"
+
+    def source(self, path):
+        return synthia_pairs(path), label_table(SYNTHIA_TO_TRAIN19, self.CLASSES), read_synthia_label
+
+
+@register_dataset
+class SynthiaCityscapes13(SynthiaCityscapes16):
+    """SYNTHIA-RAND-CITYSCAPES -> Cityscapes, the 13-class protocol."""
+
+    CLASSES = CLASSES_13
+    NUM_CLASSES = 13
