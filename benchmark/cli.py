@@ -189,6 +189,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("shiftbench: interrupted; the run can be resumed with the same command",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _broken_pipe()
+
+
+def _broken_pipe() -> int:
+    """The reader of our output went away (`shiftbench data --json | head`): stop quietly, with
+    the status a process killed by SIGPIPE has, and keep Python from complaining at exit when
+    it flushes stdout."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
 
 
 if __name__ == "__main__":
