@@ -41,7 +41,6 @@ from shiftbench.algorithms.base import (
     register_algorithm,
 )
 from shiftbench.algorithms.components import Discriminator, dann_schedule, grad_reverse
-from shiftbench.errors import UnknownNameError
 from shiftbench.hparams_registry import Choice, HParam, IntLogUniform, LogUniform
 
 SCHEMES = ("reversal", "alternating")
@@ -58,14 +57,16 @@ class AbstractDANN(Algorithm):
     SETTINGS = ("dg", "uda")
     conditional = False
     HPARAMS = {
-        "dann_scheme": HParam("reversal", Choice(SCHEMES),
+        "dann_scheme": HParam("reversal", None, choices=SCHEMES, variant=True,
                               help="reversal: paper's GRL + schedule; alternating: DomainBed's"),
         "lambda": HParam(1.0, LogUniform(-2, 2), low=0.0, help="weight of the adversarial term"),
-        "lambda_schedule": HParam(True, None, help="reversal: scale lambda by 2/(1+e^-gamma p)-1"),
+        "lambda_schedule": HParam(True, None, variant=True,
+                                  help="reversal: scale lambda by 2/(1+e^-gamma p)-1"),
         "schedule_gamma": HParam(10.0, Choice([5.0, 10.0]), low=0.0, help="steepness gamma"),
         "d_steps_per_g_step": HParam(1, IntLogUniform(0, 3), low=1, help="alternating only"),
         "grad_penalty": HParam(0.0, LogUniform(-2, 1), low=0.0, help="D input-gradient penalty"),
-        "dann_optimizer": HParam("adam", Choice(OPTIMIZERS), help="adam (DomainBed) or sgd (paper)"),
+        "dann_optimizer": HParam("adam", None, choices=OPTIMIZERS, variant=True,
+                                 help="adam (DomainBed) or sgd (paper)"),
         "beta1": HParam(0.5, Choice([0.0, 0.5]), low=0.0, high=1.0, help="Adam beta1 (both)"),
         "disc_width": HParam(256, IntLogUniform(6, 10), low=1, help="discriminator width"),
         "disc_depth": HParam(3, Choice([3, 4, 5]), low=1, help="discriminator layers"),
@@ -79,10 +80,6 @@ class AbstractDANN(Algorithm):
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         hp = self.hparams
-        if hp["dann_scheme"] not in SCHEMES:
-            raise UnknownNameError("dann_scheme", hp["dann_scheme"], SCHEMES)
-        if hp["dann_optimizer"] not in OPTIMIZERS:
-            raise UnknownNameError("dann_optimizer", hp["dann_optimizer"], OPTIMIZERS)
         self.featurizer = networks.Featurizer(input_shape, hp)
         self.classifier = networks.Classifier(
             self.featurizer.n_outputs, num_classes, hp["nonlinear_classifier"])

@@ -30,6 +30,7 @@ from shiftbench.hparams_registry import (
     HParam,
     IntLogUniform,
     LogUniform,
+    check_choices,
     check_protocol,
 )
 from shiftbench.registry import Registry
@@ -159,6 +160,8 @@ class Algorithm(nn.Module):
         self.num_classes = int(num_classes)
         self.num_domains = int(num_domains)
         self.hparams = dict(hparams)
+        check_choices(type(self).hparam_space(DatasetInfo("custom", self.input_shape,
+                                                          self.num_classes)), self.hparams)
         self.task = self.SETTINGS[0]
         self.total_steps = 0
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))

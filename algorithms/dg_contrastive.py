@@ -64,9 +64,10 @@ class _AbstractCAD(ERM):
         "cad_lambda": HParam(0.1, Choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2]), low=0.0,
                              help="weight of the bottleneck loss"),
         "cad_temperature": HParam(0.1, Choice([0.05, 0.1]), low=0.0, help="softmax temperature tau"),
-        "cad_normalize": HParam(False, None, help="L2-normalise the representation in the loss"),
-        "cad_project": HParam(False, None, help="MLP projection head before the loss"),
-        "cad_flipped": HParam(True, None, help="maximise other-domain probability (stabler)"),
+        "cad_normalize": HParam(False, None, variant=True,
+                                help="L2-normalise the representation in the loss"),
+        "cad_project": HParam(False, None, variant=True, help="MLP projection head before the loss"),
+        "cad_flipped": HParam(True, None, variant=True, help="maximise other-domain probability (stabler)"),
     }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):

@@ -168,15 +168,13 @@ class EQRM(ERM):
         "eqrm_burnin_iters": HParam(2500, IntLogUniform(2.5, 3.5, base=10), low=0,
                                     help="ERM updates before the quantile objective"),
         "eqrm_lr": HParam(1e-6, LogUniform(-7, -5), low=0.0, help="Adam lr after the burn-in"),
-        "eqrm_dist": HParam("kde", None, help="risk-distribution estimate: kde or gaussian"),
+        "eqrm_dist": HParam("kde", None, choices=("kde", "gaussian"), variant=True,
+                            help="risk-distribution estimate: kde or gaussian"),
     }
     DISTS = {"kde": kde_quantile, "gaussian": gaussian_quantile}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        if self.hparams["eqrm_dist"] not in self.DISTS:
-            raise ShiftbenchError(f"unknown eqrm_dist {self.hparams['eqrm_dist']!r}; "
-                                  f"valid: {', '.join(self.DISTS)}")
         alpha = float(self.hparams["eqrm_quantile"])
         if not 0.0 < alpha < 1.0:
             raise ShiftbenchError(f"eqrm_quantile must lie in (0, 1), got {alpha}")

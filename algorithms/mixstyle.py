@@ -24,7 +24,7 @@ import torch
 from shiftbench.algorithms.base import cross_entropy, register_algorithm
 from shiftbench.algorithms.components import featurizer_stages
 from shiftbench.algorithms.erm import ERM
-from shiftbench.errors import ShiftbenchError, UnknownNameError
+from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import Choice, HParam
 
 MIXING = ("random", "crossdomain")
@@ -61,14 +61,13 @@ class MixStyle(ERM):
     HPARAMS = {
         "mixstyle_p": HParam(0.5, Choice([0.5]), low=0.0, high=1.0, help="probability of mixing"),
         "mixstyle_alpha": HParam(0.1, Choice([0.1, 0.3]), low=0.0, help="Beta(alpha, alpha) for lambda"),
-        "mixstyle_layers": HParam("1,2", Choice(["1,2", "1,2,3"]), help="mix after these stages"),
-        "mixstyle_mix": HParam("random", Choice(MIXING), help="partner choice"),
+        "mixstyle_layers": HParam("1,2", Choice(["1,2", "1,2,3"]), variant=False,
+                                  help="mix after these stages"),
+        "mixstyle_mix": HParam("random", None, choices=MIXING, variant=True, help="partner choice"),
     }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        if self.hparams["mixstyle_mix"] not in MIXING:
-            raise UnknownNameError("mixstyle_mix", self.hparams["mixstyle_mix"], MIXING)
         self._stages = featurizer_stages(self.featurizer)
         # never after the last stage (it ends in pooling / the output layer)
         self.layers = [i for i in parse_layers(self.hparams["mixstyle_layers"]) if i < len(self._stages)]

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from shiftbench.algorithms.base import concat_minibatches, register_algorithm
 from shiftbench.algorithms.components import Discriminator
 from shiftbench.algorithms.erm import ERM
-from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
 
 
@@ -185,16 +184,14 @@ class CRST(CBST):
 
     PAPER = "Zou, Yu, Liu, Kumar & Wang, Confidence regularized self-training, ICCV 2019"
     HPARAMS = {
-        "crst_reg": HParam("mrkld", Choice(list(CRST_REGULARISERS)), help="mrkld | lrent"),
+        "crst_reg": HParam("mrkld", None, choices=tuple(CRST_REGULARISERS), variant=True,
+                           help="mrkld | lrent"),
         "crst_mrkld_weight": HParam(0.1, LogUniform(-2, 0), low=0.0, help="MRKLD alpha"),
         "crst_lrent_alpha": HParam(0.25, Choice([0.1, 0.25, 0.5]), low=1e-6, help="LRENT alpha"),
     }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        if self.hparams["crst_reg"] not in CRST_REGULARISERS:
-            raise ShiftbenchError(f"crst_reg {self.hparams['crst_reg']!r} is not one of "
-                                  f"{', '.join(CRST_REGULARISERS)}")
 
     def target_loss(self, logits, probs, xt):
         log_p = F.log_softmax(logits, dim=1)

@@ -45,7 +45,6 @@ from shiftbench.algorithms.base import (
     register_algorithm,
 )
 from shiftbench.algorithms.components import featurizer_stages
-from shiftbench.errors import UnknownNameError
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
 
 EPS = 1e-5
@@ -89,15 +88,13 @@ class SagNet(Algorithm):
         "sag_clip_adv": HParam(0.1, Choice([0.1, 1.0, 0.0]), low=0.0,
                                help="grad-norm clip of the adversarial step (0: none)"),
         "sag_stage": HParam(2, Choice([1, 2]), low=1, help="featurizer stages before randomisation"),
-        "sag_adv_params": HParam("norm", Choice(ADV_PARAMS),
+        "sag_adv_params": HParam("norm", None, choices=ADV_PARAMS, variant=True,
                                  help="adversarial step updates G_f's norm affines or all of G_f"),
     }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         hp = self.hparams
-        if hp["sag_adv_params"] not in ADV_PARAMS:
-            raise UnknownNameError("sag_adv_params", hp["sag_adv_params"], ADV_PARAMS)
         self.featurizer = networks.Featurizer(input_shape, hp)
         self.classifier = networks.Classifier(
             self.featurizer.n_outputs, num_classes, hp["nonlinear_classifier"])

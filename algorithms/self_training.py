@@ -116,7 +116,7 @@ class FixMatch(_SelfTraining):
         "fixmatch_threshold": HParam(0.95, Choice([0.8, 0.9, 0.95]), low=0.0, high=1.0,
                                      help="confidence threshold tau"),
         "fixmatch_weight": HParam(1.0, LogUniform(-0.5, 0.5), low=0.0, help="lambda_u"),
-        "aug_flip": HParam(False, None, help="horizontal flips in the views (off for digits)"),
+        "aug_flip": HParam(False, None, variant=True, help="horizontal flips in the views (off for digits)"),
         "aug_jitter": HParam(0.4, Choice([0.2, 0.4]), low=0.0, high=1.0,
                              help="colour jitter strength of the strong view"),
     }
@@ -157,8 +157,9 @@ class MeanTeacher(_SelfTraining):
         "mt_ema": HParam(0.99, Choice([0.99, 0.999]), low=0.0, high=1.0, help="EMA decay alpha"),
         "mt_rampup": HParam(0.3, Choice([0.1, 0.3]), low=0.0, high=1.0,
                             help="share of the budget for the consistency ramp-up"),
-        "mt_eval_teacher": HParam(True, None, help="predict with the teacher (else the student)"),
-        "aug_flip": HParam(False, None, help="horizontal flips in the views (off for digits)"),
+        "mt_eval_teacher": HParam(True, None, variant=True,
+                                  help="predict with the teacher (else the student)"),
+        "aug_flip": HParam(False, None, variant=True, help="horizontal flips in the views (off for digits)"),
     }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):

@@ -120,7 +120,7 @@ class CDAN(_GRLAdversary):
 
     PAPER = "Long, Cao, Wang & Jordan, Conditional Adversarial Domain Adaptation, NeurIPS 2018"
     HPARAMS = {
-        "entropy_conditioning": HParam(False, Choice([False, True]), help="CDAN+E weights"),
+        "entropy_conditioning": HParam(False, None, variant=True, help="CDAN+E weights"),
         "randomized_dim": HParam(1024, Choice([512, 1024]), low=1, help="m of the randomized map"),
         "multilinear_max": HParam(4096, None, low=1, help="largest C*d using the exact map"),
     }
@@ -156,7 +156,7 @@ class CDANE(CDAN):
     confident examples (weight `1 + exp(-H)`) count more in the domain loss; see CDAN."""
 
     PAPER = CDAN.PAPER
-    HPARAMS = {"entropy_conditioning": HParam(True, None, help="CDAN+E weights")}
+    HPARAMS = {"entropy_conditioning": HParam(True, None, variant=True, help="CDAN+E weights")}
 
 
 @register_algorithm

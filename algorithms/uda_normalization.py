@@ -88,7 +88,8 @@ class AdaBN(Algorithm):
     PAPER = ("Li, Wang, Shi, Hou & Liu, Adaptive Batch Normalization for practical domain "
              "adaptation, Pattern Recognition 2018")
     HPARAMS = {
-        "input_norm": HParam(True, None, help="BatchNorm on the raw input (per feature/channel)"),
+        "input_norm": HParam(True, None, variant=True,
+                             help="BatchNorm on the raw input (per feature/channel)"),
         "target_momentum": HParam(0.1, None, low=0.0, high=1.0,
                                   help="momentum of the running target statistics between rounds"),
     }

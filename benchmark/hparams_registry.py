@@ -145,14 +145,15 @@ class HParam:
     checked against all of these, so constructors need no checks of their own.
 
     `variant=True` marks a switch between variants of one method: it must be fixed (no `dist`)
-    and have `choices` (or be a bool)."""
+    and have `choices` (or be a bool). A searched categorical (str or bool) hparam must say
+    `variant=False`: a reviewed tuning knob, not a variant (a test enforces this)."""
 
     default: Any
     dist: Distribution | None = None
     low: float | None = None
     high: float | None = None
     choices: tuple | None = None
-    variant: bool = False
+    variant: bool | None = None
     help: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -295,6 +296,13 @@ def validate_overrides(
             raise UnknownNameError(f"hparam{where}", name, space)
         checked[name] = _check_value(name, value, space[name])
     return checked
+
+
+def check_choices(space: Mapping[str, HParam], hparams: Mapping[str, Any]) -> None:
+    """Every categorical hparam in `hparams` is one of its declared `choices`."""
+    for name, hp in space.items():
+        if hp.choices is not None and name in hparams and hparams[name] not in hp.choices:
+            raise UnknownNameError(f"value for hparam {name!r}", hparams[name], map(str, hp.choices))
 
 
 def _type_name(value: Any) -> str:
