@@ -6,24 +6,34 @@ trained to classify well while making D fail:
 
     min_{phi, w} max_D   CE(w(phi(x_s)), y_s) - lambda * L_D(D(phi(x)), d)
 
-Two training schemes (hparam `dann_scheme`):
+Two training schemes (variant switch `dann_scheme`, fixed for a sweep):
 
-* ``"reversal"`` (the paper's, default): one joint step of `CE + L_D` where the features reach D
-  through a gradient-reversal layer of coefficient `lambda * lambda_p`, with the paper's schedule
+* ``"reversal"`` (the paper's; the default under ``--protocol shiftbench`` because DANN's paper
+  defines the method this way): one joint step of `CE + L_D` where the features reach D through
+  a gradient-reversal layer of coefficient `lambda * lambda_p`, with the paper's schedule
   `lambda_p = 2 / (1 + exp(-gamma p)) - 1` (p = training progress, gamma = 10; hparam
   `lambda_schedule` turns it off). D descends L_D with an unscaled gradient; phi ascends it.
-* ``"alternating"`` (DomainBed's): `d_steps_per_g_step` discriminator-only steps on
-  `L_D + grad_penalty * mean ||dL_D/dz||^2`, then one featurizer+classifier step on
-  `CE - lambda * L_D` (penalty included, as in DomainBed), no reversal layer and no schedule.
+* ``"alternating"`` (DomainBed's; fixed under ``--protocol domainbed``): `d_steps_per_g_step`
+  discriminator-only steps on `L_D + grad_penalty * P`, then one featurizer+classifier step on
+  `CE - lambda * (L_D + grad_penalty * P)`, no reversal layer and no schedule.
+
+The gradient penalty is DomainBed's, in both schemes: `P = mean_i ||d S / d u_i||^2` where
+`S = sum_i CE(D(u_i), d_i)` is the *summed, unweighted* discriminator cross-entropy and u_i the
+discriminator's input (z_i, plus the class embedding in CDANN).
 
 What D classifies depends on the setting: in ``dg`` the source-domain index (num_domains classes,
 DomainBed); in ``uda`` source vs target (2 classes, the paper), fed with the unlabeled target
 batches, each half weighted 1/2 so unequal batch sizes stay balanced. Target labels are never
-used. D is an MLP (`disc_width`, `disc_depth`, `disc_dropout`). Optimizers (`dann_optimizer`):
-two Adams with betas (beta1, 0.9) as DomainBed (default), or the paper's SGD with momentum 0.9
-and annealed learning rate lr_p = lr / (1 + 10 p)^0.75 (set lr_g/lr_d to SGD-sized values, e.g.
-0.01). On the rotated-moons toy the adversarial effect appears with SGD, not with Adam
-(docs/benchmarks.md).
+used. D is an MLP (`disc_width`, `disc_depth`, `disc_dropout`: DomainBed's `mlp_width`,
+`mlp_depth`, `mlp_dropout`). Optimizers (variant switch `dann_optimizer`): two Adams with betas
+(beta1, 0.9) as DomainBed (default), or the paper's SGD with momentum 0.9 and annealed learning
+rate lr_p = lr / (1 + 10 p)^0.75 (set lr_g/lr_d to SGD-sized values, e.g. 0.01: the default
+learning rates are Adam-sized). On the rotated-moons toy the adversarial effect appears with SGD,
+not with Adam (docs/benchmarks.md).
+
+Under ``--protocol domainbed`` the space is DomainBed's: alternating Adam updates, lr_g / lr_d /
+weight_decay_g by DomainBed's dataset rule (28x28 inputs are its small images), and its search
+distributions for lambda, d_steps_per_g_step, grad_penalty, beta1 and the discriminator.
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ from torch import nn
 from shiftbench import networks
 from shiftbench.algorithms.base import (
     Algorithm,
+    _domainbed_lr,
+    _domainbed_weight_decay,
     _lr,
     _weight_decay,
     cross_entropy,
@@ -75,6 +87,13 @@ class AbstractDANN(Algorithm):
         "lr_d": _renamed(_lr, "discriminator learning rate"),
         "weight_decay_g": _renamed(_weight_decay, "featurizer+classifier weight decay"),
         "weight_decay_d": HParam(0.0, LogUniform(-6, -2), low=0.0, help="discriminator weight decay"),
+    }
+    DOMAINBED_HPARAMS = {
+        "dann_scheme": HParam("alternating", None, choices=SCHEMES, variant=True),
+        "schedule_gamma": HParam(10.0, None, low=0.0, help="reversal only (unused by DomainBed)"),
+        "lr_g": _renamed(_domainbed_lr, "featurizer+classifier learning rate"),
+        "lr_d": _renamed(_domainbed_lr, "discriminator learning rate"),
+        "weight_decay_g": _renamed(_domainbed_weight_decay, "featurizer+classifier weight decay"),
     }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
@@ -117,22 +136,27 @@ class AbstractDANN(Algorithm):
         return self.hparams["lambda"] * (s if self.hparams["lambda_schedule"] else 1.0)
 
     def disc_loss(self, z, d, y_src, logits_tgt):
-        """L_D for features z = [source; target] with domain labels d (weights sum to 1)."""
+        """`L_D + grad_penalty * P` for features z = [source; target] with domain labels d: the
+        weighted discriminator loss and DomainBed's gradient penalty (module docstring)."""
         n_src = len(y_src)
         if self.conditional:
             # no target labels: the expected class embedding under the detached prediction
             emb_tgt = F.softmax(logits_tgt.detach(), 1) @ self.class_embeddings.weight
             z = z + torch.cat([self.class_embeddings(y_src), emb_tgt])
         losses = F.cross_entropy(self.discriminator(z), d, reduction="none")
-        if self.conditional:  # class-balanced: each present class weighs the same
-            counts = torch.bincount(y_src, minlength=self.num_classes).float()
-            w = 1.0 / (counts[y_src] * (counts > 0).sum())
+        if self.conditional:  # class-balanced as DomainBed: 1 / (count(y) * (max label + 1))
+            counts = torch.bincount(y_src).float()
+            w = 1.0 / (counts[y_src] * len(counts))
         else:
             w = torch.full((n_src,), 1.0 / n_src, device=z.device)
         if len(z) > n_src:  # uda: source and target halves weigh 1/2 each
             w = 0.5 * torch.cat([w, torch.full((len(z) - n_src,), 1.0 / (len(z) - n_src),
                                                device=z.device)])
-        return (w * losses).sum()
+        loss = (w * losses).sum()
+        if self.hparams["grad_penalty"] > 0:
+            grad = torch.autograd.grad(losses.sum(), z, create_graph=True)[0]
+            loss = loss + self.hparams["grad_penalty"] * (grad ** 2).sum(1).mean()
+        return loss
 
     def update(self, minibatches, unlabeled=None):
         sources, _ = self.split_minibatches(minibatches)
@@ -157,17 +181,15 @@ class AbstractDANN(Algorithm):
         else:
             z_in = z.detach().requires_grad_() if d_step else z
         d_loss = self.disc_loss(z_in, d, y_src, logits[n_src:])
-        if self.hparams["grad_penalty"] > 0:
-            grad = torch.autograd.grad(d_loss, z_in, create_graph=True)[0]
-            d_loss = d_loss + self.hparams["grad_penalty"] * (grad ** 2).sum(1).mean()
         if scheme == "reversal":
             self._step(cls_loss + d_loss, self.disc_opt, self.gen_opt)
             return {"loss": cls_loss.item(), "disc_loss": d_loss.item(), "grl_coeff": coeff}
         if d_step:
             self._step(d_loss, self.disc_opt)
             return {"disc_loss": d_loss.item()}
-        self._step(cls_loss - self.hparams["lambda"] * d_loss, self.gen_opt)
-        return {"loss": cls_loss.item(), "gen_disc_loss": d_loss.item()}
+        gen_loss = cls_loss - self.hparams["lambda"] * d_loss
+        self._step(gen_loss, self.gen_opt)
+        return {"loss": cls_loss.item(), "gen_disc_loss": d_loss.item(), "gen_loss": gen_loss.item()}
 
     def _step(self, loss, *optimizers):
         self.disc_opt.zero_grad(set_to_none=True)
