@@ -128,6 +128,11 @@ class Algorithm(nn.Module):
         "nonlinear_classifier": HParam(False, None, help="3-layer MLP head instead of linear"),
         "data_augmentation": HParam(True, None, help="the dataset's training augmentation"),
         "resnet18": _only_large(HParam(False, None, help="ResNet-18 instead of ResNet-50")),
+        "backbone": _only_large(HParam("resnet50", None, help=(
+            "featurizer for large images: resnet50 / resnet18 (DomainBed's torchvision ResNets) "
+            "or any timm model name (shiftbench.backbones)"))),
+        "weights": _only_large(HParam("", None, help="local checkpoint file for the backbone "
+                                                       "(the --weights flag); '' = pretrained")),
         "pretrained": _only_large(HParam(True, None, help="ImageNet weights (local file/cache)")),
         "resnet_dropout": _only_large(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
         "freeze_bn": _only_large(HParam(False, None, help="keep BatchNorm statistics frozen")),

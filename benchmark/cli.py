@@ -41,6 +41,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="dg | uda | ssda | sda | tta (DomainBed's domain_generalization and "
                         "domain_adaptation are accepted)")
     p.add_argument(*flag("hparams"), default=None, help="JSON object overriding hparams")
+    p.add_argument(*flag("backbone"), default=None, metavar="NAME",
+                   help="featurizer for large images (the `backbone` hparam): resnet50, "
+                        "resnet18 or any timm model, e.g. vit_small_patch16_224, convnext_tiny")
+    p.add_argument(*flag("weights"), default=None, metavar="PATH",
+                   help="load the backbone's weights from this local file (the `weights` hparam)")
     p.add_argument(*flag("hparams_seed"), type=int, default=0, help="0 = defaults")
     p.add_argument(*flag("trial_seed"), type=int, default=0, help="fixes every split")
     p.add_argument(*flag("seed"), type=int, default=0, help="initialisation and sampling")
@@ -84,6 +89,7 @@ def import_user_modules(modules: Sequence[str]) -> None:
 def cmd_train(ns: argparse.Namespace) -> int:
     import torch
 
+    from shiftbench.backbones import merge_backbone_flags
     from shiftbench.trainer import TrainArgs, summarize, train
 
     import_user_modules(ns.imports)
@@ -91,7 +97,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         torch.set_num_threads(ns.threads)
     args = TrainArgs(
         dataset=ns.dataset, algorithm=ns.algorithm, test_envs=list(ns.test_envs),
-        task=TASK_ALIASES.get(ns.task, ns.task), hparams=ns.hparams,
+        task=TASK_ALIASES.get(ns.task, ns.task),
+        hparams=merge_backbone_flags(ns.hparams, ns.backbone, ns.weights),
         hparams_seed=ns.hparams_seed, trial_seed=ns.trial_seed, seed=ns.seed, steps=ns.steps,
         checkpoint_freq=ns.checkpoint_freq, holdout_fraction=ns.holdout_fraction,
         uda_holdout_fraction=ns.uda_holdout_fraction, target_shots=ns.target_shots,

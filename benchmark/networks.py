@@ -6,7 +6,8 @@
   ReLU, GroupNorm(8), global average pool, 128-d; the `cnn_width` hparam scales its channels),
   or `WideResNet` 16-2 (DomainBed's featurizer for 32x32 inputs, the default under
   `--protocol domainbed`);
-* larger images -> torchvision ResNet-18/50, with ImageNet weights read from a local file.
+* larger images -> the `backbone` hparam: torchvision ResNet-18/50 (DomainBed's, ImageNet weights
+  read from a local file) or any timm model (`shiftbench.backbones`).
 """
 
 from __future__ import annotations
@@ -189,10 +190,12 @@ class ResNet(nn.Module):
         super().__init__()
         import torchvision
 
-        arch = "resnet18" if hparams.get("resnet18", False) else "resnet50"
+        from shiftbench.backbones import backbone_name
+
+        arch = backbone_name(hparams)
         self.network = getattr(torchvision.models, arch)(weights=None)
-        if hparams.get("pretrained", True):
-            path = pretrained_weights_path(arch)
+        if hparams.get("pretrained", True) or hparams.get("weights"):
+            path = hparams.get("weights") or pretrained_weights_path(arch)
             self.network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.n_outputs = self.network.fc.in_features
         c = input_shape[0]
@@ -241,6 +244,10 @@ def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any],  # noqa
             raise ShiftbenchError(f"unknown network {network!r}; valid: mnist_cnn, wrn16_2")
         return MNIST_CNN(input_shape, norm, int(hparams.get("cnn_width", 64)))
     if len(input_shape) == 3:
+        from shiftbench.backbones import TimmBackbone, backbone_name, is_timm
+
+        if is_timm(backbone_name(hparams)):
+            return TimmBackbone(input_shape, hparams, norm)
         return ResNet(input_shape, hparams)
     raise ShiftbenchError(
         f"no featurizer for input shape {input_shape}; supported: (d,) vectors, (C, H, W) images"

@@ -1,0 +1,166 @@
+"""Featurizers from timm, the model library current DG papers use (ViT, ConvNeXt, RegNet, ...).
+
+The `backbone` hparam names the network for images larger than 32x32: `resnet18` and `resnet50`
+are DomainBed's torchvision ResNets (`shiftbench.networks.ResNet`, unchanged); any other name is
+a timm model (`timm.list_models()`), and `timm:<name>` asks timm for a name torchvision also
+has (e.g. `timm:resnet50`, with timm's own weights).
+
+A timm featurizer is the model without its classifier (`num_classes=0`: pooled features of
+size `num_features`), followed by dropout (`resnet_dropout`), with BatchNorm statistics frozen
+when `freeze_bn` is set, as DomainBed's ResNet does. Pretrained weights (`pretrained`, default
+true) come through timm's own mechanism: downloaded from the Hugging Face Hub (or the model's
+URL) into its cache the first time, read from the cache afterwards; `weights` (the `--weights`
+flag) loads a local checkpoint file instead (timm's `pretrained_cfg_overlay=dict(file=...)`,
+which adapts the first convolution to other channel counts and drops the classifier).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from shiftbench.errors import ShiftbenchError
+
+TORCHVISION_BACKBONES = ("resnet18", "resnet50")
+TIMM_PREFIX = "timm:"
+
+
+def backbone_name(hparams: Mapping[str, Any]) -> str:
+    """The backbone an hparams dict selects (`resnet18: true` is DomainBed's ResNet-18 switch)."""
+    name = str(hparams.get("backbone") or "resnet50")
+    if name == "resnet50" and hparams.get("resnet18", False):
+        return "resnet18"
+    return name
+
+
+def merge_backbone_flags(hparams: str | None, backbone: str | None, weights: str | None,
+                         ) -> str | None:
+    """`--hparams` JSON with `--backbone` / `--weights` merged in (the flags win)."""
+    import json
+
+    from shiftbench.hparams_registry import parse_overrides
+
+    if backbone is None and weights is None:
+        return hparams
+    merged = parse_overrides(hparams)
+    if backbone is not None:
+        merged["backbone"] = backbone
+    if weights is not None:
+        merged["weights"] = os.path.abspath(weights)
+    return json.dumps(merged, sort_keys=True)
+
+
+def is_timm(name: str) -> bool:
+    return name not in TORCHVISION_BACKBONES
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise ShiftbenchError("backbones other than resnet18/resnet50 come from timm: "
+                              "pip install timm (or pip install 'shiftbench[timm]')") from None
+    return timm
+
+
+def check_timm_name(name: str) -> str:
+    """The timm model name of a `backbone` value, or a clear error with close matches."""
+    timm = _timm()
+    model = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
+    if not timm.is_model(model):
+        close = difflib.get_close_matches(model, timm.list_models(), n=5, cutoff=0.6)
+        raise ShiftbenchError(
+            f"unknown backbone {name!r}: not resnet18/resnet50 and not a timm model"
+            + (f" (close: {', '.join(close)})" if close else "")
+            + "; see timm.list_models() for the valid names")
+    return model
+
+
+def weights_cache_hint(model: str) -> str:
+    """Which file timm fetches for `model`'s pretrained weights, and where it caches it."""
+    timm = _timm()
+    cfg = timm.models.get_pretrained_cfg(model)
+    if cfg is None:
+        return f"timm has no pretrained weights for {model}"
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub.constants import HF_HUB_CACHE
+        except ImportError:  # pragma: no cover - a dependency of timm
+            HF_HUB_CACHE = "~/.cache/huggingface/hub"  # noqa: N806
+        folder = "models--" + cfg.hf_hub_id.split("@")[0].replace("/", "--")
+        return (f"https://huggingface.co/{cfg.hf_hub_id} (model.safetensors or "
+                f"pytorch_model.bin), cached in {os.path.join(HF_HUB_CACHE, folder)}")
+    return f"{cfg.url}, cached in {os.path.join(torch.hub.get_dir(), 'checkpoints')}"
+
+
+class TimmBackbone(nn.Module):
+    """A timm model as a featurizer: pooled features (`n_outputs`), dropout, optional frozen BN."""
+
+    def __init__(self, input_shape: tuple[int, ...], hparams: Mapping[str, Any],
+                 norm: str = "default"):
+        super().__init__()
+        timm = _timm()
+        name = backbone_name(hparams)
+        model = check_timm_name(name)
+        weights = str(hparams.get("weights") or "")
+        pretrained = bool(hparams.get("pretrained", True)) or bool(weights)
+        kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": int(input_shape[0])}
+        if weights:
+            if not os.path.isfile(weights):
+                raise ShiftbenchError(f"--weights {weights}: no such file")
+            kwargs["pretrained_cfg_overlay"] = {"file": os.path.abspath(weights)}
+        size = tuple(input_shape[1:])
+        cfg = timm.models.get_pretrained_cfg(model)
+        default_size = tuple(cfg.input_size[1:]) if cfg is not None else None
+        try:
+            self.network = self._create(timm, model, pretrained, size, default_size, kwargs)
+        except (OSError, RuntimeError, ValueError) as e:
+            if not pretrained:
+                raise
+            if weights:
+                raise ShiftbenchError(f"--weights {weights}: cannot load it into {model} "
+                                      f"({str(e).splitlines()[0][:300]})") from None
+            raise ShiftbenchError(
+                f"pretrained weights of backbone {model} could not be fetched "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). timm downloads "
+                f"{weights_cache_hint(model)}; fetch that file on a machine with network access "
+                "into the same cache, or pass --weights PATH (a local checkpoint), or "
+                "--hparams '{\"pretrained\": false}' to train from scratch") from None
+        self.model_name = model
+        self.n_outputs = int(self.network.num_features)
+        self.dropout = nn.Dropout(float(hparams.get("resnet_dropout", 0.0)))
+        self.frozen_bn = bool(hparams.get("freeze_bn", False))
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+        if norm == "batch" and not has_bn:
+            raise ShiftbenchError(f"this algorithm adapts BatchNorm layers, and backbone {model} "
+                                  "has none; choose a backbone with BatchNorm (e.g. resnet50)")
+        self._freeze_bn()
+
+    @staticmethod
+    def _create(timm, model: str, pretrained: bool, size: tuple[int, ...],
+                default_size: tuple[int, ...] | None, kwargs: dict[str, Any]) -> nn.Module:
+        if default_size is not None and size != default_size:
+            try:  # models with a fixed token grid (ViT, Swin, ...) take the input size
+                return timm.create_model(model, pretrained=pretrained, img_size=size, **kwargs)
+            except TypeError:
+                pass  # convolutional models take any size and no img_size argument
+        return timm.create_model(model, pretrained=pretrained, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.network(x))
+
+    def train(self, mode: bool = True) -> TimmBackbone:
+        super().train(mode)
+        self._freeze_bn()
+        return self
+
+    def _freeze_bn(self) -> None:
+        if self.frozen_bn:
+            for m in self.network.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
