@@ -96,8 +96,8 @@ class AbstractDANN(Algorithm):
         "weight_decay_g": _renamed(_domainbed_weight_decay, "featurizer+classifier weight decay"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         self.featurizer = networks.Featurizer(input_shape, hp)
         self.classifier = networks.Classifier(
@@ -105,7 +105,8 @@ class AbstractDANN(Algorithm):
         self.gen_opt = self._optimizer(
             list(self.featurizer.parameters()) + list(self.classifier.parameters()),
             hp["lr_g"], hp["weight_decay_g"])
-        self._build_discriminator(num_domains)
+        # uda: one source-vs-target discriminator; otherwise one output per source domain
+        self._build_discriminator(2 if self.setting.unlabeled_target else num_domains)
 
     def _optimizer(self, params, lr, weight_decay):
         if self.hparams["dann_optimizer"] == "sgd":
@@ -114,7 +115,7 @@ class AbstractDANN(Algorithm):
                                 betas=(self.hparams["beta1"], 0.9))
 
     def _build_discriminator(self, n_out: int) -> None:
-        """D (+ class embeddings) and its optimizer; rebuilt by `configure` for uda (2 outputs)."""
+        """D (+ class embeddings) with `n_out` outputs, and its optimizer."""
         hp, n = self.hparams, self.featurizer.n_outputs
         self.discriminator = Discriminator(n, n_out, hp["disc_width"], hp["disc_depth"],
                                            hp["disc_dropout"])
@@ -123,12 +124,6 @@ class AbstractDANN(Algorithm):
         if self.conditional:
             d_params += list(self.class_embeddings.parameters())
         self.disc_opt = self._optimizer(d_params, hp["lr_d"], hp["weight_decay_d"])
-
-    def configure(self, *, task, total_steps):
-        super().configure(task=task, total_steps=total_steps)
-        n_out = 2 if task == "uda" else self.num_domains
-        if n_out != self.discriminator[-1].out_features:
-            self._build_discriminator(n_out)
 
     def reversal_coeff(self) -> float:
         """lambda * (2 / (1 + exp(-gamma p)) - 1), or lambda without the schedule."""
@@ -162,7 +157,7 @@ class AbstractDANN(Algorithm):
         sources, _ = self.split_minibatches(minibatches)
         x_src = torch.cat([x for x, _ in sources])
         y_src = torch.cat([y for _, y in sources])
-        if self.task == "uda":
+        if self.setting.unlabeled_target:
             x_tgt = torch.cat(list(unlabeled or [])) if unlabeled else x_src[:0]
             d = torch.cat([torch.zeros(len(x_src)), torch.ones(len(x_tgt))])
         else:

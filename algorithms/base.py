@@ -1,17 +1,22 @@
 """The algorithm contract, its registry and the pieces every algorithm shares.
 
 An algorithm is an `nn.Module` built as `Algorithm(input_shape, num_classes, num_domains,
-hparams)` (DomainBed's signature). The trainer calls, in this order:
+hparams, *, setting=..., total_steps=...)`: DomainBed's positional signature plus two keyword-only
+extras, the `Setting` it runs in (default: the first it declares) and the training budget in steps
+(default 0: no schedule). A subclass takes `**kwargs` and forwards them to `super().__init__`, and
+reads `self.setting` (e.g. `self.setting.unlabeled_target`) while building itself. The trainer
+then calls, in this order:
 
-1. `configure(task=..., total_steps=...)` once, before the first step;
-2. `train_step(minibatches, unlabeled)` each step, which calls `update` and counts the step
+1. `train_step(minibatches, unlabeled)` each step, which calls `update` and counts the step
    (`self.progress` in [0, 1] is then available to schedules such as DANN's lambda);
-3. `on_round(target_batches)` every `round_interval()` steps, if the algorithm has rounds;
-4. `predict(x)` for evaluation (no side effects), or `adapt(x)` in the `tta` setting.
+2. `on_round(target_batches)` every `round_interval()` steps, if the algorithm has rounds;
+3. `predict(x)` for evaluation (no side effects), or `adapt(x)` when the setting evaluates by
+   adapting on the test stream (`setting.adapts_at_test`).
 
 `minibatches` holds one `(x, y)` batch per labeled domain: the `num_domains` source domains,
-then, in the `ssda`/`sda` settings only, one batch of the few labeled target examples per target
-domain. `unlabeled` holds one `x` batch per target domain in `uda`/`ssda`, else None.
+then, when `setting.few_shot_target`, one batch of the few labeled target examples per target
+domain. `unlabeled` holds one `x` batch per target domain when `setting.unlabeled_target`, else
+None.
 """
 
 from __future__ import annotations
@@ -34,23 +39,11 @@ from shiftbench.hparams_registry import (
     check_protocol,
 )
 from shiftbench.registry import Registry
+from shiftbench.setting import Setting, all_settings, get_setting
 
-SETTINGS = {
-    "dg": "domain generalization: labeled sources only",
-    "uda": "unsupervised domain adaptation: plus unlabeled target batches",
-    "ssda": "semi-supervised DA: plus k labeled target examples per class and unlabeled target",
-    "sda": "supervised DA: plus k labeled target examples per class, no unlabeled target",
-    "tta": "test-time adaptation: sources at training, adapt(x) on the test stream",
-}
-
-# Which kinds of labels/inputs an algorithm receives in each setting (written to every record).
-LABEL_SOURCES = {
-    "dg": ["source_labeled"],
-    "uda": ["source_labeled", "target_unlabeled"],
-    "ssda": ["source_labeled", "target_few_labeled", "target_unlabeled"],
-    "sda": ["source_labeled", "target_few_labeled"],
-    "tta": ["source_labeled", "test_stream_unlabeled"],
-}
+# Views of the registered settings (shiftbench.setting), by name.
+SETTINGS = {s.name: s.description for s in all_settings()}
+LABEL_SOURCES = {s.name: s.label_sources for s in all_settings()}
 
 HParamSpec = HParam | Callable[[DatasetInfo], "HParam | None"]
 
@@ -159,16 +152,24 @@ class Algorithm(nn.Module):
         num_classes: int,
         num_domains: int,
         hparams: Mapping[str, Any],
+        *,
+        setting: str | Setting | None = None,
+        total_steps: int = 0,
     ):
         super().__init__()
+        self.setting = get_setting(self.SETTINGS[0] if setting is None else setting)
+        if self.setting.name not in self.SETTINGS:
+            raise ShiftbenchError(
+                f"algorithm {type(self).__name__} does not support --task {self.setting.name}; "
+                f"it supports: {', '.join(self.SETTINGS)}"
+            )
         self.input_shape = tuple(input_shape)
         self.num_classes = int(num_classes)
         self.num_domains = int(num_domains)
         self.hparams = dict(hparams)
         check_choices(type(self).hparam_space(DatasetInfo("custom", self.input_shape,
                                                           self.num_classes)), self.hparams)
-        self.task = self.SETTINGS[0]
-        self.total_steps = 0
+        self.total_steps = int(total_steps)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     # ---- declaration -----------------------------------------------------------------------
@@ -189,15 +190,12 @@ class Algorithm(nn.Module):
                         space[name] = hp
         return space
 
-    # ---- the trainer's calls ---------------------------------------------------------------
-    def configure(self, *, task: str, total_steps: int) -> None:
-        if task not in self.SETTINGS:
-            raise ShiftbenchError(
-                f"algorithm {type(self).__name__} does not support --task {task}; "
-                f"it supports: {', '.join(self.SETTINGS)}"
-            )
-        self.task, self.total_steps = task, int(total_steps)
+    @property
+    def task(self) -> str:
+        """The setting's name."""
+        return self.setting.name
 
+    # ---- the trainer's calls ---------------------------------------------------------------
     def train_step(
         self, minibatches: list[tuple[torch.Tensor, torch.Tensor]], unlabeled=None
     ) -> dict[str, float]:
@@ -213,7 +211,8 @@ class Algorithm(nn.Module):
         return min(1.0, float(self.num_updates) / self.total_steps)
 
     def split_minibatches(self, minibatches):
-        """`(source batches, labeled target batches)`; the latter is empty outside ssda/sda."""
+        """`(source batches, labeled target batches)`; the latter is empty unless the setting has
+        a few-shot labeled target split."""
         return list(minibatches[: self.num_domains]), list(minibatches[self.num_domains:])
 
     def update(self, minibatches, unlabeled=None) -> dict[str, float]:
@@ -255,7 +254,7 @@ class Algorithm(nn.Module):
         optimizers = self.optimizers()
         for name, opt_state in state["optimizers"].items():
             optimizers[name].load_state_dict(opt_state)
-        self.task, self.total_steps = state["task"], state["total_steps"]
+        self.setting, self.total_steps = get_setting(state["task"]), int(state["total_steps"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,11 +295,12 @@ def register_algorithm(cls: type[Algorithm] | None = None, *, name: str | None =
     """Class decorator: `@register_algorithm` or `@register_algorithm(name="MyAlg")`."""
 
     def decorator(c: type[Algorithm]) -> type[Algorithm]:
-        unknown = [s for s in c.SETTINGS if s not in SETTINGS]
+        names = {s.name for s in all_settings()}
+        unknown = [s for s in c.SETTINGS if s not in names]
         if not c.SETTINGS or unknown:
             raise ShiftbenchError(
                 f"algorithm {c.__name__} declares unknown settings {unknown or '()'}; "
-                f"valid: {', '.join(SETTINGS)}"
+                f"valid: {', '.join(names)}"
             )
         key = name or c.__name__
         ALGORITHM_REGISTRY.register(key)(c)
@@ -319,7 +319,8 @@ def list_algorithms(pattern: str = "*", setting: str | None = None) -> list[str]
     ALGORITHM_REGISTRY.load_entry_points()
     names = ALGORITHM_REGISTRY.names(pattern)
     if setting is not None:
-        names = [n for n in names if setting in ALGORITHM_REGISTRY.get(n).SETTINGS]
+        name = get_setting(setting).name
+        names = [n for n in names if name in ALGORITHM_REGISTRY.get(n).SETTINGS]
     return names
 
 
@@ -331,6 +332,9 @@ def create_algorithm(
     hparams: Mapping[str, Any] | None = None,
     dataset: str | DatasetInfo | None = None,
     protocol: str = "shiftbench",
+    *,
+    setting: str | Setting | None = None,
+    total_steps: int = 0,
 ) -> Algorithm:
     """Build a registered algorithm; missing hparams are filled with defaults for `dataset`
     under `protocol`."""
@@ -343,7 +347,7 @@ def create_algorithm(
         ds = dataset_info(dataset)
     full = {k: hp.default for k, hp in cls.hparam_space(ds, protocol).items()}
     full.update(hparams or {})
-    return cls(input_shape, num_classes, num_domains, full)
+    return cls(input_shape, num_classes, num_domains, full, setting=setting, total_steps=total_steps)
 
 
 def iter_modules_to_import() -> Iterator[str]:

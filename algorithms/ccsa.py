@@ -66,7 +66,7 @@ class CCSA(ERM):
         x, y = concat_minibatches(sources + targets)
         z = self.featurizer(x)
         # groups of examples that are paired with each other (offsets into x)
-        if self.task == "sda" and targets:
+        if self.setting.few_shot_target and targets:
             n_src = sum(len(b) for _, b in sources)
             groups = [(0, n_src), (n_src, len(y))]
         else:

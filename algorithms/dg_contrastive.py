@@ -70,8 +70,8 @@ class _AbstractCAD(ERM):
         "cad_flipped": HParam(True, None, variant=True, help="maximise other-domain probability (stabler)"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         d = self.featurizer.n_outputs
         self.project = (nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 128))
                         if self.hparams["cad_project"] else None)

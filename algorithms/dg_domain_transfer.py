@@ -37,8 +37,8 @@ class MTL(Algorithm):
     HPARAMS = {"mtl_ema": HParam(0.99, Choice([0.5, 0.9, 0.99, 1.0]), low=0.0, high=1.0,
                                  help="weight of the current batch in the domain embedding")}
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         n = self.featurizer.n_outputs
         self.classifier = networks.Classifier(2 * n, num_classes, self.hparams["nonlinear_classifier"])
@@ -94,8 +94,8 @@ class Transfer(Algorithm):
         "lr_d": HParam(1e-3, LogUniform(-4.5, -2.5), low=0.0, help="adversary SGD learning rate"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         self.featurizer = networks.Featurizer(input_shape, hp)
         self.classifier = networks.Classifier(self.featurizer.n_outputs, num_classes,

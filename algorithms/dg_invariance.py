@@ -173,8 +173,8 @@ class EQRM(ERM):
     }
     DISTS = {"kde": kde_quantile, "gaussian": gaussian_quantile}
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         alpha = float(self.hparams["eqrm_quantile"])
         if not 0.0 < alpha < 1.0:
             raise ShiftbenchError(f"eqrm_quantile must lie in (0, 1), got {alpha}")

@@ -36,8 +36,8 @@ class MLDG(ERM):
         "n_meta_test": HParam(2, Choice([1, 2]), low=1, help="meta-test domains per update"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         if self.num_domains < 2:
             raise ShiftbenchError(f"MLDG needs at least 2 training domains, got {self.num_domains}")
 
@@ -95,8 +95,8 @@ class Fish(Algorithm):
     HPARAMS = {"meta_lr": HParam(0.5, Choice([0.05, 0.1, 0.5]), low=0.0,
                                  help="epsilon: interpolation step towards the inner weights")}
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         self.classifier = networks.Classifier(
             self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])

@@ -110,8 +110,8 @@ class SelfReg(_OneStep):
     PAPER = ("Kim et al., SelfReg: Self-supervised Contrastive Regularization for Domain "
              "Generalization, ICCV 2021")
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         d = self.featurizer.n_outputs
         h = d if d >= 2048 else 2 * d
         self.projector = nn.Sequential(

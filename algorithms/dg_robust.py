@@ -27,8 +27,8 @@ class GroupDRO(ERM):
     HPARAMS = {"groupdro_eta": HParam(1e-2, LogUniform(-3, -1), low=0.0,
                                       help="step size of the exponentiated-gradient update of q")}
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.register_buffer("q", torch.full((self.num_domains,), 1.0 / self.num_domains))
 
     def update(self, minibatches, unlabeled=None):

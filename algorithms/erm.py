@@ -27,8 +27,8 @@ class ERM(Algorithm):
     PAPER = "Vapnik, The Nature of Statistical Learning Theory, 1998"
     FEATURIZER_NORM = "default"  # subclasses that adapt BatchNorm statistics set "batch"
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams, norm=self.FEATURIZER_NORM)
         self.classifier = networks.Classifier(
             self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])

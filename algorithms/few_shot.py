@@ -63,8 +63,8 @@ class MME(Algorithm):
         "mme_temperature": HParam(0.05, Choice([0.05, 0.1]), low=1e-6, help="cosine temperature T"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         self.classifier = CosineClassifier(self.featurizer.n_outputs, num_classes,
                                            self.hparams["mme_temperature"])

@@ -66,8 +66,8 @@ class MixStyle(ERM):
         "mixstyle_mix": HParam("random", None, choices=MIXING, variant=True, help="partner choice"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self._stages = featurizer_stages(self.featurizer)
         # never after the last stage (it ends in pooling / the output layer)
         self.layers = [i for i in parse_layers(self.hparams["mixstyle_layers"]) if i < len(self._stages)]

@@ -86,8 +86,8 @@ class CBST(ERM):
         "cbst_qmax": HParam(0.5, None, low=0.0, high=1.0, help="largest portion q"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.snapshot = copy.deepcopy(self.network).requires_grad_(False)
         self.register_buffer("thresholds", torch.ones(num_classes))
         self.register_buffer("round_index", torch.full((), -1, dtype=torch.long))
@@ -190,8 +190,8 @@ class CRST(CBST):
         "crst_lrent_alpha": HParam(0.25, Choice([0.1, 0.25, 0.5]), low=1e-6, help="LRENT alpha"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
 
     def target_loss(self, logits, probs, xt):
         log_p = F.log_softmax(logits, dim=1)
@@ -285,8 +285,8 @@ class TPLD(CBST):
         "tpld_bank_size": HParam(2048, None, low=1, help="confident examples kept for voting"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         m, d = int(self.hparams["tpld_bank_size"]), self.featurizer.n_outputs
         self.register_buffer("bank_feats", torch.zeros(m, d))
         self.register_buffer("bank_scores", torch.zeros(m, num_classes))

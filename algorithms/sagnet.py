@@ -92,8 +92,8 @@ class SagNet(Algorithm):
                                  help="adversarial step updates G_f's norm affines or all of G_f"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         self.featurizer = networks.Featurizer(input_shape, hp)
         self.classifier = networks.Classifier(
@@ -163,8 +163,8 @@ class SagNetPooled(Algorithm):
              "(DomainBed's pooled-vector variant)")
     HPARAMS = {"sag_w_adv": HParam(0.1, LogUniform(-2, 1), low=0.0, help="adversarial weight")}
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         self.featurizer = networks.Featurizer(input_shape, hp)
         n = self.featurizer.n_outputs

@@ -162,8 +162,8 @@ class MeanTeacher(_SelfTraining):
         "aug_flip": HParam(False, None, variant=True, help="horizontal flips in the views (off for digits)"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.teacher = EMA(self.network)
 
     def update(self, minibatches, unlabeled=None):
@@ -235,8 +235,8 @@ class DACS(_SelfTraining):
         "dacs_mix_high": HParam(0.7, Uniform(0.6, 0.8), low=0.0, high=1.0, help="max area of M"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.teacher = EMA(self.network)
 
     def update(self, minibatches, unlabeled=None):

@@ -99,8 +99,8 @@ class Tent(_BNSourceModel):
         "tent_steps": HParam(1, Choice([1, 2]), low=1, help="gradient steps per test batch"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.tent_optimizer = torch.optim.Adam(self.bn_affine_parameters(), lr=self.hparams["tent_lr"],
                                                betas=(0.9, 0.999))
         self._source_state = None
@@ -158,8 +158,8 @@ class SHOT(Algorithm):
         "shot_smoothing": HParam(0.1, None, low=0.0, high=1.0, help="source label smoothing"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         self.bottleneck = nn.Sequential(nn.Linear(self.featurizer.n_outputs, 256), nn.BatchNorm1d(256))
         self.classifier = nn.utils.parametrizations.weight_norm(nn.Linear(256, num_classes))

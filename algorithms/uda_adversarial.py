@@ -61,8 +61,8 @@ class _GRLAdversary(Algorithm):
         "disc_depth": HParam(3, Choice([2, 3]), low=2, help="discriminator layers"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         self.classifier = networks.Classifier(
             self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])
@@ -125,8 +125,8 @@ class CDAN(_GRLAdversary):
         "multilinear_max": HParam(4096, None, low=1, help="largest C*d using the exact map"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         d, m = self.featurizer.n_outputs, int(self.hparams["randomized_dim"])
         if self.randomized:  # sampled once, saved with the model, never trained
             self.register_buffer("rf", torch.randn(d, m))
@@ -206,8 +206,8 @@ class ADDA(Algorithm):
         "disc_width": HParam(500, Choice([500, 1024]), low=1, help="discriminator hidden width"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         self.source_encoder = networks.Featurizer(input_shape, hp)
         self.classifier = networks.Classifier(

@@ -28,8 +28,8 @@ class DeepCORAL(Algorithm):
     PAPER = "Sun & Saenko, Deep CORAL, ECCV-W 2016"
     HPARAMS = {"coral_weight": HParam(1.0, None, low=0.0, help="weight of the CORAL loss")}
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         self.classifier = networks.Classifier(
             self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])

@@ -84,8 +84,8 @@ class _SourcePlusTarget(Algorithm):
 
     SETTINGS = ("uda",)
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         self.classifier = networks.Classifier(
             self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])
@@ -144,8 +144,8 @@ class DAN(_SourcePlusTarget):
         "mmd_warmup": HParam(True, None, variant=True, help="ramp the weight up with DANN's schedule"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
 
     def penalty(self, f, logits, n_source):
         est = self.hparams["mmd_estimator"]
@@ -236,8 +236,8 @@ class MCD(Algorithm):
         "discrepancy_weight": HParam(1.0, LogUniform(-0.5, 0.5), low=0.0, help="w"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         nonlinear = self.hparams["nonlinear_classifier"]
         self.heads = torch.nn.ModuleList(  # F1, F2: independent random initialisations

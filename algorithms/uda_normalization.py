@@ -94,8 +94,8 @@ class AdaBN(Algorithm):
                                   help="momentum of the running target statistics between rounds"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         body = networks.Featurizer(input_shape, self.hparams, norm="batch")
         layers = [_input_norm(self.input_shape), body] if self.hparams["input_norm"] else [body]
         self.featurizer = nn.Sequential(*layers)
@@ -188,8 +188,8 @@ class GAM(Algorithm):
         "disc_width": HParam(500, Choice([500, 1024]), low=1, help="discriminator hidden width"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         featurizer = networks.Featurizer(input_shape, hp)
         classifier = networks.Classifier(featurizer.n_outputs, num_classes, hp["nonlinear_classifier"])

@@ -132,8 +132,8 @@ def run_moons(args) -> list[dict]:
             else:
                 hp = {k: v for k, v in hp.items() if not k.startswith("disc")}
             torch.manual_seed(seed)
-            alg = create_algorithm(name, (2,), 2, 1, hp, dataset=DatasetInfo("moons", (2,), 2))
-            alg.configure(task="uda", total_steps=args.steps)
+            alg = create_algorithm(name, (2,), 2, 1, hp, dataset=DatasetInfo("moons", (2,), 2),
+                                   setting="uda", total_steps=args.steps)
             g = torch.Generator().manual_seed(seed)
             for _ in range(args.steps):
                 alg.train_step([batch(xs, ys, 64, g)], [xt[torch.randint(len(xt), (64,), generator=g)]])
@@ -150,8 +150,8 @@ def run_glyphs(args) -> list[dict]:
         for name, hp in [("ERM", {}), ("CCSA", {"ccsa_alpha": 0.25})]:
             torch.manual_seed(seed)
             alg = create_algorithm(name, (1, 8, 8), 10, 1, {"lr": 1e-3, **hp},
-                                   dataset=DatasetInfo("glyphs", (1, 8, 8), 10))
-            alg.configure(task="sda", total_steps=args.steps)
+                                   dataset=DatasetInfo("glyphs", (1, 8, 8), 10),
+                                   setting="sda", total_steps=args.steps)
             g = torch.Generator().manual_seed(seed)
             for _ in range(args.steps):
                 alg.train_step([batch(xs, ys, 64, g), (xl, yl)])
@@ -173,8 +173,8 @@ def run_shapes(args) -> list[dict]:
             torch.manual_seed(seed)
             extra = json.loads(args.hparams) if name != "ERM" else {}
             alg = create_algorithm(name, shape, 4, 3, {"lr": 1e-3, **extra},
-                                   dataset=DatasetInfo("shapes", shape, 4))
-            alg.configure(task="dg", total_steps=args.steps)
+                                   dataset=DatasetInfo("shapes", shape, 4),
+                                   setting="dg", total_steps=args.steps)
             g = torch.Generator().manual_seed(seed)
             for _ in range(args.steps):
                 alg.train_step([batch(x, y, args.batch, g) for x, y in train])

@@ -100,8 +100,8 @@ def run_tta(args) -> None:
         xt, yt = shapes(2000, g)
         xt = photometric(xt, g)
         torch.manual_seed(seed)
-        source = create_algorithm("BNAdapt", ds.input_shape, 4, 1, {"batch_size": 64}, dataset=ds)
-        source.configure(task="tta", total_steps=args.tta_steps)
+        source = create_algorithm("BNAdapt", ds.input_shape, 4, 1, {"batch_size": 64}, dataset=ds,
+                                  setting="tta", total_steps=args.tta_steps)
         for _ in range(args.tta_steps):
             idx = torch.randint(len(xs), (64,), generator=g)
             source.train_step([(xs[idx], ys[idx])])
@@ -168,10 +168,10 @@ def run_dgpe(args) -> None:
         row = {"experiment": "dgpe", "seed": seed, "steps": args.dgpe_steps}
         for name in ("ERM", "CBST", "global"):
             torch.manual_seed(seed)
-            alg = create_algorithm("CBST" if name == "global" else name, (2,), 3, 1, hp, dataset=ds)
+            alg = create_algorithm("CBST" if name == "global" else name, (2,), 3, 1, hp, dataset=ds,
+                                   setting="uda", total_steps=args.dgpe_steps)
             if name == "global":
-                alg = GlobalThreshold((2,), 3, 1, alg.hparams)
-            alg.configure(task="uda", total_steps=args.dgpe_steps)
+                alg = GlobalThreshold((2,), 3, 1, alg.hparams, setting="uda", total_steps=args.dgpe_steps)
             bg = torch.Generator().manual_seed(seed + 1)
             batches = pool.split(256)
             for _ in range(args.dgpe_steps):

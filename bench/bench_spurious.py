@@ -10,7 +10,7 @@ Training environments e = 0.1 and 0.2 (colour 90% / 80% predictive), test enviro
 (colour reversed). Optimum for an invariant predictor: 75% everywhere; a colour-reader scores
 about 10% on the test environment. Accuracy above ~75% on the test domain would mean a leak.
 
-Each algorithm is trained through the public API (create_algorithm + configure + train_step) on
+Each algorithm is trained through the public API (create_algorithm + train_step) on
 fixed training sets (`n` examples per environment, random minibatches of `batch` per domain).
 Prints per-seed test accuracies and mean +- std per algorithm (and train accuracy).
 
@@ -64,8 +64,8 @@ def run(name: str, seed: int, steps: int, n: int, batch: int, hparams: dict) -> 
     test_x, test_y = make_environment(0.9, n, g)
     torch.manual_seed(seed)
     dim = train_envs[0][0].shape[1]
-    alg = create_algorithm(name, (dim,), 2, len(train_envs), {**COMMON, **hparams})
-    alg.configure(task="dg", total_steps=steps)
+    alg = create_algorithm(name, (dim,), 2, len(train_envs), {**COMMON, **hparams}, setting="dg",
+                           total_steps=steps)
     sampler = torch.Generator().manual_seed(seed)
     start = time.time()
     for _ in range(steps):

@@ -188,10 +188,10 @@ def build_trial(args: TrainArgs) -> Trial:
         if len(splits[i].in_) == 0:
             raise ShiftbenchError(f"training environment {i} ({dataset.environments[i]}) is empty")
     device = pick_device(args.device)
-    algorithm = get_algorithm_class(args.algorithm)(
-        dataset.input_shape, dataset.num_classes, len(train_envs), hparams).to(device)
     n_steps = args.steps or dataset.N_STEPS
-    algorithm.configure(task=args.task, total_steps=n_steps)
+    algorithm = get_algorithm_class(args.algorithm)(
+        dataset.input_shape, dataset.num_classes, len(train_envs), hparams, setting=args.task,
+        total_steps=n_steps).to(device)
     return Trial(args, dataset, splits, hparams, algorithm, device, n_steps,
                  args.checkpoint_freq or dataset.CHECKPOINT_FREQ, train_envs)
 

@@ -14,8 +14,7 @@ def build(name: str, hparams: dict | None = None, domains: int = 3, seed: int = 
     """A small MLP-based algorithm in float64, configured for the dg setting."""
     torch.manual_seed(seed)
     hp = {"mlp_width": 8, "mlp_depth": 3, **(hparams or {})}
-    alg = create_algorithm(name, (DIM,), CLASSES, domains, hp).to(dtype)
-    alg.configure(task="dg", total_steps=steps)
+    alg = create_algorithm(name, (DIM,), CLASSES, domains, hp, setting="dg", total_steps=steps).to(dtype)
     return alg
 
 

@@ -22,8 +22,8 @@ def _make(name, task="dg", ds=VEC, seed=0, **hp):
     base = {"mlp_width": 16, "mlp_depth": 3, "disc_width": 16, "lr_g": 1e-3, "lr_d": 1e-3}
     base.update(hp)
     alg = create_algorithm(name, ds.input_shape, ds.num_classes, 2,
-                           base if name != "ERM" else {"mlp_width": 16, "mlp_depth": 3}, dataset=ds)
-    alg.configure(task=task, total_steps=10)
+                           base if name != "ERM" else {"mlp_width": 16, "mlp_depth": 3}, dataset=ds,
+                           setting=task, total_steps=10)
     return alg
 
 

@@ -45,8 +45,8 @@ def test_pair_selection_counts():
 
 def _make(name, task, ds, **hp):
     torch.manual_seed(0)
-    alg = create_algorithm(name, ds.input_shape, 3, 2, {"mlp_width": 16, "mlp_depth": 3, **hp}, dataset=ds)
-    alg.configure(task=task, total_steps=10)
+    alg = create_algorithm(name, ds.input_shape, 3, 2, {"mlp_width": 16, "mlp_depth": 3, **hp}, dataset=ds,
+                           setting=task, total_steps=10)
     return alg
 
 

@@ -10,8 +10,8 @@ from shiftbench.algorithms.components import coral_distance
 
 def _algo():
     torch.manual_seed(0)
-    a = create_algorithm("DeepCORAL", (5,), 3, 2, {"mlp_width": 8}, dataset=None)
-    a.configure(task="uda", total_steps=2)
+    a = create_algorithm("DeepCORAL", (5,), 3, 2, {"mlp_width": 8}, dataset=None,
+                         setting="uda", total_steps=2)
     return a
 
 

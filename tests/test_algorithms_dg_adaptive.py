@@ -13,8 +13,8 @@ from shiftbench.hparams_registry import default_hparams
 def _image_arm(train_context=True, bs=4):
     torch.manual_seed(0)
     alg = create_algorithm("ARM", (2, 8, 8), 3, 2, {"batch_size": bs, "cnn_width": 8,
-                                                     "arm_train_context": train_context}).double()
-    alg.configure(task="dg", total_steps=5)
+                                                     "arm_train_context": train_context},
+                           setting="dg", total_steps=5).double()
     return alg
 
 

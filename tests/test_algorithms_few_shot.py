@@ -41,16 +41,14 @@ def test_minimax_entropy_signs():
 def test_mme_entropy_step_and_erm_is_s_plus_t():
     ds = DatasetInfo("Debug", (8,), 3)
     torch.manual_seed(0)
-    alg = create_algorithm("MME", (8,), 3, 1, {"mlp_width": 16}, dataset=ds)
-    alg.configure(task="ssda", total_steps=5)
+    alg = create_algorithm("MME", (8,), 3, 1, {"mlp_width": 16}, dataset=ds, setting="ssda", total_steps=5)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 8, generator=g), torch.randint(3, (8,), generator=g)) for _ in range(2)]
     values = alg.train_step(batches, [torch.randn(8, 8, generator=g)])
     assert values["neg_entropy_loss"] < 0  # lambda * sum p log p = -lambda H <= 0
     # ERM in ssda pools the labeled target batch with the sources ("S+T")
     torch.manual_seed(0)
-    erm = create_algorithm("ERM", (8,), 3, 1, {"mlp_width": 16}, dataset=ds)
-    erm.configure(task="ssda", total_steps=5)
+    erm = create_algorithm("ERM", (8,), 3, 1, {"mlp_width": 16}, dataset=ds, setting="ssda", total_steps=5)
     x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     expected = F.cross_entropy(erm.predict(x), y).item()
     assert abs(erm.train_step(batches, None)["loss"] - expected) < 1e-6

@@ -51,8 +51,7 @@ def test_statistics_are_detached():
 def _make(ds, **hp):
     torch.manual_seed(0)
     alg = create_algorithm("MixStyle" if hp else "ERM", ds.input_shape, 3, 2,
-                           {"mlp_width": 16, "mlp_depth": 3, **hp}, dataset=ds)
-    alg.configure(task="dg", total_steps=10)
+                           {"mlp_width": 16, "mlp_depth": 3, **hp}, dataset=ds, setting="dg", total_steps=10)
     return alg
 
 

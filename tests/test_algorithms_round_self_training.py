@@ -108,8 +108,7 @@ def test_bootstrap_loss_with_beta_one_is_ce_shifted_by_log_lambda():
 def _run(name, steps=12, **hp):
     torch.manual_seed(0)
     hparams = {"mlp_width": 16, "mlp_depth": 3, **hp}
-    alg = create_algorithm(name, (8,), 3, 1, hparams, dataset=VEC)
-    alg.configure(task="uda", total_steps=steps)
+    alg = create_algorithm(name, (8,), 3, 1, hparams, dataset=VEC, setting="uda", total_steps=steps)
     g = torch.Generator().manual_seed(1)
     means = torch.randn(3, 8, generator=g) * 3
     pool_y = torch.randint(3, (120,), generator=g)

@@ -65,8 +65,8 @@ def test_adversarial_loss_is_minimised_by_uniform_predictions():
 
 def _make(name="SagNet", ds=IMG, **hp):
     torch.manual_seed(0)
-    alg = create_algorithm(name, ds.input_shape, 3, 2, {"mlp_width": 16, "mlp_depth": 3, **hp}, dataset=ds)
-    alg.configure(task="dg", total_steps=10)
+    alg = create_algorithm(name, ds.input_shape, 3, 2, {"mlp_width": 16, "mlp_depth": 3, **hp}, dataset=ds,
+                           setting="dg", total_steps=10)
     return alg
 
 

@@ -26,8 +26,7 @@ VEC = DatasetInfo("Debug", (8,), 3)
 def _alg(name, **hp):
     torch.manual_seed(0)
     hparams = {"batch_size": 8, "mlp_width": 16, "mlp_depth": 3, **hp}
-    alg = create_algorithm(name, (8,), 3, 1, hparams, dataset=VEC)
-    alg.configure(task="uda", total_steps=20)
+    alg = create_algorithm(name, (8,), 3, 1, hparams, dataset=VEC, setting="uda", total_steps=20)
     return alg
 
 

@@ -19,8 +19,7 @@ QUIET = {"log": lambda m: None, "progress": False}
 def _alg(name, task="tta", steps=20, **hp):
     torch.manual_seed(0)
     hparams = {"batch_size": 16, "mlp_width": 16, "mlp_depth": 3, **hp}
-    alg = create_algorithm(name, (8,), 3, 1, hparams, dataset=VEC)
-    alg.configure(task=task, total_steps=steps)
+    alg = create_algorithm(name, (8,), 3, 1, hparams, dataset=VEC, setting=task, total_steps=steps)
     return alg
 
 

@@ -15,8 +15,8 @@ from shiftbench.errors import ShiftbenchError
 
 def _make(name, steps=10, **hp):
     torch.manual_seed(0)
-    alg = create_algorithm(name, (5,), 3, 1, {"mlp_width": 8, **hp}, dataset=None)
-    alg.configure(task="uda", total_steps=steps)
+    alg = create_algorithm(name, (5,), 3, 1, {"mlp_width": 8, **hp}, dataset=None,
+                           setting="uda", total_steps=steps)
     return alg
 
 

@@ -13,8 +13,8 @@ from shiftbench.errors import ShiftbenchError
 
 def _make(name, steps=10, task="uda", **hp):
     torch.manual_seed(0)
-    alg = create_algorithm(name, (5,), 3, 1, {"mlp_width": 8, **hp}, dataset=None)
-    alg.configure(task=task, total_steps=steps)
+    alg = create_algorithm(name, (5,), 3, 1, {"mlp_width": 8, **hp}, dataset=None,
+                           setting=task, total_steps=steps)
     return alg
 
 

@@ -37,8 +37,8 @@ def _acc(alg, x, y):
 
 def _train(name, source, target_pool, steps=80, bs=64, **hp):
     torch.manual_seed(0)
-    alg = create_algorithm(name, (8,), 3, 1, {"mlp_width": 16, **hp}, dataset=None)
-    alg.configure(task="uda", total_steps=steps)
+    alg = create_algorithm(name, (8,), 3, 1, {"mlp_width": 16, **hp}, dataset=None,
+                           setting="uda", total_steps=steps)
     g = torch.Generator().manual_seed(1)
     xs, ys = source
     batches = lambda: target_pool.split(256)  # noqa: E731
@@ -69,8 +69,7 @@ def test_adabn_recovers_source_accuracy_under_per_dimension_affine_shift():
 
 def test_adabn_statistics_are_exact_and_weights_unchanged():
     torch.manual_seed(0)
-    alg = create_algorithm("AdaBN", (4,), 3, 1, {"mlp_width": 6}, dataset=None)
-    alg.configure(task="uda", total_steps=3)
+    alg = create_algorithm("AdaBN", (4,), 3, 1, {"mlp_width": 6}, dataset=None, setting="uda", total_steps=3)
     pool = (3 * torch.randn(50, 4) + 2).double().float()
     weights = {k: v.clone() for k, v in alg.named_parameters()}
     alg.num_updates.fill_(2)
@@ -93,8 +92,7 @@ def test_adabn_statistics_are_exact_and_weights_unchanged():
 
 def test_adabn_source_steps_do_not_touch_running_statistics():
     torch.manual_seed(0)
-    alg = create_algorithm("AdaBN", (4,), 3, 1, {"mlp_width": 6}, dataset=None)
-    alg.configure(task="uda", total_steps=10)
+    alg = create_algorithm("AdaBN", (4,), 3, 1, {"mlp_width": 6}, dataset=None, setting="uda", total_steps=10)
     before = alg.featurizer[0].running_mean.clone()
     target = torch.full((8, 4), 5.0) + torch.randn(8, 4)
     alg.train_step([(torch.randn(8, 4) - 5.0, torch.randint(0, 3, (8,)))], [target])
@@ -114,8 +112,7 @@ def test_gaussian_kl_zero_for_equal_moments():
 
 def test_gam_phase_switch_drift_and_frozen_source():
     torch.manual_seed(0)
-    alg = create_algorithm("GAM", (5,), 3, 1, {"mlp_width": 8}, dataset=None)
-    alg.configure(task="uda", total_steps=4)
+    alg = create_algorithm("GAM", (5,), 3, 1, {"mlp_width": 8}, dataset=None, setting="uda", total_steps=4)
     g = torch.Generator().manual_seed(0)
 
     def batch():

@@ -36,8 +36,7 @@ def _build(name, setting, kind):
     hparams = {"batch_size": 6}
     if kind == "vector":
         hparams.update(mlp_width=16, mlp_depth=3)
-    alg = create_algorithm(name, shape, num_classes, 2, hparams, dataset=ds)
-    alg.configure(task=setting, total_steps=10)
+    alg = create_algorithm(name, shape, num_classes, 2, hparams, dataset=ds, setting=setting, total_steps=10)
     return alg, shape, num_classes
 
 
