@@ -60,7 +60,9 @@ class URM(ERM):
              "Robust Learning, TMLR 2024")
     HPARAMS = {
         "urm_adv_lambda": HParam(0.1, Uniform(0.0, 0.2), low=0.0, help="weight of the adversarial terms"),
+        # a tuning knob searched by DomainBed: the feature range the uniform target lives on
         "urm_generator_output": HParam("tanh", Choice(["tanh", "relu"]), choices=tuple(ACTIVATIONS),
+                                       variant=False,
                                        help="bounded activation on the features (sets the noise range)"),
         "urm_discriminator_hidden_layers": HParam(1, Choice([1, 2, 3]), low=0),
         "urm_discriminator_lr": _discriminator_lr,
