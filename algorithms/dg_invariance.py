@@ -30,8 +30,16 @@ def annealed_weight(alg: ERM, anneal_iters: int, weight: float, lr: float | None
     return float(weight) if step >= int(anneal_iters) else 1.0
 
 
+PER_DOMAIN_FORWARD = HParam(False, None, variant=True, help=(
+    "one forward pass per domain (DomainBed's GroupDRO/EQRM: BatchNorm statistics per domain) "
+    "instead of one over the pooled batch"))
+
+
 def domain_risks(alg: ERM, minibatches) -> torch.Tensor:
-    """One forward pass over the pooled batch; returns the vector of per-domain mean CE."""
+    """The vector of per-domain mean CE: one forward pass over the pooled batch, or one per
+    domain when the `per_domain_forward` hparam is set (they differ only through BatchNorm)."""
+    if alg.hparams.get("per_domain_forward", False):
+        return torch.stack([cross_entropy(alg.network(x), y) for x, y in minibatches])
     logits = alg.network(torch.cat([x for x, _ in minibatches]))
     chunks = logits.split([len(x) for x, _ in minibatches])
     return torch.stack([cross_entropy(lg, y) for lg, (_, y) in zip(chunks, minibatches)])
@@ -140,6 +148,28 @@ def kde_quantile(risks: torch.Tensor, alpha: float) -> torch.Tensor:
     return q - (cdf - cdf.detach()) / density.clamp_min(1e-12)
 
 
+def kde_quantile_domainbed(risks: torch.Tensor, alpha: float) -> torch.Tensor:
+    """DomainBed's estimate of the same KDE quantile: 32 bisection steps on the bracket
+    [min r + h z_alpha, max r + h z_alpha] (z_alpha = Phi^-1(alpha), h = 1.06 std n^-1/5,
+    alpha in float64 as DomainBed's buffer), the result differentiated through the bracket ends
+    only (the comparisons carry no gradient)."""
+    r = torch.sort(risks).values
+    h = 1.06 * r.std() * r.numel() ** -0.2
+    a = torch.tensor(float(alpha), dtype=torch.float64, device=risks.device)
+    lo = torch.distributions.Normal(r[0], h).icdf(a)
+    hi = torch.distributions.Normal(r[-1], h).icdf(a)
+    mid = 0.5 * (lo + hi)
+    for _ in range(32):
+        with torch.no_grad():
+            above = torch.distributions.Normal(r, h).cdf(mid.expand(len(r))).mean() > a
+        lo, hi = (lo, mid) if above else (mid, hi)
+        new_mid = 0.5 * (lo + hi)
+        if new_mid == mid:
+            break
+        mid = new_mid
+    return mid
+
+
 def gaussian_quantile(risks: torch.Tensor, alpha: float) -> torch.Tensor:
     """alpha-quantile of a normal fitted to `risks`: mean + std * Phi^-1(alpha)."""
     z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(float(alpha)))
@@ -153,11 +183,15 @@ class EQRM(ERM):
 
     Burn-in (t < eqrm_burnin_iters): L = mean_e R_e (ERM). Afterwards L = Q_alpha({R_e}), the
     alpha-quantile of the distribution of per-domain risks, estimated with a Gaussian KDE
-    (`eqrm_dist="kde"`, the paper's and DomainBed's choice) or a fitted normal
-    (`"gaussian"`, the paper's parametric variant: mean + std * Phi^-1(alpha)); Adam is reset
-    with the small lr `eqrm_lr` at the switch (DomainBed). Departure: the KDE quantile's gradient
-    comes from the implicit function theorem (see `kde_quantile`) rather than from
-    differentiating through the bisection.
+    (`eqrm_dist="kde"`, the paper's choice) or a fitted normal (`"gaussian"`, the paper's
+    parametric variant: mean + std * Phi^-1(alpha)); Adam is reset with the small lr `eqrm_lr`
+    at update t = eqrm_burnin_iters exactly (DomainBed).
+
+    Under `--protocol domainbed`: `eqrm_dist="kde_domainbed"` (DomainBed's bisection, whose
+    gradient reaches only the extreme risks; `"kde"` takes the exact gradient by the implicit
+    function theorem), one forward pass per domain, and eqrm_burnin_iters drawn as a float
+    10^U(2.5, 3.5) as DomainBed, which then never hits t == burn-in: no Adam reset in drawn
+    configurations, as in DomainBed.
     """
 
     SETTINGS = ("dg",)
@@ -168,10 +202,19 @@ class EQRM(ERM):
         "eqrm_burnin_iters": HParam(2500, IntLogUniform(2.5, 3.5, base=10), low=0,
                                     help="ERM updates before the quantile objective"),
         "eqrm_lr": HParam(1e-6, LogUniform(-7, -5), low=0.0, help="Adam lr after the burn-in"),
-        "eqrm_dist": HParam("kde", None, choices=("kde", "gaussian"), variant=True,
-                            help="risk-distribution estimate: kde or gaussian"),
+        "eqrm_dist": HParam("kde", None, choices=("kde", "gaussian", "kde_domainbed"), variant=True,
+                            help="risk-distribution estimate: kde, gaussian or kde_domainbed"),
+        "per_domain_forward": PER_DOMAIN_FORWARD,
     }
-    DISTS = {"kde": kde_quantile, "gaussian": gaussian_quantile}
+    DOMAINBED_HPARAMS = {
+        "eqrm_burnin_iters": HParam(2500, LogUniform(2.5, 3.5), low=0,
+                                    help="ERM updates before the quantile objective"),
+        "eqrm_dist": HParam("kde_domainbed", None, choices=("kde", "gaussian", "kde_domainbed"),
+                            variant=True, help="risk-distribution estimate"),
+        "per_domain_forward": HParam(True, None, variant=True, help=PER_DOMAIN_FORWARD.help),
+    }
+    DISTS = {"kde": kde_quantile, "gaussian": gaussian_quantile,
+             "kde_domainbed": kde_quantile_domainbed}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
@@ -180,10 +223,12 @@ class EQRM(ERM):
             raise ShiftbenchError(f"eqrm_quantile must lie in (0, 1), got {alpha}")
 
     def update(self, minibatches, unlabeled=None):
-        burnin = int(self.hparams["eqrm_burnin_iters"])
-        annealed_weight(self, burnin, 0.0, lr=self.hparams["eqrm_lr"])  # Adam reset at the switch
+        burnin, step = self.hparams["eqrm_burnin_iters"], int(self.num_updates)
+        if step == burnin:  # Adam reset at the switch
+            self.optimizer = make_optimizer(self.network.parameters(), self.hparams,
+                                            lr=self.hparams["eqrm_lr"])
         risks = domain_risks(self, minibatches)
-        if int(self.num_updates) < burnin:
+        if step < burnin:
             loss = risks.mean()
         else:
             loss = self.DISTS[self.hparams["eqrm_dist"]](risks, self.hparams["eqrm_quantile"])

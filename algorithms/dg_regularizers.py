@@ -105,19 +105,24 @@ class SelfReg(_OneStep):
         L_hdl = MSE(f, lam f_a + (1-lam) f_b) + 0.3 MSE(z, lam P(z)_a + (1-lam) P(z)_b)
         L = CE(f, y) + min(CE, 1) * (lam L_ind + (1 - lam) L_hdl)      (min(CE, 1) as a constant)
     DomainBed sorts the batch by class first; pairing within classes is the same without sorting.
+    P keeps its random initial weights (only its BatchNorm statistics move), as in DomainBed,
+    whose optimizer is built before P; `selfreg_train_projector` also trains P.
     """
 
     PAPER = ("Kim et al., SelfReg: Self-supervised Contrastive Regularization for Domain "
              "Generalization, ICCV 2021")
+    HPARAMS = {"selfreg_train_projector": HParam(False, None, variant=True, help=(
+        "optimise the projector too (DomainBed never does)"))}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         d = self.featurizer.n_outputs
-        h = d if d >= 2048 else 2 * d
+        h = d if d == 2048 else 2 * d
         self.projector = nn.Sequential(
             nn.Linear(d, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, h), nn.BatchNorm1d(h), nn.ReLU(),
             nn.Linear(h, d), nn.BatchNorm1d(d))
-        self.optimizer.add_param_group({"params": list(self.projector.parameters())})
+        if self.hparams["selfreg_train_projector"]:
+            self.optimizer.add_param_group({"params": list(self.projector.parameters())})
 
     def update(self, minibatches, unlabeled=None):
         x, y = concat_minibatches(minibatches)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from shiftbench.algorithms.base import register_algorithm
-from shiftbench.algorithms.dg_invariance import domain_risks
+from shiftbench.algorithms.dg_invariance import PER_DOMAIN_FORWARD, domain_risks
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import HParam, LogUniform
@@ -19,13 +19,18 @@ class GroupDRO(ERM):
         q_e <- q_e * exp(eta * R_e.detach()),  q <- q / sum(q),   L = sum_e q_e R_e.
     q starts uniform and persists across updates as a buffer (so it is checkpointed). As in
     DomainBed, groups are the training domains and q is updated before the loss is formed.
+    The risks come from one pooled forward pass, or (`per_domain_forward`, DomainBed's and the
+    default under `--protocol domainbed`) one pass per domain.
     """
 
     SETTINGS = ("dg",)
     PAPER = ("Sagawa, Koh, Hashimoto & Liang, Distributionally Robust Neural Networks for Group "
              "Shifts, ICLR 2020")
     HPARAMS = {"groupdro_eta": HParam(1e-2, LogUniform(-3, -1), low=0.0,
-                                      help="step size of the exponentiated-gradient update of q")}
+                                      help="step size of the exponentiated-gradient update of q"),
+               "per_domain_forward": PER_DOMAIN_FORWARD}
+    DOMAINBED_HPARAMS = {"per_domain_forward": HParam(True, None, variant=True,
+                                                      help=PER_DOMAIN_FORWARD.help)}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)

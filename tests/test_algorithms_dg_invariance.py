@@ -118,3 +118,66 @@ def test_dg_algorithms_ignore_unlabeled_and_are_deterministic(name):
             alg.train_step(batches(seed=step), unlabeled)
         runs.append([p.detach().clone() for p in alg.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize("name", ["GroupDRO", "EQRM"])
+def test_per_domain_forward_under_the_domainbed_protocol(name):
+    """DomainBed runs one forward pass per domain (BatchNorm sees each domain alone)."""
+    from shiftbench.hparams_registry import DatasetInfo, default_hparams
+
+    ds = DatasetInfo("PACS", (3, 224, 224), 7)
+    assert default_hparams(name, ds)["per_domain_forward"] is False
+    assert default_hparams(name, ds, protocol="domainbed")["per_domain_forward"] is True
+    for per_domain, expected in ((False, [24]), (True, [8, 8, 8])):
+        alg = build(name, {"per_domain_forward": per_domain})
+        sizes = []
+        alg.network.register_forward_hook(lambda m, i, o, s=sizes: s.append(len(i[0])))
+        alg.update(batches())
+        assert sizes == expected
+
+
+def _domainbed_icdf(risks, alpha):
+    """DomainBed's Nonparametric().icdf, written out: sorted data, Gauss-optimal bandwidth,
+    bracket from the Normal icdf at the extreme points, 32 halvings of a [lo, hi] list."""
+    data = torch.sort(risks).values
+    bw = 1.06 * torch.std(data, unbiased=True) * len(data) ** -0.2
+    q = torch.tensor(alpha, dtype=torch.float64)
+    bounds = [torch.distributions.Normal(data[0], bw).icdf(q),
+              torch.distributions.Normal(data[-1], bw).icdf(q)]
+    k = 0.5 * sum(bounds)
+    for _ in range(32):
+        cdf = torch.mean(torch.distributions.Normal(data, bw).cdf(k.repeat(len(data), 1).T))
+        bounds[int(cdf > q)] = k
+        nxt = 0.5 * sum(bounds)
+        if nxt == k:
+            break
+        k = nxt
+    return k
+
+
+def test_eqrm_domainbed_kde_equals_domainbeds_value_and_gradient():
+    from shiftbench.algorithms.dg_invariance import kde_quantile_domainbed
+
+    risks = torch.tensor([0.3, 0.9, 0.5, 1.7, 0.4], requires_grad=True)
+    q, ref = kde_quantile_domainbed(risks, 0.75), _domainbed_icdf(risks, 0.75)
+    assert q.dtype == torch.float64  # DomainBed's alpha buffer is float64
+    assert math.isclose(q.item(), ref.item(), rel_tol=1e-12)
+    assert math.isclose(q.item(), kde_quantile(risks.double(), 0.75).item(), rel_tol=1e-6)
+    (g,) = torch.autograd.grad(q, risks)
+    (g_ref,) = torch.autograd.grad(ref, risks)
+    assert torch.allclose(g, g_ref, rtol=1e-9)
+    (g_ift,) = torch.autograd.grad(kde_quantile(risks, 0.75), risks)
+    assert not torch.allclose(g.float(), g_ift, rtol=1e-3)  # "kde" takes the exact gradient
+
+
+def test_eqrm_domainbed_burnin_is_a_float_draw_as_domainbed():
+    from shiftbench.hparams_registry import random_hparams
+
+    draws = [random_hparams("EQRM", "RotatedMNIST", s, protocol="domainbed")["eqrm_burnin_iters"]
+             for s in range(1, 6)]
+    assert all(isinstance(d, float) and 10 ** 2.5 <= d <= 10 ** 3.5 for d in draws)
+    alg = build("EQRM", {"eqrm_burnin_iters": 1.5, "eqrm_dist": "kde_domainbed"})
+    opt = alg.optimizer
+    for _ in range(3):
+        alg.train_step(batches())
+    assert alg.optimizer is opt  # t never equals 1.5: no Adam reset, as DomainBed

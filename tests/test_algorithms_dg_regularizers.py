@@ -85,9 +85,15 @@ def test_selfreg_partners_share_the_class():
 
 
 @pytest.mark.parametrize("ds", [VEC, IMG], ids=["vector", "image"])
-def test_selfreg_trains_projector_and_regularises(ds):
+def test_selfreg_projector_is_fixed_as_domainbed_unless_asked(ds):
     alg = _make("SelfReg", ds)
     before = [p.detach().clone() for p in alg.projector.parameters()]
+    stats = alg.projector[1].running_mean.clone()
     out = alg.update(_data(ds))
     assert all(math.isfinite(v) for v in out.values()) and out["l_ind"] > 0
+    assert all(torch.equal(b, p) for b, p in zip(before, alg.projector.parameters()))
+    assert not torch.equal(stats, alg.projector[1].running_mean)  # BN statistics still move
+    alg = _make("SelfReg", ds, selfreg_train_projector=True)
+    before = [p.detach().clone() for p in alg.projector.parameters()]
+    alg.update(_data(ds))
     assert any(not torch.equal(b, p) for b, p in zip(before, alg.projector.parameters()))
