@@ -101,7 +101,8 @@ class AbstractDANN(Algorithm):
         hp = self.hparams
         self.featurizer = networks.Featurizer(input_shape, hp)
         self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, hp["nonlinear_classifier"])
+            self.featurizer.n_outputs, num_classes, hp["nonlinear_classifier"],
+            hidden=networks.head_hidden(hp))
         self.gen_opt = self._optimizer(
             list(self.featurizer.parameters()) + list(self.classifier.parameters()),
             hp["lr_g"], hp["weight_decay_g"])

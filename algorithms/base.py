@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftbench.errors import ShiftbenchError
+from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.hparams_registry import (
     Choice,
     DatasetInfo,
@@ -38,6 +38,7 @@ from shiftbench.hparams_registry import (
     check_choices,
     check_protocol,
 )
+from shiftbench.networks import SMALL_NETWORKS
 from shiftbench.registry import Registry
 from shiftbench.setting import Setting, all_settings, get_setting
 
@@ -91,10 +92,12 @@ def _small_network(ds: DatasetInfo, domainbed: bool) -> HParam | None:
         return None
     wrn = domainbed and tuple(ds.input_shape[1:]) == (32, 32)
     return HParam("wrn16_2" if wrn else "mnist_cnn", None, choices=SMALL_NETWORKS, variant=True,
-                  help="featurizer for small images: DomainBed's MNIST_CNN or WideResNet-16-2")
+                  help="featurizer for small images: DomainBed's MNIST_CNN or WideResNet-16-2, "
+                       "or dann_digits (the DANN paper's MNIST network, 100-100 label head)")
 
 
-SMALL_NETWORKS = ("mnist_cnn", "wrn16_2")
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "dann")
 
 
 def _only_large(hp: HParam) -> Callable[[DatasetInfo], HParam | None]:
@@ -136,6 +139,12 @@ class Algorithm(nn.Module):
         "mlp_depth": _only_vector(HParam(3, Choice([3, 4, 5]), low=2)),
         "mlp_dropout": _only_vector(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
         "network": lambda ds: _small_network(ds, domainbed=False),
+        "optimizer": HParam("adam", None, choices=OPTIMIZERS, variant=True, help=(
+            "optimizer of make_optimizer: adam (DomainBed) or sgd (momentum `momentum`)")),
+        "momentum": HParam(0.9, None, low=0.0, high=1.0, help="SGD momentum (optimizer sgd)"),
+        "lr_schedule": HParam("constant", None, choices=LR_SCHEDULES, variant=True, help=(
+            "constant, or dann: every optimizer's lr annealed as lr / (1 + 10 p)^0.75 (p = "
+            "training progress; Ganin et al. 2016)")),
     }
     # DomainBed's values under `protocol="domainbed"`, merged over every class's `HPARAMS`
     # (a subclass's `DOMAINBED_HPARAMS` wins over its bases'; None removes an hparam).
@@ -199,6 +208,9 @@ class Algorithm(nn.Module):
     def train_step(
         self, minibatches: list[tuple[torch.Tensor, torch.Tensor]], unlabeled=None
     ) -> dict[str, float]:
+        if self.hparams.get("lr_schedule", "constant") != "constant":
+            anneal_learning_rates(self.optimizers().values(), self.hparams["lr_schedule"],
+                                  self.progress)
         values = self.update(minibatches, unlabeled)
         self.num_updates += 1
         return values
@@ -263,14 +275,34 @@ class Algorithm(nn.Module):
 
 def make_optimizer(params: Iterable[nn.Parameter], hparams: Mapping[str, Any],
                    lr: float | None = None, weight_decay: float | None = None,
-                   **kwargs: Any) -> torch.optim.Adam:
-    """DomainBed's optimizer: Adam with the configuration's lr and weight decay."""
-    return torch.optim.Adam(
-        params,
-        lr=hparams["lr"] if lr is None else lr,
-        weight_decay=hparams["weight_decay"] if weight_decay is None else weight_decay,
-        **kwargs,
-    )
+                   **kwargs: Any) -> torch.optim.Optimizer:
+    """DomainBed's optimizer, Adam with the configuration's lr and weight decay; or, with the
+    hparam `optimizer` = sgd, SGD with momentum `momentum` (Adam-only keywords such as `betas`
+    are then not used)."""
+    name = hparams.get("optimizer", "adam")
+    lr = hparams["lr"] if lr is None else lr
+    weight_decay = hparams["weight_decay"] if weight_decay is None else weight_decay
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(hparams["momentum"]),
+                               weight_decay=weight_decay)
+    if name != "adam":
+        raise UnknownNameError("optimizer", name, OPTIMIZERS)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+def anneal_learning_rates(optimizers: Iterable[torch.optim.Optimizer], schedule: str,
+                          progress: float) -> None:
+    """Set each parameter group's lr from its initial lr (kept in the group as `initial_lr`):
+    `dann` is Ganin et al.'s mu_p = mu_0 / (1 + 10 p)^0.75; `constant` leaves it."""
+    if schedule not in LR_SCHEDULES:
+        raise UnknownNameError("lr_schedule", schedule, LR_SCHEDULES)
+    if schedule == "constant":
+        return
+    factor = (1.0 + 10.0 * float(progress)) ** -0.75
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
 
 
 def concat_minibatches(minibatches) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,7 +41,8 @@ class MTL(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         n = self.featurizer.n_outputs
-        self.classifier = networks.Classifier(2 * n, num_classes, self.hparams["nonlinear_classifier"])
+        self.classifier = networks.Classifier(2 * n, num_classes, self.hparams["nonlinear_classifier"],
+                                              hidden=networks.head_hidden(self.hparams))
         self.register_buffer("embeddings", torch.zeros(num_domains, n))
         self.optimizer = make_optimizer(
             list(self.featurizer.parameters()) + list(self.classifier.parameters()), self.hparams)
@@ -99,7 +100,8 @@ class Transfer(Algorithm):
         hp = self.hparams
         self.featurizer = networks.Featurizer(input_shape, hp)
         self.classifier = networks.Classifier(self.featurizer.n_outputs, num_classes,
-                                              hp["nonlinear_classifier"])
+                                              hp["nonlinear_classifier"],
+                                              hidden=networks.head_hidden(hp))
         self.adv_classifier = copy.deepcopy(self.classifier)
         self.optimizer = make_optimizer(
             list(self.featurizer.parameters()) + list(self.classifier.parameters()), hp)

@@ -99,7 +99,8 @@ class Fish(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])
+            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"],
+            hidden=networks.head_hidden(self.hparams))
         self.network = torch.nn.Sequential(self.featurizer, self.classifier)
         self.network_inner = copy.deepcopy(self.network)
         self.optimizer_inner = make_optimizer(self.network_inner.parameters(), self.hparams)

@@ -31,7 +31,8 @@ class ERM(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams, norm=self.FEATURIZER_NORM)
         self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])
+            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"],
+            hidden=networks.head_hidden(self.hparams))
         self.network = torch.nn.Sequential(self.featurizer, self.classifier)
         self.optimizer = make_optimizer(self.network.parameters(), self.hparams)
 

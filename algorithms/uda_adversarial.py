@@ -65,7 +65,8 @@ class _GRLAdversary(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])
+            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"],
+            hidden=networks.head_hidden(self.hparams))
         self.discriminator = Discriminator(self.disc_inputs(), 1, int(self.hparams["disc_width"]),
                                            int(self.hparams["disc_depth"]))
         self.optimizer = make_optimizer(self.parameters(), self.hparams)
@@ -211,7 +212,8 @@ class ADDA(Algorithm):
         hp = self.hparams
         self.source_encoder = networks.Featurizer(input_shape, hp)
         self.classifier = networks.Classifier(
-            self.source_encoder.n_outputs, num_classes, hp["nonlinear_classifier"])
+            self.source_encoder.n_outputs, num_classes, hp["nonlinear_classifier"],
+            hidden=networks.head_hidden(hp))
         self.target_encoder = copy.deepcopy(self.source_encoder)
         self.discriminator = Discriminator(self.source_encoder.n_outputs, 1, int(hp["disc_width"]), 3)
         self.register_buffer("adapting", torch.zeros((), dtype=torch.bool))

@@ -32,7 +32,8 @@ class DeepCORAL(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])
+            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"],
+            hidden=networks.head_hidden(self.hparams))
         self.optimizer = make_optimizer(
             list(self.featurizer.parameters()) + list(self.classifier.parameters()), self.hparams)
 

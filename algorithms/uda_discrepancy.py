@@ -88,7 +88,8 @@ class _SourcePlusTarget(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"])
+            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"],
+            hidden=networks.head_hidden(self.hparams))
         self.build_extra()
         self.optimizer = make_optimizer(self.parameters(), self.hparams)
 
@@ -201,7 +202,8 @@ class MDD(_SourcePlusTarget):
 
     def build_extra(self):
         self.adv_classifier = networks.Classifier(
-            self.featurizer.n_outputs, self.num_classes, self.hparams["nonlinear_classifier"])
+            self.featurizer.n_outputs, self.num_classes, self.hparams["nonlinear_classifier"],
+            hidden=networks.head_hidden(self.hparams))
 
     def penalty(self, f, logits, n_source):
         lam = self.hparams["grl_max"] * dann_schedule(self.progress)
@@ -241,7 +243,8 @@ class MCD(Algorithm):
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         nonlinear = self.hparams["nonlinear_classifier"]
         self.heads = torch.nn.ModuleList(  # F1, F2: independent random initialisations
-            [networks.Classifier(self.featurizer.n_outputs, num_classes, nonlinear) for _ in range(2)])
+            [networks.Classifier(self.featurizer.n_outputs, num_classes, nonlinear,
+                                hidden=networks.head_hidden(self.hparams)) for _ in range(2)])
         self.optimizer = make_optimizer(self.featurizer.parameters(), self.hparams)
         self.head_optimizer = make_optimizer(self.heads.parameters(), self.hparams)
 

@@ -100,7 +100,8 @@ class AdaBN(Algorithm):
         layers = [_input_norm(self.input_shape), body] if self.hparams["input_norm"] else [body]
         self.featurizer = nn.Sequential(*layers)
         self.classifier = networks.Classifier(body.n_outputs, num_classes,
-                                              self.hparams["nonlinear_classifier"])
+                                              self.hparams["nonlinear_classifier"],
+                                              hidden=networks.head_hidden(self.hparams))
         self.network = nn.Sequential(self.featurizer, self.classifier)
         self.register_buffer("finalised", torch.zeros((), dtype=torch.bool))
         self.optimizer = make_optimizer(self.network.parameters(), self.hparams)
@@ -192,7 +193,8 @@ class GAM(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         featurizer = networks.Featurizer(input_shape, hp)
-        classifier = networks.Classifier(featurizer.n_outputs, num_classes, hp["nonlinear_classifier"])
+        classifier = networks.Classifier(featurizer.n_outputs, num_classes, hp["nonlinear_classifier"],
+                                         hidden=networks.head_hidden(hp))
         self.source_net = nn.Sequential(featurizer, classifier)
         self.target_net = copy.deepcopy(self.source_net)
         width = int(hp["disc_width"])

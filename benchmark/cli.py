@@ -41,6 +41,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="dg | uda | ssda | sda | tta (DomainBed's domain_generalization and "
                         "domain_adaptation are accepted)")
     p.add_argument(*flag("hparams"), default=None, help="JSON object overriding hparams")
+    p.add_argument(*flag("hparams_preset"), default=None, metavar="NAME",
+                   help="a named protocol (network + hparams) under --hparams, e.g. dann_digits "
+                        "(the DANN paper's MNIST network and SGD schedule); see shiftbench.presets")
     p.add_argument(*flag("backbone"), default=None, metavar="NAME",
                    help="featurizer for large images (the `backbone` hparam): resnet50, "
                         "resnet18 or any timm model, e.g. vit_small_patch16_224, convnext_tiny")
@@ -95,10 +98,17 @@ def cmd_train(ns: argparse.Namespace) -> int:
     import_user_modules(ns.imports)
     if ns.threads:
         torch.set_num_threads(ns.threads)
+    hparams = ns.hparams
+    if ns.hparams_preset:
+        from shiftbench.hparams_registry import parse_overrides
+        from shiftbench.presets import with_preset
+
+        hparams = json.dumps(with_preset(ns.hparams_preset, ns.algorithm, ns.dataset,
+                                         parse_overrides(ns.hparams)), sort_keys=True)
     args = TrainArgs(
         dataset=ns.dataset, algorithm=ns.algorithm, test_envs=list(ns.test_envs),
         task=TASK_ALIASES.get(ns.task, ns.task),
-        hparams=merge_backbone_flags(ns.hparams, ns.backbone, ns.weights),
+        hparams=merge_backbone_flags(hparams, ns.backbone, ns.weights),
         hparams_seed=ns.hparams_seed, trial_seed=ns.trial_seed, seed=ns.seed, steps=ns.steps,
         checkpoint_freq=ns.checkpoint_freq, holdout_fraction=ns.holdout_fraction,
         uda_holdout_fraction=ns.uda_holdout_fraction, target_shots=ns.target_shots,

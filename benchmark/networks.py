@@ -5,7 +5,8 @@
 * images up to 32x32 -> the `network` hparam: `MNIST_CNN` (4 conv layers 64-128-128-128, 3x3,
   ReLU, GroupNorm(8), global average pool, 128-d; the `cnn_width` hparam scales its channels),
   or `WideResNet` 16-2 (DomainBed's featurizer for 32x32 inputs, the default under
-  `--protocol domainbed`);
+  `--protocol domainbed`), or `DANNDigitsCNN` (`dann_digits`: the MNIST network of Ganin et
+  al., JMLR 2016, whose classifiers have two hidden layers of 100, `head_hidden`);
 * larger images -> the `backbone` hparam: torchvision ResNet-18/50 (DomainBed's, ImageNet weights
   read from a local file) or any timm model (`shiftbench.backbones`).
 """
@@ -13,16 +14,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from shiftbench.errors import ShiftbenchError
+from shiftbench.errors import ShiftbenchError, UnknownNameError
 
 NORMS = ("default", "batch")
+SMALL_NETWORKS = ("mnist_cnn", "wrn16_2", "dann_digits")  # the `network` hparam's choices
 
 
 def _check_norm(norm: str) -> str:
@@ -161,6 +163,51 @@ class WideResNet(nn.Module):
         return nn.functional.avg_pool2d(x, 8)[:, :, 0, 0]
 
 
+class DANNDigitsCNN(nn.Module):
+    """The MNIST feature extractor of DANN (Ganin et al., JMLR 2016, Fig. 4a): two blocks of
+    5x5 convolution (32, then 48 channels, no padding), ReLU and 2x2 max-pooling, flattened
+    (48 x 4 x 4 = 768 features at 28x28, 1,200 at 32x32).
+
+    Its label predictor has two hidden layers of 100 (`head_hidden`; `Classifier(...,
+    hidden=head_hidden(hparams))` builds it) and the paper's domain classifier one of 100.
+    `norm="batch"` adds a BatchNorm2d after each convolution (for BN-adapting methods; the
+    paper's network has no normalisation).
+    """
+
+    head_hidden = (100, 100)
+
+    def __init__(self, input_shape: tuple[int, ...], norm: str = "default"):
+        super().__init__()
+        c, h, w = input_shape
+        if min(h, w) < 16:
+            raise ShiftbenchError(f"network dann_digits needs images of at least 16x16 (two 5x5 "
+                                  f"convolutions and 2x2 poolings), got {h}x{w}")
+        batch = _check_norm(norm) == "batch"
+
+        def block(n_in: int, n_out: int) -> list[nn.Module]:
+            bn = [nn.BatchNorm2d(n_out)] if batch else []
+            return [nn.Conv2d(n_in, n_out, 5), *bn, nn.ReLU(), nn.MaxPool2d(2)]
+
+        self.net = nn.Sequential(*block(c, 32), *block(32, 48), nn.Flatten(1))
+        self.n_outputs = 48 * (((h - 4) // 2 - 4) // 2) * (((w - 4) // 2 - 4) // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def network_name(hparams: Mapping[str, Any]) -> str:
+    """The `network` hparam (`mnist_cnn` when absent), checked against `SMALL_NETWORKS`."""
+    name = str(hparams.get("network", "mnist_cnn"))
+    if name not in SMALL_NETWORKS:
+        raise UnknownNameError("network", name, SMALL_NETWORKS)
+    return name
+
+
+def head_hidden(hparams: Mapping[str, Any]) -> tuple[int, ...]:
+    """Hidden layer widths of the label head the `network` hparam prescribes (() = linear)."""
+    return DANNDigitsCNN.head_hidden if network_name(hparams) == "dann_digits" else ()
+
+
 def pretrained_weights_path(arch: str) -> Path:
     """Where ImageNet weights for `arch` must be: $SHIFTBENCH_PRETRAINED_DIR or torch's cache."""
     import torchvision
@@ -235,13 +282,13 @@ def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any],  # noqa
     if len(input_shape) == 1:
         return MLP(input_shape[0], int(hparams["mlp_width"]), hparams, norm)
     if len(input_shape) == 3 and max(input_shape[1:]) <= 32:
-        network = hparams.get("network", "mnist_cnn")
+        network = network_name(hparams)
+        if network == "dann_digits":
+            return DANNDigitsCNN(input_shape, norm)
         if network == "wrn16_2":
             if tuple(input_shape[1:]) != (32, 32):
                 raise ShiftbenchError(f"network 'wrn16_2' needs 32x32 inputs, got {input_shape}")
             return WideResNet(input_shape, 16, 2, 0.0)
-        if network != "mnist_cnn":
-            raise ShiftbenchError(f"unknown network {network!r}; valid: mnist_cnn, wrn16_2")
         return MNIST_CNN(input_shape, norm, int(hparams.get("cnn_width", 64)))
     if len(input_shape) == 3:
         from shiftbench.backbones import TimmBackbone, backbone_name, is_timm
@@ -254,8 +301,17 @@ def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any],  # noqa
     )
 
 
-def Classifier(in_features: int, out_features: int, nonlinear: bool = False) -> nn.Module:  # noqa: N802
-    """A linear head, or DomainBed's 3-layer MLP head when `nonlinear`."""
+def Classifier(in_features: int, out_features: int, nonlinear: bool = False,  # noqa: N802
+               hidden: Sequence[int] = ()) -> nn.Module:
+    """A linear head, DomainBed's 3-layer MLP head when `nonlinear`, or, when `hidden` is given
+    (`head_hidden(hparams)`), Linear-ReLU layers of those widths, then Linear to the classes."""
+    if hidden:
+        layers: list[nn.Module] = []
+        size = in_features
+        for width in hidden:
+            layers += [nn.Linear(size, int(width)), nn.ReLU()]
+            size = int(width)
+        return nn.Sequential(*layers, nn.Linear(size, out_features))
     if nonlinear:
         return nn.Sequential(
             nn.Linear(in_features, in_features // 2), nn.ReLU(),

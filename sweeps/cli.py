@@ -46,6 +46,9 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_flag("steps"), type=int, default=None)
     p.add_argument(*_flag("checkpoint_freq"), type=int, default=None)
     p.add_argument(*_flag("hparams"), default=None, help="JSON object of fixed hparams")
+    p.add_argument(*_flag("hparams_preset"), default=None, metavar="NAME",
+                   help="a named protocol applied under --hparams (see shiftbench.presets), "
+                        "e.g. dann_digits")
     p.add_argument(*_flag("holdout_fraction"), type=float, default=None)
     p.add_argument(*_flag("uda_holdout_fraction"), type=float, default=None)
     p.add_argument(*_flag("single_test_envs"), action="store_true", default=None,

@@ -135,7 +135,7 @@ def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None
             for test_envs in held_out_sets(spec, dataset):
                 for hparams_seed in range(spec.n_hparams_from, spec.n_hparams):
                     for point in spec.grid_points(algorithm):
-                        overrides = spec.overrides(algorithm, point)
+                        overrides = spec.overrides(algorithm, point, dataset)
                         for trial_seed in range(spec.n_trials):
                             args = TrainArgs(
                                 dataset=dataset, algorithm=algorithm, test_envs=list(test_envs),

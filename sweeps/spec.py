@@ -13,6 +13,7 @@ hparam grids/fixed values and named test-environment sets::
     single_test_envs = true     # only single held-out domains (no pairs)
     precision = "bf16"          # fp32 (default) | bf16: bfloat16 autocast of forward passes
     tta_mode = "episodic"       # continual (default) | episodic: test-time adaptation (task tta)
+    hparams_preset = "dann_digits"  # a named protocol (shiftbench.presets), under [hparams]
 
     [hparams]                   # fixed values for every algorithm (like --hparams)
     batch_size = 32
@@ -26,7 +27,8 @@ hparam grids/fixed values and named test-environment sets::
     Digits = [["mnist"], ["synth", "lowres"]]
 
 Precedence: flags given on the command line > the TOML file > the defaults below. Grid values
-override fixed values, which override what the hparam seed drew.
+override fixed values, which override the preset's values, which override what the hparam seed
+drew.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ except ModuleNotFoundError:  # Python 3.10
 TOP_LEVEL_KEYS = ("datasets", "algorithms", "task", "n_hparams", "n_hparams_from", "n_trials",
                   "steps", "checkpoint_freq", "holdout_fraction", "uda_holdout_fraction",
                   "target_shots", "single_test_envs", "precision", "tta_mode", "hparams",
-                  "test_envs", "algorithm")
+                  "test_envs", "algorithm", "hparams_preset")
 ALGORITHM_KEYS = ("fixed", "grid")
 
 
@@ -75,6 +77,7 @@ class SweepSpec:
     single_test_envs: bool = False
     precision: str = "fp32"  # a trainer default: not in the job hash unless changed
     tta_mode: str = "continual"  # likewise
+    hparams_preset: str | None = None  # a name in shiftbench.presets.PRESETS
     hparams: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
@@ -86,9 +89,18 @@ class SweepSpec:
         names = sorted(grid)
         return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
-    def overrides(self, algorithm: str, point: Mapping[str, Any]) -> dict[str, Any]:
-        """Global fixed values, then the algorithm's fixed values, then the grid point."""
-        return {**self.hparams, **self.fixed.get(algorithm, {}), **point}
+    def overrides(self, algorithm: str, point: Mapping[str, Any],
+                  dataset: str | None = None) -> dict[str, Any]:
+        """The preset's values for `dataset` (if the spec names a preset), then global fixed
+        values, then the algorithm's fixed values, then the grid point."""
+        from shiftbench.presets import with_preset
+
+        mine = {**self.hparams, **self.fixed.get(algorithm, {}), **point}
+        if self.hparams_preset is None:
+            return mine
+        if dataset is None:
+            raise SpecError("a sweep with an hparams preset needs the dataset to resolve it")
+        return with_preset(self.hparams_preset, algorithm, dataset, mine)
 
     def validate(self) -> None:
         """Check names, counts and hparams against the registries; raise a clear error."""
@@ -141,7 +153,7 @@ class SweepSpec:
             for algorithm in self.algorithms:
                 space = hparam_space(algorithm, dataset)
                 for point in self.grid_points(algorithm):
-                    validate_overrides(space, self.overrides(algorithm, point), algorithm)
+                    validate_overrides(space, self.overrides(algorithm, point, dataset), algorithm)
         for dataset, sets in self.test_envs.items():
             if dataset not in self.datasets:
                 raise SpecError(f"test_envs given for dataset {dataset!r}, which is not in the "
@@ -213,6 +225,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "n_trials": int, "steps": int, "checkpoint_freq": int, "holdout_fraction": float,
     "uda_holdout_fraction": float, "target_shots": int, "single_test_envs": bool,
     "precision": str, "tta_mode": str, "hparams": dict, "test_envs": dict, "algorithm": dict,
+    "hparams_preset": str,
 }
 
 

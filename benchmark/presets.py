@@ -1,0 +1,83 @@
+"""Named hparam presets: a published training protocol as one name, usable for many algorithms.
+
+A preset is resolved per algorithm into plain hparam overrides (what `--hparams` takes), so a
+record's `hparams` always show exactly what ran. User overrides (`--hparams`, a sweep's fixed
+values and grids) are applied on top of the preset.
+
+* `dann_digits` - the MNIST protocol of Ganin et al., Domain-Adversarial Training of Neural
+  Networks (JMLR 2016, section 5.2.2 and Fig. 4a): the network `dann_digits` (two 5x5 conv blocks
+  with 32 and 48 channels and 2x2 max-pooling, label head 100-100, domain classifier with one
+  hidden layer of 100), SGD with momentum 0.9, learning rate mu_p = 0.01 / (1 + 10 p)^0.75 and
+  batches of 64 source + 64 target examples; the adversarial weight follows
+  lambda_p = 2 / (1 + exp(-10 p)) - 1 (DANN, CDANN, CDAN(+E), BSP: their own schedules with
+  gamma = 10). Every learning rate an algorithm declares (`lr`, `lr_g`, `lr_d`, `lr_target`) is
+  set to 0.01 and annealed; every domain classifier width (`disc_width`) to 100 and, where the
+  depth is an hparam, to one hidden layer. Algorithms that bring their own head keep it (SHOT's
+  256-d bottleneck and weight-normalised classifier, MME's cosine classifier).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shiftbench.errors import ShiftbenchError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """`required`: set for every algorithm (each must be a declared hparam); `optional`: set
+    where the algorithm declares that hparam."""
+
+    description: str
+    required: Mapping[str, Any]
+    optional: Mapping[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "dann_digits": Preset(
+        description="DANN paper's MNIST network and SGD protocol (Ganin et al., JMLR 2016)",
+        required={"network": "dann_digits", "optimizer": "sgd", "momentum": 0.9, "lr": 0.01,
+                  "lr_schedule": "dann", "weight_decay": 0.0, "batch_size": 64,
+                  "nonlinear_classifier": False},
+        optional={
+            # DANN / CDANN: the paper's reversal scheme with its own SGD switch
+            "dann_scheme": "reversal", "dann_optimizer": "sgd", "lambda": 1.0,
+            "lambda_schedule": True, "schedule_gamma": 10.0, "lr_g": 0.01, "lr_d": 0.01,
+            "weight_decay_g": 0.0, "weight_decay_d": 0.0, "grad_penalty": 0.0,
+            # every domain classifier: one hidden layer of 100
+            "disc_width": 100, "disc_depth": 2, "disc_dropout": 0.0,
+            # CDAN, CDAN+E, BSP: the same lambda schedule; ADDA, GAM: SGD-sized target lr
+            "grl_gamma": 10.0, "lr_target": 0.01,
+        },
+    ),
+}
+
+
+def preset_hparams(name: str, algorithm: str, dataset: str | Any) -> dict[str, Any]:
+    """The overrides preset `name` sets for `algorithm` on `dataset` (name or DatasetInfo)."""
+    from shiftbench.hparams_registry import dataset_info, hparam_space
+
+    if name not in PRESETS:
+        raise UnknownNameError("hparams preset", name, PRESETS)
+    preset = PRESETS[name]
+    info = dataset_info(dataset)
+    space = hparam_space(algorithm, info)
+    missing = [k for k in preset.required if k not in space]
+    if missing:
+        raise ShiftbenchError(
+            f"hparams preset {name!r} does not apply to {algorithm} on {info.name} (input shape "
+            f"{info.input_shape}): it sets {', '.join(missing)}, which that configuration does "
+            "not have (the network hparam exists for images of at most 32x32)")
+    values = dict(preset.required)
+    values.update({k: v for k, v in preset.optional.items() if k in space})
+    return values
+
+
+def with_preset(name: str | None, algorithm: str, dataset: str | Any,
+                overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The preset's values (none without a preset) with `overrides` on top."""
+    values = preset_hparams(name, algorithm, dataset) if name else {}
+    values.update(overrides or {})
+    return values
