@@ -125,6 +125,10 @@ def last_record(d: Path) -> dict | None:
     return json.loads(lines[-1])
 
 
+def _values(records: list[dict], key: str) -> list[float]:
+    return [r[key] for r in records if key in r]
+
+
 def _fmt(values: list[float]) -> str:
     if not values:
         return "-"
@@ -154,12 +158,11 @@ def cmd_report(ns: argparse.Namespace) -> None:
             if not recs:
                 print(f"| {arm} | 0 | | | | | | |")
                 continue
-            get = (lambda k: [r[k] for r in recs if k in r])
             src = "env1_out_acc" if ARMS[arm][2] == 0 else "env0_out_acc"
             per_seed = ", ".join(f"{100 * r.get('env1_uda_acc', float('nan')):.1f}" for r in recs)
             cpu = statistics.mean(r["cpu_time"] for r in recs) / 60
-            print(f"| {arm} | {len(recs)} | {_fmt(get('env1_in_acc'))} | {_fmt(get('env1_uda_acc'))} "
-                  f"| {_fmt(get('env1_out_acc'))} | {_fmt(get(src))} | {per_seed} | {cpu:.1f} |")
+            cells = [_fmt(_values(recs, k)) for k in ("env1_in_acc", "env1_uda_acc", "env1_out_acc", src)]
+            print(f"| {arm} | {len(recs)} | " + " | ".join(cells) + f" | {per_seed} | {cpu:.1f} |")
         base = arms[0]
         for arm in arms[1:]:
             for key in ("env1_uda_acc", "env1_in_acc"):
