@@ -83,8 +83,13 @@ class Transfer(Algorithm):
        by projection onto the ball ||w' - w||_2 <= delta (all classifier parameters as one vector).
 
     The gap measures how badly a near-optimal classifier transfers between source domains.
-    Departure: DomainBed's gap step reuses the ERM Adam (mixing their moments); a separate
-    optimizer makes t_lambda = 0 exactly ERM. DomainBed's unused `gda` variant is not offered.
+    By default the gap step has its own Adam (so t_lambda = 0 is exactly ERM) and the ascent
+    steps reuse the step-2 features; `transfer_domainbed_steps` (fixed on under
+    `--protocol domainbed`) gives DomainBed's details instead: the ERM Adam also takes the gap
+    step (mixing their moments) and the featurizer runs again in every ascent step (BatchNorm
+    statistics, dropout). Under that protocol `gda` is DomainBed's: default False, True in every
+    random draw; it makes the ERM optimizer an SGD (lr) over w' alone, so phi and w never train
+    (DomainBed's behaviour, reproduced, not endorsed).
     """
 
     PAPER = "Zhang et al., Quantifying and Improving Transferability in Domain Generalization, NeurIPS 2021"
@@ -93,6 +98,14 @@ class Transfer(Algorithm):
         "delta": HParam(2.0, Uniform(0.1, 3.0), low=0.0, help="radius of the adversary's ball"),
         "d_steps_per_g": HParam(10, Choice([1, 2, 5]), low=0, help="ascent steps per update"),
         "lr_d": HParam(1e-3, LogUniform(-4.5, -2.5), low=0.0, help="adversary SGD learning rate"),
+        "transfer_domainbed_steps": HParam(False, None, variant=True,
+                                           help="DomainBed's shared Adam and recomputed features"),
+    }
+    DOMAINBED_HPARAMS = {
+        "transfer_domainbed_steps": HParam(True, None, variant=True,
+                                           help="DomainBed's shared Adam and recomputed features"),
+        "gda": HParam(False, Choice([True]), variant=False,
+                      help="DomainBed: True in every random draw; SGD over w' replaces the ERM Adam"),
     }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
@@ -103,9 +116,13 @@ class Transfer(Algorithm):
                                               hp["nonlinear_classifier"],
                                               hidden=networks.head_hidden(hp))
         self.adv_classifier = copy.deepcopy(self.classifier)
-        self.optimizer = make_optimizer(
-            list(self.featurizer.parameters()) + list(self.classifier.parameters()), hp)
-        self.gap_optimizer = make_optimizer(self.featurizer.parameters(), hp, weight_decay=0.0)
+        if hp.get("gda", False):
+            self.optimizer = torch.optim.SGD(self.adv_classifier.parameters(), lr=hp["lr"])
+        else:
+            self.optimizer = make_optimizer(
+                list(self.featurizer.parameters()) + list(self.classifier.parameters()), hp)
+        self.gap_optimizer = (self.optimizer if hp["transfer_domainbed_steps"] else
+                              make_optimizer(self.featurizer.parameters(), hp, weight_decay=0.0))
         self.adv_opt = torch.optim.SGD(self.adv_classifier.parameters(), lr=hp["lr_d"])
 
     def gap(self, features, labels) -> torch.Tensor:
@@ -137,7 +154,10 @@ class Transfer(Algorithm):
         with torch.no_grad():
             feats = [self.featurizer(xb) for xb, _ in minibatches]
         adv_gap = gap.new_zeros(())
-        for _ in range(self.hparams["d_steps_per_g"]):
+        for i in range(self.hparams["d_steps_per_g"]):
+            if i > 0 and self.hparams["transfer_domainbed_steps"]:
+                with torch.no_grad():
+                    feats = [self.featurizer(xb) for xb, _ in minibatches]
             adv_gap = self.hparams["t_lambda"] * self.gap(feats, labels)
             self.adv_opt.zero_grad(set_to_none=True)
             (-adv_gap).backward()

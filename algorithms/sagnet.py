@@ -20,12 +20,18 @@ separate copy of those stages + its own classifier, each step makes one forward 
     L_c   = CE(G_c(SR(G_f(x))), y)                       -> content optimizer, G_f + G_c
     predict(x) = G_c(G_f(x))
 
+G_c and G_s end with dropout (`sag_dropout`, 0.5 as the official code) before their linear heads.
+
 All three gradients are taken at the same parameters, then the three optimizers step. Departures
 from the official code: Adam with the benchmark's lr (not SGD + cosine schedule); variances are
 population variances; the adversarial parameters are the GroupNorm affines of the small CNN (the
 official ResNet uses BatchNorm); a featurizer without norm layers (the MLP) uses all G_f
 parameters. Vector inputs: z is a hidden layer's activation, treated as one channel whose
 statistics run over the hidden units (as DomainBed does for its pooled features).
+
+Under `--protocol domainbed` the name SagNet means DomainBed's algorithm: the variant switch
+`sag_form` is fixed to "pooled", which builds `SagNetPooled` (below), with DomainBed's search
+10^U(-2, 1) for `sag_w_adv`.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from shiftbench.hparams_registry import Choice, HParam, LogUniform
 
 EPS = 1e-5
 ADV_PARAMS = ("norm", "all")
+FORMS = ("channel", "pooled")
 
 
 def _stats(z: torch.Tensor):
@@ -90,19 +97,36 @@ class SagNet(Algorithm):
         "sag_stage": HParam(2, Choice([1, 2]), low=1, help="featurizer stages before randomisation"),
         "sag_adv_params": HParam("norm", None, choices=ADV_PARAMS, variant=True,
                                  help="adversarial step updates G_f's norm affines or all of G_f"),
+        "sag_dropout": HParam(0.5, None, low=0.0, high=1.0, help="dropout before both heads"),
+        "sag_form": HParam("channel", None, choices=FORMS, variant=True,
+                           help="channel: official per-channel SagNet; pooled: DomainBed's"),
     }
+    DOMAINBED_HPARAMS = {
+        "sag_form": HParam("pooled", None, choices=FORMS, variant=True,
+                           help="channel: official per-channel SagNet; pooled: DomainBed's"),
+        "sag_w_adv": HParam(0.1, LogUniform(-2, 1), low=0.0, help="adversarial weight"),
+        "sag_clip_adv": None, "sag_stage": None, "sag_adv_params": None, "sag_dropout": None,
+    }
+
+    def __new__(cls, *args, **kwargs):
+        """`sag_form="pooled"` builds DomainBed's form (`SagNetPooled`) under this name."""
+        hparams = args[3] if len(args) > 3 else kwargs.get("hparams", {})
+        if cls is SagNet and hparams.get("sag_form") == "pooled":
+            cls = SagNetPooled
+        return super().__new__(cls)
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         self.featurizer = networks.Featurizer(input_shape, hp)
-        self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, hp["nonlinear_classifier"])
+        n = self.featurizer.n_outputs
+        self.classifier = nn.Sequential(nn.Dropout(hp["sag_dropout"]),
+                                        networks.Classifier(n, num_classes, hp["nonlinear_classifier"]))
         stages = featurizer_stages(self.featurizer)
         k = min(int(hp["sag_stage"]), len(stages) - 1)
         self._g_f, self._g_c = stages[:k], stages[k:]  # views of the featurizer (not registered)
-        self.style_net = nn.Sequential(*copy.deepcopy(stages[k:]), networks.Classifier(
-            self.featurizer.n_outputs, num_classes, hp["nonlinear_classifier"]))
+        self.style_net = nn.Sequential(*copy.deepcopy(stages[k:]), nn.Dropout(hp["sag_dropout"]),
+                                       networks.Classifier(n, num_classes, hp["nonlinear_classifier"]))
         g_f_params = [p for s in self._g_f for p in s.parameters()]
         norms = [p for s in self._g_f for m in s.modules()
                  if isinstance(m, (nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)) for p in m.parameters()]
@@ -152,19 +176,41 @@ class SagNet(Algorithm):
         return self._content_head(self._features(x))
 
 
+def randomize_domainbed(z: torch.Tensor, what: str) -> torch.Tensor:
+    """DomainBed's SagNet randomisation: statistics over the last axis (the feature dimensions
+    of a pooled vector; H x W of a map) with the unbiased variance; draws alpha ~ U(0, 1) per
+    sample, then the permutation, in DomainBed's order (also for "content", which ignores alpha)."""
+    alpha = torch.rand(len(z), 1, device=z.device)
+    flat = z.reshape(*z.shape[:2], -1) if z.dim() == 4 else z
+    if z.dim() == 4:
+        alpha = alpha.unsqueeze(-1)
+    mu, var = flat.mean(-1, keepdim=True), flat.var(-1, keepdim=True)
+    content = (flat - mu) / (var + EPS).sqrt()
+    perm = torch.randperm(len(z)).to(z.device)
+    if what == "style":
+        mu, var = alpha * mu + (1 - alpha) * mu[perm], alpha * var + (1 - alpha) * var[perm]
+    else:
+        content = content[perm].detach()
+    return (content * (var + EPS).sqrt() + mu).view_as(z)
+
+
 @register_algorithm
-class SagNetPooled(Algorithm):
+class SagNetPooled(SagNet):
     """DomainBed's SagNet: randomisation of the pooled feature vector (statistics across its
-    dimensions), linear content/style heads, and three sequential steps with fresh forwards:
-    content (featurizer + head) on SR features, style head on CR features, then the adversarial
-    loss w_adv * CE(G_s(CR(G_f(x))), uniform) updating the whole featurizer, no clipping."""
+    dimensions, unbiased variance), linear content/style heads, and three sequential steps with
+    fresh forwards: content (featurizer + head) on SR features, style head on CR features, then
+    the adversarial loss w_adv * mean_k -log softmax(G_s(CR(G_f(x))))_k updating the whole
+    featurizer, no clipping. `SagNet` under `--protocol domainbed` builds this class."""
 
     PAPER = ("Nam et al., Reducing Domain Gap by Reducing Style Bias, CVPR 2021 "
              "(DomainBed's pooled-vector variant)")
-    HPARAMS = {"sag_w_adv": HParam(0.1, LogUniform(-2, 1), low=0.0, help="adversarial weight")}
+    HPARAMS = {"sag_w_adv": HParam(0.1, LogUniform(-2, 1), low=0.0, help="adversarial weight"),
+               "sag_clip_adv": None, "sag_stage": None, "sag_adv_params": None, "sag_dropout": None,
+               "sag_form": HParam("pooled", None, choices=("pooled",), variant=True)}
+    DOMAINBED_HPARAMS = {"sag_form": HParam("pooled", None, choices=("pooled",), variant=True)}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
-        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
+        Algorithm.__init__(self, input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         self.featurizer = networks.Featurizer(input_shape, hp)
         n = self.featurizer.n_outputs
@@ -175,18 +221,15 @@ class SagNetPooled(Algorithm):
         self.optimizer_s = make_optimizer(self.style_head.parameters(), hp)
 
     def _style_logits(self, x):
-        z = self.featurizer(x)
-        return self.style_head(content_randomize(z, torch.randperm(len(z), device=z.device)))
+        return self.style_head(randomize_domainbed(self.featurizer(x), "content"))
 
     def update(self, minibatches, unlabeled=None):
         x, y = concat_minibatches(minibatches)
-        z = self.featurizer(x)
-        perm, alpha = torch.randperm(len(z), device=z.device), torch.rand(len(z), device=z.device)
-        loss_c = cross_entropy(self.classifier(style_randomize(z, perm, alpha)), y)
+        loss_c = cross_entropy(self.classifier(randomize_domainbed(self.featurizer(x), "style")), y)
         self._step(loss_c, self.optimizer_f, self.optimizer_c)
         loss_s = cross_entropy(self._style_logits(x), y)
         self._step(loss_s, self.optimizer_s)
-        loss_adv = self.hparams["sag_w_adv"] * adversarial_style_loss(self._style_logits(x))
+        loss_adv = self.hparams["sag_w_adv"] * -F.log_softmax(self._style_logits(x), 1).mean()
         self._step(loss_adv, self.optimizer_f)
         return {"loss": loss_c.item(), "loss_style": loss_s.item(), "loss_adv": loss_adv.item()}
 

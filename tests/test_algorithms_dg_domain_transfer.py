@@ -92,3 +92,30 @@ def test_transfer_gap_step_moves_only_the_featurizer():
     alg.update(_data())
     assert all(torch.equal(b, p) for b, p in zip(before_c, alg.classifier.parameters()))
     assert any(not torch.equal(b, p) for b, p in zip(before_f, alg.featurizer.parameters()))
+
+
+def test_transfer_domainbed_protocol_shares_adam_and_draws_gda():
+    from shiftbench.hparams_registry import default_hparams, random_hparams
+
+    assert "gda" not in default_hparams("Transfer", VEC)
+    assert default_hparams("Transfer", VEC, protocol="domainbed")["gda"] is False
+    assert all(random_hparams("Transfer", VEC, s, protocol="domainbed")["gda"] is True
+               for s in range(1, 6))
+    alg = create_algorithm("Transfer", (6,), 3, 2, {"mlp_width": 16, "mlp_depth": 3}, dataset=VEC,
+                           protocol="domainbed")
+    assert alg.gap_optimizer is alg.optimizer and alg.hparams["transfer_domainbed_steps"]
+    calls = []
+    alg.featurizer.register_forward_hook(lambda m, i, o, c=calls: c.append(1))
+    alg.update(_data())
+    # ERM step (1) + gap step (2 domains) + every one of the 10 ascent steps (2 domains each)
+    assert len(calls) == 1 + 2 + 10 * 2
+
+
+def test_transfer_with_domainbeds_gda_never_trains_phi_or_w():
+    """DomainBed's gda=True makes the ERM optimizer an SGD over w' alone (reproduced as is)."""
+    alg = create_algorithm("Transfer", (6,), 3, 2, {"mlp_width": 16, "mlp_depth": 3, "gda": True},
+                           dataset=VEC, protocol="domainbed")
+    before = _flat(alg.featurizer).clone(), _flat(alg.classifier).clone()
+    alg.update(_data())
+    assert torch.equal(before[0], _flat(alg.featurizer))
+    assert torch.equal(before[1], _flat(alg.classifier))

@@ -120,3 +120,20 @@ def test_pooled_variant_runs_and_randomises_vectors():
     norm = (z - z.mean(1, keepdim=True)) / (z.var(1, keepdim=True, unbiased=False) + EPS).sqrt()
     norm_o = (out - out.mean(1, keepdim=True)) / (out.var(1, keepdim=True, unbiased=False) + EPS).sqrt()
     assert torch.allclose(norm, norm_o, atol=1e-5)
+
+
+def test_sagnet_under_the_domainbed_protocol_is_domainbeds_pooled_form():
+    from shiftbench.algorithms.base import create_algorithm
+    from shiftbench.algorithms.sagnet import SagNetPooled
+    from shiftbench.hparams_registry import DatasetInfo, random_hparams
+
+    ds = DatasetInfo("RotatedMNIST", (1, 28, 28), 10)
+    draws = [random_hparams("SagNet", ds, s, protocol="domainbed")["sag_w_adv"] for s in range(1, 40)]
+    assert max(draws) > 1.0 and min(draws) >= 0.01 and max(draws) <= 10.0  # 10^U(-2, 1)
+    assert max(random_hparams("SagNet", ds, s)["sag_w_adv"] for s in range(1, 40)) <= 1.0
+    small = DatasetInfo("Debug", (3, 16, 16), 3)
+    alg = create_algorithm("SagNet", small.input_shape, 3, 2, {}, dataset=small, protocol="domainbed")
+    assert type(alg) is SagNetPooled
+    official = create_algorithm("SagNet", small.input_shape, 3, 2, {}, dataset=small)
+    assert isinstance(official.classifier[0], torch.nn.Dropout) and official.classifier[0].p == 0.5
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in official.style_net)
