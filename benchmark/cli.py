@@ -1,26 +1,35 @@
 """The `shiftbench` command line (also `python -m shiftbench`).
 
-Subcommands are contributed by modules: this file defines `train` and `list`; each module named
-in `COMMAND_MODULES` that exists adds its own through a `register(subparsers)` function. Flags
-use dashes; DomainBed's underscore spellings (`--test_envs`, ...) are accepted as aliases.
+This file defines `train` and `list`; the other subcommands live in the modules of `COMMANDS`,
+each adding its own through a `register(subparsers)` function. Only the module of the chosen
+command is imported (the others appear in `--help` by name), and `train`/`list` check names
+against `shiftbench.catalog` first, so that help, listings and input errors answer without
+importing torch. Flags use dashes; DomainBed's underscore spellings (`--test_envs`, ...) are
+accepted as aliases.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
 
-from shiftbench.errors import ShiftbenchError
+from shiftbench.errors import ShiftbenchError, UnknownNameError
+from shiftbench.options import EVAL_SPLIT_CHOICES, PRECISIONS, TASK_ALIASES, TTA_MODES
 
-COMMAND_MODULES = (
-    "shiftbench.sweeps.cli",
-    "shiftbench.results.cli",
-    "shiftbench.datasets.cli",
-    "shiftbench.demo",
-)
+# Subcommand -> (module that registers it, one-line help shown by `shiftbench --help`).
+COMMANDS = {
+    "sweep": ("shiftbench.sweeps.cli", "launch and manage sweeps of trials"),
+    "collect": ("shiftbench.results.cli", "model selection and result tables for a sweep directory"),
+    "data": ("shiftbench.datasets.cli", "which datasets are present under --data-dir; build "
+                                        "image caches"),
+    "demo": ("shiftbench.demo", "a small real sweep on the built-in digits, with report"),
+}
+COMMAND_MODULES = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
+SETTINGS_ORDER = ("dg", "uda", "ssda", "sda", "tta")
 
 
 def flag(name: str) -> list[str]:
@@ -31,8 +40,6 @@ def flag(name: str) -> list[str]:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from shiftbench.trainer import EVAL_SPLIT_CHOICES, PRECISIONS, TTA_MODES
-
     p.add_argument(*flag("dataset"), default="RotatedMNIST")
     p.add_argument(*flag("algorithm"), default="ERM")
     p.add_argument(*flag("test_envs"), nargs="+", default=["0"],
@@ -78,9 +85,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="MODULE", help="import a module that registers algorithms/datasets")
 
 
-TASK_ALIASES = {"domain_generalization": "dg", "domain_adaptation": "uda"}
-
-
 def import_user_modules(modules: Sequence[str]) -> None:
     for name in modules:
         try:
@@ -89,7 +93,30 @@ def import_user_modules(modules: Sequence[str]) -> None:
             raise ShiftbenchError(f"--import {name}: cannot import it ({e})") from e
 
 
+def check_names(algorithm: str | None = None, dataset: str | None = None, task: str | None = None,
+                imports: Sequence[str] = ()) -> None:
+    """Refuse an unknown algorithm or dataset, or a setting the algorithm lacks, from the index
+    (no torch import). Names the index cannot know (plug-ins) are left to the real registries."""
+    from shiftbench import catalog
+
+    if dataset is not None and not catalog.needs_import("datasets", dataset, imports):
+        if dataset not in catalog.dataset_index():
+            raise UnknownNameError("dataset", dataset, catalog.dataset_index())
+    if algorithm is None or catalog.needs_import("algorithms", algorithm, imports):
+        return
+    index = catalog.algorithm_index()
+    if algorithm not in index:
+        raise UnknownNameError("algorithm", algorithm, index)
+    settings = index[algorithm].settings
+    if task is not None and task in SETTINGS_ORDER and task not in settings:
+        raise ShiftbenchError(f"algorithm {algorithm} does not support --task {task}; "
+                              f"it supports: {', '.join(settings)}")
+
+
 def cmd_train(ns: argparse.Namespace) -> int:
+    task = TASK_ALIASES.get(ns.task, ns.task)
+    check_names(ns.algorithm, ns.dataset, task, ns.imports)
+
     import torch
 
     from shiftbench.backbones import merge_backbone_flags
@@ -107,8 +134,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
                                          parse_overrides(ns.hparams)), sort_keys=True)
     args = TrainArgs(
         dataset=ns.dataset, algorithm=ns.algorithm, test_envs=list(ns.test_envs),
-        task=TASK_ALIASES.get(ns.task, ns.task),
-        hparams=merge_backbone_flags(hparams, ns.backbone, ns.weights),
+        task=task, hparams=merge_backbone_flags(hparams, ns.backbone, ns.weights),
         hparams_seed=ns.hparams_seed, trial_seed=ns.trial_seed, seed=ns.seed, steps=ns.steps,
         checkpoint_freq=ns.checkpoint_freq, holdout_fraction=ns.holdout_fraction,
         uda_holdout_fraction=ns.uda_holdout_fraction, target_shots=ns.target_shots,
@@ -120,47 +146,125 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(ns: argparse.Namespace) -> int:
+def terminal_width() -> int:
+    """The terminal's columns (COLUMNS when set), 80 when not a terminal."""
+    import shutil
+
+    return max(40, shutil.get_terminal_size((80, 24)).columns)
+
+
+def fit_table(rows: list[dict], wrap: Sequence[str], width: int) -> str:
+    """`rows` as a table no wider than `width` where possible, wrapping the columns `wrap`."""
     from tabulate import tabulate
 
+    if not rows:
+        return "(none)"
+    keys = list(rows[0])
+    limits = {k: max(len(str(k)), *(len(str(r[k])) for r in rows)) for k in wrap}
+    while True:
+        text = tabulate(rows, headers="keys", tablefmt="simple", disable_numparse=True,
+                        maxcolwidths=[limits.get(k) for k in keys])
+        excess = max(len(line) for line in text.splitlines()) - width
+        widest = max(limits, key=limits.get)
+        if excess <= 0 or limits[widest] <= 12:
+            return text
+        limits[widest] = max(12, limits[widest] - excess)
+
+
+def _algorithm_blocks(ns: argparse.Namespace) -> tuple[list[dict], str]:
+    """Rows with hparams, from the imported classes (resolved for --dataset), and their text: one
+    block per algorithm, one line per hyperparameter."""
+    import textwrap
+
+    from shiftbench.algorithms import Algorithm, get_algorithm_class, list_algorithms
+    from shiftbench.hparams_registry import DatasetInfo, dataset_info
+
+    ds = dataset_info(ns.dataset) if ns.dataset else DatasetInfo("RotatedMNIST", (1, 28, 28), 10)
+    base_keys = set(Algorithm.hparam_space(ds))
+    rows, lines = [], [f"hyperparameters resolved for {ds.name}: name = default  (search space)"]
+    for name in list_algorithms(ns.pattern):
+        cls = get_algorithm_class(name)
+        space = cls.hparam_space(ds)
+        own = {k: hp for k, hp in space.items() if k not in base_keys or ns.all_hparams}
+        rows.append({"algorithm": name, "settings": ",".join(cls.SETTINGS), "paper": cls.PAPER,
+                     "hparams": {k: hp.describe() for k, hp in own.items()}})
+        lines += ["", f"{name} ({', '.join(cls.SETTINGS)})"]
+        lines += textwrap.wrap(cls.PAPER, terminal_width() - 2, initial_indent="  ",
+                               subsequent_indent="  ")
+        for k, hp in own.items():
+            default, _, search = hp.describe().partition(" / ")
+            lines.append(f"    {k} = {default}" + (f"  ({search})" if search else ""))
+    return rows, "\n".join(lines)
+
+
+def cmd_list(ns: argparse.Namespace) -> int:
+    import fnmatch
+
+    from shiftbench import catalog
+
     import_user_modules(ns.imports)
-    if ns.what == "algorithms":
-        from shiftbench.algorithms import Algorithm, get_algorithm_class, list_algorithms
-        from shiftbench.hparams_registry import DatasetInfo
+    kind = ns.what
+    plugins = bool(ns.imports or catalog.plugin_entry_points(kind))
+    if kind == "algorithms" and (ns.all_hparams or ns.dataset):
+        rows, text = _algorithm_blocks(ns)
+        print(json.dumps(rows, indent=1) if ns.format == "json" else text)
+        return 0
+    if kind == "algorithms":
+        if plugins:
+            from shiftbench.algorithms import get_algorithm_class, list_algorithms
 
-        ds = DatasetInfo(ns.dataset or "RotatedMNIST", (1, 28, 28), 10)
-        if ns.dataset:
-            from shiftbench.hparams_registry import dataset_info
-
-            ds = dataset_info(ns.dataset)
-        base_keys = set(Algorithm.hparam_space(ds))
-        rows = []
-        for name in list_algorithms(ns.pattern):
-            cls = get_algorithm_class(name)
-            space = cls.hparam_space(ds)
-            own = {k: hp for k, hp in space.items() if k not in base_keys or ns.all_hparams}
-            rows.append({"algorithm": name, "settings": ",".join(cls.SETTINGS),
-                         "paper": cls.PAPER,
-                         "hparams (default / search)": "; ".join(
-                             f"{k}={hp.describe()}" for k, hp in own.items())})
+            entries = [(n, get_algorithm_class(n)) for n in list_algorithms(ns.pattern)]
+            rows = [{"algorithm": n, "settings": ",".join(c.SETTINGS), "paper": c.PAPER}
+                    for n, c in entries]
+        else:
+            rows = [{"algorithm": e.name, "settings": ",".join(e.settings), "paper": e.paper}
+                    for e in catalog.algorithm_index().values()
+                    if fnmatch.fnmatchcase(e.name, ns.pattern)]
+        wrap, hint = ["paper"], ("hyperparameters (defaults, search spaces): --all-hparams, or\n"
+                                 "--dataset NAME for their values on one dataset")
     else:
-        from shiftbench.datasets import get_dataset_class, list_datasets
+        if plugins:
+            from shiftbench.datasets import get_dataset_class, list_datasets
 
-        rows = []
-        for name in list_datasets(ns.pattern):
-            cls = get_dataset_class(name)
-            rows.append({"dataset": name, "environments": ",".join(cls.ENVIRONMENTS),
-                         "input_shape": "x".join(map(str, cls.INPUT_SHAPE)),
-                         "classes": cls.NUM_CLASSES, "steps": cls.N_STEPS,
-                         "source": cls.SOURCE})
+            entries = [(n, get_dataset_class(n)) for n in list_datasets(ns.pattern)]
+            rows = [{"dataset": n, "environments": ", ".join(map(str, c.ENVIRONMENTS)),
+                     "input_shape": "x".join(map(str, c.INPUT_SHAPE)), "classes": c.NUM_CLASSES,
+                     "steps": c.N_STEPS, "source": c.SOURCE} for n, c in entries]
+        else:
+            rows = [{"dataset": e.name, "environments": ", ".join(e.environments),
+                     "input_shape": "x".join(map(str, e.input_shape)), "classes": e.num_classes,
+                     "steps": e.n_steps, "source": e.source}
+                    for e in catalog.dataset_index().values()
+                    if fnmatch.fnmatchcase(e.name, ns.pattern)]
+        wrap, hint = ["environments"], ("where each dataset comes from and whether it is present: "
+                                        "shiftbench data list")
     if ns.format == "json":
         print(json.dumps(rows, indent=1))
-    else:
-        print(tabulate(rows, headers="keys", tablefmt="simple", maxcolwidths=60))
+        return 0
+    if kind == "datasets":
+        rows = [{k: v for k, v in r.items() if k != "source"} for r in rows]
+    print(fit_table(rows, wrap, terminal_width()))
+    print("\n" + hint)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand word of `argv` (the first argument that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _available(module: str) -> bool:
+    """Whether a command module is installed, found without importing its package."""
+    parent = module.rsplit(".", 1)[0]
+    try:
+        return importlib.util.find_spec(module if parent == "shiftbench" else parent) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with `argv`, only the chosen command's module is imported (the other commands
+    get a placeholder with their help line). Without it, every command is built."""
     import shiftbench
 
     parser = argparse.ArgumentParser(
@@ -173,35 +277,43 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("list", help="list registered algorithms or datasets")
+    p = sub.add_parser("list", help="list registered algorithms or datasets (80 columns: "
+                                    "--all-hparams for hyperparameters)")
     p.add_argument("what", choices=("algorithms", "datasets"))
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'C*'")
     p.add_argument("--dataset", default=None, help="show hparams as resolved for this dataset")
-    p.add_argument("--all-hparams", action="store_true", help="include the generic hparams")
+    p.add_argument("--all-hparams", action="store_true",
+                   help="show every hyperparameter (default and search space)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument(*flag("import"), dest="imports", action="append", default=[],
                    metavar="MODULE")
     p.set_defaults(func=cmd_list)
 
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if not module_name.startswith(str(e.name)):
-                raise
+    chosen = None if argv is None else _command_of(argv)
+    for name, (module_name, help_text) in COMMANDS.items():
+        if name in sub.choices or not _available(module_name):
             continue
-        module.register(sub)
+        if argv is None or name == chosen:
+            importlib.import_module(module_name).register(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     ns = parser.parse_args(argv)
     try:
         return int(ns.func(ns) or 0)
     except ShiftbenchError as e:
         print(f"shiftbench: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # e.g. `shiftbench list algorithms | head`: the reader has enough
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("shiftbench: interrupted; the run can be resumed with the same command",
               file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import importlib.metadata
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
@@ -15,8 +16,12 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to objects, keeps registration order, and explains unknown names."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+    def __init__(self, kind: str, entry_point_group: str | None = None,
+                 index: Callable[[], dict[str, str]] | None = None):
+        """`index`: name -> module of objects that register when their module is imported (for
+        names outside the always-imported modules, e.g. the demo's dataset)."""
         self.kind = kind
+        self.index = index
         self.entry_point_group = entry_point_group
         self._entry_points_loaded = entry_point_group is None
         self._items: dict[str, T] = {}
@@ -29,8 +34,20 @@ class Registry(Generic[T]):
         for ep in importlib.metadata.entry_points(group=self.entry_point_group):
             ep.load()
 
+    def load_index(self) -> None:
+        """Import the module of every indexed name that is not registered yet."""
+        if self.index is not None:
+            for name, module in self.index().items():
+                if name not in self._items:
+                    importlib.import_module(module)
+
     def lookup(self, name: str) -> T:
-        """`get`, after loading the entry points if `name` is not registered yet."""
+        """`get`, after importing the module the index names for it, or loading the entry points,
+        if `name` is not registered yet."""
+        if name not in self._items and self.index is not None:
+            module = self.index().get(name) if isinstance(name, str) else None
+            if module is not None:
+                importlib.import_module(module)
         if name not in self._items:
             self.load_entry_points()
         return self.get(name)

@@ -40,14 +40,12 @@ from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets.base import MultiDomainDataset
 from shiftbench.errors import ShiftbenchError, StorageError, TrainingDiverged
 from shiftbench.hparams_registry import DatasetInfo, resolve_hparams
+from shiftbench.options import EVAL_SPLIT_CHOICES, PRECISIONS, TTA_MODES
 from shiftbench.paths import atomic_write_bytes, sha256_bytes
 from shiftbench.seeds import rng_state, seed_everything, set_rng_state
 from shiftbench.splits import EnvSplits, make_splits
 
 TIMING_KEYS = ("step_time", "eval_time", "mem_gb", "wall_time", "cpu_time")
-EVAL_SPLIT_CHOICES = ("selection", "all")
-TTA_MODES = ("continual", "episodic")
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass

@@ -127,7 +127,15 @@ class MultiDomainDataset:
         return index
 
 
-DATASETS: Registry[type[MultiDomainDataset]] = Registry("dataset", "shiftbench.datasets")
+def _dataset_modules() -> dict[str, str]:
+    from shiftbench.catalog import dataset_index
+
+    return {name: entry.module for name, entry in dataset_index().items()}
+
+
+# Datasets outside this package that the index knows (the demo's) are imported on first lookup.
+DATASETS: Registry[type[MultiDomainDataset]] = Registry("dataset", "shiftbench.datasets",
+                                                        index=_dataset_modules)
 
 
 def register_dataset(cls: type[MultiDomainDataset] | None = None, *, name: str | None = None):
@@ -149,6 +157,7 @@ def get_dataset_class(name: str) -> type[MultiDomainDataset]:
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
+    DATASETS.load_index()
     DATASETS.load_entry_points()
     return DATASETS.names(pattern)
 

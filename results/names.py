@@ -6,6 +6,7 @@ are not registered here (records read from DomainBed output).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -33,14 +34,18 @@ DOMAINBED_DATASETS = tuple(DOMAINBED_ENVIRONMENTS)
 
 def environment_names(dataset: str, records: Sequence[dict[str, Any]] = (),
                       prefer_domainbed: bool = False) -> list[str]:
-    """A dataset's environment names: our registry, then the records, then DomainBed's list
-    (DomainBed's first with `prefer_domainbed`)."""
+    """A dataset's environment names: our registry (its torch-free index unless the registry is
+    already imported), then the records, then DomainBed's list (first with `prefer_domainbed`)."""
     if prefer_domainbed and dataset in DOMAINBED_ENVIRONMENTS:
         return list(DOMAINBED_ENVIRONMENTS[dataset])
     try:
-        from shiftbench.datasets import get_dataset_class
+        if "shiftbench.datasets" in sys.modules:  # plug-ins may be registered: ask the registry
+            from shiftbench.datasets import get_dataset_class
 
-        return [str(e) for e in get_dataset_class(dataset).ENVIRONMENTS]
+            return [str(e) for e in get_dataset_class(dataset).ENVIRONMENTS]
+        from shiftbench.catalog import dataset_index
+
+        return list(dataset_index()[dataset].environments)
     except Exception:  # noqa: BLE001 - any failure (unknown name, import error) falls through
         pass
     for r in records:
@@ -65,8 +70,12 @@ def ordered(names: Iterable[str], known: Sequence[str]) -> list[str]:
 def order_algorithms(names: Iterable[str]) -> list[str]:
     """Algorithms in registry order (unregistered ones last, sorted)."""
     try:
-        from shiftbench.algorithms import ALGORITHMS
-        known = list(ALGORITHMS)
+        if "shiftbench.algorithms" in sys.modules:
+            from shiftbench.algorithms import ALGORITHMS
+            known = list(ALGORITHMS)
+        else:
+            from shiftbench.catalog import algorithm_index
+            known = list(algorithm_index())
     except Exception:  # noqa: BLE001
         known = []
     return ordered(names, known)
@@ -75,8 +84,12 @@ def order_algorithms(names: Iterable[str]) -> list[str]:
 def order_datasets(names: Iterable[str]) -> list[str]:
     """Datasets in registry order, then DomainBed's, then the rest sorted."""
     try:
-        from shiftbench.datasets import DATASETS
-        known = list(DATASETS)
+        if "shiftbench.datasets" in sys.modules:
+            from shiftbench.datasets import DATASETS
+            known = list(DATASETS)
+        else:
+            from shiftbench.catalog import dataset_index
+            known = list(dataset_index())
     except Exception:  # noqa: BLE001
         known = []
     return ordered(names, known + [d for d in DOMAINBED_ENVIRONMENTS if d not in known])

@@ -1,0 +1,66 @@
+"""Help, listings, name errors and `collect` answer without importing torch (checked in a fresh
+interpreter: `sys.modules` after the command)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from results_helpers import make_record, write_trial
+
+PROBE = """
+import contextlib, io, json, sys
+from shiftbench.cli import main
+out, err = io.StringIO(), io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+        code = main(json.loads(sys.argv[1]))
+    except SystemExit as e:
+        code = e.code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+print(json.dumps({"code": code, "out": out.getvalue(), "err": err.getvalue(), "heavy": heavy}))
+"""
+
+
+def run(argv: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], capture_output=True,
+                          text=True, check=True, env=None)
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv, code, expect", [
+    (["--help"], 0, "collect"),
+    (["train", "--help"], 0, "--test-envs"),
+    (["demo", "--help"], 0, "--steps"),
+    (["collect", "--help"], 0, "--input-dir"),
+    (["list", "algorithms"], 0, "Vapnik"),
+    (["list", "datasets"], 0, "DigitsDemo"),
+    (["train", "--algorithm", "NOPE", "--steps", "1"], 2, "unknown algorithm 'NOPE'"),
+    (["train", "--dataset", "Rotated", "--steps", "1"], 2, "unknown dataset 'Rotated'"),
+    (["train", "--algorithm", "Tent", "--task", "dg"], 2, "does not support --task dg"),
+    (["train", "--steps", "one"], 2, "invalid int value"),
+])
+def test_answers_without_torch(argv, code, expect):
+    result = run(argv)
+    assert result["code"] == code
+    assert expect in result["out"] + result["err"]
+    assert result["heavy"] == []
+
+
+def test_collect_without_torch(tmp_path):
+    for alg in ("ERM", "CORAL"):
+        for env in range(3):
+            write_trial(tmp_path, f"{alg}{env}", [make_record(s, 0, [env], algorithm=alg)
+                                                  for s in (0, 1)])
+    result = run(["collect", "--input-dir", str(tmp_path), "--quiet"])
+    assert result["code"] == 0 and "CORAL" in result["out"]
+    assert result["heavy"] == []
+
+
+def test_real_import_is_used_for_plugins():
+    """A name the index cannot know goes to the real registry (which imports torch)."""
+    result = run(["train", "--algorithm", "NOPE", "--import", "json", "--steps", "1"])
+    assert result["code"] == 2 and "unknown algorithm 'NOPE'" in result["err"]
+    assert "torch" in result["heavy"]
