@@ -89,6 +89,8 @@ class _Class:
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow}
 
+_BUILTINS = {"len": len, "tuple": tuple, "list": list, "str": str, "int": int, "float": float}
+
 
 class _Source:
     """The parsed modules of a few packages, with enough name resolution to read class constants."""
@@ -138,14 +140,19 @@ class _Source:
 
     # ---- name resolution --------------------------------------------------------------------
     def _module_assignment(self, module: str, name: str) -> ast.expr | None:
+        """The last module-level expression assigned to `name` (tuple unpacking included)."""
         found = None
         for node in self.modules[module].body:
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name
-                                                    for t in node.targets):
-                found = node.value
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
-                    and node.target.id == name and node.value is not None:
-                found = node.value
+            targets = node.targets if isinstance(node, ast.Assign) else (
+                [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else [])
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id == name:
+                    found = node.value
+                elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple) \
+                        and len(target.elts) == len(node.value.elts):
+                    for t, v in zip(target.elts, node.value.elts):
+                        if isinstance(t, ast.Name) and t.id == name:
+                            found = v
         return found
 
     def resolve_class(self, module: str, expr: ast.expr) -> _Class | None:
@@ -217,7 +224,7 @@ class _Source:
         if isinstance(expr, ast.Name):
             if cls is not None:
                 local = _body_assignment(cls.node, expr.id)
-                if local is not None:
+                if local is not None and not (isinstance(local, ast.Name) and local.id == expr.id):
                     return self.value(module, local, cls, depth + 1)
             assigned = self._module_assignment(module, expr.id)
             if assigned is not None:
@@ -228,6 +235,9 @@ class _Source:
                 if assigned is not None:
                     return self.value(source[0], assigned, None, depth + 1)
             raise _Unresolved
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and not expr.keywords \
+                and expr.func.id in _BUILTINS and len(expr.args) == 1:
+            return _BUILTINS[expr.func.id](ev(expr.args[0]))
         if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name):
             owner = self.resolve_class(module, expr.value)
             if owner is not None:
@@ -317,7 +327,8 @@ def _cache_dir() -> Path:
 def _cached(kind: str, modules: dict[str, Path], build: Any) -> Any:
     """`build(modules)`, or its earlier result if no file in `modules` changed since."""
     try:
-        stamp = [(m, str(p), p.stat().st_size, p.stat().st_mtime_ns) for m, p in modules.items()]
+        files = {**modules, "(index code)": Path(__file__)}  # a new reader rebuilds, too
+        stamp = [(m, str(p), p.stat().st_size, p.stat().st_mtime_ns) for m, p in files.items()]
     except OSError:
         return build(modules)
     where = hashlib.sha256(repr(sorted(str(p) for p in modules.values())).encode()).hexdigest()[:8]

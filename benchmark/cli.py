@@ -309,11 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShiftbenchError as e:
         print(f"shiftbench: error: {e}", file=sys.stderr)
         return e.exit_code
-    except BrokenPipeError:  # e.g. `shiftbench list algorithms | head`: the reader has enough
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except KeyboardInterrupt:
         print("shiftbench: interrupted; the run can be resumed with the same command",
               file=sys.stderr)
