@@ -116,6 +116,7 @@ class Algorithm(nn.Module):
     """Base class. Subclasses set `SETTINGS`, `PAPER`, `HPARAMS` and implement `update`."""
 
     SETTINGS: tuple[str, ...] = ("dg",)
+    TASK_TYPES: tuple[str, ...] = ("classification",)  # the dataset task types it can train on
     PAPER: str = ""
     HPARAMS: Mapping[str, HParamSpec] = {
         "lr": _lr,
@@ -347,12 +348,17 @@ def get_algorithm_class(name: str) -> type[Algorithm]:
     return ALGORITHM_REGISTRY.lookup(name)
 
 
-def list_algorithms(pattern: str = "*", setting: str | None = None) -> list[str]:
+def list_algorithms(pattern: str = "*", setting: str | None = None,
+                    task_type: str | None = None) -> list[str]:
+    """Registered names matching `pattern`, optionally only those supporting `setting` and
+    training on datasets of `task_type` ("classification", "segmentation")."""
     ALGORITHM_REGISTRY.load_entry_points()
     names = ALGORITHM_REGISTRY.names(pattern)
     if setting is not None:
         name = get_setting(setting).name
         names = [n for n in names if name in ALGORITHM_REGISTRY.get(n).SETTINGS]
+    if task_type is not None:
+        names = [n for n in names if task_type in ALGORITHM_REGISTRY.get(n).TASK_TYPES]
     return names
 
 

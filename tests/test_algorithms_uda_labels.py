@@ -46,7 +46,7 @@ def _trained_state(tmp_path, dataset: str, algorithm: str, task: str = "uda"):
     return saved["model_dict"]
 
 
-@pytest.mark.parametrize("algorithm", list_algorithms(setting="uda"))
+@pytest.mark.parametrize("algorithm", list_algorithms(setting="uda", task_type="classification"))
 def test_permuted_target_labels_leave_parameters_identical(tmp_path, algorithm):
     plain = _trained_state(tmp_path, "DebugVector", algorithm)
     permuted = _trained_state(tmp_path, "DebugVectorPermutedTarget", algorithm)

@@ -16,7 +16,8 @@ from shiftbench.algorithms import ALGORITHM_REGISTRY, create_algorithm, get_algo
 from shiftbench.hparams_registry import DatasetInfo
 from shiftbench.trainer import TrainArgs, train
 
-CASES = [(name, setting) for name, cls in ALGORITHM_REGISTRY.items() for setting in cls.SETTINGS]
+CASES = [(name, setting) for name, cls in ALGORITHM_REGISTRY.items() for setting in cls.SETTINGS
+         if "classification" in cls.TASK_TYPES]  # segmentation: test_algorithms_segmentation.py
 SHAPES = {"vector": ((8,), 3), "image": ((3, 28, 28), 2)}
 
 

@@ -206,7 +206,7 @@ def test_trial_splits_identical_across_algorithms(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "make_splits", spy)
     from shiftbench.algorithms import list_algorithms
 
-    for alg in list_algorithms(setting="uda")[:3]:
+    for alg in list_algorithms(setting="uda", task_type="classification")[:3]:
         T.build_trial(_args(tmp_path, algorithm=alg, task="uda"))
     first = seen[0]
     for other in seen[1:]:
