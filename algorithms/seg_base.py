@@ -19,7 +19,7 @@ from torch import nn
 from shiftbench.algorithms.base import Algorithm, register_algorithm
 from shiftbench.datasets.segmentation import IGNORE_INDEX
 from shiftbench.hparams_registry import DatasetInfo, HParam, LogUniform
-from shiftbench.seg_networks import SegNetwork, upsample
+from shiftbench.seg_networks import SEG_NETWORKS, SegNetwork, upsample
 
 
 def _real_size(ds: DatasetInfo) -> bool:
@@ -52,8 +52,9 @@ class SegAlgorithm(Algorithm):
     TASK_TYPES = ("segmentation",)
     SETTINGS = ("uda", "dg")
     HPARAMS = {
-        "seg_network": lambda ds: HParam("deeplabv2" if _real_size(ds) else "small",
-                                         None, help="small | deeplabv2 (ResNet-101, ASPP)"),
+        "seg_network": lambda ds: HParam("deeplabv2" if _real_size(ds) else "small", None,
+                                         choices=SEG_NETWORKS, variant=True,
+                                         help="small | deeplabv2 (ResNet-101, ASPP)"),
         "seg_width": HParam(16, None, low=4, help="channels of the small network's first stage"),
         "pretrained": lambda ds: HParam(True, None, help="ImageNet ResNet-101 (deeplabv2 only)"),
         "lr": lambda ds: HParam(2.5e-4 if _real_size(ds) else 0.01,
