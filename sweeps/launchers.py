@@ -259,6 +259,13 @@ def visible_gpus(options: LaunchOptions) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def cuda_device_count() -> int:
+    """CUDA devices this process can use (0 without a CUDA build of torch or a driver)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 @register_launcher("multi_gpu")
 def multi_gpu_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
     """One job per visible GPU at a time, each seeing only its own (`CUDA_VISIBLE_DEVICES`)."""
@@ -266,6 +273,15 @@ def multi_gpu_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
     if not gpus:
         raise ShiftbenchError("multi_gpu launcher: no GPU visible (set --gpus 0,1 or "
                               "CUDA_VISIBLE_DEVICES); use --launcher local for CPU")
+    if jobs and cuda_device_count() == 0:
+        import torch
+
+        why = ("this torch has no CUDA support" if torch.version.cuda is None else
+               f"torch (CUDA {torch.version.cuda}) finds no usable GPU: no driver, or "
+               f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} hides them")
+        raise ShiftbenchError(f"multi_gpu launcher: --gpus {','.join(gpus)} asked for GPUs, but "
+                              f"CUDA is not available ({why}); the jobs would run on the CPU. "
+                              "Use --launcher local to run on the CPU")
     threads = options.threads or max(1, usable_cores() // len(gpus))
     return run_pool(jobs, [{"CUDA_VISIBLE_DEVICES": g} for g in gpus], threads, options,
                     desc="sweep (gpus " + ",".join(gpus) + ")")
@@ -309,6 +325,24 @@ def check_sbatch_value(name: str, value: Any) -> str:
     return text
 
 
+def check_slurm_available() -> None:
+    """submitit importable and Slurm's `sbatch` on PATH, else an error naming what is missing."""
+    import shutil
+
+    missing = []
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        missing.append("the Python package submitit (pip install 'submitit>=1.5', or "
+                       "pip install 'shiftbench[slurm]')")
+    if shutil.which("sbatch") is None:
+        missing.append("Slurm's sbatch command (not found on PATH: this machine is not a Slurm "
+                       "submit host, or Slurm's bin folder is not on PATH)")
+    if missing:
+        raise ShiftbenchError("the slurm launcher needs " + " and ".join(missing)
+                              + "; use --launcher local to run the sweep on this machine")
+
+
 def slurm_executor(folder: str | Path, options: LaunchOptions, threads: int):
     try:
         import submitit
@@ -344,6 +378,7 @@ def slurm_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
 
     if not jobs:
         return LaunchResult()
+    check_slurm_available()
     threads = options.threads or options.cpus_per_task or 1
     folder = options.slurm_folder or str(jobs[0].dir.parent / ".slurm" / "%j")
     executor = slurm_executor(folder, options, threads)

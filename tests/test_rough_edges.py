@@ -22,3 +22,43 @@ def test_closed_pipe_exits_quietly(argv):
         os.close(write)
     assert proc.returncode == 141, proc.stderr
     assert proc.stderr == ""
+
+
+SWEEP = ["--datasets", "DebugVector", "--algorithms", "ERM", "--single-test-envs", "--n-trials",
+         "1", "--steps", "2", "--skip-confirmation", "--no-progress"]
+
+
+def test_multi_gpu_without_cuda_is_refused(tmp_path, capsys):
+    import torch
+
+    from shiftbench.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["sweep", "launch", *SWEEP, "--output-dir", str(tmp_path / "s"), "--launcher",
+                 "multi_gpu", "--gpus", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--gpus 0 asked for GPUs, but CUDA is not available" in err
+    assert "--launcher local" in err
+    assert not list((tmp_path / "s").rglob("results.jsonl"))  # nothing ran on the CPU
+
+
+def test_slurm_without_slurm_names_what_is_missing(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from shiftbench.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no sbatch anywhere
+    code = main(["sweep", "launch", *SWEEP, "--output-dir", str(tmp_path / "s"), "--launcher",
+                 "slurm"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the slurm launcher needs" in err
+    assert "sbatch command (not found on PATH" in err and "--launcher local" in err
+    assert "Traceback" not in err
+    assert shutil.which("sbatch") is None
+    monkeypatch.setitem(sys.modules, "submitit", None)  # and no submitit either
+    code = main(["sweep", "launch", *SWEEP, "--output-dir", str(tmp_path / "s"), "--launcher",
+                 "slurm"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the Python package submitit" in err and "sbatch" in err

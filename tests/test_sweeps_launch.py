@@ -234,7 +234,10 @@ def test_failed_jobs_are_reported_and_rerun_failed_resumes_them(tmp_path, monkey
         assert [r["step"] for r in _records(job.dir)] == list(range(6))
 
 
-def test_multi_gpu_launcher_gives_each_job_one_fake_device(tmp_path):
+def test_multi_gpu_launcher_gives_each_job_one_fake_device(tmp_path, monkeypatch):
+    from shiftbench.sweeps import launchers
+
+    monkeypatch.setattr(launchers, "cuda_device_count", lambda: 8)  # the jobs still run on CPU
     out = tmp_path / "sweep"
     code = main(["sweep", "launch", *SWEEP, "--n-trials", "1", "--steps", "2", "--output-dir",
                  str(out), "--launcher", "multi_gpu", "--gpus", "3,5", "--threads", "1",
