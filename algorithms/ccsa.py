@@ -8,6 +8,8 @@ With g the featurizer (the embedding) and h the classifier:
 
 Pairs join examples of different domains: every same-class pair, plus `ccsa_neg_per_pos` times as
 many different-class pairs drawn at random (all of them if fewer exist; the official code uses 3).
+A pair of batches without any same-class pair still contributes `ccsa_neg_per_pos` random
+different-class pairs, so the separation term never silently vanishes.
 Defaults alpha = 0.25, margin m = 1.
 
 Settings: ``sda`` (the paper's supervised DA): pairs between the pooled source batch and the few
@@ -30,11 +32,12 @@ from shiftbench.hparams_registry import Choice, HParam, Uniform
 def ccsa_pairs(y_a: torch.Tensor, y_b: torch.Tensor, neg_per_pos: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices (i, j) into y_a, y_b of all same-class pairs and at most `neg_per_pos` x as many
-    random different-class pairs; returns (i, j, same) with `same` a float 0/1 mask."""
+    random different-class pairs (x 1 when there is no same-class pair); returns (i, j, same)
+    with `same` a float 0/1 mask."""
     same = y_a[:, None] == y_b[None, :]
     pos = same.nonzero()
     neg = (~same).nonzero()
-    n_neg = min(len(neg), neg_per_pos * len(pos))
+    n_neg = min(len(neg), neg_per_pos * max(len(pos), 1))
     neg = neg[torch.randperm(len(neg), device=neg.device)[:n_neg]]
     pairs = torch.cat([pos, neg])
     flags = torch.cat([torch.ones(len(pos)), torch.zeros(n_neg)]).to(y_a.device)

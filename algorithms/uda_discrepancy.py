@@ -38,10 +38,11 @@ def _target(name: str, unlabeled) -> torch.Tensor:
 
 def mk_mmd(a: torch.Tensor, b: torch.Tensor, estimator: str = "quadratic",
            multipliers: Sequence[float] = (0.125, 0.25, 0.5, 1.0, 2.0)) -> torch.Tensor:
-    """Multi-kernel MMD^2 with Gaussian kernels `exp(-||u - v||^2 / (m * s2))`, one per multiplier
-    m, where s2 is the mean pairwise squared distance of the pooled sample (detached, so the
-    bandwidth is not trained). `quadratic`: the biased all-pairs estimate (>= 0, 0 for identical
-    samples). `linear`: Gretton et al.'s unbiased linear-time estimate over disjoint pairs
+    """Multi-kernel MMD^2 with Gaussian kernels `exp(-||u - v||^2 / (2 sigma^2))`,
+    sigma^2 = m * s2, one per multiplier m, where s2 is the mean pairwise squared distance of the
+    pooled sample (detached, so the bandwidth is not trained), as TLlib's DAN.
+    `quadratic`: the biased all-pairs estimate (>= 0, 0 for identical samples). `linear`:
+    Gretton et al.'s unbiased linear-time estimate over disjoint pairs
     (2i, 2i+1), as in the DAN paper; needs >= 2 examples per side, may be negative."""
     if estimator not in MMD_ESTIMATORS:
         raise ShiftbenchError(f"unknown MMD estimator {estimator!r}; valid: {', '.join(MMD_ESTIMATORS)}")
@@ -49,7 +50,7 @@ def mk_mmd(a: torch.Tensor, b: torch.Tensor, estimator: str = "quadratic",
     d2 = torch.cdist(z, z).pow(2)
     n = len(z)
     s2 = (d2.detach().sum() / max(n * n - n, 1)).clamp_min(1e-12)
-    k = sum(torch.exp(-d2 / (m * s2)) for m in multipliers)
+    k = sum(torch.exp(-d2 / (2 * m * s2)) for m in multipliers)
     na = len(a)
     if estimator == "quadratic":
         return k[:na, :na].mean() + k[na:, na:].mean() - 2 * k[:na, na:].mean()

@@ -94,3 +94,12 @@ def test_csa_lowers_same_to_different_distance_ratio():
             d = torch.cdist(alg.featurizer(torch.cat([mbs[0][0], mbs[1][0]])), alg.featurizer(mbs[2][0]))
         ratios.append((d[same].mean() / d[~same].mean()).item())
     assert ratios[1] < 0.7 * ratios[0], ratios
+
+
+def test_a_batch_without_same_class_pairs_keeps_its_negatives():
+    i, j, same = ccsa_pairs(torch.tensor([0, 0, 1]), torch.tensor([2, 2, 3]), 3)
+    assert len(same) == 3 and same.sum() == 0
+    y_a, y_b = torch.tensor([0, 0, 1]), torch.tensor([2, 2, 3])
+    assert bool((y_a[i] != y_b[j]).all())
+    e = torch.zeros(3, 4)  # coincident embeddings: every negative pair violates the margin
+    assert csa_loss(e[i], e[j], same, margin=1.0).item() > 0.9

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -150,3 +152,11 @@ def test_mcc_in_ssda_uses_the_few_labeled_target_batch():
 def test_need_target_batches(name):
     with pytest.raises(ShiftbenchError, match="unlabeled"):
         _make(name).train_step(_batch()[0], None)
+
+
+def test_mk_mmd_kernel_is_exp_of_minus_d2_over_two_sigma2():
+    """One example per side, one multiplier m: MMD^2 = 2 - 2 exp(-d^2 / (2 m s2)), s2 = d^2."""
+    a, b = torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]])
+    for m in (0.5, 1.0, 2.0):
+        expected = 2 - 2 * math.exp(-25.0 / (2 * m * 25.0))
+        assert math.isclose(mk_mmd(a, b, multipliers=(m,)).item(), expected, rel_tol=1e-6)
