@@ -154,6 +154,12 @@ class Algorithm(nn.Module):
         "weight_decay": _domainbed_weight_decay,
         "batch_size": _domainbed_batch_size,
         "network": lambda ds: _small_network(ds, domainbed=True),
+        # DomainBed main's `resnet50_augmix=True`: timm's AugMix-trained ResNet-50 (which also
+        # overrides `resnet18`, as there); `--hparams '{"backbone": "resnet50"}'` gives the
+        # torchvision ImageNet ResNet-50 of DomainBed's paper.
+        "backbone": _only_large(HParam("resnet50.ram_in1k", None, help=(
+            "DomainBed main: timm resnet50.ram_in1k (resnet50_augmix); resnet18/resnet50: "
+            "torchvision"))),
     }
 
     def __init__(

@@ -104,35 +104,11 @@ class EMA(nn.Module):
 
 
 def featurizer_stages(featurizer: nn.Module) -> list[nn.Module]:
-    """The featurizer cut into consecutive stages that share its modules (no copies).
-
-    Running the stages in order equals `featurizer(x)`; the outputs between stages are the
-    intermediate features that style methods (MixStyle, SagNet) act on:
-    * `MNIST_CNN`: the four conv blocks (maps of shape N x C x H x W), the last one followed by
-      global average pooling;
-    * `ResNet`: stem + layer1, layer2, layer3, layer4 + pooling (+ dropout);
-    * `MLP`: each hidden block (Linear, [BN], Dropout, ReLU), then the output Linear (N x d vectors).
-    """
-    from shiftbench import networks
-
-    if isinstance(featurizer, networks.MNIST_CNN):
-        f = featurizer
-        blocks = [nn.Sequential(conv, nn.ReLU(), norm) for conv, norm in
-                  ((f.conv1, f.bn0), (f.conv2, f.bn1), (f.conv3, f.bn2), (f.conv4, f.bn3))]
-        blocks[-1].append(f.avgpool)
-        blocks[-1].append(nn.Flatten(1))
-        return blocks
-    if isinstance(featurizer, networks.ResNet):
-        n = featurizer.network
-        return [nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool, n.layer1), n.layer2, n.layer3,
-                nn.Sequential(n.layer4, n.avgpool, nn.Flatten(1), featurizer.dropout)]
-    if isinstance(featurizer, networks.MLP):
-        stages, current = [], []
-        for layer in featurizer.net:
-            current.append(layer)
-            if isinstance(layer, nn.ReLU):
-                stages.append(nn.Sequential(*current))
-                current = []
-        stages.append(nn.Sequential(*current))
-        return stages
-    raise TypeError(f"featurizer_stages: unsupported featurizer {type(featurizer).__name__}")
+    """The featurizer cut into consecutive stages that share its modules (no copies): its
+    `stages()`. Running them in order equals `featurizer(x)`; the outputs between stages are the
+    intermediate features that style methods (MixStyle, SagNet) act on."""
+    stages = getattr(featurizer, "stages", None)
+    if stages is None:
+        raise TypeError(f"featurizer {type(featurizer).__name__} does not expose stages(); "
+                        "MixStyle and SagNet need a network cut into stages")
+    return stages()

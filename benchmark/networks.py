@@ -59,6 +59,16 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def stages(self) -> list[nn.Module]:
+        """Each hidden block (Linear, [BN], Dropout, ReLU), then the output Linear."""
+        stages, current = [], []
+        for layer in self.net:
+            current.append(layer)
+            if isinstance(layer, nn.ReLU):
+                stages.append(nn.Sequential(*current))
+                current = []
+        return stages + [nn.Sequential(*current)]
+
 
 class MNIST_CNN(nn.Module):  # noqa: N801 - DomainBed's name
     """The small-image featurizer of DomainBed (ReLU before GroupNorm, 128-d output).
@@ -99,6 +109,14 @@ class MNIST_CNN(nn.Module):  # noqa: N801 - DomainBed's name
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.feature_maps(x)[-1]
         return self.avgpool(x).flatten(1)
+
+    def stages(self) -> list[nn.Module]:
+        """The four conv blocks, the last followed by global average pooling."""
+        blocks = [nn.Sequential(conv, nn.ReLU(), norm) for conv, norm in
+                  ((self.conv1, self.bn0), (self.conv2, self.bn1), (self.conv3, self.bn2),
+                   (self.conv4, self.bn3))]
+        blocks[-1].extend([self.avgpool, nn.Flatten(1)])
+        return blocks
 
 
 class _WideBlock(nn.Module):
@@ -161,6 +179,11 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.feature_maps(x)[-1]
         return nn.functional.avg_pool2d(x, 8)[:, :, 0, 0]
+
+    def stages(self) -> list[nn.Module]:
+        """conv1 + stage 1, stage 2, stage 3 + final BN, ReLU and pooling."""
+        return [nn.Sequential(self.conv1, self.layer1), self.layer2,
+                nn.Sequential(self.layer3, self.bn1, nn.ReLU(), nn.AvgPool2d(8), nn.Flatten(1))]
 
 
 class DANNDigitsCNN(nn.Module):
@@ -258,6 +281,12 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.network(x))
+
+    def stages(self) -> list[nn.Module]:
+        """stem + layer1, layer2, layer3, layer4 + pooling + dropout."""
+        n = self.network
+        return [nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool, n.layer1), n.layer2, n.layer3,
+                nn.Sequential(n.layer4, n.avgpool, nn.Flatten(1), self.dropout)]
 
     def train(self, mode: bool = True) -> ResNet:
         super().train(mode)

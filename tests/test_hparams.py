@@ -90,3 +90,11 @@ def test_choices_are_validated_by_the_registry():
         HParam("a", Choice(["a", "b"]), variant=True)
     with pytest.raises(ShiftbenchError, match="not among its choices"):
         HParam("z", None, choices=("a", "b"))
+
+
+def test_domainbed_protocol_uses_domainbed_mains_resnet50_augmix_backbone():
+    pacs = DatasetInfo("PACS", (3, 224, 224), 7)
+    assert default_hparams("ERM", pacs)["backbone"] == "resnet50"
+    db = default_hparams("ERM", pacs, protocol="domainbed")
+    assert db["backbone"] == "resnet50.ram_in1k" and db["freeze_bn"] is False
+    assert db["resnet_dropout"] == 0.0

@@ -89,3 +89,28 @@ def test_batch_norm_featurizers():
         assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plain.modules())
     with pytest.raises(ShiftbenchError, match="layer"):
         Featurizer((5,), hp, norm="layer")
+
+
+@pytest.mark.parametrize("shape,hp", [((3, 28, 28), {"network": "mnist_cnn"}),
+                                      ((3, 32, 32), {"network": "wrn16_2"}),
+                                      ((6,), {"mlp_width": 16, "mlp_depth": 4, "mlp_dropout": 0.0})])
+def test_networks_expose_stages_that_compose_to_the_featurizer(shape, hp):
+    from shiftbench.networks import Featurizer
+
+    torch.manual_seed(0)
+    f = Featurizer(shape, hp).eval()
+    x = torch.randn(2, *shape)
+    h = x
+    for stage in f.stages():
+        h = stage(h)
+    assert torch.allclose(h, f(x), atol=1e-6) and len(f.stages()) >= 3
+
+
+def test_wide_resnet_16_2_is_domainbeds_32x32_featurizer():
+    from shiftbench.networks import Featurizer, WideResNet
+
+    f = Featurizer((3, 32, 32), {"network": "wrn16_2"})
+    assert isinstance(f, WideResNet) and f.n_outputs == 128
+    assert sum(p.numel() for p in f.parameters()) == 691520  # WRN-16-2 without its classifier
+    assert f.bn1.momentum == 0.9
+    assert f(torch.randn(2, 3, 32, 32)).shape == (2, 128)
