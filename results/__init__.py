@@ -5,6 +5,7 @@
     print(render(collect(read_sweep("sweep_output")), "markdown"))
 """
 
+from shiftbench.results import da_tables  # noqa: E402,F401  (registers the task tables)
 from shiftbench.results.reading import load_records, read_sweep
 from shiftbench.results.selection import (
     SELECTION_RULES,

@@ -148,7 +148,7 @@ def sensitivity(collection: Collection, rule_name: str, task: str, dataset: str,
     groups = group_records(r for r in collection.records
                            if (r["args"]["task"], r["args"]["dataset"], r["args"]["algorithm"])
                            == (task, dataset, algorithm))
-    for (_, _, _, env, _), group in groups.items():
+    for (_, _, _, env, _, _), group in groups.items():
         for _, choice in rule.hparams_accs(group, env):
             points.append((choice.record.get("hparams", {}), env, 100 * choice.test_acc))
     if len(points) < 2:

@@ -85,6 +85,7 @@ class Selected:
     n_scored: int  # ... of which the rule could score
     job_dir: str | None
     hparams: dict[str, Any]
+    source_envs: tuple[int, ...] | None = None  # explicit sources (a source->target task)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,9 +174,10 @@ class IIDAccuracySelectionMethod(CheckpointRule):
 
     def val_score(self, record, test_env):
         accs = []
+        sources = record["args"].get("source_envs")
         i = 0
         while f"env{i}_out_acc" in record:
-            if i != test_env:
+            if i != test_env and (sources is None or i in sources):
                 accs.append(record[f"env{i}_out_acc"])
             i += 1
         if not accs or not all(_finite(a) for a in accs):
@@ -342,14 +344,23 @@ def list_selection_rules() -> list[str]:
     return SELECTION_RULES.names()
 
 
+def source_key(args: dict[str, Any]) -> tuple[int, ...] | None:
+    """The run's explicit source environments, sorted (None: all but the held-out ones)."""
+    sources = args.get("source_envs")
+    return None if sources is None else tuple(sorted(int(i) for i in sources))
+
+
 def group_records(records: Iterable[dict[str, Any]]
-                  ) -> dict[tuple[str, str, str, int, int], list[dict[str, Any]]]:
-    """(task, dataset, algorithm, test_env, trial_seed) -> records; a pair run joins two groups."""
-    groups: dict[tuple[str, str, str, int, int], list[dict[str, Any]]] = defaultdict(list)
+                  ) -> dict[tuple[str, str, str, int, int, tuple[int, ...] | None],
+                            list[dict[str, Any]]]:
+    """(task, dataset, algorithm, test_env, trial_seed, source_envs) -> records; a pair run joins
+    two groups; runs of different explicit sources (source->target tasks) never share one."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         a = r["args"]
         for t in a["test_envs"]:
-            groups[(a["task"], a["dataset"], a["algorithm"], int(t), int(a["trial_seed"]))].append(r)
+            groups[(a["task"], a["dataset"], a["algorithm"], int(t), int(a["trial_seed"]),
+                    source_key(a))].append(r)
     return groups
 
 
@@ -369,7 +380,9 @@ def select(data: Sweep | Iterable[dict[str, Any]], rule: str | SelectionRule,
             raise
         return []
     out = []
-    for (task, dataset, algorithm, test_env, trial), group in sorted(group_records(records).items()):
+    groups = group_records(records)
+    for key in sorted(groups, key=lambda k: (*k[:5], k[5] or ())):
+        (task, dataset, algorithm, test_env, trial, sources), group = key, groups[key]
         ranked = rule.hparams_accs(group, test_env)
         if not ranked:
             continue
@@ -379,7 +392,7 @@ def select(data: Sweep | Iterable[dict[str, Any]], rule: str | SelectionRule,
             rule.NAME, task, dataset, algorithm, test_env, trial, seed, choice.step,
             choice.val_acc, choice.test_acc, n_configs, len(ranked),
             choice.record.get("_job_dir", choice.record["args"].get("output_dir")),
-            dict(choice.record.get("hparams", {}))))
+            dict(choice.record.get("hparams", {})), sources))
     return out
 
 

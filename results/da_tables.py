@@ -1,0 +1,115 @@
+"""Domain-adaptation tables in the field's convention: algorithms x source->target tasks + Avg.
+
+Built for records of runs with explicit sources (`args.source_envs`, set by `--source-envs` or
+a `--tasks` suite), one held-out target each. For every selection rule and setting:
+
+* **transductive** (uda/ssda): accuracy on the unlabeled target split the algorithm adapted to
+  (`env{t}_uda_acc`), what most DA papers report;
+* **inductive**: accuracy on the target's held-out split, which the algorithm never saw
+  (`env{t}_in_acc`).
+
+Both numbers come from the same checkpoint, the one the rule (named in the table's caption)
+selected in each trial. A cell is the mean ± standard error over trial seeds; `Avg` averages
+the tasks within each trial seed first (only seeds with every task), then over seeds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from shiftbench.results.names import order_algorithms
+from shiftbench.results.selection import Selected, get_selection_rule
+from shiftbench.results.stats import mean_and_error
+from shiftbench.results.table_model import Cell, Table
+from shiftbench.results.tables import register_table_builder
+
+KIND = "da_tasks"
+AVERAGE = "Avg"
+
+
+def task_label(record: dict[str, Any], sources: tuple[int, ...], test_env: int) -> str:
+    """`A→W` from the record's environment names (indices when it has none)."""
+    from shiftbench.sweeps.tasks import task_name
+
+    envs = record.get("environments") or [str(i) for i in range(max((*sources, test_env)) + 1)]
+    return task_name(envs, sources, (test_env,))
+
+
+def _record_at(records_by_run: dict, s: Selected) -> dict[str, Any] | None:
+    return records_by_run.get((s.task, s.dataset, s.algorithm, s.test_env, s.trial_seed,
+                               s.source_envs, s.hparams_seed, s.step))
+
+
+def _cell(values: list[float], ddof: int) -> Cell:
+    mean, err = mean_and_error([100 * v for v in values], ddof)
+    return Cell(mean, err, len(values), [100 * v for v in values])
+
+
+def da_task_tables(records: list[dict[str, Any]], rules: list[str],
+                   selected: dict[str, list[Selected]], baseline: str | None,
+                   ddof: int) -> list[Table]:
+    """The task-column tables of every rule (none when no record has explicit sources)."""
+    if not any(r["args"].get("source_envs") is not None for r in records):
+        return []
+    by_run: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        a = r["args"]
+        if a.get("source_envs") is None or len(a["test_envs"]) != 1:
+            continue
+        key = (a["task"], a["dataset"], a["algorithm"], int(a["test_envs"][0]),
+               int(a["trial_seed"]), tuple(sorted(a["source_envs"])), int(a["hparams_seed"]),
+               r["step"])
+        by_run[key] = r
+    tables = []
+    for rule in rules:
+        # (task, dataset) -> split -> algorithm -> task label -> trial -> accuracy
+        values: dict[tuple[str, str], dict[str, dict]] = defaultdict(
+            lambda: {"transductive": defaultdict(lambda: defaultdict(dict)),
+                     "inductive": defaultdict(lambda: defaultdict(dict))})
+        order: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for s in selected.get(rule, []):
+            record = _record_at(by_run, s) if s.source_envs is not None else None
+            if record is None:
+                continue
+            label = task_label(record, s.source_envs, s.test_env)
+            group = values[(s.task, s.dataset)]
+            if label not in order[(s.task, s.dataset)]:
+                order[(s.task, s.dataset)].append(label)
+            group["inductive"][s.algorithm][label][s.trial_seed] = s.test_acc
+            uda = record.get(f"env{s.test_env}_uda_acc")
+            if isinstance(uda, (int, float)):
+                group["transductive"][s.algorithm][label][s.trial_seed] = float(uda)
+        for (setting, dataset), group in sorted(values.items()):
+            labels = order[(setting, dataset)]
+            for split in ("transductive", "inductive"):
+                by_alg = group[split]
+                if not by_alg:
+                    continue
+                tables.append(_table(rule, setting, dataset, split, labels, by_alg, ddof))
+    return tables
+
+
+def _table(rule: str, setting: str, dataset: str, split: str, labels: list[str],
+           by_alg: dict[str, dict[str, dict[int, float]]], ddof: int) -> Table:
+    algorithms = order_algorithms(list(by_alg))
+    rows = []
+    for alg in algorithms:
+        cells = [_cell(list(by_alg[alg].get(label, {}).values()), ddof) for label in labels]
+        trials = set.intersection(*(set(by_alg[alg].get(label, {})) for label in labels))
+        averages = [sum(by_alg[alg][label][t] for label in labels) / len(labels)
+                    for t in sorted(trials)]
+        cells.append(_cell(averages, ddof))
+        rows.append(cells)
+    where = ("the unlabeled target split the algorithm adapted to (transductive)"
+             if split == "transductive" else
+             "the target's held-out split, never seen in training (inductive)")
+    title_rule = get_selection_rule(rule).TITLE
+    notes = [f"Model selection: {title_rule} ({rule}). Accuracy (%) on {where}; mean ± standard "
+             f"error over trial seeds; {AVERAGE} averages the tasks within each trial seed "
+             "(seeds with every task), then over seeds."]
+    return Table(KIND, f"{dataset} ({setting}), {split} target accuracy, selection: {title_rule}",
+                 rule, setting, dataset, labels + [AVERAGE], algorithms, rows, notes)
+
+
+register_table_builder(da_task_tables)
