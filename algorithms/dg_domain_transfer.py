@@ -28,14 +28,20 @@ class MTL(Algorithm):
     updated each step as mu_e <- ema * mean(phi(x_e)) + (1 - ema) * stopgrad(mu_e) (DomainBed's
     convention: `mtl_ema` weighs the current batch; 1 = batch mean only), and minimises
     mean_e CE(w([phi(x_e), mu_e]), y_e). At test time mu is the mean feature of the test batch
-    (transductive within a batch). Departures from DomainBed: no `.normal_()` on the embedding
-    in predict (its bug #159, which replaced the embedding with noise); mean over domains instead
-    of sum.
+    (transductive within a batch). `mtl_variant="domainbed"` (fixed under `--protocol domainbed`)
+    reproduces DomainBed's code instead: the loss is the sum over domains, and the embedding the
+    classifier reads is overwritten in place by N(0, 1) noise (`.normal_()`, its issue #159), in
+    training and prediction, so no gradient flows through it; the stored embeddings still follow
+    the EMA rule.
     """
 
     PAPER = "Blanchard et al., Domain Generalization by Marginal Transfer Learning, JMLR 2021"
     HPARAMS = {"mtl_ema": HParam(0.99, Choice([0.5, 0.9, 0.99, 1.0]), low=0.0, high=1.0,
-                                 help="weight of the current batch in the domain embedding")}
+                                 help="weight of the current batch in the domain embedding"),
+               "mtl_variant": HParam("paper", None, choices=("paper", "domainbed"), variant=True,
+                                     help="domainbed: summed loss, noise embedding (DomainBed)")}
+    DOMAINBED_HPARAMS = {"mtl_variant": HParam("domainbed", None, choices=("paper", "domainbed"),
+                                               variant=True, help="DomainBed's MTL code")}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
@@ -48,7 +54,10 @@ class MTL(Algorithm):
             list(self.featurizer.parameters()) + list(self.classifier.parameters()), self.hparams)
 
     def _logits(self, z, embedding):
-        return self.classifier(torch.cat([z, embedding.expand(len(z), -1)], 1))
+        embedding = embedding.expand(len(z), -1)
+        if self.hparams["mtl_variant"] == "domainbed":
+            embedding = torch.randn(embedding.shape, dtype=z.dtype, device=z.device)
+        return self.classifier(torch.cat([z, embedding], 1))
 
     def update(self, minibatches, unlabeled=None):
         ema, losses = self.hparams["mtl_ema"], []
@@ -57,7 +66,8 @@ class MTL(Algorithm):
             emb = ema * z.mean(0) + (1 - ema) * self.embeddings[e]
             self.embeddings[e] = emb.detach()
             losses.append(cross_entropy(self._logits(z, emb), y))
-        loss = torch.stack(losses).mean()
+        loss = torch.stack(losses)
+        loss = loss.sum() if self.hparams["mtl_variant"] == "domainbed" else loss.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -97,6 +97,11 @@ class SANDMask(_MaskedGradient):
         "tau": HParam(0.5, Uniform(0.0, 1.0), low=0.0, high=1.0, help="sign-agreement threshold"),
         "k": HParam(10.0, LogUniform(-3, 5), low=0.0, help="steepness of the tanh mask"),
     }
+    # DomainBed's default tau = 1 (with which the mask is 0 and nothing trains), kept under
+    # its protocol so that its hparams_seed 0 configuration is reproduced.
+    DOMAINBED_HPARAMS = {
+        "tau": HParam(1.0, Uniform(0.0, 1.0), low=0.0, high=1.0, help="sign-agreement threshold"),
+    }
 
     def mask(self, grads):
         return sand_mask(grads, self.hparams["tau"], self.hparams["k"])

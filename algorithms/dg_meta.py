@@ -24,8 +24,10 @@ class MLDG(ERM):
         g += [grad R_i(theta) + beta * grad R_j(theta')] / n_domains
     (first-order: no derivative through the inner step); one outer Adam step along g.
     Objective of the paper: R_train(theta) + beta R_test(theta - lr grad R_train(theta)).
-    Departure: n_meta_test is capped at n_domains - 1 so there is always a meta-train domain
-    (DomainBed would silently make no update with n_meta_test = n_domains).
+    By default n_meta_test is capped at n_domains - 1 so there is always a meta-train domain;
+    with `mldg_cap_meta_test` off (fixed off under `--protocol domainbed`) n_meta_test =
+    n_domains leaves no meta-train domain and the step has a zero gradient, as in DomainBed
+    (e.g. its default n_meta_test = 2 on a dataset with two training domains).
     """
 
     SETTINGS = ("dg",)
@@ -34,7 +36,11 @@ class MLDG(ERM):
     HPARAMS = {
         "mldg_beta": HParam(1.0, LogUniform(-1, 1), low=0.0, help="weight of the meta-test loss"),
         "n_meta_test": HParam(2, Choice([1, 2]), low=1, help="meta-test domains per update"),
+        "mldg_cap_meta_test": HParam(True, None, variant=True,
+                                     help="keep at least one meta-train domain"),
     }
+    DOMAINBED_HPARAMS = {"mldg_cap_meta_test": HParam(False, None, variant=True,
+                                                      help="keep at least one meta-train domain")}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
@@ -44,7 +50,9 @@ class MLDG(ERM):
     def meta_gradients(self, minibatches) -> tuple[list[torch.Tensor], float]:
         """The first-order MLDG gradient for every network parameter, and the objective."""
         n, beta = len(minibatches), float(self.hparams["mldg_beta"])
-        n_test = min(int(self.hparams["n_meta_test"]), n - 1)
+        n_test = int(self.hparams["n_meta_test"])
+        if self.hparams["mldg_cap_meta_test"]:
+            n_test = min(n_test, n - 1)
         order = torch.randperm(n).tolist()
         meta_train, meta_test = order[: n - n_test], order[n - n_test:]
         params = list(self.network.parameters())

@@ -119,3 +119,20 @@ def test_transfer_with_domainbeds_gda_never_trains_phi_or_w():
     alg.update(_data())
     assert torch.equal(before[0], _flat(alg.featurizer))
     assert torch.equal(before[1], _flat(alg.classifier))
+
+
+def test_mtl_domainbed_variant_sums_domains_and_reads_noise():
+    """DomainBed's MTL: sum over domains, the embedding fed to the classifier replaced by
+    N(0, 1) noise drawn from torch's generator (its in-place `.normal_()`)."""
+    alg = _make("MTL", mtl_variant="domainbed", mtl_ema=0.5)
+    data = _data()
+    torch.manual_seed(5)
+    out = alg.update(data)
+    alg2 = _make("MTL", mtl_variant="domainbed", mtl_ema=0.5)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        expected = sum(torch.nn.functional.cross_entropy(
+            alg2.classifier(torch.cat([z, torch.randn(z.shape)], 1)), y)
+            for z, y in ((alg2.featurizer(x), y) for x, y in data))
+    assert abs(out["loss"] - expected.item()) < 1e-5
+    assert torch.allclose(alg.embeddings[0], 0.5 * alg2.featurizer(data[0][0]).mean(0), atol=1e-6)

@@ -66,3 +66,10 @@ def test_iga_penalty_is_the_spread_of_domain_gradients():
     assert alg.train_step(mbs)["penalty"] == pytest.approx(want, rel=1e-10)
     same = batches(domains=1, seed=9) * 3
     assert build("IGA", {}).train_step(same)["penalty"] < 1e-25
+
+
+def test_sandmask_domainbed_default_tau_is_domainbeds():
+    from shiftbench.hparams_registry import default_hparams
+
+    assert default_hparams("SANDMask", "RotatedMNIST")["tau"] == 0.5
+    assert default_hparams("SANDMask", "RotatedMNIST", protocol="domainbed")["tau"] == 1.0

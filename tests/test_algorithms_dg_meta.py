@@ -76,3 +76,21 @@ def test_fish_meta_step_interpolates_towards_sequential_inner_steps():
     alg.train_step(mbs)
     for old, new, inner in zip(before, params(alg), clone.parameters()):
         torch.testing.assert_close(new, old + 0.5 * (inner.detach() - old), rtol=1e-10, atol=1e-12)
+
+
+def test_mldg_domainbed_protocol_makes_no_meta_train_pair_with_two_domains():
+    """DomainBed's default n_meta_test = 2 with two training domains: zero gradient."""
+    from shiftbench.algorithms.base import create_algorithm
+    from shiftbench.hparams_registry import default_hparams
+
+    assert default_hparams("MLDG", "RotatedMNIST", protocol="domainbed")["mldg_cap_meta_test"] is False
+    torch.manual_seed(0)
+    alg = create_algorithm("MLDG", (4,), 3, 2, {"mlp_width": 8, "mldg_cap_meta_test": False,
+                                                 "n_meta_test": 2}, setting="dg", total_steps=5)
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(6, 4, generator=g), torch.randint(3, (6,), generator=g)) for _ in range(2)]
+    grads, objective = alg.meta_gradients(data)
+    assert objective == 0 and all(float(gr.abs().sum()) == 0 for gr in grads)
+    alg.hparams["mldg_cap_meta_test"] = True
+    grads, objective = alg.meta_gradients(data)
+    assert objective > 0
