@@ -10,6 +10,7 @@ All use DomainBed's two distances between feature batches a (n x d) and b (m x d
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from shiftbench.algorithms.base import cross_entropy, register_algorithm
@@ -90,8 +91,9 @@ class MMD(_Pairwise):
 
 class _CausIRL(_FeatureMatching):
     def random_parts(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cut each domain's batch at a uniform random point in [0, n); pool the heads and tails."""
-        cuts = [int(torch.randint(len(f), ())) for f in features]
+        """Cut each domain's batch at a uniform random point in [0, n) (numpy's generator, as
+        DomainBed); pool the heads and tails."""
+        cuts = [int(np.random.randint(0, len(f))) for f in features]
         first = torch.cat([f[:c] for f, c in zip(features, cuts)])
         second = torch.cat([f[c:] for f, c in zip(features, cuts)])
         return first, second

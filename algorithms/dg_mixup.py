@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from shiftbench.algorithms.base import cross_entropy, register_algorithm
@@ -38,8 +39,9 @@ class Mixup(ERM):
                                      help="concentration of the Beta(alpha, alpha) mixing weight")}
 
     def sample_lambda(self) -> float:
-        alpha = torch.tensor(float(self.hparams["mixup_alpha"]))
-        return float(torch.distributions.Beta(alpha, alpha).sample())
+        """Beta(alpha, alpha) from numpy's generator, as DomainBed (seeded by the trainer)."""
+        alpha = float(self.hparams["mixup_alpha"])
+        return float(np.random.beta(alpha, alpha))
 
     def update(self, minibatches, unlabeled=None):
         loss = 0.0

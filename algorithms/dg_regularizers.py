@@ -6,6 +6,7 @@ Adam step per update; the unlabeled argument is ignored.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,6 +96,26 @@ def within_class_permutation(y: torch.Tensor) -> torch.Tensor:
     return perm
 
 
+def class_run_partners(y_sorted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random same-class partners for a class-sorted batch, as DomainBed's SelfReg draws
+    them: for each run of equal labels (runs start where the label changes, the first run at 0
+    even when empty), two `randperm`s of the run, in run order."""
+    ends, prev = [], 0
+    for i, label in enumerate(y_sorted.tolist()):
+        if label != prev:
+            ends.append(i)
+            prev = label
+    ends.append(len(y_sorted))
+    a = torch.arange(len(y_sorted), device=y_sorted.device)
+    b = a.clone()
+    start = 0
+    for end in ends:
+        a[start:end] = torch.randperm(end - start).to(a.device) + start
+        b[start:end] = torch.randperm(end - start).to(a.device) + start
+        start = end
+    return a, b
+
+
 @register_algorithm
 class SelfReg(_OneStep):
     """Self-supervised contrastive regularisation (DomainBed's SelfReg).
@@ -104,7 +125,8 @@ class SelfReg(_OneStep):
         L_ind = MSE(f, f_a) + 0.3 MSE(z, P(z)_a)
         L_hdl = MSE(f, lam f_a + (1-lam) f_b) + 0.3 MSE(z, lam P(z)_a + (1-lam) P(z)_b)
         L = CE(f, y) + min(CE, 1) * (lam L_ind + (1 - lam) L_hdl)      (min(CE, 1) as a constant)
-    DomainBed sorts the batch by class first; pairing within classes is the same without sorting.
+    As DomainBed, lambda is drawn from numpy's generator, the batch is sorted by class and the
+    partners are drawn run by run after the forward pass (so seeded runs match DomainBed's).
     P keeps its random initial weights (only its BatchNorm statistics move), as in DomainBed,
     whose optimizer is built before P; `selfreg_train_projector` also trains P.
     """
@@ -126,10 +148,11 @@ class SelfReg(_OneStep):
 
     def update(self, minibatches, unlabeled=None):
         x, y = concat_minibatches(minibatches)
-        lam = float(torch.distributions.Beta(0.5, 0.5).sample())
-        z = self.featurizer(x)
+        lam = float(np.random.beta(0.5, 0.5))
+        y, order = torch.sort(y)
+        z = self.featurizer(x[order])
         proj, logits = self.projector(z), self.classifier(z)
-        a, b = within_class_permutation(y), within_class_permutation(y)
+        a, b = class_run_partners(y)
         l_ind = F.mse_loss(logits, logits[a]) + 0.3 * F.mse_loss(z, proj[a])
         l_hdl = (F.mse_loss(logits, lam * logits[a] + (1 - lam) * logits[b])
                  + 0.3 * F.mse_loss(z, lam * proj[a] + (1 - lam) * proj[b]))

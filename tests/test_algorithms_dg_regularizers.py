@@ -97,3 +97,18 @@ def test_selfreg_projector_is_fixed_as_domainbed_unless_asked(ds):
     before = [p.detach().clone() for p in alg.projector.parameters()]
     alg.update(_data(ds))
     assert any(not torch.equal(b, p) for b, p in zip(before, alg.projector.parameters()))
+
+
+def test_selfreg_partners_are_drawn_as_domainbeds_run_by_run():
+    from shiftbench.algorithms.dg_regularizers import class_run_partners
+
+    y = torch.tensor([1, 1, 2, 2, 2])  # first label != 0: DomainBed's empty leading run
+    torch.manual_seed(0)
+    a, b = class_run_partners(y)
+    torch.manual_seed(0)
+    want = []
+    for start, end in ((0, 0), (0, 2), (2, 5)):
+        want.append((torch.randperm(end - start) + start, torch.randperm(end - start) + start))
+    assert torch.equal(a, torch.cat([w[0] for w in want]))
+    assert torch.equal(b, torch.cat([w[1] for w in want]))
+    assert torch.equal(y[a], y) and torch.equal(y[b], y)
