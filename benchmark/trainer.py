@@ -38,6 +38,7 @@ from shiftbench.algorithms import LABEL_SOURCES, SETTINGS, Algorithm, get_algori
 from shiftbench.data import BatchStream, accuracy_counts, eval_batches
 from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets.base import MultiDomainDataset
+from shiftbench.datasets.segmentation import task_type_of
 from shiftbench.errors import ShiftbenchError, StorageError, TrainingDiverged
 from shiftbench.hparams_registry import DatasetInfo, resolve_hparams
 from shiftbench.options import EVAL_SPLIT_CHOICES, PRECISIONS, TTA_MODES
@@ -120,6 +121,14 @@ def validate_args(args: TrainArgs) -> tuple[type, type]:
             f"{', '.join(algorithm_cls.SETTINGS)}. Algorithms for {args.task}: "
             + ", ".join(_algorithms_for(args.task))
         )
+    task_type = task_type_of(dataset_cls)
+    if task_type not in algorithm_cls.TASK_TYPES:
+        from shiftbench.algorithms import list_algorithms
+
+        raise ShiftbenchError(
+            f"algorithm {args.algorithm} trains on {'/'.join(algorithm_cls.TASK_TYPES)} datasets, but "
+            f"{args.dataset} is a {task_type} dataset; algorithms for it: "
+            + ", ".join(list_algorithms(setting=args.task, task_type=task_type)))
     if not args.test_envs:
         raise ShiftbenchError("--test-envs needs at least one environment")
     args.test_envs = sorted({dataset_cls.env_index(e) for e in args.test_envs})
@@ -216,8 +225,19 @@ def check_dataset(dataset: MultiDomainDataset, name: str) -> None:
 # Evaluation
 
 
+# Evaluators of the non-classification task types (dataset `TASK_TYPE`), as "module:function".
+TASK_EVALUATORS = {"segmentation": "shiftbench.seg_evaluation:evaluate_segmentation"}
+
+
 def evaluate(trial: Trial) -> dict[str, float]:
-    """Accuracy on every split model selection can use (all splits with --eval-splits all)."""
+    """Accuracy on every split model selection can use (all splits with --eval-splits all);
+    datasets of another task type are scored by their task type's evaluator."""
+    evaluator = TASK_EVALUATORS.get(task_type_of(trial.dataset))
+    if evaluator is not None:
+        import importlib
+
+        module, function = evaluator.split(":")
+        return getattr(importlib.import_module(module), function)(trial)
     algorithm, args = trial.algorithm, trial.args
     accs: dict[str, float] = {}
     was_training = algorithm.training
@@ -566,8 +586,11 @@ def _save_model(trial: Trial, path: Path) -> None:
 
 
 def _log_record(record: dict[str, Any], log, last_header, bar):
-    keys = ["step"] + sorted(k for k in record if k.endswith("_acc")) + sorted(
-        k for k, v in record.items() if isinstance(v, float) and not k.endswith("_acc")
+    def main(k: str) -> bool:
+        return k.endswith(("_acc", "_miou"))
+
+    keys = ["step"] + sorted(k for k in record if main(k)) + sorted(
+        k for k, v in record.items() if isinstance(v, float) and not main(k) and "_iou_" not in k
         and k not in ("epoch", "wall_time", "cpu_time", "mem_gb"))
     header = "  ".join(f"{k:>12.12}" for k in keys)
     row = "  ".join(f"{record[k]:>12.4f}" if isinstance(record[k], float) else f"{record[k]:>12}"
@@ -595,7 +618,7 @@ def summarize(records: Sequence[dict[str, Any]], test_envs: Sequence[int]) -> st
         return "no records"
     last = records[-1]
     parts = [f"step {last['step']}"]
-    for key in sorted(k for k in last if k.endswith("_acc")):
+    for key in sorted(k for k in last if k.endswith(("_acc", "_miou"))):
         env = int(key[3:].split("_")[0])
         tag = " (test)" if env in test_envs else ""
         parts.append(f"{key}{tag}={last[key]:.4f}")
