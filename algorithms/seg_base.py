@@ -69,6 +69,7 @@ class SegAlgorithm(Algorithm):
         "nonlinear_classifier": _none, "data_augmentation": _none, "resnet18": _none,
         "resnet_dropout": _none, "freeze_bn": _none, "cnn_width": _none, "mlp_width": _none,
         "mlp_depth": _none, "mlp_dropout": _none, "backbone": _none, "weights": _none, "network": _none,
+        "optimizer": _none, "lr_schedule": _none,  # SGD with the poly schedule below
     }
     # the segmentation papers' optimisation under every protocol (DomainBed has no segmentation)
     DOMAINBED_HPARAMS = {"lr": HPARAMS["lr"], "weight_decay": HPARAMS["weight_decay"],
