@@ -14,10 +14,8 @@ from their cache without reading the sources (`shiftbench.datasets.digits.source
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 
 from shiftbench.errors import ShiftbenchError
@@ -60,21 +58,50 @@ def plan(algorithms: tuple[str, ...] | list[str]) -> tuple[dict[str, list[str]],
     return {t: by_task[t] for t in TASK_ORDER if t in by_task}, missing
 
 
-def collect(output_dir: Path, fmt: str, path: Path) -> str | None:
-    """Run `shiftbench collect` through its CLI contract; None if it is not available."""
-    from shiftbench import cli
-
-    parser = cli.build_parser()
-    choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    if "collect" not in choices:
+def report(sweep_dir: Path, out: Path) -> str | None:
+    """Write every table (leaderboard.txt) and the HTML report (report.html); return the headline
+    leaderboards that point to them. None if the results package is not installed."""
+    try:
+        from shiftbench.results.headline import render_headline
+        from shiftbench.results.reading import read_sweep
+        from shiftbench.results.tables import collect, render
+    except ModuleNotFoundError:
         return None
-    buffer = io.StringIO()
-    with redirect_stdout(buffer):
-        code = cli.main(["collect", "--input-dir", str(output_dir), "--format", fmt,
-                         "--output", str(path)])
-    if code != 0:
-        raise ShiftbenchError(f"shiftbench collect failed (exit {code}) for {output_dir}")
-    return path.read_text(encoding="utf-8")
+    collection = collect(read_sweep(sweep_dir, quiet=True))
+    full, html = out / "leaderboard.txt", out / "report.html"
+    full.write_text(render(collection, "text"), encoding="utf-8")
+    html.write_text(render(collection, "html"), encoding="utf-8")
+    return render_headline(collection, full_tables=str(full), report=str(html))
+
+
+def determinism_inputs(precision: str, threads: int) -> dict[str, object]:
+    """What a bit-identical rerun must match (docs/sweeps.md): library versions, precision, the
+    CPU's instruction set (which kernels run, and whether bf16 is native), threads per trial."""
+    import platform
+
+    import numpy
+    import torch
+
+    import shiftbench
+
+    flags: list[str] = []
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    break
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return {"shiftbench": shiftbench.__version__, "torch": torch.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version(),
+            "precision": precision, "threads_per_trial": threads, "cpu": model,
+            "cpu_simd": simd, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
 def auto_precision() -> str:
@@ -151,19 +178,19 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         return 130
     print(f"sweep finished in {time.time() - start:.0f} s: {result.succeeded} trial(s) run, "
           f"{len(result.failed)} failed")
-    text = collect(out / "sweep", "text", out / "leaderboard.txt")
-    if text is None:
-        print("`shiftbench collect` is not available in this installation: no leaderboard or "
-              f"report; the records are in {out / 'sweep'}")
+    headline = report(out / "sweep", out)
+    if headline is None:
+        print("the results package is not installed: no leaderboard or report; the records are in "
+              f"{out / 'sweep'}")
         return 1 if result.failed else 0
-    print(text)
-    collect(out / "sweep", "html", out / "report.html")
-    print(f"leaderboards: {out / 'leaderboard.txt'}\nHTML report: {out / 'report.html'}")
+    print(headline, end="")
+    threads = max(1, cores // (ns.jobs or cores))  # as the local launcher
     (out / "demo.json").write_text(json.dumps({
         "algorithms": by_task, "missing": missing, "steps": ns.steps, "n_trials": ns.n_trials,
         "batch_size": ns.batch_size, "lr": ns.lr, "precision": precision,
-        "cnn_width": ns.cnn_width,
-        "checkpoint_freq": checkpoint_freq, "seconds": time.time() - start}, indent=1))
+        "cnn_width": ns.cnn_width, "checkpoint_freq": checkpoint_freq,
+        "seconds": time.time() - start, "bit_identical_given": determinism_inputs(precision, threads)},
+        indent=1))
     return 1 if result.failed else 0
 
 

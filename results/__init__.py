@@ -1,11 +1,13 @@
 """Results: reading records, model selection rules, tables and reports.
 
-    from shiftbench.results import load_records, collect, render
+    from shiftbench.results import collect, leaderboard, load_records, read_sweep, render
     frame = load_records("sweep_output")            # one row per record (pandas)
+    board = leaderboard("sweep_output")             # one row per setting and algorithm (pandas)
     print(render(collect(read_sweep("sweep_output")), "markdown"))
 """
 
 from shiftbench.results import da_tables  # noqa: E402,F401  (registers the task tables)
+from shiftbench.results.headline import leaderboard
 from shiftbench.results.reading import load_records, read_sweep
 from shiftbench.results.selection import (
     SELECTION_RULES,
@@ -24,6 +26,7 @@ __all__ = [
     "collect",
     "domainbed_format",
     "get_selection_rule",
+    "leaderboard",
     "list_selection_rules",
     "load_records",
     "read_sweep",

@@ -28,7 +28,11 @@ def register(subparsers) -> None:
                         "classic ones for --format domainbed): iid, loo, oracle, target, entropy, "
                         "im, snd, dev")
     p.add_argument(*_flag("format"), default=None,
-                   help="text (default), markdown, latex, csv, json, html, domainbed")
+                   help="text, markdown, latex, csv, json, html, domainbed (default: the headline "
+                        "leaderboards on the terminal, every table in text with --output)")
+    p.add_argument(*_flag("all_tables"), action="store_true",
+                   help="print every table (each selection rule, per dataset, ranks, paired tests, "
+                        "budgets) instead of one headline leaderboard per setting")
     p.add_argument("--latex", action="store_true",
                    help="DomainBed's flag: LaTeX output (DomainBed's layout with --format domainbed)")
     p.add_argument(*_flag("output"), default=None, metavar="PATH",
@@ -55,6 +59,7 @@ def cmd_collect(ns: argparse.Namespace) -> int:
 
     import_user_modules(ns.imports)
     fmt = ns.format or ("latex" if ns.latex else "text")
+    headline = ns.format is None and not ns.latex and not ns.all_tables and not ns.output
     if ns.latex and fmt not in ("latex", "domainbed"):
         raise ShiftbenchError(f"--latex conflicts with --format {fmt} (use --format latex, or "
                               "--format domainbed --latex for DomainBed's LaTeX layout)")
@@ -81,7 +86,13 @@ def cmd_collect(ns: argparse.Namespace) -> int:
             present = {r["args"]["algorithm"] for r in sweep.records}
             if baseline not in present:
                 raise UnknownNameError("baseline algorithm", baseline, present)
-        text = render(collect(sweep, rules, baseline=baseline, ddof=ns.ddof), fmt)
+        collection = collect(sweep, rules, baseline=baseline, ddof=ns.ddof)
+        if headline:
+            from shiftbench.results.headline import render_headline
+
+            text = render_headline(collection)
+        else:
+            text = render(collection, fmt)
     if ns.output:
         path = Path(ns.output)
         path.parent.mkdir(parents=True, exist_ok=True)

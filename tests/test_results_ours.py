@@ -71,7 +71,7 @@ def test_reads_our_records(sweep_dir):
 
 
 def test_collect_prints_every_table(sweep_dir):
-    code, text = run_collect("--input-dir", str(sweep_dir), "--quiet")
+    code, text = run_collect("--input-dir", str(sweep_dir), "--quiet", "--all-tables")
     assert code == 0
     for title in ("training-domain validation set", "leave-one-domain-out cross-validation",
                   "test-domain validation set (oracle)", "few labeled target examples"):

@@ -207,7 +207,9 @@ def test_cli_baseline_choice(tmp_path, capsys):
             write_trial(tmp_path, f"{alg}{e}", [make_record(0, 0, [e], algorithm=alg)])
     assert main(["collect", "--input-dir", str(tmp_path), "--baseline", "IRN"]) == 2
     assert "did you mean 'IRM'" in capsys.readouterr().err
-    assert main(["collect", "--input-dir", str(tmp_path), "--baseline", "IRM"]) == 0
+    assert main(["collect", "--input-dir", str(tmp_path), "--baseline", "IRM", "--all-tables"]) == 0
     assert "Difference to IRM" in capsys.readouterr().out
-    assert main(["collect", "--input-dir", str(tmp_path), "--baseline", "none"]) == 0
+    assert main(["collect", "--input-dir", str(tmp_path), "--baseline", "none", "--all-tables"]) == 0
     assert "Difference to" not in capsys.readouterr().out
+    assert main(["collect", "--input-dir", str(tmp_path), "--baseline", "IRM"]) == 0
+    assert "vs IRM" in capsys.readouterr().out  # the headline's paired-difference column
