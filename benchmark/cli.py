@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.options import EVAL_SPLIT_CHOICES, PRECISIONS, TASK_ALIASES, TTA_MODES
+from shiftbench.setting import setting_names
 
 # Subcommand -> (module that registers it, one-line help shown by `shiftbench --help`).
 COMMANDS = {
@@ -29,7 +30,7 @@ COMMANDS = {
     "demo": ("shiftbench.demo", "a small real sweep on the built-in digits, with report"),
 }
 COMMAND_MODULES = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
-SETTINGS_ORDER = ("dg", "uda", "ssda", "sda", "tta")
+SETTINGS_ORDER = setting_names()
 
 
 def flag(name: str) -> list[str]:
@@ -44,6 +45,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(*flag("algorithm"), default="ERM")
     p.add_argument(*flag("test_envs"), nargs="+", default=["0"],
                    help="held-out environments, by index or name")
+    p.add_argument(*flag("source_envs"), nargs="+", default=None,
+                   help="environments trained on, by index or name (default: every environment not "
+                        "in --test-envs); the others are evaluated but never trained on")
     p.add_argument(*flag("task"), default="dg",
                    help="dg | uda | ssda | sda | tta (DomainBed's domain_generalization and "
                         "domain_adaptation are accepted)")
@@ -51,6 +55,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(*flag("hparams_preset"), default=None, metavar="NAME",
                    help="a named protocol (network + hparams) under --hparams, e.g. dann_digits "
                         "(the DANN paper's MNIST network and SGD schedule); see shiftbench.presets")
+    p.add_argument(*flag("protocol"), default="shiftbench", metavar="{shiftbench,domainbed}",
+                   help="hparam defaults, search spaces and networks: shiftbench (default) or "
+                        "domainbed (DomainBed's own)")
     p.add_argument(*flag("backbone"), default=None, metavar="NAME",
                    help="featurizer for large images (the `backbone` hparam): resnet50, "
                         "resnet18 or any timm model, e.g. vit_small_patch16_224, convnext_tiny")
@@ -134,7 +141,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
                                          parse_overrides(ns.hparams)), sort_keys=True)
     args = TrainArgs(
         dataset=ns.dataset, algorithm=ns.algorithm, test_envs=list(ns.test_envs),
-        task=task, hparams=merge_backbone_flags(hparams, ns.backbone, ns.weights),
+        task=task, protocol=ns.protocol,
+        source_envs=None if ns.source_envs is None else list(ns.source_envs),
+        hparams=merge_backbone_flags(hparams, ns.backbone, ns.weights),
         hparams_seed=ns.hparams_seed, trial_seed=ns.trial_seed, seed=ns.seed, steps=ns.steps,
         checkpoint_freq=ns.checkpoint_freq, holdout_fraction=ns.holdout_fraction,
         uda_holdout_fraction=ns.uda_holdout_fraction, target_shots=ns.target_shots,

@@ -3,4 +3,4 @@
 EVAL_SPLIT_CHOICES = ("selection", "all")
 TTA_MODES = ("continual", "episodic")
 PRECISIONS = ("fp32", "bf16")
-TASK_ALIASES = {"domain_generalization": "dg", "domain_adaptation": "uda"}
+from shiftbench.setting import ALIASES as TASK_ALIASES  # noqa: E402,F401 (DomainBed's task names)

@@ -1,13 +1,13 @@
 """Deterministic splits of every environment, fixed by `trial_seed` alone.
 
 For environment i (as DomainBed): shuffle its indices with `seed_hash(trial_seed, i)`; the first
-`int(n * holdout_fraction)` are `out` (validation), the rest `in`. For a test environment in the
-adaptation settings, `in` is split again with the same seed: the first
-`int(len(in) * uda_holdout_fraction)` become `uda` (the unlabeled target split handed to the
-algorithm without labels). For ssda/sda, `target_shots` examples per class are then drawn from
-what remains of `in` into `lab` (the few labeled target examples) with `seed_hash(trial_seed, i,
-"shots")`. Test accuracy is always measured on what is left of `in`, so it never includes an
-example the algorithm saw.
+`int(n * holdout_fraction)` are `out` (validation), the rest `in`. For a test environment of a
+setting with an unlabeled target split (`Setting.unlabeled_target`), `in` is split again with the
+same seed: the first `int(len(in) * uda_holdout_fraction)` become `uda` (handed to the algorithm
+without labels). For a setting with a few-shot labeled target split (`Setting.few_shot_target`),
+`target_shots` examples per class are then drawn from what remains of `in` into `lab` with
+`seed_hash(trial_seed, i, "shots")`. Test accuracy is always measured on what is left of `in`, so
+it never includes an example the algorithm saw.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from shiftbench.errors import ShiftbenchError
 from shiftbench.seeds import seed_hash
+from shiftbench.setting import Setting, get_setting
 
 
 @dataclass
@@ -60,12 +61,13 @@ def make_splits(
     test_envs: Sequence[int],
     trial_seed: int,
     holdout_fraction: float,
-    task: str = "dg",
+    task: str | Setting = "dg",
     uda_holdout_fraction: float = 0.0,
     target_shots: int = 0,
     num_classes: int = 0,
 ) -> list[EnvSplits]:
     """The splits of every environment; identical for every algorithm given the same seeds."""
+    setting = get_setting(task)
     if not 0.0 <= holdout_fraction < 1.0:
         raise ShiftbenchError(f"--holdout-fraction must lie in [0, 1), got {holdout_fraction}")
     if not 0.0 <= uda_holdout_fraction < 1.0:
@@ -78,16 +80,16 @@ def make_splits(
         seed = seed_hash(trial_seed, i)
         out, in_ = _shuffled_split(keys, int(n * holdout_fraction), seed)
         uda = lab = np.zeros(0, dtype=np.int64)
-        if i in test_envs and task in ("uda", "ssda"):
+        if i in test_envs and setting.unlabeled_target:
             uda, in_ = _shuffled_split(in_, int(len(in_) * uda_holdout_fraction), seed)
             if len(uda) == 0:
                 raise ShiftbenchError(
-                    f"--task {task} needs unlabeled target examples, but environment {i} gets "
+                    f"--task {setting} needs unlabeled target examples, but environment {i} gets "
                     f"none with --uda-holdout-fraction {uda_holdout_fraction}; use a value in (0, 1)"
                 )
-        if i in test_envs and task in ("ssda", "sda"):
+        if i in test_envs and setting.few_shot_target:
             if target_shots < 1:
-                raise ShiftbenchError(f"--task {task} needs --target-shots >= 1, got {target_shots}")
+                raise ShiftbenchError(f"--task {setting} needs --target-shots >= 1, got {target_shots}")
             lab = few_shot_indices(labels, in_, target_shots, num_classes,
                                    seed_hash(trial_seed, i, "shots"))
             in_ = np.setdiff1d(in_, lab)

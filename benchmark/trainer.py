@@ -34,16 +34,17 @@ from typing import Any
 import torch
 
 import shiftbench
-from shiftbench.algorithms import LABEL_SOURCES, SETTINGS, Algorithm, get_algorithm_class
+from shiftbench.algorithms import Algorithm, get_algorithm_class
 from shiftbench.data import BatchStream, accuracy_counts, eval_batches
 from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets.base import MultiDomainDataset
 from shiftbench.datasets.segmentation import task_type_of
 from shiftbench.errors import ShiftbenchError, StorageError, TrainingDiverged
-from shiftbench.hparams_registry import DatasetInfo, resolve_hparams
+from shiftbench.hparams_registry import DatasetInfo, check_protocol, resolve_hparams
 from shiftbench.options import EVAL_SPLIT_CHOICES, PRECISIONS, TTA_MODES
 from shiftbench.paths import atomic_write_bytes, sha256_bytes
 from shiftbench.seeds import rng_state, seed_everything, set_rng_state
+from shiftbench.setting import Setting, get_setting
 from shiftbench.splits import EnvSplits, make_splits
 
 TIMING_KEYS = ("step_time", "eval_time", "mem_gb", "wall_time", "cpu_time")
@@ -74,21 +75,33 @@ class TrainArgs:
     device: str | None = None
     skip_model_save: bool = False
     save_model_every_checkpoint: bool = False
+    protocol: str = "shiftbench"
+    source_envs: list[int] | None = None  # None: every environment not in test_envs
+
+    @property
+    def setting(self) -> Setting:
+        return get_setting(self.task)
 
     def resolved_uda_fraction(self) -> float:
         if self.uda_holdout_fraction is not None:
             return self.uda_holdout_fraction
-        return 0.5 if self.task in ("uda", "ssda") else 0.0
+        return self.setting.default_uda_fraction
 
 
 # Arguments that do not change a trial's result (excluded from its identity).
 NON_RESULT_ARGS = ("output_dir", "data_dir", "device")
+# Arguments added after trials were first recorded, with the default that reproduces the old
+# behaviour: left out of an identity at that default, so older checkpoints stay resumable.
+ADDED_ARGS = {"protocol": "shiftbench", "source_envs": None}
 
 
 def trial_identity(args: TrainArgs) -> dict[str, Any]:
     d = asdict(args)
     for key in NON_RESULT_ARGS:
         d.pop(key)
+    for key, default in ADDED_ARGS.items():
+        if d[key] == default:
+            d.pop(key)
     return d
 
 
@@ -104,17 +117,20 @@ class Trial:
     device: torch.device
     n_steps: int
     checkpoint_freq: int
-    train_envs: list[int]
+    train_envs: list[int]  # the source environments, the only ones trained on
+    unused_envs: list[int]  # neither source nor test: evaluated and recorded, never trained on
+
+    @property
+    def setting(self) -> Setting:
+        return self.args.setting
 
 
 def validate_args(args: TrainArgs) -> tuple[type, type]:
     """Check every argument that can be checked without loading data; raise a clear error."""
     dataset_cls = get_dataset_class(args.dataset)
     algorithm_cls = get_algorithm_class(args.algorithm)
-    if args.task not in SETTINGS:
-        from shiftbench.errors import UnknownNameError
-
-        raise UnknownNameError("task", args.task, SETTINGS)
+    args.task = get_setting(args.task).name
+    args.protocol = check_protocol(args.protocol)
     if args.task not in algorithm_cls.SETTINGS:
         raise ShiftbenchError(
             f"algorithm {args.algorithm} does not support --task {args.task}; it supports: "
@@ -137,6 +153,16 @@ def validate_args(args: TrainArgs) -> tuple[type, type]:
         raise ShiftbenchError(
             f"--test-envs {args.test_envs} leaves no training environment; {args.dataset} has "
             f"{n_envs}")
+    if args.source_envs is not None:
+        if not args.source_envs:
+            raise ShiftbenchError("--source-envs needs at least one environment (or none given: "
+                                  "every environment not in --test-envs)")
+        args.source_envs = sorted({dataset_cls.env_index(e) for e in args.source_envs})
+        both = sorted(set(args.source_envs) & set(args.test_envs))
+        if both:
+            names = ", ".join(f"{i} ({dataset_cls.ENVIRONMENTS[i]})" for i in both)
+            raise ShiftbenchError(f"environment(s) {names} given in both --source-envs "
+                                  f"{args.source_envs} and --test-envs {args.test_envs}")
     if args.steps is not None and args.steps < 1:
         raise ShiftbenchError(f"--steps must be >= 1, got {args.steps}")
     if args.checkpoint_freq is not None and args.checkpoint_freq < 1:
@@ -152,7 +178,8 @@ def validate_args(args: TrainArgs) -> tuple[type, type]:
     if args.precision not in PRECISIONS:
         raise ShiftbenchError(
             f"--precision {args.precision!r} is not one of {', '.join(PRECISIONS)}")
-    resolve_hparams(args.algorithm, _info(args.dataset, dataset_cls), args.hparams_seed, args.hparams)
+    resolve_hparams(args.algorithm, _info(args.dataset, dataset_cls), args.hparams_seed, args.hparams,
+                    protocol=args.protocol)
     return dataset_cls, algorithm_cls
 
 
@@ -182,15 +209,17 @@ def autocast(trial: Trial):
 def build_trial(args: TrainArgs) -> Trial:
     dataset_cls, _ = validate_args(args)
     hparams = resolve_hparams(args.algorithm, _info(args.dataset, dataset_cls), args.hparams_seed,
-                              args.hparams)
+                              args.hparams, protocol=args.protocol)
     seed_everything(args.seed)
     dataset = dataset_cls(args.data_dir, args.test_envs, hparams)
     check_dataset(dataset, args.dataset)
     env_labels = [_labels_of(env) for env in dataset.datasets]
     splits = make_splits(env_labels, args.test_envs, args.trial_seed, args.holdout_fraction,
-                         args.task, args.resolved_uda_fraction(), args.target_shots,
+                         args.setting, args.resolved_uda_fraction(), args.target_shots,
                          dataset.num_classes)
-    train_envs = [i for i in range(len(dataset)) if i not in args.test_envs]
+    train_envs = (list(args.source_envs) if args.source_envs is not None
+                  else [i for i in range(len(dataset)) if i not in args.test_envs])
+    unused_envs = [i for i in range(len(dataset)) if i not in train_envs and i not in args.test_envs]
     for i in train_envs:
         if len(splits[i].in_) == 0:
             raise ShiftbenchError(f"training environment {i} ({dataset.environments[i]}) is empty")
@@ -200,7 +229,7 @@ def build_trial(args: TrainArgs) -> Trial:
         dataset.input_shape, dataset.num_classes, len(train_envs), hparams, setting=args.task,
         total_steps=n_steps).to(device)
     return Trial(args, dataset, splits, hparams, algorithm, device, n_steps,
-                 args.checkpoint_freq or dataset.CHECKPOINT_FREQ, train_envs)
+                 args.checkpoint_freq or dataset.CHECKPOINT_FREQ, train_envs, unused_envs)
 
 
 def _labels_of(env) -> torch.Tensor:
@@ -246,12 +275,13 @@ def evaluate(trial: Trial) -> dict[str, float]:
     bs = 128 if trial.device.type == "cpu" else 1024
     for i, env in enumerate(trial.dataset.datasets):
         is_test = i in args.test_envs
+        is_source = i in trial.train_envs
         for split_name, idx in trial.splits[i].named().items():
             if len(idx) == 0:
                 continue
-            if split_name == "in" and not is_test and args.eval_splits == "selection":
+            if split_name == "in" and is_source and args.eval_splits == "selection":
                 continue  # no selection rule reads a training domain's training split
-            if is_test and args.task == "tta" and split_name in ("in", "out"):
+            if is_test and trial.setting.adapts_at_test and split_name in ("in", "out"):
                 accs[f"env{i}_{split_name}_acc"] = _tta_accuracy(trial, env, idx, i, split_name)
                 continue
             correct, kept = 0, []
@@ -405,8 +435,12 @@ def _is_finite(value: float) -> bool:
 # The loop
 
 
-def train(args: TrainArgs, log=None, progress: bool | None = None) -> list[dict[str, Any]]:
-    """Run (or resume, or skip if done) one trial; returns its records."""
+def train(args: TrainArgs, log=None, progress: bool | None = None,
+          callbacks: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Run (or resume, or skip if done) one trial; returns its records.
+
+    `callbacks`: objects with `start(spec, hparams)`, `step(step, losses)`, `checkpoint(record)`
+    and `end(summary)` (any may be missing), called at those points of the loop."""
     log = log or (lambda msg: print(msg, flush=True))
     validate_args(args)  # fail on bad input before anything is written
     store = TrialStore(args.output_dir)
@@ -419,7 +453,7 @@ def train(args: TrainArgs, log=None, progress: bool | None = None) -> list[dict[
     except OSError as e:
         raise StorageError(store.dir, e) from e
     try:
-        return _train(args, store, log, progress)
+        return _train(args, store, log, progress, callbacks)
     except (TrainingDiverged, StorageError, KeyboardInterrupt):
         raise  # diverged: `failed` already written; storage / Ctrl-C: resumable, not failed
     except ShiftbenchError as e:
@@ -453,7 +487,14 @@ def _mark_failed(store: TrialStore, e: BaseException) -> None:
         pass
 
 
-def _train(args: TrainArgs, store: TrialStore, log, progress: bool | None):
+def _notify(callbacks: Sequence[Any], event: str, *values: Any) -> None:
+    for callback in callbacks:
+        method = getattr(callback, event, None)
+        if method is not None:
+            method(*values)
+
+
+def _train(args: TrainArgs, store: TrialStore, log, progress: bool | None, callbacks: Sequence[Any]):
     wall_start, cpu_start = time.time(), time.process_time()
     trial = build_trial(args)
     algorithm, device = trial.algorithm, trial.device
@@ -483,10 +524,10 @@ def _train(args: TrainArgs, store: TrialStore, log, progress: bool | None):
                            i, start_step) for i in trial.train_envs]
     lab_streams = [BatchStream(trial.dataset[i], trial.splits[i].lab, batch_size, args.seed,
                                "lab", i, start_step)
-                   for i in args.test_envs if args.task in ("ssda", "sda")]
+                   for i in args.test_envs if trial.setting.few_shot_target]
     uda_streams = [BatchStream(trial.dataset[i], trial.splits[i].uda, batch_size, args.seed, "uda",
                                i, start_step)
-                   for i in args.test_envs if args.task in ("uda", "ssda")]
+                   for i in args.test_envs if trial.setting.unlabeled_target]
     steps_per_epoch = min(len(trial.splits[i].in_) / batch_size for i in trial.train_envs)
     round_every = algorithm.round_interval()
 
@@ -499,6 +540,7 @@ def _train(args: TrainArgs, store: TrialStore, log, progress: bool | None):
         bar = tqdm(total=trial.n_steps, initial=start_step, desc=f"{args.algorithm}",
                    unit="step", dynamic_ncols=True, leave=False)
     last_header = None
+    _notify(callbacks, "start", args, trial.hparams)
     for step in range(start_step, trial.n_steps):
         step_start = time.time()
         if round_every and step % round_every == 0:
@@ -523,6 +565,7 @@ def _train(args: TrainArgs, store: TrialStore, log, progress: bool | None):
         for k, v in values.items():
             window[k].append(float(v))
         window["step_time"].append(time.time() - step_start)
+        _notify(callbacks, "step", step, values)
         if bar is not None:
             bar.update(1)
         if step % trial.checkpoint_freq == 0 or step == trial.n_steps - 1:
@@ -543,15 +586,18 @@ def _train(args: TrainArgs, store: TrialStore, log, progress: bool | None):
                 "cpu_time": time.process_time() - cpu_start,
                 "schema_version": shiftbench.SCHEMA_VERSION,
                 "shiftbench_version": shiftbench.__version__,
-                "label_sources": LABEL_SOURCES[args.task],
+                "label_sources": trial.setting.label_sources,
                 "n_steps": trial.n_steps, "environments": trial.dataset.environments,
             })
-            if args.task == "tta":
+            if trial.unused_envs:
+                record["unused_envs"] = trial.unused_envs
+            if trial.setting.reads_tta_mode:
                 record["tta_mode"] = args.tta_mode
             store.append_record(record)
             n_records += 1
             window.clear()
             last_header = _log_record(record, log, last_header, bar)
+            _notify(callbacks, "checkpoint", record)
             store.save_checkpoint({
                 "identity": identity, "step": step, "n_records": n_records,
                 "algorithm": algorithm.full_state(), "rng": rng_state(),
@@ -564,7 +610,9 @@ def _train(args: TrainArgs, store: TrialStore, log, progress: bool | None):
         _save_model(trial, store.dir / "model.pkl")
     atomic_write_bytes(store.done, b"done")
     store.remove_checkpoints()
-    return store.read_records()
+    records = store.read_records()
+    _notify(callbacks, "end", records)
+    return records
 
 
 def _target_batches(trial: Trial, batch_size: int):

@@ -35,13 +35,12 @@ from typing import Any
 import pandas as pd
 
 from shiftbench.errors import ShiftbenchError
+from shiftbench.setting import ALIASES
 
 RESULTS_FILE = "results.jsonl"
 DONE_FILE = "done"
 FAILED_FILE = "failed"
 
-# DomainBed's names of the task, mapped to ours.
-TASK_ALIASES = {"domain_generalization": "dg", "domain_adaptation": "uda"}
 # Arguments that do not change a trial's result (left out of its identity).
 NON_IDENTITY_ARGS = ("output_dir", "data_dir", "device")
 
@@ -127,7 +126,7 @@ def normalize_record(record: dict[str, Any]) -> dict[str, Any]:
         args["test_envs"] = sorted(int(e) for e in test_envs)
     except OverflowError as e:  # int(inf)
         raise ValueError(f"record args 'test_envs' is not a list of integers: {test_envs!r}") from e
-    args["task"] = TASK_ALIASES.get(args.get("task") or "dg", args.get("task") or "dg")
+    args["task"] = ALIASES.get(args.get("task") or "dg", args.get("task") or "dg")
     args.setdefault("hparams_seed", 0)
     args.setdefault("trial_seed", 0)
     record.setdefault("hparams", {})

@@ -167,7 +167,8 @@ class CheckpointRule(SelectionRule):
 
 @register_selection_rule
 class IIDAccuracySelectionMethod(CheckpointRule):
-    """Training-domain validation: mean out-split accuracy of the training domains."""
+    """Training-domain validation: mean out-split accuracy of the training (source) domains;
+    environments a trial did not train on (`unused_envs`) are left out."""
 
     NAME = "iid"
     TITLE = "training-domain validation set"

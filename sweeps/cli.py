@@ -59,6 +59,12 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
                         "only when not fp32")
     p.add_argument(*_flag("tta_mode"), default=None, metavar="{continual,episodic}",
                    help="test-time adaptation (task tta): continual (default) | episodic")
+    p.add_argument(*_flag("protocol"), default=None, metavar="{shiftbench,domainbed}",
+                   help="hparam defaults, search spaces and networks (default shiftbench); part of "
+                        "a job's identity only when not shiftbench")
+    p.add_argument(*_flag("source_envs"), nargs="+", default=None, metavar="ENV",
+                   help="environments trained on, in every dataset (default: all but the held-out "
+                        "ones); held-out sets are then each other environment")
     p.add_argument(*_flag("data_dir"), default=None)
     p.add_argument(*_flag("output_dir"), required=True)
     p.add_argument(*_flag("import"), dest="imports", action="append", default=[],
@@ -90,16 +96,17 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(ns: argparse.Namespace) -> SweepSpec:
-    from shiftbench.cli import TASK_ALIASES, import_user_modules
+    from shiftbench.cli import import_user_modules
 
     import_user_modules(ns.imports)
     spec = load_spec(ns.spec, validate=False) if ns.spec else SweepSpec()
     given = {f.name: getattr(ns, f.name) for f in fields(SweepSpec)
-             if f.name not in ("hparams", "fixed", "grid", "test_envs")
+             if f.name not in ("hparams", "fixed", "grid", "test_envs", "source_envs")
              and getattr(ns, f.name, None) is not None}
     for name, value in given.items():
         setattr(spec, name, list(value) if isinstance(value, list) else value)
-    spec.task = TASK_ALIASES.get(spec.task, spec.task)
+    if ns.source_envs:
+        spec.source_envs = {dataset: list(ns.source_envs) for dataset in spec.datasets}
     if ns.hparams:
         spec.hparams = {**spec.hparams, **parse_hparams_flag(ns.hparams)}
     validate_spec(spec, ns.spec)

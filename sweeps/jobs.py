@@ -13,8 +13,9 @@ it must change exactly when the job's *result* would. It covers
   steps, holdout_fraction;
 * any other `TrainArgs` field only when it differs from its default. A field added to the trainer
   later, whose default reproduces the old behaviour, therefore leaves every existing hash alone.
-  So `precision` (fp32 | bf16) and `tta_mode` (continual | episodic) count only as `bf16` or
-  `episodic`; a sweep passes `tta_mode` only to `tta` jobs (no other task reads it);
+  So `precision` (fp32 | bf16), `tta_mode` (continual | episodic), `protocol` (shiftbench |
+  domainbed) and `source_envs` (None = all but the test environments) count only when not at
+  their default; a sweep passes `tta_mode` only to jobs of a setting that reads it;
 * never: where things live or run (`output_dir`, `data_dir`, `device`) or what is merely saved
   (`skip_model_save`, `save_model_every_checkpoint`).
 
@@ -33,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from shiftbench.seeds import seed_hash
-from shiftbench.sweeps.spec import SweepSpec, held_out_sets
+from shiftbench.setting import get_setting
+from shiftbench.sweeps.spec import SweepSpec, held_out_sets, source_envs_of
 from shiftbench.trainer import TrainArgs
 
 CORE_IDENTITY_KEYS = ("dataset", "algorithm", "test_envs", "task", "hparams", "hparams_seed",
@@ -131,6 +133,8 @@ def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None
     jobs: dict[str, Job] = {}
     for dataset in spec.datasets:
         steps = spec.steps or get_dataset_class(dataset).N_STEPS  # concrete, so it is hashed
+        sources = source_envs_of(spec, dataset)
+        reads_tta_mode = get_setting(spec.task).reads_tta_mode
         for algorithm in spec.algorithms:
             for test_envs in held_out_sets(spec, dataset):
                 for hparams_seed in range(spec.n_hparams_from, spec.n_hparams):
@@ -148,10 +152,12 @@ def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None
                                 holdout_fraction=spec.holdout_fraction,
                                 uda_holdout_fraction=spec.uda_holdout_fraction,
                                 target_shots=spec.target_shots,
-                                # only test-time adaptation reads tta_mode: other tasks keep
-                                # the default, so their job hashes do not depend on it
-                                tta_mode=spec.tta_mode if spec.task == "tta" else TrainArgs.tta_mode,
-                                precision=spec.precision, data_dir=data_dir)
+                                # only settings that read tta_mode get it: the others keep the
+                                # default, so their job hashes do not depend on it
+                                tta_mode=spec.tta_mode if reads_tta_mode else TrainArgs.tta_mode,
+                                precision=spec.precision, protocol=spec.protocol,
+                                source_envs=None if sources is None else list(sources),
+                                data_dir=data_dir)
                             job = make_job(args, output_dir, tuple(imports))
                             jobs.setdefault(job.hash, job)
     return list(jobs.values())

@@ -14,6 +14,7 @@ hparam grids/fixed values and named test-environment sets::
     precision = "bf16"          # fp32 (default) | bf16: bfloat16 autocast of forward passes
     tta_mode = "episodic"       # continual (default) | episodic: test-time adaptation (task tta)
     hparams_preset = "dann_digits"  # a named protocol (shiftbench.presets), under [hparams]
+    protocol = "domainbed"      # shiftbench (default) | domainbed: hparam defaults/spaces/networks
 
     [hparams]                   # fixed values for every algorithm (like --hparams)
     batch_size = 32
@@ -25,6 +26,9 @@ hparam grids/fixed values and named test-environment sets::
 
     [test_envs]                 # explicit test-environment sets per dataset (names or indices)
     Digits = [["mnist"], ["synth", "lowres"]]
+
+    [source_envs]               # the environments trained on, per dataset (default: all but the
+    Digits = ["synth"]          # test environments); others are evaluated, never trained on
 
 Precedence: flags given on the command line > the TOML file > the defaults below. Grid values
 override fixed values, which override the preset's values, which override what the hparam seed
@@ -50,8 +54,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 TOP_LEVEL_KEYS = ("datasets", "algorithms", "task", "n_hparams", "n_hparams_from", "n_trials",
                   "steps", "checkpoint_freq", "holdout_fraction", "uda_holdout_fraction",
-                  "target_shots", "single_test_envs", "precision", "tta_mode", "hparams",
-                  "test_envs", "algorithm", "hparams_preset")
+                  "target_shots", "single_test_envs", "precision", "tta_mode", "protocol", "hparams",
+                  "test_envs", "source_envs", "algorithm", "hparams_preset")
 ALGORITHM_KEYS = ("fixed", "grid")
 
 
@@ -78,10 +82,12 @@ class SweepSpec:
     precision: str = "fp32"  # a trainer default: not in the job hash unless changed
     tta_mode: str = "continual"  # likewise
     hparams_preset: str | None = None  # a name in shiftbench.presets.PRESETS
+    protocol: str = "shiftbench"  # likewise
     hparams: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     test_envs: dict[str, list[list[int | str]]] = field(default_factory=dict)
+    source_envs: dict[str, list[int | str]] = field(default_factory=dict)
 
     def grid_points(self, algorithm: str) -> list[dict[str, Any]]:
         """The hparam overrides of each job of `algorithm` (one empty dict without a grid)."""
@@ -104,13 +110,14 @@ class SweepSpec:
 
     def validate(self) -> None:
         """Check names, counts and hparams against the registries; raise a clear error."""
-        from shiftbench.algorithms import SETTINGS, get_algorithm_class, list_algorithms
+        from shiftbench.algorithms import get_algorithm_class, list_algorithms
         from shiftbench.datasets import get_dataset_class
-        from shiftbench.hparams_registry import hparam_space, validate_overrides
+        from shiftbench.hparams_registry import check_protocol, hparam_space, validate_overrides
+        from shiftbench.setting import get_setting
         from shiftbench.trainer import PRECISIONS, TTA_MODES
 
-        if self.task not in SETTINGS:
-            raise UnknownNameError("task", self.task, SETTINGS)
+        self.task = get_setting(self.task).name
+        check_protocol(self.protocol)
         if self.precision not in PRECISIONS:
             raise UnknownNameError("precision", self.precision, PRECISIONS)
         if self.tta_mode not in TTA_MODES:
@@ -151,7 +158,7 @@ class SweepSpec:
                                     f"got {values!r}")
         for dataset in self.datasets:
             for algorithm in self.algorithms:
-                space = hparam_space(algorithm, dataset)
+                space = hparam_space(algorithm, dataset, self.protocol)
                 for point in self.grid_points(algorithm):
                     validate_overrides(space, self.overrides(algorithm, point, dataset), algorithm)
         for dataset, sets in self.test_envs.items():
@@ -164,17 +171,42 @@ class SweepSpec:
                 if not resolved or len(resolved) >= len(cls.ENVIRONMENTS):
                     raise SpecError(f"test_envs set {envs} of {dataset} must hold at least one "
                                     f"and fewer than {len(cls.ENVIRONMENTS)} environments")
+        for dataset, envs in self.source_envs.items():
+            if dataset not in self.datasets:
+                raise SpecError(f"source_envs given for dataset {dataset!r}, which is not in the "
+                                f"sweep's datasets ({', '.join(self.datasets)})")
+            sources = source_envs_of(self, dataset)
+            if not sources:
+                raise SpecError(f"source_envs of {dataset} must hold at least one environment")
+            for test in held_out_sets(self, dataset):
+                if set(test) & set(sources):
+                    raise SpecError(f"source_envs {envs} of {dataset} overlap the held-out set "
+                                    f"{test}; give [test_envs] sets disjoint from the sources")
+
+
+def source_envs_of(spec: SweepSpec, dataset: str) -> list[int] | None:
+    """The spec's source environments of a dataset (indices), or None: all but the test ones."""
+    if dataset not in spec.source_envs:
+        return None
+    from shiftbench.datasets import get_dataset_class
+
+    cls = get_dataset_class(dataset)
+    return sorted({cls.env_index(e) for e in spec.source_envs[dataset]})
 
 
 def held_out_sets(spec: SweepSpec, dataset: str) -> list[list[int]]:
-    """The held-out sets of a dataset: the spec's own, else each environment, plus every pair
-    (what leave-one-domain-out selection needs) unless `single_test_envs` or < 3 environments."""
+    """The held-out sets of a dataset: the spec's own; else, with `source_envs`, each other
+    environment; else each environment, plus every pair (what leave-one-domain-out selection
+    needs) unless `single_test_envs` or < 3 environments."""
     from shiftbench.datasets import get_dataset_class
 
     cls = get_dataset_class(dataset)
     if dataset in spec.test_envs:
         return [sorted({cls.env_index(e) for e in envs}) for envs in spec.test_envs[dataset]]
     n = len(cls.ENVIRONMENTS)
+    sources = source_envs_of(spec, dataset)
+    if sources is not None:  # each environment that is not a source, as the single target
+        return [[i] for i in range(n) if i not in sources]
     sets = [[i] for i in range(n)]
     if not spec.single_test_envs and n >= 3:
         sets += [[i, j] for i, j in itertools.combinations(range(n), 2)]
@@ -224,8 +256,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "datasets": list, "algorithms": list, "task": str, "n_hparams": int, "n_hparams_from": int,
     "n_trials": int, "steps": int, "checkpoint_freq": int, "holdout_fraction": float,
     "uda_holdout_fraction": float, "target_shots": int, "single_test_envs": bool,
-    "precision": str, "tta_mode": str, "hparams": dict, "test_envs": dict, "algorithm": dict,
-    "hparams_preset": str,
+    "precision": str, "tta_mode": str, "protocol": str, "hparams": dict, "test_envs": dict,
+    "source_envs": dict, "algorithm": dict, "hparams_preset": str,
 }
 
 
@@ -269,7 +301,7 @@ def load_spec(path: str | Path, base: SweepSpec | None = None, validate: bool = 
             if not isinstance(item, str):
                 raise fail(f"{key} must be a list of names, got {item!r}", (), key)
     for f in fields(SweepSpec):
-        if f.name in data and f.name not in ("hparams", "test_envs"):
+        if f.name in data and f.name not in ("hparams", "test_envs", "source_envs"):
             value = data[f.name]
             setattr(spec, f.name, float(value) if _TYPES[f.name] is float else value)
     spec.hparams = dict(data.get("hparams", spec.hparams))
@@ -279,6 +311,11 @@ def load_spec(path: str | Path, base: SweepSpec | None = None, validate: bool = 
                        f"(names or indices), e.g. [[0], [\"mnist\", 2]]; got {sets!r}",
                        ("test_envs",), dataset)
         spec.test_envs[dataset] = sets
+    for dataset, envs in data.get("source_envs", {}).items():
+        if not (isinstance(envs, list) and envs and all(isinstance(e, (int, str)) for e in envs)):
+            raise fail(f"source_envs.{dataset} must be a non-empty list of environments (names or "
+                       f"indices), e.g. [\"mnist\", 2]; got {envs!r}", ("source_envs",), dataset)
+        spec.source_envs[dataset] = envs
     for algorithm, tables in data.get("algorithm", {}).items():
         if not isinstance(tables, dict):
             raise fail(f"algorithm.{algorithm} must be a table with 'fixed' and/or 'grid'",

@@ -32,7 +32,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    from shiftbench.cli import TASK_ALIASES, import_user_modules
+    from shiftbench.cli import import_user_modules
     from shiftbench.errors import ShiftbenchError, StorageError
     from shiftbench.paths import atomic_write_bytes
     from shiftbench.sweeps.jobs import job_hash, job_identity
@@ -47,7 +47,6 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(ns.threads)
     values = {f.name: getattr(ns, f.name) for f in fields(TrainArgs)}
-    values["task"] = TASK_ALIASES.get(values["task"], values["task"])
     values["test_envs"] = list(values["test_envs"])
     args = TrainArgs(**values)
     lock = JobLock(args.output_dir)
