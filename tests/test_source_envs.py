@@ -126,18 +126,19 @@ def test_names_resolve_and_bad_sources_are_refused(tmp_path, registered):
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
 
 
-def test_cli_source_envs(tmp_path, registered, capsys):
+def test_cli_source_envs(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["train", "--dataset", "Marked", "--algorithm", "Spy", "--source-envs", "0",
+    code = main(["train", "--dataset", "DebugVector", "--algorithm", "ERM", "--source-envs", "0",
                  "--test-envs", "1", "--task", "uda", "--steps", "2", "--output-dir", str(out),
                  "--hparams", '{"batch_size": 8}', "--no-progress"])
     assert code == 0
     last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
-    assert last["args"]["source_envs"] == [0] and last["unused_envs"] == [2, 3]
-    assert all(c["labeled"] == [[0.0]] and c["unlabeled"] == [[1.0]] for c in Spy.seen)
-    code = main(["train", "--dataset", "Marked", "--algorithm", "Spy", "--source-envs", "1",
-                 "--test-envs", "1", "--output-dir", str(tmp_path / "bad")])
+    assert last["args"]["source_envs"] == [0] and last["unused_envs"] == [2]
+    assert last["args"]["task"] == "uda" and "env2_in_acc" in last
+    code = main(["train", "--dataset", "DebugVector", "--source-envs", "1", "--test-envs", "1",
+                 "--output-dir", str(tmp_path / "bad")])
     assert code == 2 and "both --source-envs" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_identity_counts_source_envs_and_protocol_only_when_given():
