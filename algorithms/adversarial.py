@@ -51,6 +51,7 @@ from shiftbench.algorithms.base import (
     _weight_decay,
     cross_entropy,
     register_algorithm,
+    step,
 )
 from shiftbench.algorithms.components import Discriminator, dann_schedule, grad_reverse
 from shiftbench.hparams_registry import Choice, HParam, IntLogUniform, LogUniform
@@ -178,26 +179,25 @@ class AbstractDANN(Algorithm):
             z_in = z.detach().requires_grad_() if d_step else z
         d_loss = self.disc_loss(z_in, d, y_src, logits[n_src:])
         if scheme == "reversal":
-            self._step(cls_loss + d_loss, self.disc_opt, self.gen_opt)
+            self._anneal_sgd()
+            step(cls_loss + d_loss, self.disc_opt, self.gen_opt)
             return {"loss": cls_loss.item(), "disc_loss": d_loss.item(), "grl_coeff": coeff}
         if d_step:
-            self._step(d_loss, self.disc_opt)
+            self._anneal_sgd()
+            step(d_loss, self.disc_opt)
             return {"disc_loss": d_loss.item()}
         gen_loss = cls_loss - self.hparams["lambda"] * d_loss
-        self._step(gen_loss, self.gen_opt)
+        self._anneal_sgd()
+        step(gen_loss, self.gen_opt)
         return {"loss": cls_loss.item(), "gen_disc_loss": d_loss.item(), "gen_loss": gen_loss.item()}
 
-    def _step(self, loss, *optimizers):
-        self.disc_opt.zero_grad(set_to_none=True)
-        self.gen_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.hparams["dann_optimizer"] == "sgd":  # the paper's annealing
+    def _anneal_sgd(self) -> None:
+        """The paper's SGD schedule lr_p = lr / (1 + 10 p)^0.75 (no-op with Adam)."""
+        if self.hparams["dann_optimizer"] == "sgd":
             decay = (1 + 10 * self.progress) ** -0.75
             for opt, lr in ((self.gen_opt, self.hparams["lr_g"]), (self.disc_opt, self.hparams["lr_d"])):
                 for group in opt.param_groups:
                     group["lr"] = lr * decay
-        for opt in optimizers:
-            opt.step()
 
     def predict(self, x):
         return self.classifier(self.featurizer(x))

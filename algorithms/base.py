@@ -312,6 +312,15 @@ def anneal_learning_rates(optimizers: Iterable[torch.optim.Optimizer], schedule:
             group["lr"] = group["initial_lr"] * factor
 
 
+def step(loss: torch.Tensor, *optimizers: torch.optim.Optimizer) -> None:
+    """One gradient step: clear the optimizers' gradients, back-propagate `loss`, step each."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+
+
 def concat_minibatches(minibatches) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([x for x, _ in minibatches]), torch.cat([y for _, y in minibatches])
 

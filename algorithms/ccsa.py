@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from shiftbench.algorithms.base import concat_minibatches, cross_entropy, register_algorithm
+from shiftbench.algorithms.base import concat_minibatches, cross_entropy, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import Choice, HParam, Uniform
 
@@ -89,8 +89,6 @@ class CCSA(ERM):
         ce = cross_entropy(self.classifier(z), y)
         alpha = self.hparams["ccsa_alpha"]
         loss = (1 - alpha) * ce + alpha * csa
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "ce": ce.item(), "csa": csa.item(), "pairs": float(len(same)),
                 "positive_pairs": float(same.sum())}

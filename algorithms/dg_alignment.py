@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shiftbench.algorithms.base import cross_entropy, register_algorithm
+from shiftbench.algorithms.base import cross_entropy, register_algorithm, step
 from shiftbench.algorithms.components import coral_distance, mmd_gaussian
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import HParam, LogUniform
@@ -48,9 +48,7 @@ class _FeatureMatching(ERM):
                           for f, (_, y) in zip(features, minibatches)]).mean()
         penalty = self.penalty(features)
         loss = ce + self.hparams["mmd_gamma"] * penalty
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": ce.item(), "penalty": penalty.item()}
 
 

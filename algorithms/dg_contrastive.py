@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftbench.algorithms.base import cross_entropy, register_algorithm
+from shiftbench.algorithms.base import cross_entropy, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import Choice, HParam
 
@@ -90,9 +90,7 @@ class _AbstractCAD(ERM):
                              self.hparams["cad_flipped"])
         ce = cross_entropy(self.classifier(z), y)
         loss = ce + self.hparams["cad_lambda"] * bn
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "ce": ce.item(), "bottleneck": bn.item()}
 
 

@@ -15,6 +15,7 @@ from shiftbench.algorithms.base import (
     cross_entropy,
     make_optimizer,
     register_algorithm,
+    step,
 )
 from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
 
@@ -68,9 +69,7 @@ class MTL(Algorithm):
             losses.append(cross_entropy(self._logits(z, emb), y))
         loss = torch.stack(losses)
         loss = loss.sum() if self.hparams["mtl_variant"] == "domainbed" else loss.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": loss.item()}
 
     def predict(self, x):
@@ -152,14 +151,10 @@ class Transfer(Algorithm):
     def update(self, minibatches, unlabeled=None):
         x, y = concat_minibatches(minibatches)
         loss = cross_entropy(self.predict(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         labels = [yb for _, yb in minibatches]
         gap = self.hparams["t_lambda"] * self.gap([self.featurizer(xb) for xb, _ in minibatches], labels)
-        self.gap_optimizer.zero_grad(set_to_none=True)
-        gap.backward()
-        self.gap_optimizer.step()
+        step(gap, self.gap_optimizer)
         self.adv_classifier.load_state_dict(self.classifier.state_dict())
         with torch.no_grad():
             feats = [self.featurizer(xb) for xb, _ in minibatches]
@@ -169,9 +164,7 @@ class Transfer(Algorithm):
                 with torch.no_grad():
                     feats = [self.featurizer(xb) for xb, _ in minibatches]
             adv_gap = self.hparams["t_lambda"] * self.gap(feats, labels)
-            self.adv_opt.zero_grad(set_to_none=True)
-            (-adv_gap).backward()
-            self.adv_opt.step()
+            step(-adv_gap, self.adv_opt)
             self.project()
         return {"loss": loss.item(), "gap": gap.item(), "adv_gap": adv_gap.item()}
 

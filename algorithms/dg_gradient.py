@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import autograd
 
-from shiftbench.algorithms.base import cross_entropy, register_algorithm
+from shiftbench.algorithms.base import cross_entropy, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import HParam, LogUniform, Uniform
 
@@ -128,7 +128,5 @@ class IGA(ERM):
         mean_grad = autograd.grad(mean_risk, list(self.network.parameters()), retain_graph=True)
         penalty = sum((g - m).pow(2).sum() for grad in grads for g, m in zip(grad, mean_grad))
         loss = mean_risk + self.hparams["penalty"] * penalty
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": mean_risk.item(), "penalty": penalty.item()}

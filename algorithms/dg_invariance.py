@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import autograd
 
-from shiftbench.algorithms.base import cross_entropy, make_optimizer, register_algorithm
+from shiftbench.algorithms.base import cross_entropy, make_optimizer, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import HParam, IntLogUniform, LogUniform, Uniform
@@ -24,10 +24,10 @@ def annealed_weight(alg: ERM, anneal_iters: int, weight: float, lr: float | None
     At update number `anneal_iters` exactly, `alg.optimizer` is replaced by a fresh Adam over
     `alg.network` (learning rate `lr` if given, else the configured one).
     """
-    step = int(alg.num_updates)
-    if step == int(anneal_iters):
+    t = int(alg.num_updates)
+    if t == int(anneal_iters):
         alg.optimizer = make_optimizer(alg.network.parameters(), alg.hparams, lr=lr)
-    return float(weight) if step >= int(anneal_iters) else 1.0
+    return float(weight) if t >= int(anneal_iters) else 1.0
 
 
 PER_DOMAIN_FORWARD = HParam(False, None, variant=True, help=(
@@ -57,11 +57,6 @@ def irm_penalty(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return g1 * g2
 
 
-def _step(alg: ERM, loss: torch.Tensor) -> None:
-    alg.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    alg.optimizer.step()
-
 
 @register_algorithm
 class IRM(ERM):
@@ -89,7 +84,7 @@ class IRM(ERM):
         nll = torch.stack([cross_entropy(lg, y) for lg, (_, y) in zip(chunks, minibatches)]).mean()
         penalty = torch.stack([irm_penalty(lg, y) for lg, (_, y) in zip(chunks, minibatches)]).mean()
         loss = nll + weight * penalty
-        _step(self, loss)
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "nll": nll.item(), "penalty": penalty.item()}
 
 
@@ -116,7 +111,7 @@ class VREx(ERM):
         nll = risks.mean()
         penalty = ((risks - nll) ** 2).mean()
         loss = nll + weight * penalty
-        _step(self, loss)
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "nll": nll.item(), "penalty": penalty.item()}
 
 
@@ -223,16 +218,16 @@ class EQRM(ERM):
             raise ShiftbenchError(f"eqrm_quantile must lie in (0, 1), got {alpha}")
 
     def update(self, minibatches, unlabeled=None):
-        burnin, step = self.hparams["eqrm_burnin_iters"], int(self.num_updates)
-        if step == burnin:  # Adam reset at the switch
+        burnin, t = self.hparams["eqrm_burnin_iters"], int(self.num_updates)
+        if t == burnin:  # Adam reset at the switch
             self.optimizer = make_optimizer(self.network.parameters(), self.hparams,
                                             lr=self.hparams["eqrm_lr"])
         risks = domain_risks(self, minibatches)
-        if step < burnin:
+        if t < burnin:
             loss = risks.mean()
         else:
             loss = self.DISTS[self.hparams["eqrm_dist"]](risks, self.hparams["eqrm_quantile"])
-        _step(self, loss)
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "mean_risk": risks.mean().item()}
 
 

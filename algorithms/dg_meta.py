@@ -8,7 +8,7 @@ import torch
 from torch import autograd
 
 from shiftbench import networks
-from shiftbench.algorithms.base import Algorithm, cross_entropy, make_optimizer, register_algorithm
+from shiftbench.algorithms.base import Algorithm, cross_entropy, make_optimizer, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
@@ -117,9 +117,7 @@ class Fish(Algorithm):
         self.network_inner.load_state_dict(self.network.state_dict())
         for x, y in minibatches:
             loss = cross_entropy(self.network_inner(x), y)
-            self.optimizer_inner.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer_inner.step()
+            step(loss, self.optimizer_inner)
         eps = float(self.hparams["meta_lr"])
         with torch.no_grad():
             inner = self.network_inner.state_dict()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shiftbench.algorithms.base import cross_entropy, register_algorithm
+from shiftbench.algorithms.base import cross_entropy, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import HParam, LogUniform
 
@@ -51,7 +51,5 @@ class Mixup(ERM):
             logits = self.predict(lam * xi + (1 - lam) * xj)
             loss = loss + lam * cross_entropy(logits, yi) + (1 - lam) * cross_entropy(logits, yj)
         loss = loss / len(pairs)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": loss.item()}

@@ -11,18 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftbench.algorithms.base import concat_minibatches, cross_entropy, register_algorithm
+from shiftbench.algorithms.base import concat_minibatches, cross_entropy, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import HParam, LogUniform, Uniform
 
 
 class _OneStep(ERM):
     SETTINGS = ("dg",)
-
-    def _step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
 
 
 @register_algorithm
@@ -65,7 +60,7 @@ class RSC(_OneStep):
         z = self.featurizer(x)
         _, _, mask = self.masks(z, y)
         loss = cross_entropy(self.classifier(z * mask), y)
-        self._step(loss)
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "muted_fraction": float(1 - mask.mean())}
 
 
@@ -83,7 +78,7 @@ class SD(_OneStep):
         ce = cross_entropy(logits, y)
         penalty = (logits ** 2).mean()
         loss = ce + self.hparams["sd_reg"] * penalty
-        self._step(loss)
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "ce": ce.item(), "penalty": penalty.item()}
 
 
@@ -158,5 +153,5 @@ class SelfReg(_OneStep):
                  + 0.3 * F.mse_loss(z, lam * proj[a] + (1 - lam) * proj[b]))
         ce = cross_entropy(logits, y)
         loss = ce + min(ce.item(), 1.0) * (lam * l_ind + (1 - lam) * l_hdl)
-        self._step(loss)
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "ce": ce.item(), "l_ind": l_ind.item(), "l_hdl": l_hdl.item()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from shiftbench.algorithms.base import register_algorithm
+from shiftbench.algorithms.base import register_algorithm, step
 from shiftbench.algorithms.dg_invariance import PER_DOMAIN_FORWARD, domain_risks
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
@@ -45,9 +45,7 @@ class GroupDRO(ERM):
             q = self.q.to(risks.dtype) * torch.exp(self.hparams["groupdro_eta"] * risks.detach())
             self.q.copy_(q / q.sum())
         loss = (self.q.to(risks.dtype) * risks).sum()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         out = {"loss": loss.item(), "worst_risk": risks.max().item()}
         out.update({f"q{e}": float(w) for e, w in enumerate(self.q)})
         return out

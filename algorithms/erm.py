@@ -16,6 +16,7 @@ from shiftbench.algorithms.base import (
     cross_entropy,
     make_optimizer,
     register_algorithm,
+    step,
 )
 
 
@@ -39,9 +40,7 @@ class ERM(Algorithm):
     def update(self, minibatches, unlabeled=None):
         x, y = concat_minibatches(minibatches)
         loss = cross_entropy(self.predict(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": loss.item()}
 
     def predict(self, x):

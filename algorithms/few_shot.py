@@ -17,6 +17,7 @@ from shiftbench.algorithms.base import (
     concat_minibatches,
     make_optimizer,
     register_algorithm,
+    step,
 )
 from shiftbench.algorithms.components import grad_reverse
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
@@ -73,16 +74,12 @@ class MME(Algorithm):
     def update(self, minibatches, unlabeled=None):
         x, y = concat_minibatches(minibatches)
         ce = F.cross_entropy(self.predict(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        ce.backward()
-        self.optimizer.step()
+        step(ce, self.optimizer)
         values = {"loss": ce.item(), "cls_loss": ce.item()}
         if unlabeled:
             adent = adversarial_entropy(self.classifier, self.featurizer(torch.cat(list(unlabeled))),
                                         self.hparams["mme_lambda"])
-            self.optimizer.zero_grad(set_to_none=True)
-            adent.backward()
-            self.optimizer.step()
+            step(adent, self.optimizer)
             values["neg_entropy_loss"] = adent.item()
         return values
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from shiftbench.algorithms.base import cross_entropy, register_algorithm
+from shiftbench.algorithms.base import cross_entropy, register_algorithm, step
 from shiftbench.algorithms.components import featurizer_stages
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
@@ -97,7 +97,5 @@ class MixStyle(ERM):
             if i in self.layers:
                 h = self._mix(h, domains)
         loss = cross_entropy(self.classifier(h), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": loss.item()}

@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from shiftbench.algorithms.base import concat_minibatches, register_algorithm
+from shiftbench.algorithms.base import concat_minibatches, register_algorithm, step
 from shiftbench.algorithms.components import Discriminator
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
@@ -162,9 +162,7 @@ class CBST(ERM):
                 "selected": float(count) / len(xt), **stats}
 
     def _step(self, loss):
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
 
 
 CRST_REGULARISERS = ("mrkld", "lrent")
@@ -371,6 +369,4 @@ class TPLD(CBST):
         d_loss = (F.binary_cross_entropy_with_logits(d_easy, torch.ones_like(d_easy), reduction="sum")
                   + F.binary_cross_entropy_with_logits(d_hard, torch.zeros_like(d_hard), reduction="sum"))
         d_loss = d_loss / max(1, len(easy) + len(hard))
-        self.d_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.d_optimizer.step()
+        step(d_loss, self.d_optimizer)

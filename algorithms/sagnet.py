@@ -49,6 +49,7 @@ from shiftbench.algorithms.base import (
     cross_entropy,
     make_optimizer,
     register_algorithm,
+    step,
 )
 from shiftbench.algorithms.components import featurizer_stages
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
@@ -226,19 +227,12 @@ class SagNetPooled(SagNet):
     def update(self, minibatches, unlabeled=None):
         x, y = concat_minibatches(minibatches)
         loss_c = cross_entropy(self.classifier(randomize_domainbed(self.featurizer(x), "style")), y)
-        self._step(loss_c, self.optimizer_f, self.optimizer_c)
+        step(loss_c, self.optimizer_f, self.optimizer_c)
         loss_s = cross_entropy(self._style_logits(x), y)
-        self._step(loss_s, self.optimizer_s)
+        step(loss_s, self.optimizer_s)
         loss_adv = self.hparams["sag_w_adv"] * -F.log_softmax(self._style_logits(x), 1).mean()
-        self._step(loss_adv, self.optimizer_f)
+        step(loss_adv, self.optimizer_f)
         return {"loss": loss_c.item(), "loss_style": loss_s.item(), "loss_adv": loss_adv.item()}
-
-    def _step(self, loss, *optimizers):
-        for opt in (self.optimizer_f, self.optimizer_c, self.optimizer_s):
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
 
     def predict(self, x):
         return self.classifier(self.featurizer(x))

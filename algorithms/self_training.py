@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from shiftbench.algorithms import augment
-from shiftbench.algorithms.base import concat_minibatches, cross_entropy, register_algorithm
+from shiftbench.algorithms.base import concat_minibatches, cross_entropy, register_algorithm, step
 from shiftbench.algorithms.components import EMA
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
@@ -58,11 +58,6 @@ class _SelfTraining(ERM):
     def _labeled(self, minibatches) -> tuple[torch.Tensor, torch.Tensor]:
         return concat_minibatches(minibatches)  # sources and (ssda) the few labeled targets
 
-    def _step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
 
 @register_algorithm
 class PseudoLabel(_SelfTraining):
@@ -94,7 +89,7 @@ class PseudoLabel(_SelfTraining):
             unsup, mask = masked_pseudo_label_loss(
                 logits_t, F.softmax(logits_t.detach(), dim=1), self.hparams["pl_threshold"])
         loss = sup + weight * unsup
-        self._step(loss)
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "sup_loss": sup.item(), "pl_loss": unsup.item(),
                 "pl_mask": mask.mean().item(), "pl_weight": weight}
 
@@ -134,7 +129,7 @@ class FixMatch(_SelfTraining):
             unsup, mask = masked_pseudo_label_loss(self.network(strong), probs,
                                                    hp["fixmatch_threshold"])
         loss = sup + hp["fixmatch_weight"] * unsup
-        self._step(loss)
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "sup_loss": sup.item(), "unsup_loss": unsup.item(),
                 "mask_rate": mask.mean().item()}
 
@@ -179,7 +174,7 @@ class MeanTeacher(_SelfTraining):
             cons = F.mse_loss(student, target)
         weight = hp["mt_weight"] * sigmoid_ramp(self.progress, hp["mt_rampup"])
         loss = sup + weight * cons
-        self._step(loss)
+        step(loss, self.optimizer)
         self.teacher.update(self.network, ema_warmup_decay(int(self.num_updates), hp["mt_ema"]))
         return {"loss": loss.item(), "sup_loss": sup.item(), "consistency": cons.item(),
                 "cons_weight": weight}
@@ -260,7 +255,7 @@ class DACS(_SelfTraining):
                         + (1 - r) * w_t * F.cross_entropy(logits, yt, reduction="none")).mean()
             w_t = float(w_t)
         loss = sup + hp["dacs_weight"] * mix_loss
-        self._step(loss)
+        step(loss, self.optimizer)
         self.teacher.update(self.network, ema_warmup_decay(int(self.num_updates), hp["dacs_ema"]))
         return {"loss": loss.item(), "sup_loss": sup.item(), "mix_loss": mix_loss.item(),
                 "confident_fraction": w_t}

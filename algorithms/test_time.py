@@ -24,6 +24,7 @@ from shiftbench.algorithms.base import (
     concat_minibatches,
     make_optimizer,
     register_algorithm,
+    step,
 )
 from shiftbench.algorithms.components import entropy
 from shiftbench.algorithms.erm import ERM
@@ -218,9 +219,7 @@ class SHOT(Algorithm):
         if int(self.num_updates) < start or not unlabeled:
             x, y = concat_minibatches(minibatches)
             loss = F.cross_entropy(self.predict(x), y, label_smoothing=self.hparams["shot_smoothing"])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            step(loss, self.optimizer)
             return {"loss": loss.item(), "src_loss": loss.item()}
         self.classifier.requires_grad_(False)  # the source hypothesis stays fixed
         xt = torch.cat(list(unlabeled))
@@ -236,9 +235,7 @@ class SHOT(Algorithm):
                 pseudo = self.assign(self._unit(self.snapshot(xt)))
             pl_loss = F.cross_entropy(logits, pseudo)
         loss = cond_ent - div + self.hparams["shot_beta"] * pl_loss
-        self.target_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.target_optimizer.step()
+        step(loss, self.target_optimizer)
         return {"loss": loss.item(), "cond_entropy": cond_ent.item(), "diversity": div.item(),
                 "pl_loss": pl_loss.item()}
 

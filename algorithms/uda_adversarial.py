@@ -23,6 +23,7 @@ from shiftbench.algorithms.base import (
     cross_entropy,
     make_optimizer,
     register_algorithm,
+    step,
 )
 from shiftbench.algorithms.components import Discriminator, dann_schedule, entropy, grad_reverse
 from shiftbench.errors import ShiftbenchError
@@ -97,9 +98,7 @@ class _GRLAdversary(Algorithm):
             d_out, _domain_labels(len(xs), len(xt), d_out), weight=self.sample_weights(logits))
         extras = self.extra_loss(f[: len(xs)], f[len(xs):])
         loss = cls_loss + self.hparams["adv_weight"] * d_loss + sum(extras.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "cls_loss": cls_loss.item(), "disc_loss": d_loss.item(),
                 "lambda": lam, **{k: v.item() for k, v in extras.items()}}
 
@@ -236,9 +235,7 @@ class ADDA(Algorithm):
             self.start_adaptation()
         if not self.adapting:
             loss = cross_entropy(self.classifier(self.source_encoder(xs)), ys)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            step(loss, self.optimizer)
             return {"cls_loss": loss.item(), "phase": 1.0}
         if not unlabeled:
             raise ShiftbenchError("ADDA needs unlabeled target batches (--task uda)")
@@ -247,14 +244,10 @@ class ADDA(Algorithm):
         ft = self.target_encoder(torch.cat(list(unlabeled)))
         d_out = self.discriminator(torch.cat([fs, ft.detach()]))[:, 0]
         d_loss = F.binary_cross_entropy_with_logits(d_out, _domain_labels(len(fs), len(ft), d_out))
-        self.disc_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.disc_optimizer.step()
+        step(d_loss, self.disc_optimizer)
         t_out = self.discriminator(ft)[:, 0]
         m_loss = F.binary_cross_entropy_with_logits(t_out, torch.ones_like(t_out))
-        self.target_optimizer.zero_grad(set_to_none=True)
-        m_loss.backward()
-        self.target_optimizer.step()
+        step(m_loss, self.target_optimizer)
         self.discriminator.zero_grad(set_to_none=True)  # D is only moved by its own step
         return {"disc_loss": d_loss.item(), "target_loss": m_loss.item(), "phase": 2.0}
 

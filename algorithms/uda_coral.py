@@ -15,6 +15,7 @@ from shiftbench.algorithms.base import (
     cross_entropy,
     make_optimizer,
     register_algorithm,
+    step,
 )
 from shiftbench.algorithms.components import coral_distance
 from shiftbench.hparams_registry import HParam
@@ -47,9 +48,7 @@ class DeepCORAL(Algorithm):
         else:
             penalty = fs.new_zeros(())
         loss = cls_loss + self.hparams["coral_weight"] * penalty
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "cls_loss": cls_loss.item(), "coral": penalty.item()}
 
     def predict(self, x):

@@ -22,6 +22,7 @@ from shiftbench.algorithms.base import (
     cross_entropy,
     make_optimizer,
     register_algorithm,
+    step,
 )
 from shiftbench.algorithms.components import dann_schedule, entropy, grad_reverse
 from shiftbench.errors import ShiftbenchError
@@ -108,9 +109,7 @@ class _SourcePlusTarget(Algorithm):
         cls_loss = cross_entropy(logits[: len(xs)], ys)
         terms = self.penalty(f, logits, len(xs))
         loss = cls_loss + sum(terms.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "cls_loss": cls_loss.item(),
                 **{k: v.item() for k, v in terms.items()}}
 
@@ -261,28 +260,20 @@ class MCD(Algorithm):
         w = self.hparams["discrepancy_weight"]
         # A: everything on the source
         loss_a = self._source_ce(self.featurizer(xs), ys)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.head_optimizer.zero_grad(set_to_none=True)
-        loss_a.backward()
-        self.optimizer.step()
-        self.head_optimizer.step()
+        step(loss_a, self.optimizer, self.head_optimizer)
         # B: classifiers only, maximise the target discrepancy while fitting the source
         with torch.no_grad():
             fs, ft = self.featurizer(xs), self.featurizer(xt)
         disc_b = self._discrepancy(ft)
         loss_b = self._source_ce(fs, ys) - w * disc_b
-        self.head_optimizer.zero_grad(set_to_none=True)
-        loss_b.backward()
-        self.head_optimizer.step()
+        step(loss_b, self.head_optimizer)
         # C: generator only, minimise the discrepancy
         for p in self.heads.parameters():
             p.requires_grad_(False)
         try:
             for _ in range(int(self.hparams["num_k"])):
                 disc_c = self._discrepancy(self.featurizer(xt))
-                self.optimizer.zero_grad(set_to_none=True)
-                (w * disc_c).backward()
-                self.optimizer.step()
+                step(w * disc_c, self.optimizer)
         finally:
             for p in self.heads.parameters():
                 p.requires_grad_(True)

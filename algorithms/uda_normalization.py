@@ -23,6 +23,7 @@ from shiftbench.algorithms.base import (
     cross_entropy,
     make_optimizer,
     register_algorithm,
+    step,
 )
 from shiftbench.algorithms.components import Discriminator
 from shiftbench.errors import ShiftbenchError
@@ -117,9 +118,7 @@ class AdaBN(Algorithm):
         x, y = concat_minibatches(minibatches)
         self._set_momentum(0.0)  # source batches normalise themselves but leave running stats
         loss = cross_entropy(self.network(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         if unlabeled:
             self._set_momentum(float(self.hparams["target_momentum"]))
             with torch.no_grad():
@@ -227,9 +226,7 @@ class GAM(Algorithm):
             self.start_adaptation()
         if not self.adapting:
             loss = cross_entropy(self.source_net(xs), ys)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            step(loss, self.optimizer)
             return {"cls_loss": loss.item(), "phase": 1.0}
         if not unlabeled:
             raise ShiftbenchError("GAM needs unlabeled target batches (--task uda)")
@@ -240,17 +237,13 @@ class GAM(Algorithm):
         d_loss = sum(w * (F.binary_cross_entropy_with_logits(d(a), a.new_ones(len(a), 1))
                           + F.binary_cross_entropy_with_logits(d(b.detach()), b.new_zeros(len(b), 1)))
                      for w, d, a, b in zip(weights, self.discriminators, src, tgt))
-        self.disc_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.disc_optimizer.step()
+        step(d_loss, self.disc_optimizer)
         adv = sum(w * F.binary_cross_entropy_with_logits(d(b), b.new_ones(len(b), 1))
                   for w, d, b in zip(weights, self.discriminators, tgt))
         gauss = sum(w * gaussian_kl(b, a) for w, a, b in zip(weights, src, tgt))
         drift = weight_drift(self.target_net, self.source_net)
         loss = adv + self.hparams["gauss_weight"] * gauss + self.hparams["drift_weight"] * drift
-        self.target_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.target_optimizer.step()
+        step(loss, self.target_optimizer)
         self.discriminators.zero_grad(set_to_none=True)
         return {"disc_loss": d_loss.item(), "adv_loss": adv.item(), "gauss": gauss.item(),
                 "drift": drift.item(), "phase": 2.0}
