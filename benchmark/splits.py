@@ -6,8 +6,11 @@ setting with an unlabeled target split (`Setting.unlabeled_target`), `in` is spl
 same seed: the first `int(len(in) * uda_holdout_fraction)` become `uda` (handed to the algorithm
 without labels). For a setting with a few-shot labeled target split (`Setting.few_shot_target`),
 `target_shots` examples per class are then drawn from what remains of `in` into `lab` with
-`seed_hash(trial_seed, i, "shots")`. Test accuracy is always measured on what is left of `in`, so
-it never includes an example the algorithm saw.
+`seed_hash(trial_seed, i, "shots")`. Another `target_shots` examples per class, disjoint from
+those, are drawn from what then remains with `seed_hash(trial_seed, i, "val_shots")` into
+`lab_val`: the labeled target validation split of the few-label `target` selection rule (never
+given to the algorithm). Test accuracy is always measured on what is left of `in`, so it never
+includes an example the algorithm saw or that selection validated on.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ class EnvSplits:
     out: torch.Tensor
     uda: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     lab: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    lab_val: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def named(self) -> dict[str, torch.Tensor]:
-        return {"in": self.in_, "out": self.out, "uda": self.uda, "lab": self.lab}
+        return {"in": self.in_, "out": self.out, "uda": self.uda, "lab": self.lab,
+                "lab_val": self.lab_val}
 
 
 def _shuffled_split(keys: np.ndarray, n_first: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +84,7 @@ def make_splits(
         keys = np.arange(n, dtype=np.int64)
         seed = seed_hash(trial_seed, i)
         out, in_ = _shuffled_split(keys, int(n * holdout_fraction), seed)
-        uda = lab = np.zeros(0, dtype=np.int64)
+        uda = lab = lab_val = np.zeros(0, dtype=np.int64)
         if i in test_envs and setting.unlabeled_target:
             uda, in_ = _shuffled_split(in_, int(len(in_) * uda_holdout_fraction), seed)
             if len(uda) == 0:
@@ -93,6 +98,9 @@ def make_splits(
             lab = few_shot_indices(labels, in_, target_shots, num_classes,
                                    seed_hash(trial_seed, i, "shots"))
             in_ = np.setdiff1d(in_, lab)
+            lab_val = few_shot_indices(labels, in_, target_shots, num_classes,
+                                       seed_hash(trial_seed, i, "val_shots"))
+            in_ = np.setdiff1d(in_, lab_val)
         splits.append(EnvSplits(*(torch.as_tensor(a, dtype=torch.long)
-                                  for a in (in_, out, uda, lab))))
+                                  for a in (in_, out, uda, lab, lab_val))))
     return splits

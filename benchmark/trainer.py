@@ -39,6 +39,7 @@ from shiftbench.data import BatchStream, accuracy_counts, eval_batches
 from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets.base import MultiDomainDataset
 from shiftbench.datasets.segmentation import task_type_of
+from shiftbench.dev_validation import dev_score
 from shiftbench.errors import ShiftbenchError, StorageError, TrainingDiverged
 from shiftbench.hparams_registry import DatasetInfo, check_protocol, resolve_hparams
 from shiftbench.options import EVAL_SPLIT_CHOICES, PRECISIONS, TTA_MODES
@@ -295,6 +296,9 @@ def evaluate(trial: Trial) -> dict[str, float]:
             accs[f"env{i}_{split_name}_acc"] = correct / len(idx)
             if kept:
                 accs.update(_unsupervised_scores(trial, i, torch.cat(kept)))
+                with torch.inference_mode(), autocast(trial):  # the `dev` rule's risk
+                    accs.update(dev_score(algorithm, trial.dataset.datasets, trial.splits,
+                                          trial.train_envs, i, args.trial_seed, trial.device, bs))
     algorithm.train(was_training)
     return accs
 

@@ -18,9 +18,9 @@ Rules:
   best step, then the best run.
 * `oracle` — test-domain validation (OracleSelectionMethod): runs held out on `[t]`, the **last**
   checkpoint only; val = `env{t}_out_acc`, test = `env{t}_in_acc`; the best run.
-* `target` — the few labeled target examples (ssda/sda): as `iid` with val = `env{t}_lab_acc`.
-  Note: our trainer's `lab` split is the labeled target examples the algorithm trains on, so
-  this validation is optimistic (the usual protocol in SSDA papers that reuse the shots).
+* `target` — few labeled target examples (ssda/sda): as `iid` with val = `env{t}_lab_val_acc`,
+  the accuracy on the `lab_val` split: `target_shots` labeled examples per class drawn disjoint
+  from the training shots (`lab`) and from the test split, fixed by the trial seed.
 * Unsupervised validators on the unlabeled target split (uda/ssda), early stopping over
   checkpoints like `iid`; each reads one per-checkpoint score the trainer must record for a
   held-out environment t:
@@ -261,12 +261,12 @@ class KeyRule(CheckpointRule):
 
 @register_selection_rule
 class TargetLabeledSelection(KeyRule):
-    """Validation on the few labeled target examples (ssda/sda)."""
+    """Validation on few labeled target examples disjoint from the training shots (ssda/sda)."""
 
     NAME = "target"
     TITLE = "few labeled target examples"
     TASKS = ("ssda", "sda")
-    REQUIRED_KEYS = ("env{t}_lab_acc",)
+    REQUIRED_KEYS = ("env{t}_lab_val_acc",)
 
 
 @register_selection_rule

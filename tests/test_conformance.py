@@ -88,6 +88,7 @@ def test_through_the_trainer(tmp_path, name, setting):
     assert 0.0 <= last["env0_in_acc"] <= 1.0 and "env1_out_acc" in last
     if setting in ("uda", "ssda"):
         assert "env0_uda_acc" in last
+        assert math.isfinite(last["env0_uda_dev"])  # what --selection dev reads
     if setting in ("ssda", "sda"):
-        assert "env0_lab_acc" in last
+        assert "env0_lab_acc" in last and "env0_lab_val_acc" in last
     assert last["args"]["task"] == setting

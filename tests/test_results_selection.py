@@ -125,10 +125,10 @@ def test_single_trial_error_is_zero_domainbed_style_and_undefined_with_ddof1():
     assert cells[0].err is None and cells[0].display() == "50.0"
 
 
-def test_target_rule_reads_labeled_target_accuracy_only_for_ssda_sda():
-    records = [make_record(0, 0, [0], task="ssda", env0_lab_acc=0.2, env0_in_acc=0.9),
-               make_record(1, 0, [0], task="ssda", env0_lab_acc=0.8, env0_in_acc=0.4),
-               make_record(0, 0, [0], task="dg", env0_lab_acc=1.0)]
+def test_target_rule_reads_the_disjoint_labeled_validation_only_for_ssda_sda():
+    records = [make_record(0, 0, [0], task="ssda", env0_lab_acc=0.9, env0_lab_val_acc=0.2, env0_in_acc=0.9),
+               make_record(1, 0, [0], task="ssda", env0_lab_acc=0.1, env0_lab_val_acc=0.8, env0_in_acc=0.4),
+               make_record(0, 0, [0], task="dg", env0_lab_val_acc=1.0)]
     s = only(select(records, "target"))
     assert (s.task, s.step, s.test_acc) == ("ssda", 1, 0.4)
     assert "target" in applicable_rules(records)

@@ -172,15 +172,17 @@ def test_splits_disjoint_and_cover():
                              uda_holdout_fraction=0.5 if task in ("uda", "ssda") else 0.0,
                              target_shots=shots, num_classes=4)
         for s in splits:
-            parts = [s.in_, s.out, s.uda, s.lab]
+            parts = [s.in_, s.out, s.uda, s.lab, s.lab_val]
             joined = torch.cat(parts)
             assert len(joined) == len(set(joined.tolist())) == 100
         assert len(splits[0].out) == 20
         if task in ("ssda", "sda"):
             assert torch.bincount(torch.arange(100)[splits[0].lab] % 4).tolist() == [2, 2, 2, 2]
+            # the target rule's validation shots: as many per class, disjoint from the training ones
+            assert torch.bincount(torch.arange(100)[splits[0].lab_val] % 4).tolist() == [2, 2, 2, 2]
         if task in ("uda", "ssda"):
             assert len(splits[0].uda) == 40
-        assert len(splits[1].uda) == len(splits[1].lab) == 0  # training envs are not touched
+        assert len(splits[1].uda) == len(splits[1].lab) == len(splits[1].lab_val) == 0
 
 
 def test_splits_depend_only_on_trial_seed():
