@@ -1,6 +1,6 @@
 """Published unsupervised-DA effects reproduced on the offline digits (docs/reproductions.md).
 
-Every trial goes through the trainer (`shiftbench train`) on `DigitsMnistM`: the Digits domains
+Every trial goes through the trainer (`shiftbench.trainer.train`) on `DigitsMnistM`: the Digits domains
 `mnist` (index 0) and `mnist_m` (index 1) only, 3x28x28 RGB, 5,000 images each. Its splits are
 those of `Digits` with source mnist and target mnist_m (a split depends only on the trial seed
 and the domain's index, which are the same), so `Digits --source-envs 0 --test-envs 1` runs the
@@ -91,21 +91,26 @@ def trial_dir(out: Path, arm: str, seed: int, steps: int) -> Path:
 
 
 def run_trial(job: tuple[str, int, int, str, str]) -> str:
-    """One trial through the CLI, in its own process with one torch thread."""
+    """One trial through the trainer (`shiftbench.trainer.train`), in its own process with one
+    torch thread; the preset is resolved as `shiftbench train --hparams-preset` does."""
     arm, seed, steps, out, precision = job
-    from shiftbench.cli import main
+    from shiftbench.presets import with_preset
+    from shiftbench.trainer import TrainArgs, train
 
     torch.set_num_threads(1)
     algorithm, task, test_env = ARMS[arm]
     d = trial_dir(Path(out), arm, seed, steps)
     start = time.time()
-    argv = ["train", "--dataset", "DigitsMnistM", "--algorithm", algorithm, "--task", task,
-            "--test-envs", str(test_env), "--hparams-preset", PRESET, "--trial-seed", str(seed),
-            "--seed", str(seed), "--steps", str(steps), "--checkpoint-freq", str(max(1, steps // 4)),
-            "--precision", precision, "--output-dir", str(d), "--skip-model-save",
-            "--no-progress"]
-    code = main(argv)
-    return f"{arm} seed {seed}: exit {code} in {time.time() - start:.0f} s"
+    hparams = json.dumps(with_preset(PRESET, algorithm, "DigitsMnistM"), sort_keys=True)
+    try:
+        train(TrainArgs(dataset="DigitsMnistM", algorithm=algorithm, task=task,
+                        test_envs=[test_env], hparams=hparams, trial_seed=seed, seed=seed,
+                        steps=steps, checkpoint_freq=max(1, steps // 4), precision=precision,
+                        output_dir=str(d), skip_model_save=True), log=lambda m: None,
+              progress=False)
+    except Exception as e:  # reported, the other trials go on
+        return f"{arm} seed {seed}: FAILED ({type(e).__name__}: {e})"
+    return f"{arm} seed {seed}: done in {time.time() - start:.0f} s"
 
 
 def cmd_run(ns: argparse.Namespace) -> None:

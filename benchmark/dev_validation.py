@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from shiftbench.data import eval_batches
 from shiftbench.seeds import seed_hash
 
-DEV_MAX_EXAMPLES = 2000
+DEV_MAX_EXAMPLES = 1000
 
 
 def embed(algorithm: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
