@@ -6,7 +6,7 @@ On-disk layout `<root>/<domain>/<class>/<image>`. Two ways to use it:
   create and register a `MultiDomainDataset` subclass for small user data (decoded once into
   memory); the trainer's `--import mymodule` flag loads the module that calls them.
 * `MultipleEnvironmentImageFolder` subclasses (PACS, VLCS, OfficeHome, TerraIncognita,
-  DomainNet, Office31, OfficeCaltech, VisDA) decode lazily in DataLoader workers, at 3x224x224
+  DomainNet, Office31, OfficeCaltech, VisDA, SVIRO) decode lazily in DataLoader workers, at 3x224x224
   with ImageNet normalisation and DomainBed's training augmentation; or, once
   `shiftbench data preprocess` has built it, read a memory-mapped uint8 cache
   (`shiftbench.datasets.image_cache`) and augment whole batches of tensors.
@@ -327,8 +327,23 @@ class VisDA(MultipleEnvironmentImageFolder):
     SOURCE = "Peng et al. 2017, VisDA-2017"
 
 
+@register_dataset
+class SVIRO(MultipleEnvironmentImageFolder):
+    """Dias Da Cruz et al. 2020 (SVIRO, DomainBed's grayscale rectangle classification subset):
+    rear seats of ten vehicle models (aclass, escape, hilux, i3, lexus, tesla, tiguan, tucson,
+    x5, zoe) as domains, `sviro/<vehicle>/<class>/<image>`; 7 classes of seat occupancy."""
+
+    ENVIRONMENTS = ("aclass", "escape", "hilux", "i3", "lexus", "tesla", "tiguan", "tucson", "x5",
+                    "zoe")
+    NUM_CLASSES = 7
+    DATA_SUBDIR = "sviro"
+    URL = "https://sviro.kl.dfki.de (DomainBed scripts/download.py: SVIRO_DOMAINBED)"
+    LICENSE = "CC BY-NC-SA 4.0"
+    SOURCE = "Dias Da Cruz et al. 2020, SVIRO"
+
+
 IMAGE_FOLDER_DATASETS = (PACS, VLCS, OfficeHome, TerraIncognita, DomainNet, Office31,
-                         OfficeCaltech, VisDA)
+                         OfficeCaltech, VisDA, SVIRO)
 
 
 # --------------------------------------------------------------------------------------------

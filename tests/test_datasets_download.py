@@ -282,3 +282,35 @@ def test_terra_incognita_is_sorted_from_its_annotations(tmp_path):
     assert not list(root.rglob("deer"))  # categories outside DomainBed's ten are dropped
     ds = get_dataset_class("TerraIncognita")(str(tmp_path), [0], {"data_augmentation": False})
     assert sum(len(e) for e in ds.datasets) == 4 * 2 * (len(cats) - 1)
+
+
+def test_sviro_archive_layout(tmp_path):
+    """DomainBed's SVIRO zip holds SVIRO_DOMAINBED/<vehicle>/<class>/<image>."""
+    cars = get_dataset_class("SVIRO").ENVIRONMENTS
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, car in enumerate(cars):
+            for c in range(7):
+                zf.writestr(f"SVIRO_DOMAINBED/{car}/{c}/{car}_{c}.png", _jpeg(i * 7 + c))
+    name = SOURCES["SVIRO"].remotes[0].filename
+    with Server({f"/SVIRO/{name}": buf.getvalue()}) as srv:
+        assert main(["data", "download", "SVIRO", "--data-dir", str(tmp_path), "--base-url",
+                     srv.url]) == 0
+    ds = get_dataset_class("SVIRO")(str(tmp_path), [0], {})
+    assert [e.name for e in ds.datasets] == list(cars) and ds.num_classes == 7
+    assert [len(e) for e in ds.datasets] == [7] * 10
+
+
+def test_wilds_sources_download_through_wilds(tmp_path, monkeypatch):
+    wilds = pytest.importorskip("wilds")
+    calls = []
+
+    def get_dataset(dataset, root_dir, download):
+        calls.append((dataset, root_dir, download))
+        (Path(root_dir) / "camelyon17_v1.0").mkdir()
+
+    monkeypatch.setattr(wilds, "get_dataset", get_dataset)
+    assert main(["data", "download", "WILDSCamelyon", "--data-dir", str(tmp_path)]) == 0
+    assert calls == [("camelyon17", str(tmp_path), True)]
+    assert main(["data", "download", "WILDSCamelyon", "--data-dir", str(tmp_path)]) == 0
+    assert len(calls) == 1  # present: left alone

@@ -35,6 +35,8 @@ LAYOUTS = {
                                                 "skateboard", "train", "truck"]),
     "OfficeCaltech": ("office_caltech_10", ["amazon", "caltech", "dslr", "webcam"],
                       [f"k{i}" for i in range(10)]),
+    "SVIRO": ("sviro", ["aclass", "escape", "hilux", "i3", "lexus", "tesla", "tiguan", "tucson",
+                        "x5", "zoe"], [str(i) for i in range(7)]),
 }
 
 
