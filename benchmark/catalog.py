@@ -406,7 +406,18 @@ def plugin_entry_points(kind: str) -> list[importlib.metadata.EntryPoint]:
 def needs_import(kind: str, name: str, imports: tuple[str, ...] | list[str] = ()) -> bool:
     """True when `name` may come from code the index cannot see (plug-ins, --import modules)."""
     index = algorithm_index() if kind == "algorithms" else dataset_index()
-    return name not in index and bool(imports or plugin_entry_points(kind))
+    return name not in index and bool(imports or plugin_entry_points(kind)
+                                      or _registered_in_process(kind, name))
+
+
+def _registered_in_process(kind: str, name: str) -> bool:
+    """True for a name this process registered at run time (`register_arrays`,
+    `register_image_folder`, a notebook's own class) when its registry is already imported."""
+    import sys
+
+    module = sys.modules.get(f"shiftbench.{kind}")
+    registry = getattr(module, "DATASETS" if kind == "datasets" else "ALGORITHM_REGISTRY", None)
+    return registry is not None and name in registry
 
 
 def iter_complete(kind: str) -> Iterator[str]:

@@ -103,20 +103,21 @@ def test_freeze_bn_and_dropout_on_timm_backbones():
                             norm="batch")
 
 
-@pytest.mark.parametrize("protocol", ["shiftbench", "domainbed"])
-def test_default_is_domainbeds_torchvision_resnet(protocol):
-    from shiftbench.hparams_registry import resolve_hparams
-
-    hp = resolve_hparams("ERM", "PACS", protocol=protocol)
-    assert hp["backbone"] == "resnet50" and hp["weights"] == ""
-    net = networks.Featurizer((3, 224, 224), {**hp, "pretrained": False})
-    assert type(net) is networks.ResNet
-    assert isinstance(net.network, torchvision_resnet()) and net.n_outputs == 2048
-    small = networks.Featurizer((3, 224, 224), {**hp, "pretrained": False, "resnet18": True})
-    assert small.n_outputs == 512
-
-
-def torchvision_resnet():
+def test_protocol_defaults():
+    """shiftbench: DomainBed's paper network (torchvision ResNet-50); domainbed: DomainBed main's
+    `resnet50_augmix` (timm resnet50.ram_in1k), with the same pooled 2048-d features."""
     import torchvision
 
-    return torchvision.models.ResNet
+    from shiftbench.hparams_registry import resolve_hparams
+
+    hp = resolve_hparams("ERM", "PACS", protocol="shiftbench")
+    assert hp["backbone"] == "resnet50" and hp["weights"] == ""
+    net = networks.Featurizer((3, 224, 224), {**hp, "pretrained": False})
+    assert type(net) is networks.ResNet and isinstance(net.network, torchvision.models.ResNet)
+    assert net.n_outputs == 2048
+    small = networks.Featurizer((3, 224, 224), {**hp, "pretrained": False, "resnet18": True})
+    assert small.n_outputs == 512
+    hp = resolve_hparams("ERM", "PACS", protocol="domainbed")
+    net = networks.Featurizer((3, 224, 224), {**hp, "pretrained": False})
+    assert isinstance(net, TimmBackbone) and net.model_name == "resnet50.ram_in1k"
+    assert net.n_outputs == 2048
