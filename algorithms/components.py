@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -112,3 +114,42 @@ def featurizer_stages(featurizer: nn.Module) -> list[nn.Module]:
         raise TypeError(f"featurizer {type(featurizer).__name__} does not expose stages(); "
                         "MixStyle and SagNet need a network cut into stages")
     return stages()
+
+
+def phase_start(total_steps: int, source_fraction: float) -> int:
+    """The first step of the adaptation phase: round(source_fraction * total_steps)."""
+    return int(round(source_fraction * total_steps))
+
+
+def round_due(step: int, total_steps: int, source_fraction: float, n_rounds: int) -> int | None:
+    """Index of the round that starts at `step` (0, 1, ...), or None if no round starts there:
+    the adaptation phase cut into `n_rounds` rounds of equal length (the last may be shorter)."""
+    start = phase_start(total_steps, source_fraction)
+    if total_steps <= 0 or step < start:
+        return None
+    length = max(1, math.ceil((total_steps - start) / max(1, n_rounds)))
+    k, rest = divmod(step - start, length)
+    return k if rest == 0 else None
+
+
+@dataclass(frozen=True)
+class PhaseSchedule:
+    """The one schedule of methods with phases: a source phase for the first `source_fraction`
+    of the budget, then the adaptation phase, optionally cut into `rounds` equal rounds. Fields
+    name the hparams that hold the fraction and the number of rounds; an algorithm declares
+    `PHASES = PhaseSchedule("pretrain_fraction")` and asks it about its current update."""
+
+    source_fraction: str
+    rounds: str | None = None
+
+    def start(self, alg: Any) -> int:
+        return phase_start(alg.total_steps, float(alg.hparams[self.source_fraction]))
+
+    def in_source_phase(self, alg: Any) -> bool:
+        return int(alg.num_updates) < self.start(alg)
+
+    def round_starting(self, alg: Any) -> int | None:
+        """The round that starts at the current update, or None."""
+        n_rounds = int(alg.hparams[self.rounds]) if self.rounds else 1
+        return round_due(int(alg.num_updates), alg.total_steps,
+                         float(alg.hparams[self.source_fraction]), n_rounds)

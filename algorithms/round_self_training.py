@@ -22,24 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from shiftbench.algorithms.base import concat_minibatches, register_algorithm, step
-from shiftbench.algorithms.components import Discriminator
+from shiftbench.algorithms.components import (  # noqa: F401 - phase_start, round_due re-exported
+    Discriminator,
+    PhaseSchedule,
+    phase_start,
+    round_due,
+)
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
-
-
-def phase_start(total_steps: int, source_fraction: float) -> int:
-    """The first step of the target phase."""
-    return int(round(source_fraction * total_steps))
-
-
-def round_due(step: int, total_steps: int, source_fraction: float, n_rounds: int) -> int | None:
-    """Index of the round that starts at `step` (0, 1, ...), or None if no round starts there."""
-    start = phase_start(total_steps, source_fraction)
-    if total_steps <= 0 or step < start:
-        return None
-    length = max(1, math.ceil((total_steps - start) / max(1, n_rounds)))
-    k, rest = divmod(step - start, length)
-    return k if rest == 0 else None
 
 
 def class_balanced_thresholds(conf: torch.Tensor, pred: torch.Tensor, num_classes: int,
@@ -77,6 +67,7 @@ class CBST(ERM):
     KEEPS_FEATURES = False  # whether the round pass keeps the split's features (TPLD's voting)
     PAPER = "Zou, Yu, Kumar & Wang, Unsupervised domain adaptation for semantic segmentation via " \
             "class-balanced self-training, ECCV 2018"
+    PHASES = PhaseSchedule("cbst_source_fraction", "cbst_rounds")
     HPARAMS = {
         "cbst_source_fraction": HParam(0.5, Choice([0.3, 0.5]), low=0.0, high=1.0,
                                        help="share of the budget for source-only pretraining"),
@@ -98,7 +89,7 @@ class CBST(ERM):
         return self
 
     def in_target_phase(self) -> bool:
-        return int(self.num_updates) >= phase_start(self.total_steps, self.hparams["cbst_source_fraction"])
+        return not self.PHASES.in_source_phase(self)
 
     def portion(self, k: int) -> float:
         hp = self.hparams
@@ -109,8 +100,7 @@ class CBST(ERM):
 
     @torch.no_grad()
     def on_round(self, target_batches):
-        k = round_due(int(self.num_updates), self.total_steps, self.hparams["cbst_source_fraction"],
-                      int(self.hparams["cbst_rounds"]))
+        k = self.PHASES.round_starting(self)
         if k is None:
             return {}
         self.snapshot.load_state_dict(self.network.state_dict())

@@ -26,9 +26,8 @@ from shiftbench.algorithms.base import (
     register_algorithm,
     step,
 )
-from shiftbench.algorithms.components import entropy
+from shiftbench.algorithms.components import PhaseSchedule, entropy
 from shiftbench.algorithms.erm import ERM
-from shiftbench.algorithms.round_self_training import phase_start, round_due
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -151,6 +150,7 @@ class SHOT(Algorithm):
     SETTINGS = ("uda",)
     PAPER = "Liang, Hu & Feng, Do we really need to access the source data? Source hypothesis " \
             "transfer for unsupervised domain adaptation, ICML 2020"
+    PHASES = PhaseSchedule("shot_source_fraction", "shot_rounds")
     HPARAMS = {
         "shot_source_fraction": HParam(0.5, Choice([0.3, 0.5]), low=0.0, high=1.0,
                                        help="share of the budget for the source phase"),
@@ -177,11 +177,10 @@ class SHOT(Algorithm):
         return self
 
     def round_interval(self):
-        return 1  # on_round decides itself which steps start a refresh (see round_due)
+        return 1  # on_round decides itself which steps start a refresh (PHASES.round_starting)
 
     def on_round(self, target_batches):
-        if round_due(int(self.num_updates), self.total_steps, self.hparams["shot_source_fraction"],
-                     int(self.hparams["shot_rounds"])) is None:
+        if self.PHASES.round_starting(self) is None:
             return {}
         self.snapshot.load_state_dict(self.encoder.state_dict())
         self.snapshot.eval()
@@ -215,8 +214,7 @@ class SHOT(Algorithm):
         return sim.masked_fill(~self.valid, -2.0).argmax(1)
 
     def update(self, minibatches, unlabeled=None):
-        start = phase_start(self.total_steps, self.hparams["shot_source_fraction"])
-        if int(self.num_updates) < start or not unlabeled:
+        if self.PHASES.in_source_phase(self) or not unlabeled:
             x, y = concat_minibatches(minibatches)
             loss = F.cross_entropy(self.predict(x), y, label_smoothing=self.hparams["shot_smoothing"])
             step(loss, self.optimizer)

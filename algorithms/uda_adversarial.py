@@ -25,7 +25,13 @@ from shiftbench.algorithms.base import (
     register_algorithm,
     step,
 )
-from shiftbench.algorithms.components import Discriminator, dann_schedule, entropy, grad_reverse
+from shiftbench.algorithms.components import (
+    Discriminator,
+    PhaseSchedule,
+    dann_schedule,
+    entropy,
+    grad_reverse,
+)
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
 
@@ -197,6 +203,7 @@ class ADDA(Algorithm):
 
     SETTINGS = ("uda",)
     PAPER = "Tzeng, Hoffman, Saenko & Darrell, Adversarial Discriminative Domain Adaptation, CVPR 2017"
+    PHASES = PhaseSchedule("pretrain_fraction")
     HPARAMS = {
         "pretrain_fraction": HParam(0.5, Choice([0.3, 0.5]), low=0.0, high=1.0,
                                     help="share of the steps spent on source pretraining"),
@@ -231,7 +238,7 @@ class ADDA(Algorithm):
 
     def update(self, minibatches, unlabeled=None):
         xs, ys = concat_minibatches(minibatches)
-        if not self.adapting and self.progress >= self.hparams["pretrain_fraction"]:
+        if not self.adapting and not self.PHASES.in_source_phase(self):
             self.start_adaptation()
         if not self.adapting:
             loss = cross_entropy(self.classifier(self.source_encoder(xs)), ys)

@@ -25,7 +25,7 @@ from shiftbench.algorithms.base import (
     register_algorithm,
     step,
 )
-from shiftbench.algorithms.components import Discriminator
+from shiftbench.algorithms.components import Discriminator, PhaseSchedule
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
 
@@ -176,6 +176,7 @@ class GAM(Algorithm):
     SETTINGS = ("uda",)
     PAPER = ("Huang, Huang & Krahenbuhl, Domain Transfer Through Deep Activation Matching, "
              "ECCV 2018")
+    PHASES = PhaseSchedule("pretrain_fraction")
     HPARAMS = {
         "pretrain_fraction": HParam(0.5, Choice([0.3, 0.5]), low=0.0, high=1.0,
                                     help="share of the steps spent on source pretraining"),
@@ -222,7 +223,7 @@ class GAM(Algorithm):
 
     def update(self, minibatches, unlabeled=None):
         xs, ys = concat_minibatches(minibatches)
-        if not self.adapting and self.progress >= self.hparams["pretrain_fraction"]:
+        if not self.adapting and not self.PHASES.in_source_phase(self):
             self.start_adaptation()
         if not self.adapting:
             loss = cross_entropy(self.source_net(xs), ys)

@@ -187,3 +187,21 @@ def test_interrupted_round_training_resumes_identically(tmp_path, monkeypatch, n
     monkeypatch.setattr(Algorithm, "train_step", original)
     train(args("crashed"), **quiet)
     assert stable_records(tmp_path / "crashed") == stable_records(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("name", ["ADDA", "GAM", "CBST", "CRST", "TPLD", "SHOT"])
+def test_methods_with_phases_declare_one_phase_schedule(name):
+    from shiftbench.algorithms import get_algorithm_class
+    from shiftbench.algorithms.components import PhaseSchedule
+
+    cls = get_algorithm_class(name)
+    assert isinstance(cls.PHASES, PhaseSchedule)
+    space = cls.hparam_space(VEC)
+    assert cls.PHASES.source_fraction in space
+    assert cls.PHASES.rounds is None or cls.PHASES.rounds in space
+    alg = create_algorithm(name, (8,), 3, 1, {"mlp_width": 16}, dataset=VEC, setting="uda",
+                           total_steps=10)
+    phases = [cls.PHASES.in_source_phase(alg)]
+    alg.num_updates.fill_(cls.PHASES.start(alg))
+    phases.append(cls.PHASES.in_source_phase(alg))
+    assert phases == [True, False] and cls.PHASES.round_starting(alg) == 0
