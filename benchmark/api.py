@@ -30,13 +30,17 @@ __all__ = ["run_trial", "run_sweep", "load_records", "records_frame", "tables", 
 
 def run_trial(dataset: str, algorithm: str = "ERM", *, output_dir: str | os.PathLike,
               test_envs: Sequence[int | str] = (0,), hparams: Mapping[str, Any] | None = None,
-              progress: bool = False, quiet: bool = True, **args: Any) -> list[dict[str, Any]]:
+              progress: bool = False, quiet: bool = True, loggers: Sequence[str] = (),
+              callbacks: Sequence[Any] = (), **args: Any) -> list[dict[str, Any]]:
     """Train one trial (as `shiftbench train`) and return its records, one per checkpoint.
 
     `args` are the other fields of `shiftbench.trainer.TrainArgs` (task, steps, seed,
     trial_seed, hparams_seed, data_dir, checkpoint_freq, precision, ...). Rerunning with the
     same arguments resumes or returns the finished trial's records. `quiet=False` prints the
-    per-checkpoint log `shiftbench train` prints."""
+    per-checkpoint log `shiftbench train` prints. `loggers` as `--logger` (csv, tensorboard,
+    wandb, mlflow); `callbacks`: your own objects with any of `start(spec, hparams)`,
+    `step(step, losses)`, `checkpoint(record)`, `end(records)`."""
+    from shiftbench.loggers import make_loggers
     from shiftbench.trainer import TrainArgs, train
 
     try:
@@ -48,7 +52,8 @@ def run_trial(dataset: str, algorithm: str = "ERM", *, output_dir: str | os.Path
 
         raise ShiftbenchError(f"run_trial: {e}; valid arguments: "
                               + ", ".join(f.name for f in fields(TrainArgs))) from None
-    return train(targs, log=(lambda msg: None) if quiet else None, progress=progress)
+    return train(targs, log=(lambda msg: None) if quiet else None, progress=progress,
+                 callbacks=[*make_loggers(loggers, targs.output_dir), *callbacks])
 
 
 def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],

@@ -88,6 +88,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(*flag("save_model_every_checkpoint"), action="store_true")
     p.add_argument(*flag("progress"), action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
+    p.add_argument(*flag("logger"), dest="loggers", nargs="+", action="extend", default=[],
+                   choices=("csv", "tensorboard", "wandb", "mlflow"), metavar="LOGGER",
+                   help="experiment loggers, several at once: csv, tensorboard, wandb (offline "
+                        "unless WANDB_MODE says otherwise), mlflow; files go in --output-dir")
     p.add_argument(*flag("import"), dest="imports", action="append", default=[],
                    metavar="MODULE", help="import a module that registers algorithms/datasets")
 
@@ -150,7 +154,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
         tta_mode=ns.tta_mode, eval_splits=ns.eval_splits, precision=ns.precision, output_dir=ns.output_dir,
         data_dir=ns.data_dir, device=ns.device, skip_model_save=ns.skip_model_save,
         save_model_every_checkpoint=ns.save_model_every_checkpoint)
-    records = train(args, progress=ns.progress)
+    from shiftbench.loggers import make_loggers
+
+    records = train(args, progress=ns.progress,
+                    callbacks=make_loggers(getattr(ns, "loggers", []), args.output_dir))
     print("final: " + summarize(records, args.test_envs), flush=True)
     return 0
 

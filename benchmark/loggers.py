@@ -239,5 +239,17 @@ def check_logger_names(names: Sequence[str]) -> list[str]:
     return out
 
 
+PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+            "mlflow": ("mlflow", "mlflow-skinny")}
+
+
 def make_loggers(names: Sequence[str], output_dir: str | os.PathLike) -> list[TrialLogger]:
-    return [LOGGER_CLASSES[n](output_dir) for n in check_logger_names(names)]
+    """The loggers named, after checking (before any training) that their packages import."""
+    import importlib.util
+
+    names = check_logger_names(names)
+    for n in names:
+        if n in PACKAGES and importlib.util.find_spec(PACKAGES[n][0]) is None:
+            raise ShiftbenchError(f"--logger {n} needs the {PACKAGES[n][0]} package: pip install "
+                                  f"{PACKAGES[n][1]} (or pip install 'shiftbench[loggers]')")
+    return [LOGGER_CLASSES[n](output_dir) for n in names]

@@ -52,3 +52,15 @@ def test_api_records_tables_and_errors(tmp_path):
         sb.run_sweep(tmp_path / "s", datasets=["DebugVector"], n_trails=2)
     with pytest.raises(ShiftbenchError, match="unknown table"):
         sb.plot_leaderboard(records, title="no such table")
+
+
+def test_run_trial_with_loggers_and_callbacks(tmp_path):
+    seen = []
+
+    class Spy:
+        def step(self, step, losses):
+            seen.append(step)
+
+    sb.run_trial("DebugVector", "ERM", steps=3, output_dir=tmp_path / "t", loggers=["csv"],
+                 callbacks=[Spy()])
+    assert seen == [0, 1, 2] and (tmp_path / "t" / "metrics" / "steps.csv").is_file()

@@ -115,3 +115,44 @@ def test_unknown_and_duplicate_logger_names():
     assert check_logger_names(["csv", "tensorboard", "csv"]) == ["csv", "tensorboard"]
     with pytest.raises(ShiftbenchError, match="unknown logger 'tensorbord'.*tensorboard"):
         check_logger_names(["tensorbord"])
+
+
+def test_train_logger_flag_writes_files_read_back(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from shiftbench.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "DebugVector", "--steps", "5", "--checkpoint-freq", "2",
+                 "--output-dir", str(out), "--skip-model-save", "--logger", "tensorboard",
+                 "csv"]) == 0
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    steps = list(csv.DictReader(open(out / "metrics" / "steps.csv")))
+    assert sorted({int(r["step"]) for r in steps}) == [0, 1, 2, 3, 4]
+    assert {r["name"] for r in steps} == {"loss"}
+    ck = list(csv.DictReader(open(out / "metrics" / "checkpoints.csv")))
+    for rec in records:  # every record's accuracies, at its step
+        for key in ("env0_in_acc", "env1_out_acc"):
+            assert any(int(r["step"]) == rec["step"] and r["name"] == key
+                       and float(r["value"]) == rec[key] for r in ck)
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/loss")] == [0, 1, 2, 3, 4]
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars("env1_out_acc")] == [
+        (r["step"], round(r["env1_out_acc"], 6)) for r in records]
+
+
+def test_missing_logger_package_fails_before_training(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from shiftbench.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "DebugVector", "--steps", "3", "--output-dir", str(out),
+                 "--logger", "csv", "wandb"]) == 2
+    assert "--logger wandb needs the wandb package: pip install wandb" in capsys.readouterr().err
+    assert not (out / "results.jsonl").exists()
