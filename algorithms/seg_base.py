@@ -55,7 +55,7 @@ class SegAlgorithm(Algorithm):
         "seg_network": lambda ds: HParam("deeplabv2" if _real_size(ds) else "small", None,
                                          choices=SEG_NETWORKS, variant=True,
                                          help="small | deeplabv2 (ResNet-101, ASPP)"),
-        "seg_width": HParam(16, None, low=4, help="channels of the small network's first stage"),
+        "seg_width": HParam(8, None, low=4, help="channels of the small network's first stage"),
         "pretrained": lambda ds: HParam(True, None, help="ImageNet ResNet-101 (deeplabv2 only)"),
         "lr": lambda ds: HParam(2.5e-4 if _real_size(ds) else 0.01,
                                 LogUniform(-4, -3) if _real_size(ds) else LogUniform(-2.5, -1.5),

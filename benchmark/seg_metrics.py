@@ -17,12 +17,16 @@ from shiftbench.datasets.segmentation import IGNORE_INDEX
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """K x K int64 counts, rows = true class, columns = predicted class."""
-    valid = target != ignore_index
-    t, p = target[valid].long(), pred[valid].long()
-    if len(t) and (int(t.max()) >= num_classes or int(t.min()) < 0):
-        raise ValueError(f"label {int(t.max())} outside [0, {num_classes}) and not the ignore index")
-    return torch.bincount(t * num_classes + p, minlength=num_classes ** 2).view(num_classes, num_classes)
+    """K x K int64 counts, rows = true class, columns = predicted class (ignored pixels are
+    counted in an extra row that is dropped)."""
+    t = target.reshape(-1).long()
+    bad = (t != ignore_index) & ((t < 0) | (t >= num_classes))
+    if bool(bad.any()):
+        raise ValueError(f"label {int(t[bad][0])} outside [0, {num_classes}) and not the ignore index")
+    t = torch.where(t == ignore_index, num_classes, t)
+    counts = torch.bincount(t * num_classes + pred.reshape(-1).long(),
+                            minlength=(num_classes + 1) * num_classes)
+    return counts.view(num_classes + 1, num_classes)[:num_classes]
 
 
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:

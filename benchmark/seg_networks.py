@@ -61,7 +61,7 @@ class SmallEncoderDecoder(_Seg):
     classifier: main logits at output stride 4. The auxiliary classifier reads the 1/8 map.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 16):
+    def __init__(self, in_channels: int, num_classes: int, width: int = 8):
         super().__init__()
         w = int(width)
         self.stem = _conv_bn(in_channels, w)
@@ -154,7 +154,7 @@ def SegNetwork(input_shape: tuple[int, ...], num_classes: int,  # noqa: N802
     """The network named by `hparams["seg_network"]`."""
     name = hparams.get("seg_network", "small")
     if name == "small":
-        return SmallEncoderDecoder(input_shape[0], num_classes, int(hparams.get("seg_width", 16)))
+        return SmallEncoderDecoder(input_shape[0], num_classes, int(hparams.get("seg_width", 8)))
     if name == "deeplabv2":
         return DeepLabV2(input_shape[0], num_classes, bool(hparams.get("pretrained", True)))
     raise ShiftbenchError(f"unknown seg_network {name!r}; valid: {', '.join(SEG_NETWORKS)}")

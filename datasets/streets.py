@@ -22,7 +22,7 @@ The three environments differ as the usual segmentation domains do:
   the frame, many people, poles and signs, and no terrain class (SYNTHIA has none): the ground
   beyond the kerb is pavement.
 
-Images are 3x64x128 uint8, `N_PER_DOMAIN` = 1,200 per domain. Generation is vectorised over
+Images are 3x64x128 uint8, `N_PER_DOMAIN` = 600 per domain (1,800 images). Generation is vectorised over
 images with numpy (one pass per object slot, not per pixel), deterministic from
 `GENERATION_SEED`, and cached in `shiftbench.paths.cache_dir()` (atomic write) under a key made
 of the generation version, seed, size and count.
@@ -46,7 +46,7 @@ from shiftbench.paths import atomic_write_bytes, cache_dir
 GENERATION_VERSION = 1
 GENERATION_SEED = 0
 HEIGHT, WIDTH = 64, 128
-N_PER_DOMAIN = 1200
+N_PER_DOMAIN = 600
 CHUNK = 200
 CLASSES = ("road", "sidewalk", "building", "vegetation", "terrain", "sky", "pole",
            "traffic_sign", "person", "car")
@@ -322,9 +322,9 @@ class SyntheticStreets(SegmentationDataset):
     INPUT_SHAPE = (3, HEIGHT, WIDTH)
     NUM_CLASSES = len(CLASSES)
     CLASSES = CLASSES
-    N_STEPS = 3001
-    CHECKPOINT_FREQ = 500
-    SOURCE = "generated offline (numpy scene grammar, 1,200 images per domain)"
+    N_STEPS = 601
+    CHECKPOINT_FREQ = 300
+    SOURCE = "generated offline (numpy scene grammar, 600 images per domain)"
 
     def __init__(self, root, test_envs, hparams):
         super().__init__(root, test_envs, hparams)

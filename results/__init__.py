@@ -6,7 +6,10 @@
     print(render(collect(read_sweep("sweep_output")), "markdown"))
 """
 
-from shiftbench.results import da_tables  # noqa: E402,F401  (registers the task tables)
+from shiftbench.results import (
+    da_tables,  # noqa: E402,F401  (registers the task tables)
+    seg_tables,  # noqa: E402,F401  (registers the segmentation tables)
+)
 from shiftbench.results.headline import leaderboard
 from shiftbench.results.reading import load_records, read_sweep
 from shiftbench.results.selection import (
