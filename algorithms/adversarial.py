@@ -64,7 +64,38 @@ def _renamed(spec, help_text: str):
     return lambda ds: HParam(spec(ds).default, spec(ds).dist, low=0.0, help=help_text)
 
 
-class AbstractDANN(Algorithm):
+class GradientReversalAdversary(Algorithm):
+    """The one base of the domain-adversarial methods (DANN, CDANN, CDAN, BSP): a featurizer
+    phi, a classifier w and a domain discriminator D on `disc_inputs()` features, played
+    against phi through the gradient-reversal layer R_c (identity forward, -c x gradient
+    backward) with DANN's coefficient c = scale * (2 / (1 + exp(-gamma p)) - 1) over training
+    progress p. Subclasses choose D's outputs, the loss and the optimizers."""
+
+    def build_networks(self) -> None:
+        self.featurizer = networks.Featurizer(self.input_shape, self.hparams)
+        self.classifier = networks.Classifier(
+            self.featurizer.n_outputs, self.num_classes, self.hparams["nonlinear_classifier"],
+            hidden=networks.head_hidden(self.hparams))
+
+    def disc_inputs(self) -> int:
+        return self.featurizer.n_outputs
+
+    def build_discriminator(self, n_out: int, width: int, depth: int, dropout: float = 0.0) -> None:
+        self.discriminator = Discriminator(self.disc_inputs(), n_out, int(width), int(depth), dropout)
+
+    def grl_coeff(self, gamma: float, scale: float = 1.0, scheduled: bool = True) -> float:
+        """scale * (2 / (1 + exp(-gamma p)) - 1), or scale without the schedule."""
+        return scale * (dann_schedule(self.progress, gamma) if scheduled else 1.0)
+
+    def adversary_logits(self, u: torch.Tensor, coeff: float) -> torch.Tensor:
+        """D(R_coeff(u)): D descends its loss, the features ascend it scaled by coeff."""
+        return self.discriminator(grad_reverse(u, coeff))
+
+    def predict(self, x):
+        return self.classifier(self.featurizer(x))
+
+
+class AbstractDANN(GradientReversalAdversary):
     """Shared machinery of DANN and CDANN (`conditional` adds the class embedding)."""
 
     SETTINGS = ("dg", "uda")
@@ -100,10 +131,7 @@ class AbstractDANN(Algorithm):
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
-        self.featurizer = networks.Featurizer(input_shape, hp)
-        self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, hp["nonlinear_classifier"],
-            hidden=networks.head_hidden(hp))
+        self.build_networks()
         self.gen_opt = self._optimizer(
             list(self.featurizer.parameters()) + list(self.classifier.parameters()),
             hp["lr_g"], hp["weight_decay_g"])
@@ -119,8 +147,7 @@ class AbstractDANN(Algorithm):
     def _build_discriminator(self, n_out: int) -> None:
         """D (+ class embeddings) with `n_out` outputs, and its optimizer."""
         hp, n = self.hparams, self.featurizer.n_outputs
-        self.discriminator = Discriminator(n, n_out, hp["disc_width"], hp["disc_depth"],
-                                           hp["disc_dropout"])
+        self.build_discriminator(n_out, hp["disc_width"], hp["disc_depth"], hp["disc_dropout"])
         self.class_embeddings = nn.Embedding(self.num_classes, n) if self.conditional else None
         d_params = list(self.discriminator.parameters())
         if self.conditional:
@@ -129,8 +156,8 @@ class AbstractDANN(Algorithm):
 
     def reversal_coeff(self) -> float:
         """lambda * (2 / (1 + exp(-gamma p)) - 1), or lambda without the schedule."""
-        s = dann_schedule(self.progress, self.hparams["schedule_gamma"])
-        return self.hparams["lambda"] * (s if self.hparams["lambda_schedule"] else 1.0)
+        hp = self.hparams
+        return self.grl_coeff(hp["schedule_gamma"], hp["lambda"], hp["lambda_schedule"])
 
     def disc_loss(self, z, d, y_src, logits_tgt):
         """`L_D + grad_penalty * P` for features z = [source; target] with domain labels d: the
@@ -199,8 +226,6 @@ class AbstractDANN(Algorithm):
                 for group in opt.param_groups:
                     group["lr"] = lr * decay
 
-    def predict(self, x):
-        return self.classifier(self.featurizer(x))
 
 
 @register_algorithm

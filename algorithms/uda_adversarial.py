@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from shiftbench import networks
+from shiftbench.algorithms.adversarial import GradientReversalAdversary
 from shiftbench.algorithms.base import (
     Algorithm,
     concat_minibatches,
@@ -28,9 +29,7 @@ from shiftbench.algorithms.base import (
 from shiftbench.algorithms.components import (
     Discriminator,
     PhaseSchedule,
-    dann_schedule,
     entropy,
-    grad_reverse,
 )
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
@@ -55,7 +54,7 @@ def _domain_labels(n_source: int, n_target: int, like: torch.Tensor) -> torch.Te
     return torch.cat([like.new_ones(n_source), like.new_zeros(n_target)])
 
 
-class _GRLAdversary(Algorithm):
+class _GRLAdversary(GradientReversalAdversary):
     """Shared skeleton of the gradient-reversal methods (DANN-style, one optimizer):
     `L = CE(source) + w * BCE_weighted(D(R_lambda(T(f, logits))), domain) + extra(f_s, f_t)`.
     Subclasses choose the discriminator input `T`, the sample weights and the extra term."""
@@ -70,16 +69,9 @@ class _GRLAdversary(Algorithm):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
-        self.featurizer = networks.Featurizer(input_shape, self.hparams)
-        self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"],
-            hidden=networks.head_hidden(self.hparams))
-        self.discriminator = Discriminator(self.disc_inputs(), 1, int(self.hparams["disc_width"]),
-                                           int(self.hparams["disc_depth"]))
+        self.build_networks()
+        self.build_discriminator(1, self.hparams["disc_width"], self.hparams["disc_depth"])
         self.optimizer = make_optimizer(self.parameters(), self.hparams)
-
-    def disc_inputs(self) -> int:
-        return self.featurizer.n_outputs
 
     def disc_input(self, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return f
@@ -98,8 +90,8 @@ class _GRLAdversary(Algorithm):
         f = self.featurizer(torch.cat([xs, xt]))
         logits = self.classifier(f)
         cls_loss = cross_entropy(logits[: len(xs)], ys)
-        lam = dann_schedule(self.progress, self.hparams["grl_gamma"])
-        d_out = self.discriminator(grad_reverse(self.disc_input(f, logits), lam))[:, 0]
+        lam = self.grl_coeff(self.hparams["grl_gamma"])
+        d_out = self.adversary_logits(self.disc_input(f, logits), lam)[:, 0]
         d_loss = F.binary_cross_entropy_with_logits(
             d_out, _domain_labels(len(xs), len(xt), d_out), weight=self.sample_weights(logits))
         extras = self.extra_loss(f[: len(xs)], f[len(xs):])
@@ -108,8 +100,6 @@ class _GRLAdversary(Algorithm):
         return {"loss": loss.item(), "cls_loss": cls_loss.item(), "disc_loss": d_loss.item(),
                 "lambda": lam, **{k: v.item() for k, v in extras.items()}}
 
-    def predict(self, x):
-        return self.classifier(self.featurizer(x))
 
 
 @register_algorithm
