@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from shiftbench.algorithms.base import make_optimizer, register_algorithm
+from shiftbench.algorithms.base import cross_entropy, make_optimizer, register_algorithm
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import DatasetInfo, HParam, IntLogUniform, IntUniform, Uniform
 
@@ -26,12 +26,15 @@ GAMMAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
 def risk_mmd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Biased MMD^2 between two 1-D samples under RDM's 8-bandwidth Gaussian kernel.
 
-    Squared distances use |u|^2 + |v|^2 - 2uv clamped at 1e-30 (so coinciding points have a
-    zero gradient), as the reference implementation."""
+    Squared distances are (|v|^2 - 2uv) + |u|^2, clamped at 1e-30, computed with DomainBed's
+    sequence of operations: the MMD is a small difference of large sums (and the largest
+    bandwidth multiplies the rounding noise of the diagonal by 1000), so its value and gradient
+    follow the exact rounding."""
     def kernel(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        d2 = (u * u)[:, None] + (v * v)[None, :] - 2 * u[:, None] * v[None, :]
-        d2 = d2.clamp_min(1e-30)
+        u_sq, v_sq = u.pow(2), v.pow(2)
+        d2 = torch.addmm(v_sq.T, u, v.T, alpha=-2).add_(u_sq).clamp_min_(1e-30)
         return sum(torch.exp(-g * d2) for g in GAMMAS).mean()
+    a, b = a[:, None], b[:, None]
     return kernel(a, a) + kernel(b, b) - 2 * kernel(a, b)
 
 
@@ -103,8 +106,9 @@ class RDM(ERM):
         on = 1.0 if t >= anneal else 0.0
         logits = self.network(torch.cat([x for x, _ in minibatches]))
         sizes = [len(x) for x, _ in minibatches]
-        risks = [cross_entropy_per_sample(lg, y) for lg, (_, y) in zip(logits.split(sizes), minibatches)]
-        means = torch.stack([r.mean() for r in risks])
+        chunks = list(zip(logits.split(sizes), [y for _, y in minibatches]))
+        risks = [cross_entropy_per_sample(lg, y) for lg, y in chunks]
+        means = torch.stack([cross_entropy(lg, y) for lg, y in chunks])
         erm = means.mean()
         worst, pooled = risks[int(torch.argmax(means.detach()))], torch.cat(risks)
         matching = risk_mmd(worst, pooled)
@@ -117,7 +121,8 @@ class RDM(ERM):
         loss.backward()
         self.optimizer.step()
         return {"total_loss": loss.item(), "erm_loss": erm.item(), "matching_penalty": matching.item(),
-                "variance_penalty": variance.item()}
+                "variance_penalty": variance.item(), "update_count": float(t + 1),
+                "rdm_lambda": float(hp["rdm_lambda"])}  # the last two: DomainBed's record keys
 
 
 __all__ = ["RDM", "risk_mmd"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from dg_testing import batches, build
 
-from shiftbench.algorithms.dg_disentangle import supcon_lambda_loss
+from shiftbench.algorithms.dg_disentangle import supcon_lambda_loss, supcon_lambda_loss_ordered
 from shiftbench.hparams_registry import default_hparams
 
 SMALL = {"mlp_width": 16, "mlp_depth": 3}
@@ -37,7 +37,9 @@ def test_supcon_lambda_matches_the_per_anchor_definition():
     y = torch.tensor([0, 1, 0, 2, 1, 0, 1, 0, 1])  # class 2 has a single sample: skipped anchor
     d = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
     for lam in (0.5, 0.8):
-        assert supcon_lambda_loss(f, y, d, lam).item() == pytest.approx(_slow_supcon(f, y, d, lam), rel=1e-10)
+        expected = _slow_supcon(f, y, d, lam)
+        assert supcon_lambda_loss(f, y, d, lam).item() == pytest.approx(expected, rel=1e-10)
+        assert supcon_lambda_loss_ordered(f, y, d, lam).item() == pytest.approx(expected, rel=1e-10)
 
 
 def test_turns_alternate_as_domainbed_and_update_only_their_modules():
