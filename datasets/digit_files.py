@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bz2
 import hashlib
-import io
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,9 +41,10 @@ from shiftbench.datasets.base import (
     register_dataset,
     resolve_inside,
 )
+from shiftbench.datasets.cache_files import load_tensors, save_tensors
 from shiftbench.datasets.mnist import _find_idx, _read_idx_set
 from shiftbench.errors import ShiftbenchError
-from shiftbench.paths import atomic_write_bytes, cache_dir
+from shiftbench.paths import cache_dir
 
 SIZE = 32
 CACHE_VERSION = 1
@@ -248,21 +248,13 @@ def load_domain(name: str, data_dir: str | None, use_cache: bool = True,
         st = os.stat(files[key])
         h.update(f"|{Path(files[key]).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     path = cache_dir() / f"digit-{name}-{h.hexdigest()[:16]}.pt"
-    if use_cache and path.is_file():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            return data["x"], data["y"]
-        except Exception:
-            os.replace(path, path.with_suffix(".corrupt"))
+    cached = load_tensors(path, lambda data: (data["x"], data["y"])) if use_cache else None
+    if cached is not None:
+        return cached
     x, y = domain.read(files)
     out = to_rgb32(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
     if use_cache:
-        buffer = io.BytesIO()
-        torch.save({"x": out[0], "y": out[1]}, buffer)
-        try:
-            atomic_write_bytes(path, buffer.getvalue())
-        except OSError:
-            pass  # a read-only cache only costs reading time
+        save_tensors(path, {"x": out[0], "y": out[1]})
     return out
 
 

@@ -24,8 +24,6 @@ without reading any source.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from shiftbench.datasets.base import MultiDomainDataset, TensorDomain, register_dataset
+from shiftbench.datasets.cache_files import load_json, load_tensors, save_json, save_tensors
 from shiftbench.errors import ShiftbenchError
-from shiftbench.paths import atomic_write_bytes, cache_dir
+from shiftbench.paths import cache_dir
 
 GENERATION_VERSION = 1
 SIZE = 28
@@ -318,22 +317,12 @@ def _cache_path(key: str) -> Path:
 
 
 def _load_cached(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
-    """The cached domains, or None (a corrupt file is renamed to `*.corrupt`)."""
-    if not path.is_file():
-        return None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        return {k: (v["x"], v["y"]) for k, v in data.items()}
-    except Exception:
-        os.replace(path, path.with_suffix(".corrupt"))
-        return None
+    """The cached domains, or None (a corrupt file is set aside as `*.corrupt`)."""
+    return load_tensors(path, lambda data: {k: (v["x"], v["y"]) for k, v in data.items()})
 
 
 def _read_index() -> dict[str, str]:
-    try:
-        index = json.loads((cache_dir() / INDEX_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    index = load_json(cache_dir() / INDEX_NAME)
     return index if isinstance(index, dict) else {}
 
 
@@ -341,13 +330,9 @@ def _remember(fingerprint: str | None, key: str) -> None:
     if fingerprint is None:
         return
     index = _read_index()
-    if index.get(fingerprint) == key:
-        return
-    index[fingerprint] = key
-    try:
-        atomic_write_bytes(cache_dir() / INDEX_NAME, json.dumps(index, indent=1).encode())
-    except (OSError, ShiftbenchError):
-        pass  # a read-only cache only costs the slow check next time
+    if index.get(fingerprint) != key:
+        index[fingerprint] = key
+        save_json(cache_dir() / INDEX_NAME, index)  # read-only cache: the slow check next time
 
 
 def build_digits(env_names: tuple[str, ...] | None = None, use_cache: bool = True,
@@ -383,14 +368,8 @@ def build_digits(env_names: tuple[str, ...] | None = None, use_cache: bool = Tru
         "synth": make_synth(fonts, N_SYNTH, torch.Generator().manual_seed(3)),
         "lowres": make_lowres(lx, ly, torch.Generator().manual_seed(4)),
     }
-    if use_cache:
-        buffer = io.BytesIO()
-        torch.save({k: {"x": x, "y": y} for k, (x, y) in envs.items()}, buffer)
-        try:
-            atomic_write_bytes(path, buffer.getvalue())
-            _remember(fingerprint, key)
-        except (OSError, ShiftbenchError):
-            pass  # a read-only cache only costs regeneration time
+    if use_cache and save_tensors(path, {k: {"x": x, "y": y} for k, (x, y) in envs.items()}):
+        _remember(fingerprint, key)
     return envs
 
 

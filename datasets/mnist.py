@@ -14,8 +14,6 @@ the result is cached on disk keyed by a checksum of the source images.
 from __future__ import annotations
 
 import gzip
-import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +21,9 @@ import torch
 import torchvision.transforms.functional as TF
 
 from shiftbench.datasets.base import MultiDomainDataset, TensorDomain, register_dataset
+from shiftbench.datasets.cache_files import load_tensors, save_tensors
 from shiftbench.errors import ShiftbenchError
-from shiftbench.paths import atomic_write_bytes, cache_dir, sha256_bytes
+from shiftbench.paths import cache_dir, sha256_bytes
 
 GENERATION_VERSION = 1
 
@@ -149,7 +148,7 @@ class MultipleEnvironmentMNIST(MultiDomainDataset):
         images, labels, self.source = self.load_source(root)
         key = sha256_bytes(images.numpy().tobytes() + labels.numpy().tobytes())[:16]
         cache = cache_dir() / f"{type(self).__name__}-v{GENERATION_VERSION}-{key}.pt"
-        envs = self._load_cache(cache)
+        envs = load_tensors(cache, lambda data: [(d["x"], d["y"]) for d in data])
         if envs is None:
             g = torch.Generator().manual_seed(0)
             order = torch.randperm(len(images), generator=g)
@@ -157,24 +156,8 @@ class MultipleEnvironmentMNIST(MultiDomainDataset):
             n = len(self.ENV_PARAMS)
             envs = [self.make_environment(images[i::n], labels[i::n], p, g)
                     for i, p in enumerate(self.ENV_PARAMS)]
-            buffer = io.BytesIO()
-            torch.save([{"x": x, "y": y} for x, y in envs], buffer)
-            try:
-                atomic_write_bytes(cache, buffer.getvalue())
-            except OSError:
-                pass  # a read-only cache only costs regeneration time
+            save_tensors(cache, [{"x": x, "y": y} for x, y in envs])
         self.datasets = [TensorDomain(x, y, name) for (x, y), name in zip(envs, self.ENVIRONMENTS)]
-
-    @staticmethod
-    def _load_cache(path: Path):
-        if not path.is_file():
-            return None
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            return [(d["x"], d["y"]) for d in data]
-        except Exception:
-            os.replace(path, path.with_suffix(".corrupt"))
-            return None
 
     def make_environment(self, images, labels, param, generator):
         raise NotImplementedError

@@ -13,6 +13,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from shiftbench.datasets import augment as A
 from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets import image_cache as C
 from shiftbench.datasets.folder import ImageFolderDomain
@@ -135,7 +136,7 @@ def test_preprocess_command(tmp_path, cache, capsys):
 
 def test_crop_boxes_follow_random_resized_crop_rule():
     g = torch.Generator().manual_seed(0)
-    boxes = C.crop_boxes(2000, 224, 224, generator=g)
+    boxes = A.crop_boxes(2000, 224, 224, generator=g)
     top, left, h, w = boxes.unbind(1)
     assert (top >= 0).all() and (left >= 0).all()
     assert (top + h <= 224).all() and (left + w <= 224).all()
@@ -145,7 +146,7 @@ def test_crop_boxes_follow_random_resized_crop_rule():
     assert ratio.min() >= 3 / 4 - 0.02 and ratio.max() <= 4 / 3 + 0.02
     assert area.std() > 0.05 and len(set(left.tolist())) > 10
     # an image too thin for every attempt falls back to a centred crop of clamped ratio
-    thin = C.crop_boxes(5, 10, 200, scale=(0.99, 1.0), ratio=(1.0, 1.0))
+    thin = A.crop_boxes(5, 10, 200, scale=(0.99, 1.0), ratio=(1.0, 1.0))
     assert thin[:, 2].tolist() == [10.0] * 5 and thin[:, 3].tolist() == [10.0] * 5
     assert thin[:, 1].tolist() == [95.0] * 5
 
@@ -155,14 +156,14 @@ def test_resized_crop_matches_torchvision():
     x = torch.rand(3, 3, 50, 60, generator=g)
     boxes = torch.tensor([[0.0, 0.0, 50.0, 60.0], [5.0, 7.0, 30.0, 40.0], [10.0, 3.0, 40.0, 45.0]])
     flip = torch.tensor([False, True, False])
-    out = C.resized_crop(x, boxes, 64, flip)
+    out = A.resized_crop(x, boxes, 64, flip)
     for i in range(3):
         t, left, h, w = (int(v) for v in boxes[i])
         ref = TF.resized_crop(x[i], t, left, h, w, [64, 64], antialias=True)
         if flip[i]:
             ref = ref.flip(-1)
         assert torch.allclose(out[i], ref, atol=1e-5), i
-    same = C.resized_crop(x[:1], boxes[:1], 50, torch.tensor([False]))
+    same = A.resized_crop(x[:1], boxes[:1], 50, torch.tensor([False]))
     assert torch.allclose(same[0, :, :, :], TF.resize(x[0], [50, 50], antialias=True), atol=1e-5)
 
 
@@ -170,63 +171,63 @@ def test_hue_and_colour_ops_match_torchvision():
     g = torch.Generator().manual_seed(2)
     x = torch.rand(4, 3, 16, 16, generator=g)
     shifts = torch.tensor([0.0, 0.1, -0.25, 0.3])
-    out = C._shift_hue(x, shifts)
+    out = A._shift_hue(x, shifts)
     for i in range(4):
         assert torch.allclose(out[i], TF.adjust_hue(x[i], float(shifts[i])), atol=1e-4), i
     # one op at a time through color_jitter with strength 0 is the identity
-    assert torch.allclose(C.color_jitter(x.clone(), 0.0), x, atol=1e-5)
-    gray = C._gray(x)
+    assert torch.allclose(A.color_jitter(x.clone(), 0.0), x, atol=1e-5)
+    gray = A._gray(x)
     assert torch.allclose(gray[:, 0], TF.rgb_to_grayscale(x)[:, 0], atol=1e-6)
     # uint8 crops agree with torchvision's uint8 resize up to rounding
     xu = (x * 255).round().to(torch.uint8)
     box = torch.tensor([[2.0, 3.0, 10.0, 12.0]])
-    ours = C.resized_crop(xu[:1], box, 20, torch.tensor([False]))[0]
+    ours = A.resized_crop(xu[:1], box, 20, torch.tensor([False]))[0]
     ref = TF.resized_crop(xu[0], 2, 3, 10, 12, [20, 20], antialias=True)
     assert ours.dtype == torch.uint8 and (ours.int() - ref.int()).abs().max() <= 1
 
 
 def test_linear_hue_rotation(monkeypatch):
-    rot = C.hue_rotation(torch.tensor([0.0, 0.25, -0.3]))
+    rot = A.hue_rotation(torch.tensor([0.0, 0.25, -0.3]))
     assert torch.allclose(rot[0], torch.eye(3), atol=1e-6)
     for r in rot:  # orthogonal, keeps grey
         assert torch.allclose(r @ r.T, torch.eye(3), atol=1e-5)
         assert torch.allclose(r @ torch.ones(3), torch.ones(3), atol=1e-5)
     # a third of a turn maps red to green, as the HSV shift does
-    third = C.hue_rotation(torch.tensor([1 / 3]))[0]
+    third = A.hue_rotation(torch.tensor([1 / 3]))[0]
     assert torch.allclose(third @ torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]),
                           atol=1e-5)
     x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(5))
-    assert torch.allclose(C.color_jitter(x.clone(), 0.0, hue="linear"), x, atol=1e-5)
+    assert torch.allclose(A.color_jitter(x.clone(), 0.0, hue="linear"), x, atol=1e-5)
     monkeypatch.setenv("SHIFTBENCH_HUE", "linear")
-    assert C.hue_mode() == "linear"
+    assert A.hue_mode() == "linear"
     monkeypatch.setenv("SHIFTBENCH_HUE", "hsl")
     with pytest.raises(ShiftbenchError, match="'hsl' is not one of hsv, linear"):
-        C.hue_mode()
+        A.hue_mode()
 
 
 def test_augment_batch_statistics():
     g = torch.Generator().manual_seed(3)
     x = torch.randint(0, 256, (64, 3, 40, 40), dtype=torch.uint8, generator=g)
-    a = C.augment_batch(x, 32, generator=torch.Generator().manual_seed(4))
-    b = C.augment_batch(x, 32, generator=torch.Generator().manual_seed(4))
+    a = A.augment_batch(x, 32, generator=torch.Generator().manual_seed(4))
+    b = A.augment_batch(x, 32, generator=torch.Generator().manual_seed(4))
     assert a.shape == (64, 3, 32, 32) and torch.equal(a, b)
-    lo = (0 - max(C.MEAN)) / min(C.STD)
-    hi = (1 - min(C.MEAN)) / min(C.STD)
+    lo = (0 - max(A.MEAN)) / min(A.STD)
+    hi = (1 - min(A.MEAN)) / min(A.STD)
     assert a.min() >= lo - 1e-4 and a.max() <= hi + 1e-4
     # about 10% grey images (equal channels once un-normalised)
-    mean = torch.tensor(C.MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(C.STD).view(1, 3, 1, 1)
+    mean = torch.tensor(A.MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(A.STD).view(1, 3, 1, 1)
     raw = a * std + mean
     grey = ((raw[:, 0] - raw[:, 1]).abs().amax((1, 2)) < 1e-4).float().mean()
     assert 0.0 < grey < 0.3
-    ev = C.eval_batch(x)
+    ev = A.eval_batch(x)
     assert torch.allclose(ev * std + mean, x.float() / 255, atol=1e-5)
-    assert not math.isclose(float((a - C.augment_batch(x, 32)).abs().mean()), 0.0)
+    assert not math.isclose(float((a - A.augment_batch(x, 32)).abs().mean()), 0.0)
 
 
 def test_color_jitter_equals_torchvision_ops_in_the_drawn_order():
     x = torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(6))
-    out = C.color_jitter(x.clone(), 0.3, generator=torch.Generator().manual_seed(7))
+    out = A.color_jitter(x.clone(), 0.3, generator=torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)  # the same draws, in the same order
     factors = torch.empty(6, 3).uniform_(0.7, 1.3, generator=g)
     shifts = torch.empty(6).uniform_(-0.3, 0.3, generator=g)
@@ -250,10 +251,10 @@ def test_hue_shift_exact_on_edge_cases():
     x[4, 0] = x[4, 2]
     x[5, :, :5] = 0.0
     for shift in torch.linspace(-0.5, 0.5, 11).tolist():
-        out = C._shift_hue(x, torch.full((8,), shift))
+        out = A._shift_hue(x, torch.full((8,), shift))
         ref = torch.stack([TF.adjust_hue(xi, shift) for xi in x])
         assert (out - ref).abs().max() < 1e-5, shift
-    assert torch.equal(C._shift_hue(x[:1], torch.tensor([0.3])), x[:1])
+    assert torch.equal(A._shift_hue(x[:1], torch.tensor([0.3])), x[:1])
 
 
 def test_augment_batch_equals_torchvision_pipeline_with_the_same_draws():
@@ -264,9 +265,9 @@ def test_augment_batch_equals_torchvision_pipeline_with_the_same_draws():
     n, size = 24, 28
     g = torch.Generator().manual_seed(9)
     x = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
-    out = C.augment_batch(x, size, generator=torch.Generator().manual_seed(10))
+    out = A.augment_batch(x, size, generator=torch.Generator().manual_seed(10))
     g = torch.Generator().manual_seed(10)  # the draws of augment_batch, in its order
-    boxes = C.crop_boxes(n, 32, 32, generator=g).long()
+    boxes = A.crop_boxes(n, 32, 32, generator=g).long()
     flips = torch.rand(n, generator=g) < 0.5
     factors = torch.empty(n, 3).uniform_(0.7, 1.3, generator=g)
     shifts = torch.empty(n).uniform_(-0.3, 0.3, generator=g)
@@ -279,14 +280,14 @@ def test_augment_batch_equals_torchvision_pipeline_with_the_same_draws():
         # torchvision resizes uint8 in float and rounds, PyTorch's uint8 kernel in fixed point:
         # the same crop up to one grey level (PIL's resize, the lazy path, is also fixed point)
         tv = TF.resized_crop(x[i], top, left, h, w, [size, size], antialias=True)
-        crop = C.resized_crop(x[i:i + 1], boxes[i:i + 1], size, torch.tensor([False]))[0]
+        crop = A.resized_crop(x[i:i + 1], boxes[i:i + 1], size, torch.tensor([False]))[0]
         assert (tv.int() - crop.int()).abs().max() <= 1
         ref = (TF.hflip(crop) if flips[i] else crop).float() / 255
         for op in order[i].tolist():
             ref = ops[op](ref, float(shifts[i] if op == 3 else factors[i, op]))
         if grays[i]:
             ref = TF.rgb_to_grayscale(ref, num_output_channels=3)
-        ref = TF.normalize(ref, list(C.MEAN), list(C.STD))
+        ref = TF.normalize(ref, list(A.MEAN), list(A.STD))
         assert torch.allclose(out[i], ref, atol=1e-4), i
 
 
@@ -315,7 +316,7 @@ def test_collated_batches_pass_through_the_loader(tmp_path, cache):
 def test_color_jitter_on_a_non_contiguous_batch():
     x = torch.rand(4, 12, 12, 3, generator=torch.Generator().manual_seed(11)).permute(0, 3, 1, 2)
     for hue in ("hsv", "linear"):
-        a = C.color_jitter(x.clone(), 0.3, generator=torch.Generator().manual_seed(12), hue=hue)
-        b = C.color_jitter(x.contiguous(), 0.3, generator=torch.Generator().manual_seed(12),
+        a = A.color_jitter(x.clone(), 0.3, generator=torch.Generator().manual_seed(12), hue=hue)
+        b = A.color_jitter(x.contiguous(), 0.3, generator=torch.Generator().manual_seed(12),
                            hue=hue)
         assert torch.allclose(a, b, atol=1e-6), hue
