@@ -187,6 +187,18 @@ def omitted(collection: Collection) -> list[str]:
     return lines
 
 
+def task_tables(collection: Collection) -> list[str]:
+    """The source->target task tables (algorithms x tasks + Avg, results/da_tables.py) of each
+    setting under its headline rule, as text lines; none when no run had explicit sources."""
+    from shiftbench.results.renderers import text_table
+
+    out = []
+    for table in collection.tables:
+        if table.kind == "da_tasks" and table.rule == primary_rule(collection, table.task):
+            out += text_table(table)
+    return out
+
+
 def render_headline(collection: Collection, full_tables: str | None = None,
                     report: str | None = None, width: int = 80) -> str:
     """The headline leaderboards, what was left out, and where the rest is."""
@@ -199,6 +211,7 @@ def render_headline(collection: Collection, full_tables: str | None = None,
         out += headline_table(collection, task)
     if not tasks:
         out.append("No setting has results under any selection rule.")
+    out += task_tables(collection)
     prose = [legend(collection)]
     skipped = omitted(collection)
     prose += skipped

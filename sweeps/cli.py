@@ -20,7 +20,7 @@ from dataclasses import fields
 from shiftbench.errors import ShiftbenchError
 from shiftbench.sweeps.jobs import Job, enumerate_jobs
 from shiftbench.sweeps.launchers import LAUNCHERS, LaunchOptions, LaunchResult, get_launcher
-from shiftbench.sweeps.spec import SweepSpec, load_spec, parse_hparams_flag, validate_spec
+from shiftbench.sweeps.spec import SpecError, SweepSpec, load_spec, parse_hparams_flag, validate_spec
 from shiftbench.sweeps.state import STATES, JobState, job_state, try_lock_for_delete
 
 MAX_LISTED = 100
@@ -65,6 +65,10 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_flag("source_envs"), nargs="+", default=None, metavar="ENV",
                    help="environments trained on, in every dataset (default: all but the held-out "
                         "ones); held-out sets are then each other environment")
+    p.add_argument(*_flag("tasks"), nargs="+", default=None, metavar="SUITE",
+                   help="named source->target task suites instead of held-out sets: office31, "
+                        "officehome, digits, visda, domainnet, pacs, vlcs, officehome_loo, terra, "
+                        "loo (see shiftbench.sweeps.tasks); --datasets optional")
     p.add_argument(*_flag("data_dir"), default=None)
     p.add_argument(*_flag("output_dir"), required=True)
     p.add_argument(*_flag("import"), dest="imports", action="append", default=[],
@@ -106,6 +110,9 @@ def spec_from_args(ns: argparse.Namespace) -> SweepSpec:
     for name, value in given.items():
         setattr(spec, name, list(value) if isinstance(value, list) else value)
     if ns.source_envs:
+        if spec.tasks:
+            raise SpecError("--tasks (named source->target suites) replace --source-envs and "
+                            "test-environment sets; give one or the other")
         spec.source_envs = {dataset: list(ns.source_envs) for dataset in spec.datasets}
     if ns.hparams:
         spec.hparams = {**spec.hparams, **parse_hparams_flag(ns.hparams)}

@@ -35,7 +35,7 @@ from typing import Any
 
 from shiftbench.seeds import seed_hash
 from shiftbench.setting import get_setting
-from shiftbench.sweeps.spec import SweepSpec, held_out_sets, source_envs_of
+from shiftbench.sweeps.spec import SweepSpec, sweep_units
 from shiftbench.trainer import TrainArgs
 
 CORE_IDENTITY_KEYS = ("dataset", "algorithm", "test_envs", "task", "hparams", "hparams_seed",
@@ -131,33 +131,33 @@ def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None
     from shiftbench.datasets import get_dataset_class
 
     jobs: dict[str, Job] = {}
-    for dataset in spec.datasets:
+    reads_tta_mode = get_setting(spec.task).reads_tta_mode
+    units = sweep_units(spec)
+    for dataset in dict.fromkeys(u[0] for u in units):  # datasets x algorithms x held-out sets
         steps = spec.steps or get_dataset_class(dataset).N_STEPS  # concrete, so it is hashed
-        sources = source_envs_of(spec, dataset)
-        reads_tta_mode = get_setting(spec.task).reads_tta_mode
-        for algorithm in spec.algorithms:
-            for test_envs in held_out_sets(spec, dataset):
-                for hparams_seed in range(spec.n_hparams_from, spec.n_hparams):
-                    for point in spec.grid_points(algorithm):
-                        overrides = spec.overrides(algorithm, point, dataset)
-                        for trial_seed in range(spec.n_trials):
-                            args = TrainArgs(
-                                dataset=dataset, algorithm=algorithm, test_envs=list(test_envs),
-                                task=spec.task,
-                                hparams=json.dumps(overrides, sort_keys=True) if overrides else None,
-                                hparams_seed=hparams_seed, trial_seed=trial_seed,
-                                seed=seed_hash(dataset, algorithm, test_envs, hparams_seed,
-                                               trial_seed),
-                                steps=steps, checkpoint_freq=spec.checkpoint_freq,
-                                holdout_fraction=spec.holdout_fraction,
-                                uda_holdout_fraction=spec.uda_holdout_fraction,
-                                target_shots=spec.target_shots,
-                                # only settings that read tta_mode get it: the others keep the
-                                # default, so their job hashes do not depend on it
-                                tta_mode=spec.tta_mode if reads_tta_mode else TrainArgs.tta_mode,
-                                precision=spec.precision, protocol=spec.protocol,
-                                source_envs=None if sources is None else list(sources),
-                                data_dir=data_dir)
-                            job = make_job(args, output_dir, tuple(imports))
-                            jobs.setdefault(job.hash, job)
+        for algorithm, (_, sources, test_envs) in ((a, u) for a in spec.algorithms
+                                                   for u in units if u[0] == dataset):
+            for hparams_seed in range(spec.n_hparams_from, spec.n_hparams):
+                for point in spec.grid_points(algorithm):
+                    overrides = spec.overrides(algorithm, point, dataset)
+                    for trial_seed in range(spec.n_trials):
+                        args = TrainArgs(
+                            dataset=dataset, algorithm=algorithm, test_envs=list(test_envs),
+                            task=spec.task,
+                            hparams=json.dumps(overrides, sort_keys=True) if overrides else None,
+                            hparams_seed=hparams_seed, trial_seed=trial_seed,
+                            seed=seed_hash(dataset, algorithm, test_envs, hparams_seed,
+                                           trial_seed),
+                            steps=steps, checkpoint_freq=spec.checkpoint_freq,
+                            holdout_fraction=spec.holdout_fraction,
+                            uda_holdout_fraction=spec.uda_holdout_fraction,
+                            target_shots=spec.target_shots,
+                            # only settings that read tta_mode get it: the others keep the
+                            # default, so their job hashes do not depend on it
+                            tta_mode=spec.tta_mode if reads_tta_mode else TrainArgs.tta_mode,
+                            precision=spec.precision, protocol=spec.protocol,
+                            source_envs=None if sources is None else list(sources),
+                            data_dir=data_dir)
+                        job = make_job(args, output_dir, tuple(imports))
+                        jobs.setdefault(job.hash, job)
     return list(jobs.values())

@@ -27,6 +27,8 @@ hparam grids/fixed values and named test-environment sets::
     [test_envs]                 # explicit test-environment sets per dataset (names or indices)
     Digits = [["mnist"], ["synth", "lowres"]]
 
+    tasks = ["digits"]          # named source->target suites (replace test_envs/source_envs):
+                                # office31, officehome, digits, visda, pacs, ..., loo
     [source_envs]               # the environments trained on, per dataset (default: all but the
     Digits = ["synth"]          # test environments); others are evaluated, never trained on
 
@@ -55,7 +57,7 @@ except ModuleNotFoundError:  # Python 3.10
 TOP_LEVEL_KEYS = ("datasets", "algorithms", "task", "n_hparams", "n_hparams_from", "n_trials",
                   "steps", "checkpoint_freq", "holdout_fraction", "uda_holdout_fraction",
                   "target_shots", "single_test_envs", "precision", "tta_mode", "protocol", "hparams",
-                  "test_envs", "source_envs", "algorithm", "hparams_preset")
+                  "test_envs", "source_envs", "algorithm", "hparams_preset", "tasks")
 ALGORITHM_KEYS = ("fixed", "grid")
 
 
@@ -88,6 +90,22 @@ class SweepSpec:
     grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     test_envs: dict[str, list[list[int | str]]] = field(default_factory=dict)
     source_envs: dict[str, list[int | str]] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)  # named task suites (shiftbench.sweeps.tasks)
+
+    def sweep_datasets(self) -> list[str]:
+        """`datasets`, or without them the datasets of the named task suites."""
+        if self.datasets or not self.tasks:
+            return list(self.datasets)
+        from shiftbench.sweeps.tasks import get_task_suite
+
+        names = []
+        for name in self.tasks:
+            suite = get_task_suite(name)
+            if suite.dataset is None:
+                raise SpecError(f"task suite {name!r} needs --datasets (it applies to any dataset)")
+            if suite.dataset not in names:
+                names.append(suite.dataset)
+        return names
 
     def grid_points(self, algorithm: str) -> list[dict[str, Any]]:
         """The hparam overrides of each job of `algorithm` (one empty dict without a grid)."""
@@ -122,14 +140,21 @@ class SweepSpec:
             raise UnknownNameError("precision", self.precision, PRECISIONS)
         if self.tta_mode not in TTA_MODES:
             raise UnknownNameError("tta_mode", self.tta_mode, TTA_MODES)
-        if not self.datasets:
+        if self.tasks:
+            from shiftbench.sweeps.tasks import suite_tasks
+
+            if self.test_envs or self.source_envs:
+                raise SpecError("tasks (named source->target suites) replace test_envs and "
+                                "source_envs; give one or the other")
+            suite_tasks(self.tasks, self.datasets)  # unknown suites / missing domains
+        if not self.sweep_datasets():
             from shiftbench.datasets import list_datasets
 
             raise SpecError("no datasets given (--datasets, or `datasets = [...]` in the spec); "
                             f"choices: {', '.join(list_datasets())}")
         if not self.algorithms:
             self.algorithms = list_algorithms(setting=self.task)
-        for name in self.datasets:
+        for name in self.sweep_datasets():
             get_dataset_class(name)
         for name in self.algorithms:
             cls = get_algorithm_class(name)
@@ -156,7 +181,7 @@ class SweepSpec:
                 if not isinstance(values, list) or not values:
                     raise SpecError(f"grid value of {algorithm}.{hp} must be a non-empty list, "
                                     f"got {values!r}")
-        for dataset in self.datasets:
+        for dataset in self.sweep_datasets():
             for algorithm in self.algorithms:
                 space = hparam_space(algorithm, dataset, self.protocol)
                 for point in self.grid_points(algorithm):
@@ -192,6 +217,18 @@ def source_envs_of(spec: SweepSpec, dataset: str) -> list[int] | None:
 
     cls = get_dataset_class(dataset)
     return sorted({cls.env_index(e) for e in spec.source_envs[dataset]})
+
+
+def sweep_units(spec: SweepSpec) -> list[tuple[str, list[int] | None, list[int]]]:
+    """(dataset, source_envs or None, test_envs) of every trained unit: the named task suites'
+    tasks, else every dataset's held-out sets with the spec's sources."""
+    if spec.tasks:
+        from shiftbench.sweeps.tasks import suite_tasks
+
+        return [(t.dataset, list(t.source_envs), list(t.test_envs))
+                for t in suite_tasks(spec.tasks, spec.datasets)]
+    return [(dataset, source_envs_of(spec, dataset), test_envs) for dataset in spec.datasets
+            for test_envs in held_out_sets(spec, dataset)]
 
 
 def held_out_sets(spec: SweepSpec, dataset: str) -> list[list[int]]:
@@ -257,7 +294,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "n_trials": int, "steps": int, "checkpoint_freq": int, "holdout_fraction": float,
     "uda_holdout_fraction": float, "target_shots": int, "single_test_envs": bool,
     "precision": str, "tta_mode": str, "protocol": str, "hparams": dict, "test_envs": dict,
-    "source_envs": dict, "algorithm": dict, "hparams_preset": str,
+    "source_envs": dict, "algorithm": dict, "hparams_preset": str, "tasks": list,
 }
 
 
