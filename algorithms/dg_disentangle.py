@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from shiftbench import networks
-from shiftbench.algorithms.base import Algorithm, register_algorithm
+from shiftbench.algorithms.base import Algorithm, register_algorithm, step
 from shiftbench.hparams_registry import Choice, HParam
 
 
@@ -177,9 +177,7 @@ class ADRMX(Algorithm):
         disc_loss = F.cross_entropy(self.discriminator(z), d)
         steps = int(self.hparams["d_steps_per_g_step"])
         if (int(self.num_updates) + 1) % (steps + 1) < steps:
-            self.disc_opt.zero_grad(set_to_none=True)
-            disc_loss.backward()
-            self.disc_opt.step()
+            step(disc_loss, self.disc_opt)
             return {"loss_disc": disc_loss.item()}
 
         hp = self.hparams
@@ -192,10 +190,8 @@ class ADRMX(Algorithm):
         remix = self.remix_loss(z, f_domain, y)
         loss = (clf_int + clf_fin + hp["dclf_lambda"] * clf_domain + hp["rmxd_lambda"] * remix
                 + hp["cnt_lambda"] * (cnt_int + cnt_fin) - hp["disc_lambda"] * disc_loss)
-        self.disc_opt.zero_grad(set_to_none=True)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.disc_opt.zero_grad(set_to_none=True)  # D only relays the gradient of -disc * L_D
+        step(loss, self.opt)
         return {"loss_total": loss.item(), "loss_cnt_int": cnt_int.item(), "loss_cnt_final": cnt_fin.item(),
                 "loss_clf_int": clf_int.item(), "loss_clf_fin": clf_fin.item(), "loss_dmn": clf_domain.item(),
                 "loss_disc": disc_loss.item(), "loss_remixed": remix.item()}

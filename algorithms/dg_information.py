@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from shiftbench.algorithms.base import cross_entropy, make_optimizer, register_algorithm
+from shiftbench.algorithms.base import cross_entropy, make_optimizer, register_algorithm, step
 from shiftbench.algorithms.dg_invariance import irm_penalty
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import HParam, IntLogUniform, LogUniform
@@ -56,9 +56,7 @@ class _Bottleneck(ERM):
     def step_with(self, loss: torch.Tensor, reset: bool) -> None:
         if reset:  # Adam's moments do not suit the jump in gradient scale at a penalty switch
             self.optimizer = make_optimizer(self.network.parameters(), self.hparams)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
 
 
 @register_algorithm

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from shiftbench.algorithms.base import cross_entropy, make_optimizer, register_algorithm
+from shiftbench.algorithms.base import cross_entropy, make_optimizer, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import DatasetInfo, HParam, IntLogUniform, IntUniform, Uniform
 
@@ -117,9 +117,7 @@ class RDM(ERM):
         loss = erm + on * hp["rdm_lambda"] * matching + on * hp["variance_weight"] * variance
         if t == anneal:  # Adam's moments do not suit the jump in gradient scale
             self.optimizer = make_optimizer(self.network.parameters(), hp, lr=hp["rdm_lr"])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"total_loss": loss.item(), "erm_loss": erm.item(), "matching_penalty": matching.item(),
                 "variance_penalty": variance.item(), "update_count": float(t + 1),
                 "rdm_lambda": float(hp["rdm_lambda"])}  # the last two: DomainBed's record keys

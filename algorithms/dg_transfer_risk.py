@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import autograd, nn
 
 from shiftbench import networks
-from shiftbench.algorithms.base import Algorithm, concat_minibatches, make_optimizer, register_algorithm
+from shiftbench.algorithms.base import Algorithm, concat_minibatches, make_optimizer, register_algorithm, step
 from shiftbench.hparams_registry import HParam, IntLogUniform, LogUniform
 
 HEAD_STEPS, HEAD_LR, NEUMANN_STEPS, NEUMANN_BOUND = 30, 0.1, 10, 10.0
@@ -38,12 +38,12 @@ def neumann_inverse_hvp(head: nn.Linear, features: torch.Tensor, y: torch.Tensor
     features, y = features.detach(), y.detach()
     term = v.detach().clone()
     total = term.clone()
-    for step in range(NEUMANN_STEPS):
+    for k in range(NEUMANN_STEPS):
         loss = F.cross_entropy(head(features), y)
         (g,) = autograd.grad(loss, head.weight, create_graph=True)
         (hv,) = autograd.grad(g.flatten() @ term, head.weight)
         term = term - hv.flatten()
-        total = (2 * term if step == 0 and reference else total + term).detach()
+        total = (2 * term if k == 0 and reference else total + term).detach()
         if total.abs().max() > NEUMANN_BOUND:
             break
     return total
@@ -97,9 +97,7 @@ class TRM(Algorithm):
         """HEAD_STEPS SGD steps of each head h_j on domain j's detached features."""
         for _ in range(HEAD_STEPS):
             loss = sum(F.cross_entropy(h(f.detach()), y) for h, f, y in zip(self.heads, features, ys))
-            self.optimizer_heads.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer_heads.step()
+            step(loss, self.optimizer_heads)
 
     def transfer_risk(self, q: int, features: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
         """T_Q for domain q; multiplies row q of alpha by exp(eta * weighted risk) afterwards."""
@@ -133,11 +131,7 @@ class TRM(Algorithm):
             ys = [t for _, t in minibatches]
             self.fit_heads(parts, ys)
             loss = nll + sum(self.transfer_risk(q, parts, ys) for q in range(len(parts))) / len(parts)
-        self.optimizer_f.zero_grad(set_to_none=True)
-        self.optimizer_c.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer_f.step()
-        self.optimizer_c.step()
+        step(loss, self.optimizer_f, self.optimizer_c)
         return {"nll": nll.item(), "trm_loss": loss.item() - nll.item()}
 
     def predict(self, x):

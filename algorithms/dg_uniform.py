@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftbench.algorithms.base import concat_minibatches, cross_entropy, make_optimizer, register_algorithm
+from shiftbench.algorithms.base import (
+    concat_minibatches,
+    cross_entropy,
+    make_optimizer,
+    register_algorithm,
+    step,
+)
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import Choice, DatasetInfo, HParam, LogUniform, Uniform
 
@@ -101,9 +107,7 @@ class URM(ERM):
         ones = torch.ones(len(z), dtype=z.dtype, device=z.device)
         fool = F.binary_cross_entropy_with_logits(self.discriminator(z)[:, 0], ones)
         loss = ce + self.hparams["urm_adv_lambda"] * fool
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
 
         z = z.detach()
         noise = self.noise_low + (self.noise_high - self.noise_low) * torch.rand(
@@ -112,9 +116,7 @@ class URM(ERM):
         d_loss = (F.binary_cross_entropy_with_logits(self.discriminator(noise)[:, 0], real)
                   + self.hparams["urm_adv_lambda"]
                   * F.binary_cross_entropy_with_logits(self.discriminator(z)[:, 0], fake))
-        self.discriminator_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.discriminator_optimizer.step()
+        step(d_loss, self.discriminator_optimizer)
         return {"loss": loss.item(), "disc_loss": d_loss.item()}
 
 

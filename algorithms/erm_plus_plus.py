@@ -29,7 +29,13 @@ import copy
 import torch
 from torch import nn
 
-from shiftbench.algorithms.base import concat_minibatches, cross_entropy, make_optimizer, register_algorithm
+from shiftbench.algorithms.base import (
+    concat_minibatches,
+    cross_entropy,
+    make_optimizer,
+    register_algorithm,
+    step,
+)
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import HParam, LogUniform
 
@@ -120,9 +126,7 @@ class ERMPlusPlus(ERM):
         t = int(self.num_updates)
         optimizer = self.optimizer if t > int(self.hparams["linear_steps"]) else self.linear_optimizer
         loss = cross_entropy(self.network(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step(loss, optimizer)
         self.update_average(t)
         if self.has_batchnorm and not self.hparams.get("freeze_bn", False):
             with torch.no_grad():  # the averaged weights' own BatchNorm statistics

@@ -19,7 +19,13 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, grad, vmap
 
-from shiftbench.algorithms.base import concat_minibatches, cross_entropy, make_optimizer, register_algorithm
+from shiftbench.algorithms.base import (
+    concat_minibatches,
+    cross_entropy,
+    make_optimizer,
+    register_algorithm,
+    step,
+)
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import HParam, IntUniform, LogUniform, Uniform
@@ -96,9 +102,7 @@ class Fishr(ERM):
         if t == anneal != 0:  # Adam's moments do not suit the jump in gradient scale
             self.optimizer = make_optimizer(self.network.parameters(), self.hparams)
         loss = nll + weight * penalty
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        step(loss, self.optimizer)
         return {"loss": loss.item(), "nll": nll.item(), "penalty": penalty.item()}
 
 
