@@ -114,7 +114,7 @@ def run_trial(job: tuple[str, int, int, str, str]) -> str:
 
 
 def cmd_run(ns: argparse.Namespace) -> None:
-    arms = list(dict.fromkeys(a for e in ns.effects for a in EFFECTS[e]))
+    arms = ns.arms or list(dict.fromkeys(a for e in ns.effects for a in EFFECTS[e]))
     jobs = [(arm, seed, ns.steps, ns.out, ns.precision) for seed in ns.seeds for arm in arms]
     Path(ns.out).mkdir(parents=True, exist_ok=True)
     with multiprocessing.get_context("fork").Pool(ns.jobs, maxtasksperchild=1) as pool:
@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--out", required=True)
         if name == "run":
             q.add_argument("--jobs", type=int, default=2)
+            q.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=None,
+                           help="run these arms only (default: every arm of --effects)")
             q.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ns = p.parse_args(argv)
     (cmd_run if ns.cmd == "run" else cmd_report)(ns)
