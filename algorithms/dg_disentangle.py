@@ -7,7 +7,7 @@ an MLP discriminator D on z, classifier heads c1, c2 (labels) and c_d (domains),
     discriminator turns:  L_D = CE(D(z), d)                       (only D is updated)
     generator turns:      L_G = CE(c1(phi_l), y) + CE(c2(z), y) + dclf * CE(c_d(phi_d), d)
                                 + rmxd * L_remix + cnt * (SC(phi_l) + SC(z)) - disc * CE(D(z), d)
-    L_remix = (1 / C) sum_{class k} CE(c1(z_a + phi_d(x_b)), y_a),  a, b two samples of class k
+    L_remix = (1 / C) sum_{class k} CE(c1(z_a + phi_d(x_b)), y_a),  a, b of class k, different domains
 
 SC is a supervised contrastive loss (temperature 0.07) whose positives and negatives from the
 anchor's own domain weigh 0.5 and those from other domains 1 - 0.5 (DomainBed's
@@ -86,14 +86,16 @@ _VARIANT_HELP = "remix pairs: two samples of one class (paper) or DomainBed's in
 
 @register_algorithm
 class ADRMX(Algorithm):
-    """ADRMX (Demirel, Oguz & Ercan, 2023), as DomainBed; equations in the module docstring.
+    """ADRMX (Demirel, Aptoula & Ozkan, 2023), as DomainBed; equations in the module docstring.
 
     Defaults (shiftbench = DomainBed; DomainBed searches only lr and mlp_depth): cnt_lambda 1,
     dclf_lambda 1, disc_lambda 0.75, rmxd_lambda 1, d_steps_per_g_step 2, beta1 0.5 (both Adams
     use betas (beta1, 0.9), no weight decay: `weight_decay` is unused, as DomainBed);
     discriminator MLP mlp_width 256, mlp_depth 9 / choice{8,9,10}, mlp_dropout 0; lr 3e-3 /
     choice{5e-4,1e-3,2e-3,3e-3} on small inputs, else 3e-5 / choice{2e-5,3e-5,4e-5,5e-5}.
-    `adrmx_variant`: "paper" (shiftbench default) remixes two samples drawn from class k;
+    `adrmx_variant`: "paper" (shiftbench default) remixes two samples of class k from different
+    domains (the paper mixes samples of different domains; same domain only if class k has no
+    other in the batch);
     "domainbed" (DomainBed protocol) reproduces DomainBed's code, which draws two positions
     within class k's index list but uses them as positions in the whole batch (so the pair is
     two of the first n_k samples, of any class, labelled by the first one's label), and sums
@@ -103,7 +105,7 @@ class ADRMX(Algorithm):
     """
 
     SETTINGS = ("dg",)
-    PAPER = ("Demirel, Oguz & Ercan, ADRMX: Additive Disentanglement of Domain Features with Remix "
+    PAPER = ("Demirel, Aptoula & Ozkan, ADRMX: Additive Disentanglement of Domain Features with Remix "
              "Loss, arXiv:2308.06624, 2023")
     HPARAMS = {
         "cnt_lambda": HParam(1.0, None, low=0.0, help="weight of the two contrastive losses"),
@@ -142,22 +144,26 @@ class ADRMX(Algorithm):
         self.opt = torch.optim.Adam([p for m in generator for p in m.parameters()], lr=self.hparams["lr"],
                                     betas=betas)
 
-    def remix_pairs(self, y: torch.Tensor) -> list[tuple[int, int]]:
-        """One (a, b) pair per class with at least two samples, drawn with torch.randperm."""
+    def remix_pairs(self, y: torch.Tensor, d: torch.Tensor) -> list[tuple[int, int]]:
+        """One (a, b) pair per class with at least two samples, from one torch.randperm per class."""
         pairs = []
         for k in range(self.num_classes):
             members = torch.nonzero(y == k)[:, 0]
             order = torch.randperm(len(members))
             if len(order) < 2:
                 continue
-            a, b = int(order[0]), int(order[1])
-            pairs.append((a, b) if self.hparams["adrmx_variant"] == "domainbed"
-                         else (int(members[a]), int(members[b])))
+            if self.hparams["adrmx_variant"] == "domainbed":
+                pairs.append((int(order[0]), int(order[1])))
+                continue
+            a = int(members[order[0]])
+            others = [int(members[j]) for j in order[1:] if d[members[j]] != d[a]]
+            pairs.append((a, others[0] if others else int(members[order[1]])))
         return pairs
 
-    def remix_loss(self, z: torch.Tensor, f_domain: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def remix_loss(self, z: torch.Tensor, f_domain: torch.Tensor, y: torch.Tensor, d: torch.Tensor
+                   ) -> torch.Tensor:
         """(1 / C) sum over remix pairs (a, b) of CE(c1(z_a + phi_d(x_b)), y_a)."""
-        pairs = self.remix_pairs(y)
+        pairs = self.remix_pairs(y, d)
         if not pairs:
             return z.new_zeros(())
         if self.hparams["adrmx_variant"] == "domainbed":  # one pair at a time: DomainBed's rounding
@@ -187,7 +193,7 @@ class ADRMX(Algorithm):
         cnt_int = supcon(f_label, y, d)
         clf_fin = F.cross_entropy(self.classifier_label_2(z), y)
         cnt_fin = supcon(z, y, d)
-        remix = self.remix_loss(z, f_domain, y)
+        remix = self.remix_loss(z, f_domain, y, d)
         loss = (clf_int + clf_fin + hp["dclf_lambda"] * clf_domain + hp["rmxd_lambda"] * remix
                 + hp["cnt_lambda"] * (cnt_int + cnt_fin) - hp["disc_lambda"] * disc_loss)
         self.disc_opt.zero_grad(set_to_none=True)  # D only relays the gradient of -disc * L_D

@@ -62,7 +62,7 @@ class URM(ERM):
     """
 
     SETTINGS = ("dg",)
-    PAPER = ("Krishnamachari, Ng & Foo, Uniformly Distributed Feature Representations for Fair and "
+    PAPER = ("Krishnamachari et al., Uniformly Distributed Feature Representations for Fair and "
              "Robust Learning, TMLR 2024")
     HPARAMS = {
         "urm_adv_lambda": HParam(0.1, Uniform(0.0, 0.2), low=0.0, help="weight of the adversarial terms"),

@@ -74,22 +74,24 @@ def test_generator_loss_is_the_weighted_sum_of_its_terms():
 def test_remix_pairs(variant):
     alg = build("ADRMX", {**SMALL, "adrmx_variant": variant})
     y = torch.tensor([2, 2, 2, 0, 1, 0, 2, 1, 2, 2])
+    d = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 2])  # every class spans two domains or more
     counts = {k: int((y == k).sum()) for k in range(3)}
     torch.manual_seed(0)
-    pairs = alg.remix_pairs(y)
+    pairs = alg.remix_pairs(y, d)
     assert len(pairs) == 3
     for k, (a, b) in enumerate(pairs):
         assert a != b
         if variant == "paper":
-            assert y[a] == k and y[b] == k
+            assert y[a] == k and y[b] == k and d[a] != d[b]
         else:  # DomainBed: positions within class k's list, used as batch positions
             assert a < counts[k] and b < counts[k]
     # the remix loss is the CE of the remixed features, summed over classes, divided by C
     mbs = batches(seed=4)
     yy = torch.cat([t for _, t in mbs])
     x = torch.cat([b for b, _ in mbs])
+    dd = torch.arange(3).repeat_interleave(8)
     torch.manual_seed(5)
-    pairs = alg.remix_pairs(yy)
+    pairs = alg.remix_pairs(yy, dd)
     with torch.no_grad():
         fl, fd = alg.featurizer_label(x), alg.featurizer_domain(x)
         remixed = [alg.classifier_label_1((fl - fd)[a:a + 1] + fd[b:b + 1]) for a, b in pairs]
