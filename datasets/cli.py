@@ -59,6 +59,14 @@ def dataset_status(data_dir: str | None) -> list[dict[str, Any]]:
         "source": "; ".join(f"{n}: {d.files} from {d.url} ({d.licence})"
                             for n, d in digit_files.DOMAINS.items()),
     })
+    from shiftbench.datasets.wilds_datasets import WILDS_DATASETS
+
+    for wcls in WILDS_DATASETS:
+        folder = Path(data_dir or "<data-dir>") / wcls.FOLDER
+        rows.append({"dataset": wcls.__name__,
+                     "status": f"present ({folder})" if data_dir and folder.is_dir()
+                     else f"missing (expected {folder}; read through the wilds package)",
+                     "domains": {}, "source": wcls.SOURCE})
     for cls in IMAGE_FOLDER_DATASETS:
         counts = cls.count(data_dir) if data_dir else None
         if counts is None:

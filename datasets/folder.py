@@ -209,11 +209,13 @@ class MultipleEnvironmentImageFolder(MultiDomainDataset):
         """`<root>/<DATA_SUBDIR>`, with an error that says where to get the data."""
         if not root:
             raise ShiftbenchError(f"{cls.__name__} needs --data-dir (the folder that holds "
-                                  f"{cls.DATA_SUBDIR}/); get it from {cls.URL}")
+                                  f"{cls.DATA_SUBDIR}/); get it with `shiftbench data download "
+                                  f"{cls.__name__} --data-dir DIR` (source: {cls.URL})")
         path = Path(root) / cls.DATA_SUBDIR
         if not path.is_dir():
-            raise ShiftbenchError(f"{cls.__name__}: {path} does not exist; download it from "
-                                  f"{cls.URL} (see `shiftbench data --data-dir {root}`)")
+            raise ShiftbenchError(f"{cls.__name__}: {path} does not exist; get it with "
+                                  f"`shiftbench data download {cls.__name__} --data-dir {root}` "
+                                  f"(source: {cls.URL})")
         return path
 
     @classmethod

@@ -314,3 +314,35 @@ def test_wilds_sources_download_through_wilds(tmp_path, monkeypatch):
     assert calls == [("camelyon17", str(tmp_path), True)]
     assert main(["data", "download", "WILDSCamelyon", "--data-dir", str(tmp_path)]) == 0
     assert len(calls) == 1  # present: left alone
+
+
+def test_every_file_dataset_has_a_download_source():
+    from shiftbench.datasets.folder import IMAGE_FOLDER_DATASETS
+    from shiftbench.datasets.sources import get_source
+    from shiftbench.datasets.wilds_datasets import WILDS_DATASETS
+
+    for cls in (*IMAGE_FOLDER_DATASETS, *WILDS_DATASETS):
+        assert get_source(cls.__name__).target == getattr(cls, "DATA_SUBDIR", None) or \
+            get_source(cls.__name__).target == getattr(cls, "FOLDER", None), cls
+    for name in ("ColoredMNIST", "RotatedFashionMNIST", "DigitFive"):
+        assert get_source(name)
+    with pytest.raises(ShiftbenchError, match="unknown downloadable dataset 'PAC'.*PACS"):
+        get_source("PAC")
+
+
+def test_domain_net_duplicates_are_removed(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for d in ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"):
+        for k in range(2):
+            path = raw / d / "cat" / f"{d}_{k}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+    (raw / "domain_net_duplicates.txt").write_text(
+        "clipart/cat/clipart_1.jpg\nreal/cat/real_0.jpg\n../escape.jpg\n\n")
+    (tmp_path / "escape.jpg").write_bytes(b"keep")
+    SOURCES["DomainNet"].arrange(raw, out)
+    assert not (out / "clipart" / "cat" / "clipart_1.jpg").exists()
+    assert not (out / "real" / "cat" / "real_0.jpg").exists()
+    assert (out / "clipart" / "cat" / "clipart_0.jpg").exists()
+    assert (tmp_path / "escape.jpg").exists()  # paths leaving the folder are ignored
+    assert len(list(out.rglob("*.jpg"))) == 10
