@@ -105,8 +105,10 @@ class ERMPlusPlus(ERM):
                                                    foreach=False)
         self.network_sma = copy.deepcopy(self.network).eval()
         self.network_sma.requires_grad_(False)
-        norms = nn.modules.batchnorm._BatchNorm
-        self.has_batchnorm = any(isinstance(m, norms) for m in self.network.modules())
+        # the refresh forward can change something only through BatchNorm statistics or, via
+        # dropout, the random stream (which DomainBed's unconditional forward also consumes)
+        self.refresh = any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                           or (isinstance(m, nn.Dropout) and m.p > 0) for m in self.network.modules())
 
     @torch.no_grad()
     def update_average(self, t: int) -> None:
@@ -128,7 +130,7 @@ class ERMPlusPlus(ERM):
         loss = cross_entropy(self.network(x), y)
         step(loss, optimizer)
         self.update_average(t)
-        if self.has_batchnorm and not self.hparams.get("freeze_bn", False):
+        if self.refresh and not self.hparams.get("freeze_bn", False):
             with torch.no_grad():  # the averaged weights' own BatchNorm statistics
                 self.network_sma.train()
                 self.network_sma(x)
