@@ -58,14 +58,15 @@ def run_trial(dataset: str, algorithm: str = "ERM", *, output_dir: str | os.Path
 
 def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
               algorithms: Sequence[str] = ("ERM",), data_dir: str | None = None,
-              **spec: Any):
+              loggers: Sequence[str] = (), **spec: Any):
     """Run a sweep in this process, one job after another, and return it read back
     (`shiftbench.results.reading.Sweep`).
 
     `spec` holds the other fields of `shiftbench.sweeps.spec.SweepSpec` (task, n_trials,
     n_hparams, steps, single_test_envs, hparams, test_envs, ...). Each job runs through the
     sweep worker, as `shiftbench sweep launch` runs it (same directories, hashes, locks and
-    attempt logs), so a sweep started here can be resumed or extended from the command line."""
+    attempt logs), so a sweep started here can be resumed or extended from the command line.
+    `loggers` as `sweep launch --logger` (files in each job's folder)."""
     from shiftbench.results.reading import read_sweep
     from shiftbench.sweeps import worker
     from shiftbench.sweeps.jobs import enumerate_jobs
@@ -80,6 +81,13 @@ def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
                               + ", ".join(f.name for f in fields(SweepSpec))) from None
     sweep_spec.validate()
     jobs = enumerate_jobs(sweep_spec, output_dir, data_dir=data_dir)
+    if loggers:
+        import dataclasses
+
+        from shiftbench.loggers import make_loggers
+
+        make_loggers(loggers, output_dir)  # a missing package fails before any job runs
+        jobs = [dataclasses.replace(j, loggers=tuple(loggers)) for j in jobs]
     failed = []
     for job in jobs:
         job.dir.mkdir(parents=True, exist_ok=True)

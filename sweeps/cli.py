@@ -87,6 +87,10 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", default=None, help="multi_gpu: device ids, e.g. 0,1,3")
     p.add_argument("--python", default=None, help="interpreter the jobs run with")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--logger", dest="loggers", nargs="+", action="extend", default=[],
+                   choices=("csv", "tensorboard", "wandb", "mlflow"), metavar="LOGGER",
+                   help="experiment loggers for every job (csv, tensorboard, wandb, mlflow); "
+                        "files go in each job's folder")
     p.add_argument("--slurm-partition", default=None)
     p.add_argument("--slurm-time", default=None, help="minutes or [D-]HH:MM[:SS]")
     p.add_argument("--slurm-mem", default=None, help="memory per task, e.g. 8G")
@@ -229,8 +233,22 @@ def run_launch(jobs: list[Job], ns: argparse.Namespace, states: dict[str, JobSta
     return 1 if result.failed else 0
 
 
+def _with_loggers(jobs: list[Job], ns: argparse.Namespace) -> list[Job]:
+    """The jobs with `--logger` set (packages checked here, before anything is launched)."""
+    names = getattr(ns, "loggers", [])
+    if not names:
+        return jobs
+    import dataclasses
+
+    from shiftbench.loggers import make_loggers
+
+    make_loggers(names, ".")  # fails early when a logger's package is missing
+    return [dataclasses.replace(j, loggers=tuple(names)) for j in jobs]
+
+
 def cmd_launch(ns: argparse.Namespace) -> int:
     _, jobs = sweep_jobs(ns)
+    jobs = _with_loggers(jobs, ns)
     states = job_states(jobs)
     print(status_table(jobs, states))
     todo = [j for j in jobs if states[j.hash].state in ("not_launched", "incomplete")]
@@ -292,6 +310,7 @@ def delete_jobs(jobs: list[Job]) -> int:
 
 def cmd_rerun_failed(ns: argparse.Namespace) -> int:
     _, jobs = sweep_jobs(ns)
+    jobs = _with_loggers(jobs, ns)
     states = job_states(jobs)
     failed = [j for j in jobs if states[j.hash].state == "failed"]
     for job in failed[:MAX_LISTED]:

@@ -83,6 +83,7 @@ class Job:
     args: TrainArgs
     hash: str
     imports: tuple[str, ...] = ()  # modules the worker imports first (user registrations)
+    loggers: tuple[str, ...] = ()  # experiment loggers (`--logger`); not part of the identity
 
     @property
     def dir(self) -> Path:
@@ -110,6 +111,8 @@ class Job:
             argv.extend(str(v) for v in value) if isinstance(value, list) else argv.append(str(value))
         for module in self.imports:
             argv += ["--import", module]
+        if self.loggers:
+            argv += ["--logger", *self.loggers]
         if threads:
             argv += ["--threads", str(threads)]
         return argv

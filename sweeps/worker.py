@@ -85,7 +85,10 @@ def run(argv: Sequence[str] | None = None) -> int:
                            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
                            slurm_job_id=os.environ.get("SLURM_JOB_ID"),
                            threads=ns.threads)
-            train(args, progress=False if ns.progress is None else ns.progress)
+            from shiftbench.loggers import make_loggers
+
+            train(args, progress=False if ns.progress is None else ns.progress,
+                  callbacks=make_loggers(ns.loggers, args.output_dir))
         except ShiftbenchError as e:
             print(f"shiftbench: error: {e}", file=sys.stderr)
             return e.exit_code

@@ -156,3 +156,23 @@ def test_missing_logger_package_fails_before_training(tmp_path, monkeypatch, cap
                  "--logger", "csv", "wandb"]) == 2
     assert "--logger wandb needs the wandb package: pip install wandb" in capsys.readouterr().err
     assert not (out / "results.jsonl").exists()
+
+
+def test_sweep_jobs_log_without_changing_their_hashes(tmp_path):
+    from shiftbench.cli import main
+    from shiftbench.sweeps.jobs import enumerate_jobs
+    from shiftbench.sweeps.spec import SweepSpec
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "launch", "--datasets", "DebugVector", "--algorithms", "ERM",
+                 "--single-test-envs", "--n-trials", "1", "--steps", "2", "--output-dir",
+                 str(out), "--jobs", "1", "--threads", "1", "--skip-confirmation",
+                 "--no-progress", "--logger", "csv"]) == 0
+    spec = SweepSpec(datasets=["DebugVector"], algorithms=["ERM"], n_trials=1, steps=2,
+                     single_test_envs=True)
+    spec.validate()
+    jobs = enumerate_jobs(spec, out)
+    assert len(jobs) == 3 and all("--logger" not in j.command() for j in jobs)
+    for job in jobs:  # the same folders (hashes) as without loggers, each with its CSV files
+        rows = list(csv.DictReader(open(job.dir / "metrics" / "steps.csv")))
+        assert [int(r["step"]) for r in rows] == [0, 1]
