@@ -6,7 +6,9 @@ import hashlib
 import random
 
 import numpy as np
-import torch
+
+# torch is imported inside the functions that use it: `seed_hash` (hparams, splits) stays
+# importable without it, for the command line's fast paths.
 
 
 def seed_hash(*args: object) -> int:
@@ -17,6 +19,8 @@ def seed_hash(*args: object) -> int:
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -24,6 +28,8 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     """Every global RNG state, for checkpoints."""
+    import torch
+
     state = {
         "python": random.getstate(),
         "numpy": _numpy_state_to_portable(np.random.get_state()),
@@ -35,6 +41,8 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import torch
+
     random.setstate(state["python"])
     np.random.set_state(_numpy_state_from_portable(state["numpy"]))
     torch.set_rng_state(state["torch"])
@@ -44,6 +52,8 @@ def set_rng_state(state: dict) -> None:
 
 def _numpy_state_to_portable(state: tuple) -> list:
     """NumPy's state with its key array as a tensor, so `torch.load(weights_only=True)` reads it."""
+    import torch
+
     name, keys, pos, has_gauss, cached = state
     return [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
             float(cached)]

@@ -41,6 +41,9 @@ def run(argv: list[str]) -> dict:
     (["train", "--dataset", "Rotated", "--steps", "1"], 2, "unknown dataset 'Rotated'"),
     (["train", "--algorithm", "Tent", "--task", "dg"], 2, "does not support --task dg"),
     (["train", "--steps", "one"], 2, "invalid int value"),
+    (["train", "--dataset", "Digits", "--test-envs", "7"], 2, "out of range for Digits"),
+    (["train", "--dataset", "Digits", "--test-envs", "mnistm"], 2, "did you mean 'mnist_m'"),
+    (["train", "--hparams", "{lr: 1}"], 2, "--hparams is not valid JSON"),
 ])
 def test_answers_without_torch(argv, code, expect):
     result = run(argv)
