@@ -27,7 +27,7 @@ TASK_ORDER = ("dg", "uda", "ssda", "sda", "tta")
 # (a few labeled target examples per class), which the demo's tables would otherwise lack.
 DEMO_TASKS = {"CCSA": "sda"}
 BASELINE = "ERM"
-DEMO_STEPS = 400
+DEMO_STEPS = 250
 DEMO_BATCH_SIZE = 16
 DEMO_CNN_WIDTH = 32  # half of DomainBed's small CNN (64-128-128-128): ~2x faster steps
 DEMO_DATASET = "DigitsDemo"

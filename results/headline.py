@@ -34,6 +34,13 @@ PRIMARY_RULES = {"dg": "iid", "uda": "iid", "ssda": "target", "sda": "target", "
 FALLBACK_RULES = ("iid", "target", "oracle")
 
 
+def headline_tasks(collection: Collection) -> list[str]:
+    """The settings with results, in the order dg, uda, ssda, sda, tta (others last)."""
+    tasks = {t.task for t in collection.tables if t.kind == "averages"}
+    return sorted(tasks, key=lambda t: (list(SETTING_NAMES).index(t) if t in SETTING_NAMES
+                                        else len(SETTING_NAMES), t))
+
+
 def primary_rule(collection: Collection, task: str) -> str | None:
     """The rule of `task`'s headline: its primary rule if collected, else the first collected rule
     (preferring `FALLBACK_RULES`) that produced tables for it."""
@@ -92,8 +99,7 @@ def leaderboard(data: Collection | Sweep | str | Path | Iterable[dict[str, Any]]
     import pandas as pd
 
     collection = _as_collection(data, baseline)
-    tasks = [task] if task else list(dict.fromkeys(t.task for t in collection.tables
-                                                    if t.kind == "averages"))
+    tasks = [task] if task else headline_tasks(collection)
     rows = [r for t in tasks for r in _rows(collection, t)]
     if task and not rows:
         raise ShiftbenchError(f"no results for setting {task!r}; the records have: "
@@ -206,7 +212,7 @@ def render_headline(collection: Collection, full_tables: str | None = None,
 
     s = collection.summary
     out = [summary_lines(collection)[0] if "jobs" not in s else summary_lines(collection)[1]]
-    tasks = list(dict.fromkeys(t.task for t in collection.tables if t.kind == "averages"))
+    tasks = headline_tasks(collection)
     for task in tasks:
         out += headline_table(collection, task)
     if not tasks:
