@@ -346,3 +346,72 @@ def test_domain_net_duplicates_are_removed(tmp_path):
     assert (out / "clipart" / "cat" / "clipart_0.jpg").exists()
     assert (tmp_path / "escape.jpg").exists()  # paths leaving the folder are ignored
     assert len(list(out.rglob("*.jpg"))) == 10
+
+
+def _archive(kind: str, members: dict[str, bytes], dirs: list[str] = ()) -> bytes:
+    buf = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w") as zf:
+            for d in dirs:
+                zf.writestr(d.rstrip("/") + "/", b"")
+            for name, data in members.items():
+                zf.writestr(name, data)
+        return buf.getvalue()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for d in dirs:
+            info = tarfile.TarInfo(d.rstrip("/"))
+            info.type = tarfile.DIRTYPE
+            tf.addfile(info)
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+# How each archive lays out its domains: (archive file, prefix of a domain folder, domains).
+ARCHIVES = {
+    "VLCS": [("VLCS.tar.gz", "VLCS/{d}/", ["Caltech101", "LabelMe", "SUN09", "VOC2007"])],
+    "OfficeHome": [("office_home.zip", "OfficeHomeDataset_10072016/{d}/",
+                    ["Art", "Clipart", "Product", "Real World"])],
+    "DomainNet": [(f"{d}.zip", "{d}/", [d]) for d in
+                  ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")],
+    "Office31": [(f"{d}.tgz", "{d}/images/", [d]) for d in ("amazon", "dslr", "webcam")],
+    "OfficeCaltech": [("office-caltech.tgz", "{d}/", ["amazon", "caltech", "dslr", "webcam"])],
+    "VisDA": [(f"{d}.tar", "{d}/", [d]) for d in ("train", "validation")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHIVES))
+def test_benchmark_archives_unpack_into_the_loader_layout(tmp_path, monkeypatch, name):
+    cls = get_dataset_class(name)
+    classes = [f"c{i:03d}" for i in range(cls.NUM_CLASSES)]
+    served = {}
+    for filename, prefix, domains in ARCHIVES[name]:
+        members, dirs = {}, []
+        for d in domains:
+            for ci, c in enumerate(classes):
+                dirs.append(prefix.format(d=d) + c)
+                if ci < 3:  # a few images; the other class folders stay empty
+                    members[prefix.format(d=d) + f"{c}/img_{ci}.jpg"] = _jpeg(ci)
+            members[prefix.format(d=d).split("/")[0] + "/image_list.txt"] = b"listing\n"
+        if name == "OfficeCaltech":
+            members["image_list/amazon.txt"] = b"amazon/c000/img_0.jpg 0\n"  # not a domain
+        remote = next(r for r in SOURCES[name].remotes if r.filename == filename)
+        served[f"/{name}/{filename}"] = _archive(remote.kind, members, dirs)
+    if name == "DomainNet":
+        served["/DomainNet/domain_net_duplicates.txt"] = b"real/c000/img_0.jpg\n"
+    # The fixtures' own checksums stand in for the published ones (VLCS, OfficeHome).
+    remotes = tuple(dataclasses.replace(r, md5=hashlib.md5(served[f"/{name}/{r.filename}"])
+                                        .hexdigest()) if r.md5 else r
+                    for r in SOURCES[name].remotes)
+    monkeypatch.setitem(SOURCES, name, dataclasses.replace(SOURCES[name], remotes=remotes))
+    with Server(served) as srv:
+        assert main(["data", "download", name, "--data-dir", str(tmp_path), "--base-url",
+                     srv.url]) == 0
+    ds = cls(str(tmp_path), [0], {})
+    counts = [len(e) for e in ds.datasets]
+    expected = [3] * len(cls.ENVIRONMENTS)
+    if name == "DomainNet":
+        expected[cls.ENVIRONMENTS.index("real")] = 2  # DomainBed's duplicate removed
+    assert counts == expected and ds.num_classes == cls.NUM_CLASSES
