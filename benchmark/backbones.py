@@ -98,6 +98,18 @@ def weights_cache_hint(model: str) -> str:
     return f"{cfg.url}, cached in {os.path.join(torch.hub.get_dir(), 'checkpoints')}"
 
 
+class _Head(nn.Module):
+    """timm's `forward_head` (global pooling, its own norm/flatten; no classifier) and dropout."""
+
+    def __init__(self, network: nn.Module, dropout: nn.Module):
+        super().__init__()
+        self.forward_head = network.forward_head  # a bound method: no second registration
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.forward_head(x))
+
+
 class TimmBackbone(nn.Module):
     """A timm model as a featurizer: pooled features (`n_outputs`), dropout, optional frozen BN."""
 
@@ -132,6 +144,7 @@ class TimmBackbone(nn.Module):
                 "into the same cache, or pass --weights PATH (a local checkpoint), or "
                 "--hparams '{\"pretrained\": false}' to train from scratch") from None
         self.model_name = model
+        self.input_shape = tuple(input_shape)
         self.n_outputs = int(self.network.num_features)
         self.dropout = nn.Dropout(float(hparams.get("resnet_dropout", 0.0)))
         self.frozen_bn = bool(hparams.get("freeze_bn", False))
@@ -153,6 +166,47 @@ class TimmBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.network(x))
+
+    def stages(self) -> list[nn.Module]:
+        """The network cut into four consecutive stages sharing its modules (for MixStyle and
+        SagNet), for the timm families laid out as a stem and four stages: ResNet-style
+        (`conv1` ... `layer4`), ConvNeXt-style (`stem`, `stages`) and RegNet-style (`stem`,
+        `s1` ... `s4`). Running them in order is checked once against `forward`; other models
+        (ViT, ...) raise TypeError."""
+        n = self.network
+        head = _Head(n, self.dropout)
+        if all(hasattr(n, a) for a in ("conv1", "bn1", "act1", "maxpool", "layer4")):
+            stages = [nn.Sequential(n.conv1, n.bn1, n.act1, n.maxpool, n.layer1), n.layer2,
+                      n.layer3, nn.Sequential(n.layer4, head)]
+        elif hasattr(n, "stem") and isinstance(getattr(n, "stages", None), nn.Sequential) \
+                and len(n.stages) == 4:
+            norm = getattr(n, "norm_pre", nn.Identity())
+            stages = [nn.Sequential(n.stem, n.stages[0]), n.stages[1], n.stages[2],
+                      nn.Sequential(n.stages[3], norm, head)]
+        elif all(hasattr(n, a) for a in ("stem", "s1", "s2", "s3", "s4", "final_conv")):
+            stages = [nn.Sequential(n.stem, n.s1), n.s2, n.s3,
+                      nn.Sequential(n.s4, n.final_conv, head)]
+        else:
+            raise TypeError(f"backbone {self.model_name} is not cut into stages here (ResNet-, "
+                            "ConvNeXt- and RegNet-style timm models are); MixStyle and SagNet need one")
+        if not getattr(self, "_stages_checked", False):
+            self._check_stages(stages)
+        return stages
+
+    def _check_stages(self, stages: list[nn.Module]) -> None:
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            x = torch.randn(2, *self.input_shape)
+            y = x
+            for stage in stages:
+                y = stage(y)
+            same = y.shape == self(x).shape and torch.allclose(y, self(x), atol=1e-4, rtol=1e-4)
+        self.train(was_training)
+        if not same:
+            raise TypeError(f"backbone {self.model_name}: its stages do not reproduce its forward "
+                            "pass; MixStyle and SagNet cannot use it")
+        self._stages_checked = True
 
     def train(self, mode: bool = True) -> TimmBackbone:
         super().train(mode)

@@ -121,3 +121,29 @@ def test_protocol_defaults():
     net = networks.Featurizer((3, 224, 224), {**hp, "pretrained": False})
     assert isinstance(net, TimmBackbone) and net.model_name == "resnet50.ram_in1k"
     assert net.n_outputs == 2048
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_convnext", "regnetx_002"])
+def test_timm_stages_reproduce_forward_and_feed_mixstyle(name):
+    from shiftbench.algorithms import create_algorithm
+    from shiftbench.hparams_registry import default_hparams
+
+    hp = {**default_hparams("MixStyle", "PACS"), "backbone": name, "pretrained": False,
+          "batch_size": 2}
+    net = networks.Featurizer((3, 64, 64), hp)
+    stages = net.stages()
+    net.eval()
+    x = torch.randn(2, 3, 64, 64)
+    y = x
+    for stage in stages:
+        y = stage(y)
+    assert torch.allclose(y, net(x), atol=1e-5)
+    alg = create_algorithm("MixStyle", (3, 64, 64), 3, 2, hp)
+    batches = [(torch.randn(2, 3, 64, 64), torch.tensor([0, 1])) for _ in range(2)]
+    assert set(alg.train_step(batches)) >= {"loss"}
+
+
+def test_vit_has_no_stages():
+    net = networks.Featurizer((3, 224, 224), {"backbone": "test_vit", "pretrained": False})
+    with pytest.raises(TypeError, match="MixStyle and SagNet need one"):
+        net.stages()
