@@ -23,26 +23,22 @@ from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import DatasetInfo, HParam, IntLogUniform
 
 
-class ContextNet(nn.Module):
+class ContextNet(nn.Sequential):
     """Maps an input to one extra channel of the same shape (a vector: one channel of length d)."""
 
     def __init__(self, input_shape: tuple[int, ...], width: int = 64):
-        super().__init__()
         if len(input_shape) == 3:
             c = input_shape[0]
-            self.context_net = nn.Sequential(  # attribute name as DomainBed's, for its weights
+            super().__init__(
                 nn.Conv2d(c, width, 5, padding=2), nn.BatchNorm2d(width), nn.ReLU(),
                 nn.Conv2d(width, width, 5, padding=2), nn.BatchNorm2d(width), nn.ReLU(),
                 nn.Conv2d(width, 1, 5, padding=2))
         else:
             d = input_shape[0]
-            self.context_net = nn.Sequential(
+            super().__init__(
                 nn.Linear(d, width), nn.BatchNorm1d(width), nn.ReLU(),
                 nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(),
                 nn.Linear(width, d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.context_net(x)
 
 
 def _batch_size(ds: DatasetInfo) -> HParam:

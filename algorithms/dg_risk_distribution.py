@@ -119,8 +119,7 @@ class RDM(ERM):
             self.optimizer = make_optimizer(self.network.parameters(), hp, lr=hp["rdm_lr"])
         step(loss, self.optimizer)
         return {"total_loss": loss.item(), "erm_loss": erm.item(), "matching_penalty": matching.item(),
-                "variance_penalty": variance.item(), "update_count": float(t + 1),
-                "rdm_lambda": float(hp["rdm_lambda"])}  # the last two: DomainBed's record keys
+                "variance_penalty": variance.item()}
 
 
 __all__ = ["RDM", "risk_mmd"]
