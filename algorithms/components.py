@@ -63,11 +63,23 @@ def entropy(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     return h.mean() if reduction == "mean" else h
 
 
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """||a_i - b_j||^2 in DomainBed's expanded form ||a_i||^2 + ||b_j||^2 - 2 a_i.b_j, clamped
+    at 1e-30 (its MMD kernels use this; the diagonal of a with itself is then ~1e-30..1e-4, not 0)."""
+    a2 = a.pow(2).sum(dim=-1, keepdim=True)
+    b2 = b.pow(2).sum(dim=-1, keepdim=True)
+    return torch.addmm(b2.transpose(-2, -1), a, b.transpose(-2, -1), alpha=-2).add(a2).clamp_min(1e-30)
+
+
 def gaussian_kernel(a: torch.Tensor, b: torch.Tensor,
                     gammas: Sequence[float] = (0.001, 0.01, 0.1, 1, 10, 100, 1000)) -> torch.Tensor:
-    """Sum over bandwidths of `exp(-gamma ||a_i - b_j||^2)` (DomainBed's MMD kernel)."""
-    d2 = torch.cdist(a, b).pow(2)
-    return sum(torch.exp(-g * d2) for g in gammas)
+    """Sum over bandwidths of `exp(-gamma ||a_i - b_j||^2)` (DomainBed's MMD kernel, its
+    distances and order of summation)."""
+    d2 = squared_distances(a, b)
+    k = torch.zeros_like(d2)
+    for g in gammas:
+        k = k + torch.exp(d2 * -g)
+    return k
 
 
 def mmd_gaussian(a: torch.Tensor, b: torch.Tensor,

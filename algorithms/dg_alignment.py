@@ -14,15 +14,19 @@ import numpy as np
 import torch
 
 from shiftbench.algorithms.base import cross_entropy, register_algorithm, step
-from shiftbench.algorithms.components import coral_distance, mmd_gaussian
+from shiftbench.algorithms.components import mmd_gaussian
 from shiftbench.algorithms.erm import ERM
 from shiftbench.hparams_registry import HParam, LogUniform
 
 
 def mean_cov_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """DomainBed's CORAL distance: squared mean difference + squared covariance difference,
-    each averaged over its entries (`4 * coral_distance` is the covariance part)."""
-    return (a.mean(0) - b.mean(0)).pow(2).mean() + 4.0 * coral_distance(a, b)
+    each averaged over its entries (`4 * coral_distance`), in DomainBed's operation order."""
+    mean_a, mean_b = a.mean(0, keepdim=True), b.mean(0, keepdim=True)
+    ca, cb = a - mean_a, b - mean_b
+    cov_a = (ca.t() @ ca) / (len(a) - 1) if len(a) > 1 else ca.t() @ ca  # one example: 0
+    cov_b = (cb.t() @ cb) / (len(b) - 1) if len(b) > 1 else cb.t() @ cb
+    return (mean_a - mean_b).pow(2).mean() + (cov_a - cov_b).pow(2).mean()
 
 
 DISTANCES = {"mean_cov": mean_cov_distance, "gaussian": mmd_gaussian}

@@ -33,28 +33,30 @@ from shiftbench.hparams_registry import Choice, HParam
 BASE_TEMPERATURE = 0.07
 
 
-def _masked_logsumexp(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(x.masked_fill(~keep, float("-inf")), dim=1)
-
-
 def bottleneck_loss(z, y, d, temperature: float, conditional: bool, flipped: bool) -> torch.Tensor:
-    """The (conditional) contrastive domain-bottleneck loss of the module docstring."""
+    """The (conditional) contrastive domain-bottleneck loss of the module docstring, computed in
+    DomainBed's order of floating-point operations (self-similarities zeroed, each row shifted
+    by its detached maximum, masks applied as log(0/1) terms, mean over the finite terms)."""
     n = len(z)
     others = ~torch.eye(n, dtype=torch.bool, device=z.device)
     same_y = (y[:, None] == y[None, :]) & others
     same_d = d[:, None] == d[None, :]
-    s = z @ z.T / temperature
+    logits = (z @ z.T) / temperature * others.to(z.dtype)
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
     support = same_y if conditional else others  # the softmax's support
     target = (~same_d if flipped else same_d & others) & support
     rows = target.any(1) & (same_y.any(1) if not conditional else True)
     if not rows.any():
         return z.new_zeros(())
-    s, support, target = s[rows], support[rows], target[rows]
-    log_p = s - _masked_logsumexp(s, support)[:, None]
-    term = _masked_logsumexp(log_p, target)
-    loss = (-term if flipped else term) * (temperature / BASE_TEMPERATURE)
+    logits, support, target = logits[rows], support[rows], target[rows]
+    log_p = logits - torch.logsumexp(logits + support.to(z.dtype).log(), dim=1, keepdim=True)
+    term = torch.logsumexp(log_p + target.to(z.dtype).log(), dim=1)
+    scale = temperature / BASE_TEMPERATURE
+    loss = -scale * term if flipped else scale * term
     finite = torch.isfinite(loss)
-    return loss[finite].mean() if finite.any() else z.new_zeros(())
+    if not finite.any():
+        return z.new_zeros(())
+    return torch.where(finite, loss, torch.zeros_like(loss)).sum() / finite.sum()
 
 
 class _AbstractCAD(ERM):
