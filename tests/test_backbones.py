@@ -33,8 +33,9 @@ def _records(out):
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_vit_trains_on_224px_fixture(tmp_path):
-    cls = _images(224)
+    cls = _images(224, 5)
     out = tmp_path / "run"
     hparams = {"backbone": "vit_small_patch16_224", "pretrained": False, "batch_size": 2}
     assert main(["train", "--dataset", cls.__name__, "--output-dir", str(out),

@@ -122,6 +122,7 @@ def toy_source(url: str, data: bytes, **kw) -> D.Source:
     return D.Source("Toy", "toy", (remote,), D.move_folders("art_painting", "cartoon"))
 
 
+@pytest.mark.slow
 def test_pacs_download_then_train(tmp_path, capsys):
     data = pacs_zip()
     with Server({"/PACS/PACS.zip": data}) as srv:

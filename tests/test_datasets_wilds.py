@@ -61,6 +61,7 @@ def fmow_fixture(root) -> pd.DataFrame:
     return frame
 
 
+@pytest.mark.slow
 def test_camelyon_environments_are_hospitals_and_train(tmp_path):
     frame = camelyon_fixture(tmp_path, per_center=5)
     ds = get_dataset_class("WILDSCamelyon")(str(tmp_path), [0], {"data_augmentation": True})

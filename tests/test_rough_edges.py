@@ -9,14 +9,14 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("argv", [["data", "--json"], ["data", "download"]])
-def test_closed_pipe_exits_quietly(argv):
+@pytest.mark.slow
+def test_closed_pipe_exits_quietly():
     """`shiftbench ... | head`: the reader is gone before anything is written (its end of the
     pipe is closed before the process starts), so every write fails with EPIPE."""
     read, write = os.pipe()
     os.close(read)
     try:
-        proc = subprocess.run([sys.executable, "-m", "shiftbench", *argv], stdout=write,
+        proc = subprocess.run([sys.executable, "-m", "shiftbench", "data", "--json"], stdout=write,
                               stderr=subprocess.PIPE, text=True, timeout=300)
     finally:
         os.close(write)
