@@ -90,7 +90,7 @@ def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
         jobs = [dataclasses.replace(j, loggers=tuple(loggers)) for j in jobs]
     failed = []
     for job in jobs:
-        job.dir.mkdir(parents=True, exist_ok=True)
+        job.prepare()
         # the job's output goes where a launched job's goes: out.txt and err.txt in its folder
         with open(job.dir / "out.txt", "a") as out, open(job.dir / "err.txt", "a") as err, \
                 contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

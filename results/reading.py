@@ -23,7 +23,6 @@ What the reader does beyond DomainBed's `load_records`:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -36,13 +35,20 @@ import pandas as pd
 
 from shiftbench.errors import ShiftbenchError
 from shiftbench.setting import ALIASES
+from shiftbench.trial_record import (
+    DONE_FILE,
+    FAILED_FILE,
+    RESULTS_FILE,
+    TRIAL_FILES,
+    find_trial_dirs,
+    parse_record_lines,
+    status_of,
+)
+from shiftbench.trial_record import trial_key as _args_key
 
-RESULTS_FILE = "results.jsonl"
-DONE_FILE = "done"
-FAILED_FILE = "failed"
+__all__ = ["DONE_FILE", "FAILED_FILE", "RESULTS_FILE", "TRIAL_FILES", "Sweep", "find_trial_dirs",
+           "load_records", "read_sweep", "trial_key"]
 
-# Arguments that do not change a trial's result (left out of its identity).
-NON_IDENTITY_ARGS = ("output_dir", "data_dir", "device")
 
 
 class RecordsWarning(UserWarning):
@@ -134,32 +140,8 @@ def normalize_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_key(record: dict[str, Any]) -> str:
-    """What identifies a trial independently of where it was written."""
-    args = {k: v for k, v in record["args"].items() if k not in NON_IDENTITY_ARGS}
-    return json.dumps(args, sort_keys=True, default=str)
-
-
-# Files any trial writes early (ours and DomainBed's): a directory holding one is a trial.
-TRIAL_FILES = {RESULTS_FILE, DONE_FILE, FAILED_FILE, "checkpoint.pt", "out.txt", "err.txt"}
-
-
-def find_trial_dirs(input_dir: str | os.PathLike) -> list[Path]:
-    """Every trial directory under `input_dir` (itself included).
-
-    A trial directory holds one of `TRIAL_FILES`; an empty directory directly under `input_dir`
-    also counts (a launched trial that has not written anything yet, as DomainBed's sweep sees
-    it).
-    """
-    root = Path(input_dir)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=None):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
-        if RESULTS_FILE in filenames or (here != root and TRIAL_FILES & set(filenames)):
-            found.append(here)
-        elif here.parent == root and not filenames and not dirnames:
-            found.append(here)
-    return sorted(found)
+    """What identifies a trial independently of where it was written (its spec's identity)."""
+    return _args_key(record["args"])
 
 
 _SHARED_KEYS = ("args", "hparams", "environments", "label_sources")
@@ -189,9 +171,7 @@ def _step_after(a: Any, b: Any) -> bool:
 
 
 def _read_job(path: Path, warn) -> tuple[JobInfo, list[dict[str, Any]]]:
-    status = ("done" if (path / DONE_FILE).exists()
-              else "failed" if (path / FAILED_FILE).exists() else "incomplete")
-    job = JobInfo(str(path), status)
+    job = JobInfo(str(path), status_of(path))
     results = path / RESULTS_FILE
     if not results.exists():
         return job, []
@@ -201,23 +181,23 @@ def _read_job(path: Path, warn) -> tuple[JobInfo, list[dict[str, Any]]]:
         job.error = f"{type(e).__name__}: {e}"
         warn(f"{results}: cannot read it ({job.error}); skipped")
         return job, []
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    parsed: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    values, bad_json, truncated_line = parse_record_lines(text)
+    job.truncated = bool(truncated_line)
+    problems = [(number, f"line {number} is not a valid record ({error}); skipped")
+                for number, error in bad_json]
+    valid = []
+    for number, value in values:
         try:
-            record = normalize_record(json.loads(line))
-        except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as e:
-            if number == len(lines) and isinstance(e, json.JSONDecodeError):
-                job.truncated = True
-                warn(f"{results}: line {number} (the last) is truncated; skipped")
-            else:
-                job.n_bad_lines += 1
-                warn(f"{results}: line {number} is not a valid record ({e}); skipped")
-            continue
+            valid.append(normalize_record(value))
+        except (ValueError, TypeError, AttributeError) as e:
+            problems.append((number, f"line {number} is not a valid record ({e}); skipped"))
+    job.n_bad_lines = len(problems)
+    for _, message in sorted(problems):
+        warn(f"{results}: {message}")
+    if job.truncated:
+        warn(f"{results}: line {truncated_line} (the last) is truncated; skipped")
+    parsed: list[dict[str, Any]] = []
+    for record in valid:
         if parsed:  # share the per-trial dicts between checkpoints (memory of huge sweeps)
             for key in _SHARED_KEYS:
                 if key in record and record[key] == parsed[-1].get(key):

@@ -222,6 +222,9 @@ def run_launch(jobs: list[Job], ns: argparse.Namespace, states: dict[str, JobSta
         if not confirm(f"Launch {len(jobs)} job(s)?", ns.skip_confirmation):
             print("nothing launched")
             return 1
+    if ns.launcher not in ("dry-run", "dry_run", "dummy"):
+        for job in jobs:  # the spec file each worker reads
+            job.prepare()
     result: LaunchResult = launcher(jobs, options)
     for line in result.info:
         print(line)

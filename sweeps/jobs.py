@@ -6,81 +6,57 @@ seeds. Hparam seed k resolves to the same configuration in every trial (the trai
 coordinates, as in DomainBed.
 
 Identity (`job_identity`, `job_hash`): the hash decides a job's directory, `<output-dir>/<hash>`, so
-it must change exactly when the job's *result* would. It covers
+it must change exactly when the job's *result* would; both are `shiftbench.trial_record`'s
+`identity` and `spec_hash` (see there for the rules). A golden value is pinned by
+tests/test_sweeps_jobs.py. Only settings that read `tta_mode` get the spec's value; the others keep
+the default, so their hashes do not depend on it.
 
-* always: dataset, algorithm, test_envs (sorted indices), task, hparams (the JSON overrides,
-  parsed and key-sorted, so spacing and key order do not matter), hparams_seed, trial_seed, seed,
-  steps, holdout_fraction;
-* any other `TrainArgs` field only when it differs from its default. A field added to the trainer
-  later, whose default reproduces the old behaviour, therefore leaves every existing hash alone.
-  So `precision` (fp32 | bf16), `tta_mode` (continual | episodic), `protocol` (shiftbench |
-  domainbed) and `source_envs` (None = all but the test environments) count only when not at
-  their default; a sweep passes `tta_mode` only to jobs of a setting that reads it;
-* never: where things live or run (`output_dir`, `data_dir`, `device`) or what is merely saved
-  (`skip_model_save`, `save_model_every_checkpoint`).
-
-The hash is the first 32 hex digits of SHA-256 over the identity's canonical JSON
-(`sort_keys=True`, compact separators). A golden value is pinned by tests/test_sweeps_jobs.py.
+A job's spec is written to `<job dir>/job.json` (`Job.prepare`) before it is launched; the worker
+command is `python -m shiftbench.sweeps.worker <job dir>/job.json`, which reads it back.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shiftbench.seeds import seed_hash
 from shiftbench.setting import get_setting
 from shiftbench.sweeps.spec import SweepSpec, sweep_units
-from shiftbench.trainer import TrainArgs
+from shiftbench.trial_record import (
+    CORE_IDENTITY_KEYS,
+    JOB_FILE,
+    NOT_IDENTITY_KEYS,
+    TrialSpec,
+    identity,
+    spec_hash,
+    write_job_file,
+)
 
-CORE_IDENTITY_KEYS = ("dataset", "algorithm", "test_envs", "task", "hparams", "hparams_seed",
-                      "trial_seed", "seed", "steps", "holdout_fraction")
-NOT_IDENTITY_KEYS = ("output_dir", "data_dir", "device", "skip_model_save",
-                     "save_model_every_checkpoint")
+TrainArgs = TrialSpec
 WORKER_MODULE = "shiftbench.sweeps.worker"
+__all__ = ["CORE_IDENTITY_KEYS", "NOT_IDENTITY_KEYS", "Job", "enumerate_jobs", "job_hash",
+           "job_identity", "make_job"]
 
 
-def _canonical_hparams(hparams: str | dict | None) -> dict[str, Any] | None:
-    if hparams is None or hparams == "" or hparams == {}:
-        return None
-    parsed = json.loads(hparams) if isinstance(hparams, str) else dict(hparams)
-    return parsed or None
+def job_identity(args: TrialSpec) -> dict[str, Any]:
+    """The arguments that change a job's result (`shiftbench.trial_record.identity`)."""
+    return identity(args)
 
 
-def job_identity(args: TrainArgs) -> dict[str, Any]:
-    """The arguments that change a job's result (see the module docstring)."""
-    values = asdict(args)
-    defaults = asdict(TrainArgs())
-    identity: dict[str, Any] = {}
-    for f in fields(TrainArgs):
-        name = f.name
-        if name in NOT_IDENTITY_KEYS:
-            continue
-        value = values[name]
-        if name == "hparams":
-            value = _canonical_hparams(value)
-        elif name == "test_envs":
-            value = sorted(int(e) for e in value)
-        if name in CORE_IDENTITY_KEYS or value != defaults[name]:
-            identity[name] = value
-    return identity
-
-
-def job_hash(args: TrainArgs) -> str:
-    text = json.dumps(job_identity(args), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+def job_hash(args: TrialSpec) -> str:
+    return spec_hash(args)
 
 
 @dataclass
 class Job:
     """One trial of a sweep: its arguments (with `output_dir` set) and its hash."""
 
-    args: TrainArgs
+    args: TrialSpec
     hash: str
     imports: tuple[str, ...] = ()  # modules the worker imports first (user registrations)
     loggers: tuple[str, ...] = ()  # experiment loggers (`--logger`); not part of the identity
@@ -95,11 +71,36 @@ class Job:
         return (f"{a.dataset} {a.algorithm} task={a.task} test_envs={a.test_envs} "
                 f"hparams_seed={a.hparams_seed} trial_seed={a.trial_seed}{extra}")
 
+    @property
+    def spec_file(self) -> Path:
+        return self.dir / JOB_FILE
+
+    def prepare(self) -> Path:
+        """Write the job's spec file (what the worker reads); returns its path."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return write_job_file(self.dir, self.args)
+
     def command(self, python: str | None = None, threads: int | None = None) -> list[str]:
-        """The worker's argv (no shell involved); `command_str` quotes it for a shell."""
-        argv = [python or sys.executable, "-m", WORKER_MODULE]
-        defaults = asdict(TrainArgs())
-        for name, value in asdict(self.args).items():
+        """The worker's argv (no shell involved; run `prepare` first); `command_str` quotes it."""
+        argv = [python or sys.executable, "-m", WORKER_MODULE, str(self.spec_file)]
+        for module in self.imports:
+            argv += ["--import", module]
+        if self.loggers:
+            argv += ["--logger", *self.loggers]
+        if threads:
+            argv += ["--threads", str(threads)]
+        return argv
+
+    def command_str(self, python: str | None = None, threads: int | None = None) -> str:
+        """The command for a shell: every argument shlex-quoted."""
+        return shlex.join(self.command(python, threads))
+
+    def train_command(self, python: str | None = None, threads: int | None = None) -> list[str]:
+        """`python -m shiftbench train` with the job's spec as flags (what a dry run shows): it
+        trains the same trial into the same directory, without the sweep's lock."""
+        argv = [python or sys.executable, "-m", "shiftbench", "train"]
+        defaults = TrialSpec().to_dict()
+        for name, value in self.args.to_dict().items():
             if isinstance(value, bool):
                 if value:
                     argv.append("--" + name.replace("_", "-"))
@@ -117,12 +118,11 @@ class Job:
             argv += ["--threads", str(threads)]
         return argv
 
-    def command_str(self, python: str | None = None, threads: int | None = None) -> str:
-        """The command for a shell: every argument shlex-quoted."""
-        return shlex.join(self.command(python, threads))
+    def train_command_str(self, python: str | None = None, threads: int | None = None) -> str:
+        return shlex.join(self.train_command(python, threads))
 
 
-def make_job(args: TrainArgs, output_dir: str | Path, imports: tuple[str, ...] = ()) -> Job:
+def make_job(args: TrialSpec, output_dir: str | Path, imports: tuple[str, ...] = ()) -> Job:
     h = job_hash(args)
     args.output_dir = str(Path(output_dir) / h)
     return Job(args, h, tuple(imports))

@@ -125,7 +125,8 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
     ctx = _forkserver([m for job in jobs for m in job.imports]) if method == "forkserver" else None
 
     def start(slot: int, job: Job) -> None:
-        job.dir.mkdir(parents=True, exist_ok=True)
+        if not job.spec_file.exists():
+            job.prepare()
         argv = job.command(options.python, threads)
         if ctx is not None:
             proc: Any = ForkedJob(ctx, argv[3:], {**base_env, **slots[slot]},
@@ -289,9 +290,9 @@ def multi_gpu_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
 
 @register_launcher("dry-run")
 def dry_run_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
-    """Print each job's shell command; run nothing."""
+    """Print each job as its `shiftbench train` command; run nothing, write nothing."""
     for job in jobs:
-        print(job.command_str(options.python, options.threads))
+        print(job.train_command_str(options.python, options.threads))
     return LaunchResult(info=[f"dry run: {len(jobs)} command(s) printed, nothing launched"])
 
 

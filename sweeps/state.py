@@ -11,7 +11,8 @@ Files in a job directory (besides the trainer's `results.jsonl`, `done`, `failed
   running only if this file is fresh (and, on the same host, its pid is alive), so a job that was
   SIGKILLed or lost with its node shows up as incomplete, not running.
 * `attempts.jsonl` — one line per start: when, where, whether it resumed from a checkpoint.
-* `job.json` — the job's arguments, identity and hash.
+* `job.json` — the job's spec, identity and hash (`shiftbench.trial_record`, which owns the
+  trial's own files).
 
 States: done (`done` marker), running (above), failed (`failed` marker from the trainer, with its
 error), incomplete (started, neither done nor failed nor running: resumable from its checkpoint
@@ -32,12 +33,20 @@ from pathlib import Path
 from typing import Any
 
 from shiftbench.paths import atomic_write_bytes
+from shiftbench.trial_record import (
+    CHECKPOINT_FILE,
+    DONE_FILE,
+    FAILED_FILE,
+    JOB_FILE,
+    PREV_CHECKPOINT_FILE,
+    RESULTS_FILE,
+)
 
 STATES = ("done", "running", "incomplete", "failed", "not_launched")
 LOCK_FILE = ".lock"
 RUNNING_FILE = "running"
 ATTEMPTS_FILE = "attempts.jsonl"
-JOB_FILE = "job.json"
+__all__ = ["JOB_FILE", "JobLock", "JobState", "STATES", "job_state", "record_attempt"]
 
 
 def heartbeat_seconds() -> float:
@@ -171,21 +180,21 @@ def running_info(job_dir: Path, now: float | None = None) -> dict[str, Any] | No
 def job_state(job_dir: str | os.PathLike) -> JobState:
     """Which of `STATES` a job directory is in, with a short detail."""
     d = Path(job_dir)
-    if (d / "done").exists():
+    if (d / DONE_FILE).exists():
         return JobState("done")
     info = running_info(d)
     if info is not None:
         return JobState("running", f"pid {info['pid']} on {info['host']}")
-    failed = d / "failed"
+    failed = d / FAILED_FILE
     if failed.exists():
         try:
             error = json.loads(failed.read_text(encoding="utf-8")).get("error", "")
         except (OSError, json.JSONDecodeError):
             error = "(unreadable failed marker)"
         return JobState("failed", str(error))
-    started = any((d / name).exists() for name in (ATTEMPTS_FILE, "results.jsonl", "checkpoint.pt"))
+    started = any((d / name).exists() for name in (ATTEMPTS_FILE, RESULTS_FILE, CHECKPOINT_FILE))
     if started:
-        resumable = (d / "checkpoint.pt").exists() or (d / "checkpoint.prev.pt").exists()
+        resumable = (d / CHECKPOINT_FILE).exists() or (d / PREV_CHECKPOINT_FILE).exists()
         return JobState("incomplete", "resumable from its checkpoint" if resumable else
                         "no checkpoint yet (restarts from step 0)")
     return JobState("not_launched")

@@ -104,8 +104,8 @@ def test_crafted_dataset_and_algorithm_names_cannot_inject_shell(tmp_path):
     args = TrainArgs(dataset="X'; touch PWNED; echo '", algorithm="$(touch PWNED2)`touch PWNED3`",
                      test_envs=[0], hparams='{"a": "\\"; touch PWNED4"}')
     job = make_job(args, tmp_path / "out")
-    line = job.command_str(python=sys.executable, threads=1)
-    assert shlex.split(line) == job.command(python=sys.executable, threads=1)
+    line = job.train_command_str(python=sys.executable, threads=1)
+    assert shlex.split(line) == job.train_command(python=sys.executable, threads=1)
     echoed = subprocess.run(["sh", "-c", "printf '%s\\n' " + line], capture_output=True, text=True,
                             cwd=tmp_path, check=True).stdout.splitlines()
     assert args.dataset in echoed and args.algorithm in echoed

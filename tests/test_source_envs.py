@@ -159,7 +159,7 @@ def test_sweep_source_envs_enumerate_targets(tmp_path, registered):
     jobs = enumerate_jobs(spec, tmp_path)
     assert [(j.args.source_envs, j.args.test_envs) for j in jobs] == [([0], [1]), ([0], [2]),
                                                                        ([0], [3])]
-    assert all("--source-envs" in j.command() for j in jobs)
+    assert all("--source-envs" in j.train_command() for j in jobs)
     bad = SweepSpec(datasets=["Marked"], algorithms=["Spy"], source_envs={"Marked": [0]},
                     test_envs={"Marked": [[0]]})
     with pytest.raises(SpecError, match="overlap the held-out set"):

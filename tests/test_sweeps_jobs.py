@@ -141,7 +141,13 @@ def test_commands_are_shell_quoted_against_injection(tmp_path):
     # The shell sees exactly one argument per value: echo them back through a real shell.
     echoed = subprocess.run(["sh", "-c", "printf '%s\\n' " + line.split(" ", 3)[3]],
                             capture_output=True, text=True, cwd=tmp_path, check=True).stdout
-    assert str(job.dir) in echoed.splitlines()
+    assert str(job.spec_file) in echoed.splitlines()
+    # the dry run's `shiftbench train` form carries every value, the data directory included
+    line = job.train_command_str(python=sys.executable, threads=1)
+    assert shlex.split(line) == job.train_command(python=sys.executable, threads=1)
+    echoed = subprocess.run(["sh", "-c", "printf '%s\\n' " + line.split(" ", 4)[4]],
+                            capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    assert str(job.dir) in echoed.splitlines() and "/data/`touch PWNED3`" in echoed.splitlines()
     assert not any(Path(tmp_path, name).exists() for name in ("PWNED", "PWNED2", "PWNED3"))
 
 
@@ -152,7 +158,7 @@ def test_dry_run_prints_commands(tmp_path, capsys):
                  "--n_trials", "2", "--single_test_envs", "--steps", "3", "--output_dir",
                  str(tmp_path), "--command_launcher", "dry-run"])
     out = capsys.readouterr().out
-    lines = [ln for ln in out.splitlines() if "shiftbench.sweeps.worker" in ln]
+    lines = [ln for ln in out.splitlines() if "-m shiftbench train" in ln]
     assert code == 0 and len(lines) == 6
     assert all("--steps 3" in ln and "--trial-seed" in ln for ln in lines)
     assert not list(tmp_path.iterdir())  # nothing launched, nothing written
@@ -212,15 +218,15 @@ def test_precision_and_tta_mode_reach_jobs_hashes_and_commands(tmp_path):
     bf16_jobs = enumerate_jobs(_spec(**base, precision="bf16"), tmp_path)
     assert all(j.args.precision == "bf16" for j in bf16_jobs)
     assert not {j.hash for j in fp32_jobs} & {j.hash for j in bf16_jobs}
-    assert "--precision bf16" in bf16_jobs[0].command_str()
-    assert "--precision" not in fp32_jobs[0].command_str()
+    assert "--precision bf16" in bf16_jobs[0].train_command_str()
+    assert "--precision" not in fp32_jobs[0].train_command_str()
     # tta_mode is read only by test-time adaptation: other tasks' jobs ignore it.
     dg_episodic = enumerate_jobs(_spec(**base, tta_mode="episodic"), tmp_path)
     assert [j.hash for j in dg_episodic] == [j.hash for j in fp32_jobs]
     tta = dict(base, algorithms=["Tent"], task="tta")
     tta_jobs = enumerate_jobs(_spec(**tta, tta_mode="episodic"), tmp_path)
     assert all(j.args.tta_mode == "episodic" for j in tta_jobs)
-    assert "--tta-mode episodic" in tta_jobs[0].command_str()
+    assert "--tta-mode episodic" in tta_jobs[0].train_command_str()
     assert ({j.hash for j in tta_jobs}
             .isdisjoint(j.hash for j in enumerate_jobs(_spec(**tta), tmp_path)))
 
@@ -249,7 +255,7 @@ def test_precision_and_tta_mode_from_toml_and_flags(tmp_path, capsys):
              "--single-test-envs", "--steps", "3", "--output-dir", str(tmp_path / "out"),
              "--launcher", "dry-run"]
     assert main(flags + ["--precision", "bf16"]) == 0
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if "sweeps.worker" in ln]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "-m shiftbench train" in ln]
     assert len(lines) == 3 and all("--precision bf16" in ln for ln in lines)
     # The flag overrides the spec file; a bad value names the choices.
     path.write_text('datasets = ["Debug28"]\nalgorithms = ["ERM"]\nprecision = "bf16"\n')

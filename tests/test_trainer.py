@@ -81,7 +81,8 @@ KILL_SCRIPT = textwrap.dedent("""
         from shiftbench.algorithms.base import Algorithm
         Algorithm.train_step = killer(Algorithm.train_step)
     elif target == "eval":
-        T.evaluate = killer(T.evaluate)
+        import shiftbench.loop as L
+        L.evaluate = killer(L.evaluate)
     args = T.TrainArgs(dataset="DebugVector", algorithm="ERM", test_envs=[1], steps=9,
                        checkpoint_freq=2, output_dir=sys.argv[4], hparams='{"batch_size": 8}')
     T.train(args, log=lambda m: None, progress=False)
@@ -195,7 +196,7 @@ def test_splits_depend_only_on_trial_seed():
 
 def test_trial_splits_identical_across_algorithms(tmp_path, monkeypatch):
     """The trainer hands the same split indices to every algorithm."""
-    import shiftbench.trainer as T
+    import shiftbench.trial as T
 
     seen = []
     original = T.make_splits
@@ -218,7 +219,7 @@ def test_trial_splits_identical_across_algorithms(tmp_path, monkeypatch):
 
 def test_uda_target_labels_never_reach_the_algorithm(tmp_path, monkeypatch):
     """Permuting the target domain's labels leaves the trained parameters bit-identical."""
-    import shiftbench.trainer as T
+    import shiftbench.trial as T
 
     def run(name, permute):
         original = T.build_trial

@@ -1,0 +1,176 @@
+"""Building a trial: check and canonicalise its spec once, then load the data, make the splits and
+construct the algorithm for its `Setting`.
+
+`normalize(spec)` returns a new, canonical `TrialSpec` (setting and environment names resolved to
+our spellings and indices, every value checked, the hparams resolvable) and marks it; calling it
+again on its result returns it unchanged, so each trial is validated exactly once wherever it
+enters (the CLI, the Python API, a sweep worker reading its job file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from shiftbench.algorithms import Algorithm, get_algorithm_class, list_algorithms
+from shiftbench.datasets import get_dataset_class
+from shiftbench.datasets.base import MultiDomainDataset
+from shiftbench.datasets.segmentation import task_type_of
+from shiftbench.errors import ShiftbenchError
+from shiftbench.hparams_registry import DatasetInfo, check_protocol, resolve_hparams
+from shiftbench.options import EVAL_SPLIT_CHOICES, PRECISIONS, TTA_MODES
+from shiftbench.seeds import seed_everything
+from shiftbench.setting import Setting, get_setting
+from shiftbench.splits import EnvSplits, make_splits
+from shiftbench.trial_record import TrialSpec
+
+_NORMALIZED = "_shiftbench_normalized"
+
+
+def is_normalized(spec: TrialSpec) -> bool:
+    return getattr(spec, _NORMALIZED, False)
+
+
+def normalize(spec: TrialSpec) -> TrialSpec:
+    """The checked, canonical copy of `spec`; raises a clear `ShiftbenchError` on bad input.
+    Everything that can be checked without loading data is checked here."""
+    if is_normalized(spec):
+        return spec
+    dataset_cls = get_dataset_class(spec.dataset)
+    algorithm_cls = get_algorithm_class(spec.algorithm)
+    setting = get_setting(spec.task)
+    protocol = check_protocol(spec.protocol)
+    if setting.name not in algorithm_cls.SETTINGS:
+        raise ShiftbenchError(
+            f"algorithm {spec.algorithm} does not support --task {setting.name}; it supports: "
+            f"{', '.join(algorithm_cls.SETTINGS)}. Algorithms for {setting.name}: "
+            + ", ".join(list_algorithms(setting=setting.name)))
+    task_type = task_type_of(dataset_cls)
+    if task_type not in algorithm_cls.TASK_TYPES:
+        raise ShiftbenchError(
+            f"algorithm {spec.algorithm} trains on {'/'.join(algorithm_cls.TASK_TYPES)} datasets, "
+            f"but {spec.dataset} is a {task_type} dataset; algorithms for it: "
+            + ", ".join(list_algorithms(setting=setting.name, task_type=task_type)))
+    if not spec.test_envs:
+        raise ShiftbenchError("--test-envs needs at least one environment")
+    test_envs = sorted({dataset_cls.env_index(e) for e in spec.test_envs})
+    n_envs = len(dataset_cls.ENVIRONMENTS)
+    if len(test_envs) >= n_envs:
+        raise ShiftbenchError(
+            f"--test-envs {test_envs} leaves no training environment; {spec.dataset} has {n_envs}")
+    source_envs = None
+    if spec.source_envs is not None:
+        if not spec.source_envs:
+            raise ShiftbenchError("--source-envs needs at least one environment (or none given: "
+                                  "every environment not in --test-envs)")
+        source_envs = sorted({dataset_cls.env_index(e) for e in spec.source_envs})
+        both = sorted(set(source_envs) & set(test_envs))
+        if both:
+            names = ", ".join(f"{i} ({dataset_cls.ENVIRONMENTS[i]})" for i in both)
+            raise ShiftbenchError(f"environment(s) {names} given in both --source-envs "
+                                  f"{source_envs} and --test-envs {test_envs}")
+    if spec.steps is not None and spec.steps < 1:
+        raise ShiftbenchError(f"--steps must be >= 1, got {spec.steps}")
+    if spec.checkpoint_freq is not None and spec.checkpoint_freq < 1:
+        raise ShiftbenchError(f"--checkpoint-freq must be >= 1, got {spec.checkpoint_freq}")
+    for name in ("hparams_seed", "trial_seed", "seed"):
+        if getattr(spec, name) < 0:
+            raise ShiftbenchError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(spec, name)}")
+    for name, choices in (("eval_splits", EVAL_SPLIT_CHOICES), ("tta_mode", TTA_MODES),
+                          ("precision", PRECISIONS)):
+        if getattr(spec, name) not in choices:
+            raise ShiftbenchError(f"--{name.replace('_', '-')} {getattr(spec, name)!r} is not one "
+                                  f"of {', '.join(choices)}")
+    resolve_hparams(spec.algorithm, dataset_info(spec.dataset, dataset_cls), spec.hparams_seed,
+                    spec.hparams, protocol=protocol)
+    out = dataclasses.replace(spec, task=setting.name, protocol=protocol, test_envs=test_envs,
+                              source_envs=source_envs)
+    setattr(out, _NORMALIZED, True)
+    return out
+
+
+def dataset_info(name: str, dataset_cls: type) -> DatasetInfo:
+    return DatasetInfo(name, tuple(dataset_cls.INPUT_SHAPE), int(dataset_cls.NUM_CLASSES))
+
+
+@dataclass
+class Trial:
+    """Everything built for one run, before the training loop."""
+
+    args: TrialSpec
+    dataset: MultiDomainDataset
+    splits: list[EnvSplits]
+    hparams: dict[str, Any]
+    algorithm: Algorithm
+    device: torch.device
+    n_steps: int
+    checkpoint_freq: int
+    train_envs: list[int]  # the source environments, the only ones trained on
+    unused_envs: list[int]  # neither source nor test: evaluated and recorded, never trained on
+
+    @property
+    def setting(self) -> Setting:
+        return self.args.setting
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(trial: Trial):
+    """Mixed precision for every forward pass of the trial: bfloat16 autocast with
+    `--precision bf16` (as AMP on GPUs; parameters and optimizer state stay float32)."""
+    return torch.autocast(trial.device.type, dtype=torch.bfloat16,
+                          enabled=trial.args.precision == "bf16")
+
+
+def build_trial(spec: TrialSpec) -> Trial:
+    """Data, splits, hparams and the algorithm of a trial (nothing trained yet)."""
+    spec = normalize(spec)
+    dataset_cls = get_dataset_class(spec.dataset)
+    hparams = resolve_hparams(spec.algorithm, dataset_info(spec.dataset, dataset_cls),
+                              spec.hparams_seed, spec.hparams, protocol=spec.protocol)
+    seed_everything(spec.seed)
+    dataset = dataset_cls(spec.data_dir, spec.test_envs, hparams)
+    check_dataset(dataset, spec.dataset)
+    env_labels = [_labels_of(env) for env in dataset.datasets]
+    splits = make_splits(env_labels, spec.test_envs, spec.trial_seed, spec.holdout_fraction,
+                         spec.setting, spec.resolved_uda_fraction(), spec.target_shots,
+                         dataset.num_classes)
+    train_envs = (list(spec.source_envs) if spec.source_envs is not None
+                  else [i for i in range(len(dataset)) if i not in spec.test_envs])
+    unused_envs = [i for i in range(len(dataset)) if i not in train_envs and i not in spec.test_envs]
+    for i in train_envs:
+        if len(splits[i].in_) == 0:
+            raise ShiftbenchError(f"training environment {i} ({dataset.environments[i]}) is empty")
+    device = pick_device(spec.device)
+    n_steps = spec.steps or dataset.N_STEPS
+    algorithm = get_algorithm_class(spec.algorithm)(
+        dataset.input_shape, dataset.num_classes, len(train_envs), hparams, setting=spec.setting,
+        total_steps=n_steps).to(device)
+    return Trial(spec, dataset, splits, hparams, algorithm, device, n_steps,
+                 spec.checkpoint_freq or dataset.CHECKPOINT_FREQ, train_envs, unused_envs)
+
+
+def _labels_of(env) -> torch.Tensor:
+    if hasattr(env, "y"):
+        return env.y
+    if hasattr(env, "targets"):
+        return torch.as_tensor(env.targets, dtype=torch.long)
+    return torch.as_tensor([int(env[i][1]) for i in range(len(env))], dtype=torch.long)
+
+
+def check_dataset(dataset: MultiDomainDataset, name: str) -> None:
+    """The dataset built the environments it declares, none empty."""
+    if len(dataset.datasets) != len(dataset.ENVIRONMENTS):
+        raise ShiftbenchError(
+            f"dataset {name} built {len(dataset.datasets)} environments but declares "
+            f"{len(dataset.ENVIRONMENTS)} ({', '.join(dataset.ENVIRONMENTS)})")
+    for env, env_name in zip(dataset.datasets, dataset.ENVIRONMENTS):
+        if len(env) == 0:
+            raise ShiftbenchError(f"environment {env_name!r} of dataset {name} is empty")
