@@ -383,9 +383,18 @@ def slurm_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
     threads = options.threads or options.cpus_per_task or 1
     folder = options.slurm_folder or str(jobs[0].dir.parent / ".slurm" / "%j")
     executor = slurm_executor(folder, options, threads)
-    with executor.batch():
-        submitted = [executor.submit(SweepTask(job.command(options.python, threads), str(job.dir)))
-                     for job in jobs]
+    from submitit.core.utils import FailedJobError
+
+    try:
+        with executor.batch():
+            submitted = [executor.submit(SweepTask(job.command(options.python, threads),
+                                                   str(job.dir))) for job in jobs]
+    except FailedJobError as e:  # sbatch itself failed: no controller, bad partition, ...
+        message = " | ".join(line for line in str(e).splitlines() if line.strip())
+        raise ShiftbenchError(f"sbatch refused the job array: {message or 'no message'}; nothing "
+                              "was submitted. Check that the Slurm controller answers (sinfo) "
+                              "and the --slurm-* options; `sweep launch` again submits the "
+                              "jobs") from None
     ids = sorted({str(s.job_id).split("_")[0] for s in submitted})
     result = LaunchResult(launched=len(jobs), info=[
         f"submitted {len(jobs)} task(s) as Slurm job array {', '.join(ids)}; logs in "

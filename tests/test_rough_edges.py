@@ -62,3 +62,22 @@ def test_slurm_without_slurm_names_what_is_missing(tmp_path, capsys, monkeypatch
                  "slurm"])
     err = capsys.readouterr().err
     assert code == 2 and "the Python package submitit" in err and "sbatch" in err
+
+
+def test_slurm_that_refuses_the_submission_gives_its_reason(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("submitit")
+    from shiftbench.cli import main
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"  # a Slurm client whose controller is down
+    sbatch.write_text("#!/bin/sh\necho 'sbatch: error: Unable to contact slurm controller' >&2\n"
+                      "exit 1\n")
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    code = main(["sweep", "launch", *SWEEP, "--output-dir", str(tmp_path / "s"), "--launcher",
+                 "slurm"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "sbatch refused the job array: sbatch: error: Unable to contact slurm controller" in err
+    assert "Traceback" not in err
