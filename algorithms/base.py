@@ -133,6 +133,9 @@ class Algorithm(nn.Module):
         "pretrained": _only_large(HParam(True, None, help="ImageNet weights (local file/cache)")),
         "resnet_dropout": _only_large(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
         "freeze_bn": _only_large(HParam(False, None, help="keep BatchNorm statistics frozen")),
+        "hue": _only_large(HParam("hsv", None, choices=("hsv", "linear"), help=(
+            "colour jitter's hue shift on cached images: exact HSV (torchvision) or a linear "
+            "rotation of RGB space (faster, approximate)"))),
         "cnn_width": _only_small(HParam(64, None, low=8, help=(
             "channels of the small CNN's first conv layer, twice that in the others and in its "
             "output (DomainBed: 64); a multiple of 8"))),

@@ -10,7 +10,7 @@ DataLoader workers, for:
 * `cached`: `CachedImageDomain` after `PACS.preprocess` (memory-mapped uint8, the same
   augmentation as torchvision's tensor ops done image by image in reused buffers, in workers),
   exact HSV hue shift (the default);
-* `cached_linear`: the same with `SHIFTBENCH_HUE=linear` (hue as a rotation about the grey axis).
+* `cached_linear`: the same with the hparam `hue` = `linear` (hue as a rotation about the grey axis).
 
 Two figures per loader: wall-clock images/s through the DataLoader workers, and CPU
 milliseconds per image measured in-process (`num_workers=0`, `time.process_time`), which is
@@ -132,9 +132,7 @@ def main() -> None:
                           "images_per_s": round(ns.images / prep, 1)}), flush=True)
         os.environ["SHIFTBENCH_IMAGE_CACHE"] = "auto"
         cached = cls(str(root), [0], {"data_augmentation": True})
-        os.environ["SHIFTBENCH_HUE"] = "linear"
-        cached_linear = cls(str(root), [0], {"data_augmentation": True})
-        os.environ.pop("SHIFTBENCH_HUE")
+        cached_linear = cls(str(root), [0], {"data_augmentation": True, "hue": "linear"})
         assert type(cached[1]).__name__ == "CachedImageDomain" and cached_linear[1].hue == "linear"
         rates: dict[str, list[float]] = {}
         for r in range(ns.repeats):

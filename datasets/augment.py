@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -200,7 +201,7 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 def hue_rotation(shift: torch.Tensor) -> torch.Tensor:
     """`[B, 3, 3]` rotations of RGB space about the grey axis by `shift` turns (Rodrigues'
-    formula); the linear stand-in for the HSV hue shift (`SHIFTBENCH_HUE=linear`)."""
+    formula); the linear stand-in for the HSV hue shift (hparam `hue` = `linear`)."""
     theta = 2 * math.pi * shift
     k = torch.full((3,), 1 / math.sqrt(3.0))
     cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
@@ -208,11 +209,21 @@ def hue_rotation(shift: torch.Tensor) -> torch.Tensor:
     return cos * torch.eye(3) + sin * cross + (1 - cos) * torch.outer(k, k)
 
 
-def hue_mode() -> str:
-    """`SHIFTBENCH_HUE`: `hsv` (default, torchvision's definition) or `linear` (approximate)."""
-    mode = os.environ.get("SHIFTBENCH_HUE", "hsv").strip().lower() or "hsv"
-    if mode not in ("hsv", "linear"):
-        raise ShiftbenchError(f"SHIFTBENCH_HUE={mode!r} is not one of hsv, linear")
+HUE_MODES = ("hsv", "linear")
+
+
+def hue_mode(hparams: Mapping[str, Any] | None = None) -> str:
+    """The `hue` hparam: `hsv` (default, torchvision's definition) or `linear` (approximate).
+    It is part of the trial's spec (and identity) like every hparam; the environment variable
+    `SHIFTBENCH_HUE` that used to choose it is refused, so that no setting outside the spec
+    changes training."""
+    if "SHIFTBENCH_HUE" in os.environ:
+        raise ShiftbenchError(
+            "SHIFTBENCH_HUE is no longer read (a trial's inputs are all in its spec); unset it and "
+            "pass the hparam instead, e.g. --hparams '{\"hue\": \"linear\"}'")
+    mode = str((hparams or {}).get("hue", "hsv"))
+    if mode not in HUE_MODES:
+        raise ShiftbenchError(f"hue {mode!r} is not one of {', '.join(HUE_MODES)}")
     return mode
 
 

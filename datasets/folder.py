@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from shiftbench.datasets import image_cache
+from shiftbench.datasets.augment import hue_mode
 from shiftbench.datasets.base import (
     DATASETS,
     MultiDomainDataset,
@@ -155,7 +156,7 @@ class MultipleEnvironmentImageFolder(MultiDomainDataset):
                     found = image_cache.find_cache(name, env, samples, base, size)
             if found is not None:
                 self.datasets.append(image_cache.CachedImageDomain(
-                    found[0], samples, classes, train_env, size, name=env))
+                    found[0], samples, classes, train_env, size, name=env, hue=hue_mode(hparams)))
             else:
                 tf = train_transform(size) if train_env else eval_transform(size)
                 self.datasets.append(ImageFolderDomain(samples, classes, tf, name=env))

@@ -153,11 +153,12 @@ class CachedImageDomain(Dataset):
     """
 
     def __init__(self, data_path: str | os.PathLike, samples: list[tuple[str, int]],
-                 classes: Sequence[str], augment: bool, size: int, name: str = ""):
+                 classes: Sequence[str], augment: bool, size: int, name: str = "",
+                 hue: str = "hsv"):
         self.data_path, self.samples, self.classes = Path(data_path), samples, list(classes)
         self.augment, self.size, self.name = augment, size, name
         self.targets = [label for _, label in samples]
-        self.hue = hue_mode()
+        self.hue = hue_mode({"hue": hue})
         self._array: np.memmap | None = None
 
     @property

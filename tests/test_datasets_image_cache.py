@@ -198,11 +198,12 @@ def test_linear_hue_rotation(monkeypatch):
                           atol=1e-5)
     x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     assert torch.allclose(A.color_jitter(x.clone(), 0.0, hue="linear"), x, atol=1e-5)
-    monkeypatch.setenv("SHIFTBENCH_HUE", "linear")
-    assert A.hue_mode() == "linear"
-    monkeypatch.setenv("SHIFTBENCH_HUE", "hsl")
+    assert A.hue_mode({"hue": "linear"}) == "linear" and A.hue_mode({}) == "hsv"
     with pytest.raises(ShiftbenchError, match="'hsl' is not one of hsv, linear"):
-        A.hue_mode()
+        A.hue_mode({"hue": "hsl"})
+    monkeypatch.setenv("SHIFTBENCH_HUE", "linear")  # an input outside the spec is refused
+    with pytest.raises(ShiftbenchError, match="SHIFTBENCH_HUE is no longer read"):
+        A.hue_mode({"hue": "linear"})
 
 
 def test_augment_batch_statistics():
