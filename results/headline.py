@@ -215,9 +215,13 @@ def render_headline(collection: Collection, full_tables: str | None = None,
     tasks = headline_tasks(collection)
     for task in tasks:
         out += headline_table(collection, task)
-    if not tasks:
+    from shiftbench.results.seg_tables import headline_lines
+
+    segmentation = headline_lines(collection)
+    if not tasks and not segmentation:
         out.append("No setting has results under any selection rule.")
     out += task_tables(collection)
+    out += segmentation
     prose = [legend(collection)]
     skipped = omitted(collection)
     prose += skipped

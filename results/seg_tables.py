@@ -139,4 +139,23 @@ def _iou_table(rule, title, task, dataset, label, by_alg, ddof) -> Table:
                  dataset, classes + ["mIoU"], algorithms, rows, notes)
 
 
+def headline_lines(collection: Any) -> list[str]:
+    """The mIoU and per-class IoU tables of each setting under its headline rule (the
+    `PRIMARY_RULES` of results/headline.py, else iid, else the first rule with tables)."""
+    from shiftbench.results.headline import FALLBACK_RULES, PRIMARY_RULES
+    from shiftbench.results.renderers import text_table
+
+    seg = [t for t in collection.tables if t.kind in (MIOU, IOU)]
+    out = []
+    for task in dict.fromkeys(t.task for t in seg):
+        have = [r for r in collection.rules if any(t.rule == r and t.task == task for t in seg)]
+        preferred = [PRIMARY_RULES.get(task), "iid", *FALLBACK_RULES]
+        rule = next((r for r in preferred if r in have), have[0] if have else None)
+        for kind in (MIOU, IOU):
+            for t in seg:
+                if t.task == task and t.rule == rule and t.kind == kind:
+                    out += text_table(t)
+    return out
+
+
 register_table_builder(segmentation_tables)

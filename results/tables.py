@@ -78,9 +78,13 @@ def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None 
     titles = {r: get_selection_rule(r).TITLE for r in rules}
     selected = {r: select(records, r) for r in rules}
     tables: list[Table] = []
+    # accuracy tables from the records that have accuracies (segmentation records get their own)
+    from shiftbench.results.seg_tables import is_segmentation
+
+    plain = [r for r in records if not is_segmentation(r)]
     for r in rules:
-        tables.extend(build_rule_tables(r, records, selected[r], baseline, ddof))
-    tables.extend(build_budget_tables(records, baseline))
+        tables.extend(build_rule_tables(r, plain, selected[r], baseline, ddof))
+    tables.extend(build_budget_tables(plain, baseline))
     for builder in TABLE_BUILDERS:
         tables.extend(builder(records, list(rules), selected, baseline, ddof))
     return Collection(summary, list(rules), titles, selected, tables, notes, records, baseline)

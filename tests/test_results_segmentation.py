@@ -59,3 +59,12 @@ def test_classification_records_get_no_segmentation_tables():
                     "trial_seed": 0, "hparams_seed": 0, "seed": 0}, "hparams": {}, "step": 1,
            "env0_out_acc": 0.9, "env1_in_acc": 0.5, "env1_out_acc": 0.5}
     assert not [t for t in collect([rec], baseline=None).tables if t.kind.startswith("seg_")]
+
+
+def test_headline_prints_the_segmentation_tables_not_empty_accuracy_rows():
+    from shiftbench.results.headline import render_headline
+
+    text = render_headline(collect(RECORDS, baseline=None))
+    assert "SyntheticStreets (uda) mIoU" in text and "per-class IoU" in text
+    assert "No setting has results" not in text
+    assert "Unsupervised domain adaptation (uda)" not in text  # no accuracy leaderboard of '-'
