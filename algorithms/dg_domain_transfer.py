@@ -166,7 +166,8 @@ class Transfer(Algorithm):
             adv_gap = self.hparams["t_lambda"] * self.gap(feats, labels)
             step(-adv_gap, self.adv_opt)
             self.project()
-        return {"loss": loss.item(), "gap": gap.item(), "adv_gap": adv_gap.item()}
+        # DomainBed's keys: "gap" is the adversary's last ascent-step gap; "gap_phi" step 2's
+        return {"loss": loss.item(), "gap": adv_gap.item(), "gap_phi": gap.item()}
 
     def predict(self, x):
         return self.classifier(self.featurizer(x))
