@@ -176,7 +176,8 @@ class AbstractDANN(GradientReversalAdversary):
         if len(z) > n_src:  # uda: source and target halves weigh 1/2 each
             w = 0.5 * torch.cat([w, torch.full((len(z) - n_src,), 1.0 / (len(z) - n_src),
                                                device=z.device)])
-        loss = (w * losses).sum()
+        # the plain mean where every weight is 1/n (DomainBed's F.cross_entropy, same rounding)
+        loss = losses.mean() if not self.conditional and len(z) == n_src else (w * losses).sum()
         if self.hparams["grad_penalty"] > 0:
             grad = torch.autograd.grad(losses.sum(), z, create_graph=True)[0]
             loss = loss + self.hparams["grad_penalty"] * (grad ** 2).sum(1).mean()

@@ -34,7 +34,7 @@ class GroupDRO(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
-        self.register_buffer("q", torch.full((self.num_domains,), 1.0 / self.num_domains))
+        self.register_buffer("q", torch.ones(self.num_domains))  # normalised at the first update
 
     def update(self, minibatches, unlabeled=None):
         if len(minibatches) != len(self.q):
@@ -44,7 +44,7 @@ class GroupDRO(ERM):
         with torch.no_grad():
             q = self.q.to(risks.dtype) * torch.exp(self.hparams["groupdro_eta"] * risks.detach())
             self.q.copy_(q / q.sum())
-        loss = (self.q.to(risks.dtype) * risks).sum()
+        loss = torch.dot(risks, self.q.to(risks.dtype))
         step(loss, self.optimizer)
         out = {"loss": loss.item(), "worst_risk": risks.max().item()}
         out.update({f"q{e}": float(w) for e, w in enumerate(self.q)})
