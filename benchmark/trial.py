@@ -117,9 +117,26 @@ class Trial:
 
 
 def pick_device(requested: str | None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`--device` checked against this machine (default: CUDA when available, else the CPU)."""
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ShiftbenchError(f"--device {requested!r} is not a device; valid: cpu, cuda, cuda:N "
+                              "(or mps, xpu where this torch supports them)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA support" if torch.version.cuda is None else \
+                "no usable GPU (no driver, or CUDA_VISIBLE_DEVICES hides them)"
+            raise ShiftbenchError(f"--device {requested}: CUDA is not available ({why}); use "
+                                  "--device cpu, or leave --device out to pick one")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ShiftbenchError(f"--device {requested}: only {torch.cuda.device_count()} CUDA "
+                                  "device(s) are visible")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ShiftbenchError(f"--device {requested}: MPS is not available on this machine")
+    return device
 
 
 def autocast(trial: Trial):

@@ -81,3 +81,21 @@ def test_slurm_that_refuses_the_submission_gives_its_reason(tmp_path, capsys, mo
     assert code == 2
     assert "sbatch refused the job array: sbatch: error: Unable to contact slurm controller" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "'gpu' is not a device; valid: cpu, cuda"),
+    ("cuda", "--device cuda: CUDA is not available"),
+])
+def test_unusable_device_is_refused(tmp_path, capsys, device, message):
+    import torch
+
+    from shiftbench.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["train", "--dataset", "DebugVector", "--steps", "1", "--device", device,
+                 "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "results.jsonl").exists()
