@@ -315,8 +315,12 @@ def install(source: Source, data_dir: Path, base: str | None = None,
         log(f"{source.name}: {target} already exists (not made by `data download`); left as it "
             "is: remove it to download again")
         return target
-    if source.fetcher is not None:
-        return source.fetcher(source, data_dir, log)
+    if source.fetcher is not None:  # a package downloads it (wilds): mark the folder it made
+        path = source.fetcher(source, data_dir, log)
+        if path.is_dir():
+            (path / MARKER).write_text(json.dumps({"source": source.name, "installed": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
+        return path
     downloads = data_dir / DOWNLOADS / source.name
     if source.manual and not all((downloads / r.filename).is_file() for r in source.remotes):
         missing = [r.filename for r in source.remotes if not (downloads / r.filename).is_file()]

@@ -313,6 +313,7 @@ def test_wilds_sources_download_through_wilds(tmp_path, monkeypatch):
     monkeypatch.setattr(wilds, "get_dataset", get_dataset)
     assert main(["data", "download", "WILDSCamelyon", "--data-dir", str(tmp_path)]) == 0
     assert calls == [("camelyon17", str(tmp_path), True)]
+    assert (tmp_path / "camelyon17_v1.0" / D.MARKER).is_file()
     assert main(["data", "download", "WILDSCamelyon", "--data-dir", str(tmp_path)]) == 0
     assert len(calls) == 1  # present: left alone
 
