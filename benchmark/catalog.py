@@ -21,9 +21,9 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import operator
 import os
-import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +34,6 @@ class _Unknown:
     """A value the index could not read from the source."""
 
     def __repr__(self) -> str:
-        return "UNKNOWN"
-
-    def __reduce__(self) -> str:  # pickles as a reference to the module's singleton
         return "UNKNOWN"
 
 
@@ -324,6 +321,41 @@ def _cache_dir() -> Path:
     return Path(base) / "shiftbench"
 
 
+def _encode(x: Any) -> Any:
+    """JSON-ready form of an index (no pickle: the cache directory is not trusted with code)."""
+    if x is UNKNOWN:
+        return {"$": "unknown"}
+    if isinstance(x, (AlgorithmEntry, DatasetEntry)):
+        return {"$": type(x).__name__, "fields": {k: _encode(v) for k, v in vars(x).items()}}
+    if isinstance(x, tuple):
+        return {"$": "tuple", "items": [_encode(v) for v in x]}
+    if isinstance(x, list):
+        return [_encode(v) for v in x]
+    if isinstance(x, dict):
+        return {"$": "dict", "items": [[_encode(k), _encode(v)] for k, v in x.items()]}
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    raise TypeError(f"cannot cache {type(x).__name__}")
+
+
+_ENTRIES = {"AlgorithmEntry": AlgorithmEntry, "DatasetEntry": DatasetEntry}
+
+
+def _decode(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_decode(v) for v in x]
+    if not isinstance(x, dict):
+        return x
+    kind = x["$"]
+    if kind == "unknown":
+        return UNKNOWN
+    if kind == "tuple":
+        return tuple(_decode(v) for v in x["items"])
+    if kind == "dict":
+        return {_decode(k): _decode(v) for k, v in x["items"]}
+    return _ENTRIES[kind](**{k: _decode(v) for k, v in x["fields"].items()})
+
+
 def _cached(kind: str, modules: dict[str, Path], build: Any) -> Any:
     """`build(modules)`, or its earlier result if no file in `modules` changed since."""
     try:
@@ -333,22 +365,22 @@ def _cached(kind: str, modules: dict[str, Path], build: Any) -> Any:
         return build(modules)
     where = hashlib.sha256(repr(sorted(str(p) for p in modules.values())).encode()).hexdigest()[:8]
     key = hashlib.sha256(repr((kind, stamp)).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"catalog-{kind}-{where}-{key}.pickle"
+    path = _cache_dir() / f"catalog-{kind}-{where}-{key}.json"
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
+        return _decode(json.loads(path.read_text(encoding="utf-8")))
     except Exception:  # noqa: BLE001 - missing, unreadable or from another version: rebuild
         pass
     result = build(modules)
     try:
+        text = json.dumps(_encode(result))
         path.parent.mkdir(parents=True, exist_ok=True)
-        for old in path.parent.glob(f"catalog-{kind}-{where}-*.pickle"):  # this checkout's
+        for old in path.parent.glob(f"catalog-{kind}-{where}-*.json"):  # this checkout's
             old.unlink(missing_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(pickle.dumps(result))
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home: the index is rebuilt each time
+    except (OSError, TypeError):
+        pass  # a read-only home, or a value JSON cannot hold: the index is rebuilt each time
     return result
 
 
