@@ -10,7 +10,9 @@ Each configuration runs in float32 and with `--precision bf16` (bfloat16 autocas
 
 Usage: python bench/bench_trainer.py [--repeats 3] [--threads 2] [--configs cmnist-shape rotated-mnist]
        [--precisions fp32 bf16]
-Prints one JSON line per run and a median summary per configuration. Run it on an idle machine.
+Prints one JSON line per run and a median summary per configuration. Run it on an idle machine;
+on a shared one, compare `cpu_steps_per_s` (steps per CPU second of the trial's process, from the
+records' `cpu_time`), which other processes' load disturbs much less than wall time.
 """
 
 from __future__ import annotations
@@ -63,9 +65,11 @@ def run_once(dataset: str, steps: int, precision: str = "fp32") -> dict:
     bounds = [-1] + [r["step"] for r in records]
     train_s = sum(r["step_time"] * (bounds[i + 1] - bounds[i]) for i, r in enumerate(records))
     eval_s = sum(r["eval_time"] for r in records)
+    cpu_s = records[-1]["cpu_time"]
     return {"dataset": dataset, "precision": precision, "steps": steps, "wall_s": wall, "train_s": train_s,
             "eval_s": eval_s, "steps_per_s_end_to_end": steps / wall,
             "steps_per_s_training": steps / train_s, "eval_share": eval_s / wall,
+            "cpu_s": cpu_s, "cpu_steps_per_s": steps / cpu_s,
             "test_acc": records[-1]["env0_in_acc"]}
 
 
@@ -90,7 +94,7 @@ def main() -> None:
     for name, runs in summary.items():
         med = {k: statistics.median(r[k] for r in runs) for k in
                ("steps_per_s_end_to_end", "steps_per_s_training", "eval_share", "wall_s",
-                "test_acc")}
+                "cpu_steps_per_s", "test_acc")}
         print(json.dumps({"config": name, "median_of": len(runs), **med}))
 
 
