@@ -1,94 +1,80 @@
-"""Registry-wide conformance (the analogue of scikit-learn's check_estimator).
-
-Every registered algorithm, in every setting it declares, is constructed, updated and evaluated
-on tiny data on the CPU, directly and through the trainer.
-"""
+"""Registry-wide conformance through the public checks (`shiftbench.testing`, the analogue of
+scikit-learn's check_estimator): every registered algorithm, in every setting it declares, is
+constructed, updated and evaluated on tiny data on the CPU, directly and through the trainer;
+the built-in offline datasets pass `check_dataset`; and the checks do catch broken plug-ins."""
 
 from __future__ import annotations
-
-import copy
-import math
 
 import pytest
 import torch
 
-from shiftbench.algorithms import ALGORITHM_REGISTRY, create_algorithm, get_algorithm_class
-from shiftbench.hparams_registry import DatasetInfo
-from shiftbench.trainer import TrainArgs, train
+from shiftbench.algorithms import ALGORITHM_REGISTRY, get_algorithm_class
+from shiftbench.algorithms.erm import ERM
+from shiftbench.datasets import get_dataset_class
+from shiftbench.datasets.debug import DebugVector
+from shiftbench.testing import (
+    SHAPES,
+    check_dataset,
+    check_through_trainer,
+    check_update_predict_state,
+)
 
 CASES = [(name, setting) for name, cls in ALGORITHM_REGISTRY.items() for setting in cls.SETTINGS
          if "classification" in cls.TASK_TYPES]  # segmentation: test_algorithms_segmentation.py
-SHAPES = {"vector": ((8,), 3), "image": ((3, 28, 28), 2)}
-
-
-def _batches(shape, num_classes, n_domains, setting, bs=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n_labeled = n_domains + (1 if setting in ("ssda", "sda") else 0)
-    minibatches = [(torch.randn((bs, *shape), generator=g),
-                    torch.randint(num_classes, (bs,), generator=g)) for _ in range(n_labeled)]
-    unlabeled = ([torch.randn((bs, *shape), generator=g)] if setting in ("uda", "ssda") else None)
-    return minibatches, unlabeled
-
-
-def _build(name, setting, kind):
-    torch.manual_seed(0)
-    shape, num_classes = SHAPES[kind]
-    ds = DatasetInfo("Debug", shape, num_classes)
-    hparams = {"batch_size": 6}
-    if kind == "vector":
-        hparams.update(mlp_width=16, mlp_depth=3)
-    alg = create_algorithm(name, shape, num_classes, 2, hparams, dataset=ds, setting=setting, total_steps=10)
-    return alg, shape, num_classes
 
 
 @pytest.mark.parametrize("kind", sorted(SHAPES))
 @pytest.mark.parametrize("name,setting", CASES)
 def test_update_predict_state(name, setting, kind):
-    alg, shape, num_classes = _build(name, setting, kind)
-    for step in range(2):
-        minibatches, unlabeled = _batches(shape, num_classes, 2, setting, seed=step)
-        values = alg.train_step(minibatches, unlabeled)
-        assert isinstance(values, dict)
-        for k, v in values.items():
-            assert isinstance(k, str) and isinstance(v, float) and math.isfinite(v), (k, v)
-    assert int(alg.num_updates) == 2
-    x = torch.randn((5, *shape), generator=torch.Generator().manual_seed(9))
-    alg.eval()
-    before = copy.deepcopy(alg.state_dict())
-    with torch.no_grad():
-        logits = alg.predict(x)
-        again = alg.predict(x)
-    assert logits.shape == (5, num_classes)
-    assert torch.equal(logits, again), "predict must be deterministic in eval mode"
-    after = alg.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before), "predict changed the state"
-    # the full state (model + optimizers) round-trips into a fresh instance
-    fresh, _, _ = _build(name, setting, kind)
-    fresh.load_full_state(copy.deepcopy(alg.full_state()))
-    fresh.eval()
-    with torch.no_grad():
-        assert torch.allclose(fresh.predict(x), logits)
-    if setting == "tta":
-        adapted = alg.adapt(x)
-        assert adapted.shape == (5, num_classes)
-        alg.reset_adaptation()
+    check_update_predict_state(get_algorithm_class(name), setting, kind)
 
 
 @pytest.mark.parametrize("name,setting", CASES)
 def test_through_the_trainer(tmp_path, name, setting):
-    cls = get_algorithm_class(name)
-    assert cls.PAPER, f"{name} must cite its paper (PAPER)"
-    assert cls.__doc__ and len(cls.__doc__.strip()) > 20, f"{name} needs a docstring"
-    records = train(TrainArgs(dataset="DebugVector", algorithm=name, test_envs=[0], task=setting,
-                              steps=3, checkpoint_freq=2, output_dir=str(tmp_path / "o"),
-                              hparams='{"batch_size": 6, "mlp_width": 16}', target_shots=2),
-                    log=lambda m: None, progress=False)
-    assert [r["step"] for r in records] == [0, 2]
-    last = records[-1]
-    assert 0.0 <= last["env0_in_acc"] <= 1.0 and "env1_out_acc" in last
-    if setting in ("uda", "ssda"):
-        assert "env0_uda_acc" in last
-        assert math.isfinite(last["env0_uda_dev"])  # what --selection dev reads
-    if setting in ("ssda", "sda"):
-        assert "env0_lab_acc" in last and "env0_lab_val_acc" in last
-    assert last["args"]["task"] == setting
+    check_through_trainer(get_algorithm_class(name), setting, str(tmp_path / "o"))
+
+
+@pytest.mark.parametrize("name", ["DebugVector", "Debug28"])
+def test_builtin_datasets(name):
+    check_dataset(get_dataset_class(name))
+
+
+class NondeterministicPredict(ERM):
+    """ERM whose predict draws noise: check_algorithm must refuse it."""
+
+    PAPER = "none (a broken plug-in for the conformance tests)"
+
+    def predict(self, x):
+        return super().predict(x) + torch.randn(len(x), self.num_classes)
+
+
+class CorruptFullState(ERM):
+    """ERM whose full state holds zeroed weights: a resumed trial would not continue it."""
+
+    PAPER = "none (a broken plug-in for the conformance tests)"
+
+    def full_state(self):
+        state = super().full_state()
+        state["model"] = {k: torch.zeros_like(v) for k, v in state["model"].items()}
+        return state
+
+
+class LabelOutOfRange(DebugVector):
+    """DebugVector with one label past NUM_CLASSES: check_dataset must refuse it."""
+
+    def __init__(self, root, test_envs, hparams):
+        super().__init__(root, test_envs, hparams)
+        env = self.datasets[1]
+        env.y = env.y.clone()
+        env.y[-1] = self.NUM_CLASSES
+
+
+def test_checks_catch_broken_plugins():
+    with pytest.raises(AssertionError, match=r"NondeterministicPredict \(dg, vector inputs\): "
+                                             "predict must be deterministic"):
+        check_update_predict_state(NondeterministicPredict, "dg")
+    with pytest.raises(AssertionError, match="does not round-trip"):
+        check_update_predict_state(CorruptFullState, "uda", "image")
+    with pytest.raises(AssertionError, match=r"LabelOutOfRange/1\[59\]: label 3 out of range"):
+        check_dataset(LabelOutOfRange, through_trainer=False)
+    assert "NondeterministicPredict" not in ALGORITHM_REGISTRY
