@@ -8,7 +8,9 @@
             submit(job.command_str(threads=options.threads))  # a shell-quoted command
         return LaunchResult(launched=len(jobs))
 
-then `shiftbench sweep launch --launcher my_cluster --import my_module ...`.
+then `shiftbench sweep launch --launcher my_cluster --import my_module ...`, or, from an installed
+package, declare the module under the entry-point group `shiftbench.launchers` and the name
+resolves without `--import` (as algorithms and datasets do).
 
 Every launcher runs `Job.command()` (the worker), which takes the job's lock first, so a job that
 is already running elsewhere is never trained twice, whatever the launcher.
@@ -29,26 +31,27 @@ from pathlib import Path
 from typing import Any
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
+from shiftbench.registry import Registry
 from shiftbench.sweeps.jobs import Job
 
 Launcher = Callable[[list[Job], "LaunchOptions"], "LaunchResult"]
-LAUNCHERS: dict[str, Launcher] = {}
+LAUNCHERS: Registry[Launcher] = Registry("launcher", "shiftbench.launchers")
 
 
-def register_launcher(name: str) -> Callable[[Launcher], Launcher]:
-    """Decorator: register `fn(jobs, options) -> LaunchResult` under `name`."""
+def register_launcher(name: str, *aliases: str) -> Callable[[Launcher], Launcher]:
+    """Decorator: register `fn(jobs, options) -> LaunchResult` under `name` (and `aliases`)."""
 
     def wrap(fn: Launcher) -> Launcher:
-        LAUNCHERS[name] = fn
+        for key in (name, *aliases):
+            LAUNCHERS.register(key)(fn)
         return fn
 
     return wrap
 
 
 def get_launcher(name: str) -> Launcher:
-    if name not in LAUNCHERS:
-        raise UnknownNameError("launcher", name, LAUNCHERS)
-    return LAUNCHERS[name]
+    """The launcher registered as `name` (installed plug-ins' entry points included)."""
+    return LAUNCHERS.lookup(name)
 
 
 @dataclass
@@ -288,7 +291,7 @@ def multi_gpu_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
                     desc="sweep (gpus " + ",".join(gpus) + ")")
 
 
-@register_launcher("dry-run")
+@register_launcher("dry-run", "dry_run", "dummy")  # "dummy": DomainBed's name
 def dry_run_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
     """Print each job as its `shiftbench train` command; run nothing, write nothing."""
     for job in jobs:
@@ -296,8 +299,6 @@ def dry_run_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
     return LaunchResult(info=[f"dry run: {len(jobs)} command(s) printed, nothing launched"])
 
 
-LAUNCHERS["dry_run"] = dry_run_launcher
-LAUNCHERS["dummy"] = dry_run_launcher  # DomainBed's name
 
 _SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.,:=@/+\-\[\]]+$")
 
