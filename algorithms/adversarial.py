@@ -126,6 +126,10 @@ class AbstractDANN(GradientReversalAdversary):
         "lr_g": _renamed(_domainbed_lr, "featurizer+classifier learning rate"),
         "lr_d": _renamed(_domainbed_lr, "discriminator learning rate"),
         "weight_decay_g": _renamed(_domainbed_weight_decay, "featurizer+classifier weight decay"),
+        # DomainBed's mlp_width / mlp_depth / mlp_dropout, drawn under DomainBed's names
+        "disc_width": HParam(256, IntLogUniform(6, 10), low=1, seed_name="mlp_width"),
+        "disc_depth": HParam(3, Choice([3, 4, 5]), low=1, seed_name="mlp_depth"),
+        "disc_dropout": HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0, seed_name="mlp_dropout"),
     }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):

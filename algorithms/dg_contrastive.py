@@ -71,6 +71,12 @@ class _AbstractCAD(ERM):
         "cad_project": HParam(False, None, variant=True, help="MLP projection head before the loss"),
         "cad_flipped": HParam(True, None, variant=True, help="maximise other-domain probability (stabler)"),
     }
+    DOMAINBED_HPARAMS = {  # DomainBed's lmbda / temperature, drawn under DomainBed's names
+        "cad_lambda": HParam(0.1, Choice([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2]), low=0.0,
+                             seed_name="lmbda", help="weight of the bottleneck loss"),
+        "cad_temperature": HParam(0.1, Choice([0.05, 0.1]), low=0.0, seed_name="temperature",
+                                  help="softmax temperature tau"),
+    }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)

@@ -115,6 +115,9 @@ class Transfer(Algorithm):
                                            help="DomainBed's shared Adam and recomputed features"),
         "gda": HParam(False, Choice([True]), variant=False,
                       help="DomainBed: True in every random draw; SGD over w' replaces the ERM Adam"),
+        # declared by DomainBed's registry for Transfer, read by none of its code
+        "weight_decay_d": HParam(0.0, LogUniform(-6, -2), low=0.0, help="unused (as DomainBed)"),
+        "beta1": HParam(0.5, Choice([0.0, 0.5]), low=0.0, high=1.0, help="unused (as DomainBed)"),
     }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):

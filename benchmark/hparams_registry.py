@@ -145,8 +145,10 @@ class HParam:
     checked against all of these, so constructors need no checks of their own.
 
     `variant=True` marks a switch between variants of one method: it must be fixed (no `dist`)
-    and have `choices` (or be a bool). A searched categorical (str or bool) hparam must say
-    `variant=False`: a reviewed tuning knob, not a variant (a test enforces this)."""
+    and have `choices` (or be a bool). `seed_name` draws the value with another name's generator
+    (DomainBed's name of a renamed hparam, so drawn configurations equal DomainBed's). A searched
+    categorical (str or bool) hparam must say `variant=False`: a reviewed tuning knob, not a
+    variant (a test enforces this)."""
 
     default: Any
     dist: Distribution | None = None
@@ -155,6 +157,7 @@ class HParam:
     choices: tuple | None = None
     variant: bool | None = None
     help: str = field(default="", compare=False)
+    seed_name: str | None = None  # draw with DomainBed's name for this hparam (e.g. "mlp_width")
 
     def __post_init__(self) -> None:
         choices = self.choices
@@ -242,7 +245,7 @@ def random_hparams(
 ) -> dict[str, Any]:
     """One draw of the random search; hparam `name` is drawn with `seed_hash(seed, name)`."""
     return {
-        name: hp.sample(np.random.RandomState(seed_hash(seed, name)))
+        name: hp.sample(np.random.RandomState(seed_hash(seed, hp.seed_name or name)))
         for name, hp in hparam_space(algorithm, dataset, protocol).items()
     }
 
