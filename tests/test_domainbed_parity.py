@@ -39,8 +39,8 @@ RENAMES: dict[str, list[tuple[str, str]]] = {
     "Fish": [(r"^featurizer\.", "network.net.0."), (r"^classifier\.", "network.net.1."),
              (r"^network_inner\.", "network_inner.net.")],
     "SagNet": [(r"^featurizer\.", "network_f."), (r"^classifier\.", "network_c."),
-               (r"^style_net\.", "network_s.")],
-    "ARM": [(r"^context_net\.", "context_net.context_net.")],
+               (r"^style_head\.", "network_s.")],
+    "TRM": [(r"^heads\.", "clist.")],
     "SelfReg": [(r"^projector\.", "cdpl.")],
     "URM": [(r"^featurizer\.0\.", "featurizer."), (r"^discriminator\.0\.", "discriminator.dense1."),
             (r"^discriminator\.2\.", "discriminator.dense2."),
@@ -54,6 +54,7 @@ HPARAM_NAMES: dict[str, dict[str, str]] = {}
 # in a forward pass), so shiftbench need not have them: algorithm -> {DomainBed name pattern}.
 UNUSED_IN_DOMAINBED: dict[str, str] = {
     "DANN": r"class_embeddings\.",  # built for both DANN variants, used only by CDANN
+    "TRM": r"clist\.3\.",  # DomainBed builds num_domains + 1 per-domain heads and uses num_domains
 }
 
 # Loss keys that shiftbench reports under another name: algorithm -> {DomainBed key: ours}.
@@ -61,40 +62,28 @@ LOSS_KEYS: dict[str, dict[str, str]] = {
     "SD": {"loss": "ce"},  # DomainBed's "loss" is the cross-entropy alone; ours is the objective
     "CAD": {"clf_loss": "ce", "bn_loss": "bottleneck", "total_loss": "loss"},
     "CondCAD": {"clf_loss": "ce", "bn_loss": "bottleneck", "total_loss": "loss"},
+    "SagNet": {"loss_c": "loss", "loss_s": "loss_style"},
+    "Transfer": {"gap": "adv_gap"},  # DomainBed logs the last adversarial step's gap as "gap"
+    # DomainBed's IB_* do `loss = nll; loss += ...` on one tensor, so the "nll" they log is the
+    # total loss; ours logs the true nll, and DomainBed's "nll" is compared with our "loss".
+    "IB_ERM": {"nll": "loss"},
+    "IB_IRM": {"nll": "loss"},
 }
 
 # Values DomainBed returns from `update` that are not comparable losses, with the reason.
 NOT_COMPARED: dict[str, dict[str, str]] = {
     "VREx": {"nll": "DomainBed reports the last domain's risk (its loop variable), not the mean"},
-    "IB_ERM": {"nll": "DomainBed's `loss += ...` adds in place to the nll tensor, so it reports the "
-                      "total loss as nll"},
-    "IB_IRM": {"nll": "DomainBed's `loss += ...` adds in place to the nll tensor, so it reports the "
-                      "total loss as nll"},
     "RDM": {"update_count": "a step counter, not a loss", "rdm_lambda": "an hparam, not a loss"},
 }
 
 # Cases expected to fail until the algorithm is fixed: case -> reason (see
 # /work/notes/parity_findings.md and docs/fidelity.md). strict: they flip to XPASS when fixed.
 XFAIL: dict[str, str] = {
-    "GroupDRO": "one pooled forward pass; DomainBed runs one per domain (algorithms.py GroupDRO.update): "
-                "the same math on GroupNorm, other rounding, which Adam amplifies",
     "CAD": "bottleneck loss without DomainBed's masked, max-shifted logits (AbstractCAD.bn_loss): "
-           "the same math, other rounding (gradients differ ~2e-4)",
+           "the same math, other rounding, which Adam amplifies (gradients differ ~2e-4)",
     "CondCAD": "bottleneck loss without DomainBed's masked, max-shifted logits (AbstractCAD.bn_loss)",
-    "EQRM_anneal": "after burn-in the KDE quantile's gradient comes from the implicit function theorem; "
-                   "DomainBed differentiates through its bisection (lib/misc.py Nonparametric.icdf)",
-    "MTL": "DomainBed's MTL.predict overwrites the domain embedding with N(0, 1) noise "
-           "(`.normal_()`, DomainBed issue #159); shiftbench uses the embedding",
-    "RDM_anneal": "after the anneal the penalty gradients differ in rounding from DomainBed's "
-                  "(element-wise sign flips of tiny gradients under Adam)",
-    "SagNet": "the domainbed protocol still builds the convolutional style head (sag_stage 2); "
-              "DomainBed's SagNet randomizes the pooled features and has linear heads",
-    "SelfReg": "DomainBed sorts the batch by class, draws lambda with numpy and per-class permutations "
-               "in another order, and never optimizes its projector (built after the optimizer)",
-    "Transfer": "the gap step uses its own Adam; DomainBed reuses the ERM Adam (Transfer.update), "
-                "and reports the last adversarial gap as 'gap'",
-    "Transfer_gda": "no `gda` hparam: DomainBed's gda=True (drawn by its random search) makes "
-                    "the main optimizer SGD over the adversarial classifier only",
+    "SelfReg": "losses equal, gradients differ in rounding from DomainBed's (element-wise copies into "
+               "zero tensors in SelfReg.update), which Adam amplifies",
 }
 
 
