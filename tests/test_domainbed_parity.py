@@ -41,6 +41,7 @@ RENAMES: dict[str, list[tuple[str, str]]] = {
     "SagNet": [(r"^featurizer\.", "network_f."), (r"^classifier\.", "network_c."),
                (r"^style_head\.", "network_s.")],
     "TRM": [(r"^heads\.", "clist.")],
+    "ARM": [(r"^context_net\.(\d)", r"context_net.context_net.\1")],
     "SelfReg": [(r"^projector\.", "cdpl.")],
     "URM": [(r"^featurizer\.0\.", "featurizer."), (r"^discriminator\.0\.", "discriminator.dense1."),
             (r"^discriminator\.2\.", "discriminator.dense2."),
@@ -59,11 +60,9 @@ UNUSED_IN_DOMAINBED: dict[str, str] = {
 
 # Loss keys that shiftbench reports under another name: algorithm -> {DomainBed key: ours}.
 LOSS_KEYS: dict[str, dict[str, str]] = {
-    "SD": {"loss": "ce"},  # DomainBed's "loss" is the cross-entropy alone; ours is the objective
     "CAD": {"clf_loss": "ce", "bn_loss": "bottleneck", "total_loss": "loss"},
     "CondCAD": {"clf_loss": "ce", "bn_loss": "bottleneck", "total_loss": "loss"},
     "SagNet": {"loss_c": "loss", "loss_s": "loss_style"},
-    "Transfer": {"gap": "adv_gap"},  # DomainBed logs the last adversarial step's gap as "gap"
     # DomainBed's IB_* do `loss = nll; loss += ...` on one tensor, so the "nll" they log is the
     # total loss; ours logs the true nll, and DomainBed's "nll" is compared with our "loss".
     "IB_ERM": {"nll": "loss"},
@@ -79,9 +78,6 @@ NOT_COMPARED: dict[str, dict[str, str]] = {
 # Cases expected to fail until the algorithm is fixed: case -> reason (see
 # /work/notes/parity_findings.md and docs/fidelity.md). strict: they flip to XPASS when fixed.
 XFAIL: dict[str, str] = {
-    "CAD": "bottleneck loss without DomainBed's masked, max-shifted logits (AbstractCAD.bn_loss): "
-           "the same math, other rounding, which Adam amplifies (gradients differ ~2e-4)",
-    "CondCAD": "bottleneck loss without DomainBed's masked, max-shifted logits (AbstractCAD.bn_loss)",
     "SelfReg": "losses equal, gradients differ in rounding from DomainBed's (element-wise copies into "
                "zero tensors in SelfReg.update), which Adam amplifies",
 }
