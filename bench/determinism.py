@@ -57,7 +57,7 @@ def main() -> int:
     reference = numbers(trial(tmp / "reference", **base))
     lines = [f"ERM on DigitsDemo, held-out mnist, {args.steps} steps, reference: bf16, 2 threads, "
              f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}",
-             f"{'variant':50s} identical  differing keys (of {len(reference[-1])}) / max |diff|"]
+             f"{'variant':50s} identical  differing values (of {sum(map(len, reference))}) / max |diff|"]
     for i, (name, change) in enumerate(variants.items()):
         got = numbers(trial(tmp / f"v{i}", **{**base, **change}))
         diffs = [abs(a[k] - b[k]) for a, b in zip(reference, got) for k in a if a[k] != b.get(k)]

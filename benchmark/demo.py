@@ -3,12 +3,13 @@
 Runs, offline, every algorithm of `DEMO_ALGORITHMS` that is registered (in its setting of
 `DEMO_TASKS`, else the first setting it supports in the order dg, uda, ssda, sda, tta), with each
 domain held out in turn and 2 trial seeds, on `DigitsDemo` (Digits at 16x16 pixels, 800 images
-per domain) with the local launcher; then calls the collector (`shiftbench collect`) for the text
-leaderboards and an HTML report. Every algorithm gets the same budget: the same steps, batch size,
-learning rate and precision (bfloat16 autocast where the hardware supports it).
-Sized to finish in under 8 minutes on 2 idle CPU cores (the limit is 10); flags shrink or grow
-it. A trial's fixed cost is small: the forkserver has torch imported, and the Digits domains load
-from their cache without reading the sources (`shiftbench.datasets.digits.source_fingerprint`).
+per domain) with the local launcher; then prints one leaderboard per setting and writes every
+table (leaderboard.txt) and an HTML report (report.html). Every algorithm gets the same budget:
+the same steps, batch size, learning rate and precision (bfloat16 autocast where the hardware supports it).
+Sized to finish in under 5 minutes on 2 idle CPU cores (measurements in docs/sweeps.md); flags
+shrink or grow it. A trial's fixed cost is small: the forkserver has torch imported, and the
+Digits domains load from their cache without reading the sources
+(`shiftbench.datasets.digits.source_fingerprint`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,23 @@ def report(sweep_dir: Path, out: Path) -> str | None:
     return render_headline(collection, full_tables=str(full), report=str(html))
 
 
+def _git_commit() -> str | None:
+    """The commit of the checkout this package runs from, if it is one (else None)."""
+    import subprocess
+
+    import shiftbench
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(shiftbench.__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=Path(shiftbench.__file__).parent, capture_output=True, text=True,
+                           timeout=10).stdout.strip()
+    return (out.stdout.strip() + ("+modified" if dirty else "")) if out.returncode == 0 else None
+
+
 def determinism_inputs(precision: str, threads: int) -> dict[str, object]:
     """What a bit-identical rerun must match (docs/sweeps.md): library versions, precision, the
     CPU's instruction set (which kernels run, and whether bf16 is native), threads per trial."""
@@ -97,7 +115,7 @@ def determinism_inputs(precision: str, threads: int) -> dict[str, object]:
     except OSError:
         pass
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return {"shiftbench": shiftbench.__version__, "torch": torch.__version__,
+    return {"shiftbench": shiftbench.__version__, "commit": _git_commit(), "torch": torch.__version__,
             "numpy": numpy.__version__, "python": platform.python_version(),
             "precision": precision, "threads_per_trial": threads, "cpu": model,
             "cpu_simd": simd, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -164,7 +182,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
           f"{2 * ns.cnn_width} channels; DomainBed: 64), {precision} precision, default hparams"
           + (f" but lr {ns.lr:g}" if ns.lr is not None else "")
           + f";\n  {cores} CPU core(s), {min(cores, len(jobs))} trials at a time.\n"
-          f"  Sized to finish in under 8 minutes on 2 idle cores (limit: 10); --steps/--n-trials/"
+          f"  Sized to finish in under 5 minutes on 2 idle cores (docs/sweeps.md); --steps/--n-trials/"
           f"--algorithms/--cnn-width change that. Output: {out}")
     todo = [j for j in jobs if job_state(j.dir).state in ("not_launched", "incomplete")]
     if len(todo) < len(jobs):

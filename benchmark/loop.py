@@ -114,7 +114,8 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
     trial = trial_module.build_trial(spec)
     algorithm, device, setting = trial.algorithm, trial.device, trial.setting
     start_step, n_records = _resume(spec, trial, store, log)
-    callbacks = default_callbacks(spec, trial.n_steps, start_step, log, progress) + list(callbacks)
+    callbacks = default_callbacks(spec, trial.n_steps, start_step, log, progress,
+                                  trial.checkpoint_freq) + list(callbacks)
     batch_size = int(trial.hparams["batch_size"])
 
     def stream(i: int, split: torch.Tensor, role: str) -> BatchStream:

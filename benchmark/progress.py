@@ -77,7 +77,7 @@ class ProgressReporter:
             return
         now = self.clock()
         if evaluating:
-            self._line(f"step {done}/{self.total or '?'}: evaluating ...")
+            self._line(f"evaluating at step {step} ...")
             self.last_line = now
         elif self.since_t0 and now - self.last_line >= self.interval:
             self._line(f"step {done}/{self.total or '?'}{self._percent(done)}, {self._speed(now)}"

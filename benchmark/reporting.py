@@ -10,13 +10,13 @@ are skipped); loggers (tensorboard, csv, wandb, ...) and progress bars plug in h
     checkpoint(record)     after every record is written to results.jsonl (the record itself)
     end(summary)           when the trial finishes (summary: its list of records)
 
-`TableLog` (the per-checkpoint table on the log) and `ProgressBar` (tqdm) are callbacks too.
+`TableLog` (the per-checkpoint table on the log) and `shiftbench.progress.ProgressReporter` (a bar
+with ETA on a terminal, plain progress lines otherwise) are callbacks too.
 """
 
 from __future__ import annotations
 
 import platform
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -41,30 +41,11 @@ def notify(callbacks: Sequence[Any], event: str, *values: Any) -> None:
             method(*values)
 
 
-class ProgressBar:
-    """A tqdm bar over the trial's steps (from the step it resumes at)."""
-
-    def __init__(self, total: int, initial: int, desc: str):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                        leave=False)
-
-    def step(self, step: int, losses: dict[str, float]) -> None:
-        self.bar.update(1)
-
-    def write(self, line: str) -> None:
-        self.bar.write(line)
-
-    def end(self, summary: Any) -> None:
-        self.bar.close()
-
-
 class TableLog:
     """One row per checkpoint (accuracies first), with a header whenever the columns change;
     written through the progress bar when there is one."""
 
-    def __init__(self, log: Callable[[str], None], bar: ProgressBar | None = None):
+    def __init__(self, log: Callable[[str], None], bar: Any = None):
         self.log, self.bar, self.last_header = log, bar, None
 
     def checkpoint(self, record: dict[str, Any]) -> None:
@@ -86,11 +67,17 @@ class TableLog:
 
 
 def default_callbacks(spec: Any, n_steps: int, start_step: int, log: Callable[[str], None],
-                      progress: bool | None) -> list[Any]:
-    """The progress bar (when asked, or when stderr is a terminal) and the log table."""
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = ProgressBar(n_steps, start_step, spec.algorithm) if show else None
-    return ([bar] if bar is not None else []) + [TableLog(log, bar)]
+                      progress: bool | None, checkpoint_freq: int | None = None) -> list[Any]:
+    """The progress reporter and the log table. `progress`: None (default) = a bar on a terminal,
+    plain progress lines on stderr otherwise; True = the bar; False = no progress output."""
+    if progress is False:
+        return [TableLog(log)]
+    from shiftbench.progress import ProgressReporter
+
+    reporter = ProgressReporter(interactive=True if progress else None, total_steps=n_steps,
+                                checkpoint_freq=checkpoint_freq)
+    # the table goes through the bar (so that it is not torn), else to the caller's log
+    return [reporter, TableLog(log, reporter if reporter.interactive else None)]
 
 
 def environment_report() -> dict[str, str]:

@@ -29,8 +29,8 @@ def test_plain_lines_with_eta_and_evaluation():
     p.end()
     lines = out.getvalue().splitlines()
     assert lines[0] == "training ERM on Digits held out 1: 10 steps, evaluating every 4"
-    assert "step 1/10: evaluating ..." in lines and "step 5/10: evaluating ..." in lines
-    assert "step 10/10: evaluating ..." in lines
+    assert "evaluating at step 0 ..." in lines and "evaluating at step 4 ..." in lines
+    assert "evaluating at step 9 ..." in lines
     periodic = [line for line in lines if "ETA" in line]
     assert periodic and all("loss 0.5" in line for line in periodic)
     # 7 steps done at 1 step/s: 3 steps left -> ETA 3 s
