@@ -127,6 +127,7 @@ def tiny_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+@pytest.mark.tmpfs
 def test_real_full_tmpfs_then_more_space(tiny_tmpfs, capsys, reference):
     out = tiny_tmpfs / "run"
     # a checkpoint is ~1 MB: the second one (checkpoint + previous) does not fit in 2 MB
@@ -143,6 +144,7 @@ def test_real_full_tmpfs_then_more_space(tiny_tmpfs, capsys, reference):
     assert stable_records(out) == reference
 
 
+@pytest.mark.tmpfs
 def test_real_read_only_directory(tiny_tmpfs, capsys, reference):
     out = tiny_tmpfs / "run"
     _remount(tiny_tmpfs, "size=32m")

@@ -101,6 +101,7 @@ def test_report_is_self_contained(report):
             assert not str(attrs.get(key, "")).startswith(("http:", "https:", "file:", "//"))
 
 
+@pytest.mark.chromium
 def test_renders_in_headless_chromium(chromium, report, tmp_path):
     base = [chromium, *CHROMIUM_FLAGS]
     dom = subprocess.run(base + [f"--user-data-dir={tmp_path / 'profile1'}", "--dump-dom",

@@ -247,24 +247,73 @@ def test_multi_gpu_launcher_gives_each_job_one_fake_device(tmp_path, monkeypatch
     assert len(devices) == 3 and set(devices) <= {"3", "5"}
 
 
+BLOCKING = textwrap.dedent('''
+    import os
+    import time
+    from pathlib import Path
+
+    from shiftbench.algorithms import register_algorithm
+    from shiftbench.algorithms.erm import ERM
+
+
+    @register_algorithm
+    class BlockingERM(ERM):
+        """ERM that, once its step-40 checkpoint is written, says so and waits (interruptibly)
+        until the test releases it: the interrupt then always finds both jobs at that point."""
+
+        PAPER = "none (a test helper)"
+
+        def update(self, minibatches, unlabeled=None):
+            if int(self.num_updates) == 41:
+                flags = Path(os.environ["SB_BLOCK_DIR"])
+                (flags / f"{os.getpid()}.waiting").touch()
+                while not (flags / "release").exists():
+                    time.sleep(0.05)
+            return super().update(minibatches, unlabeled)
+''')
+
+
+@pytest.fixture
+def blocking(tmp_path, monkeypatch):
+    """The BlockingERM plug-in, importable here and by the launched processes."""
+    from shiftbench.algorithms import ALGORITHM_REGISTRY, ALGORITHMS
+
+    plug = tmp_path / "plug"
+    plug.mkdir()
+    (plug / "sb_blocking.py").write_text(BLOCKING)
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    monkeypatch.syspath_prepend(str(plug))
+    __import__("sb_blocking")
+    env = {**os.environ, "SB_BLOCK_DIR": str(flags),
+           "PYTHONPATH": os.pathsep.join([str(plug), *sys.path])}
+    yield env, flags
+    ALGORITHM_REGISTRY._items.pop("BlockingERM", None)
+    if "BlockingERM" in ALGORITHMS:
+        ALGORITHMS.remove("BlockingERM")
+    sys.modules.pop("sb_blocking", None)
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_jobs_and_leaves_them_resumable(tmp_path):
+def test_ctrl_c_stops_jobs_and_leaves_them_resumable(tmp_path, blocking):
+    env, flags = blocking
     out = tmp_path / "sweep"
-    args = ["--n-trials", "1", "--steps", "400", "--checkpoint-freq", "20", "--jobs", "2"]
-    launcher = subprocess.Popen(_launch_cmd(out, *args), stdout=subprocess.PIPE,
+    args = ["--n-trials", "1", "--steps", "400", "--checkpoint-freq", "20", "--jobs", "2",
+            "--algorithms", "BlockingERM", "--import", "sb_blocking"]
+    launcher = subprocess.Popen(_launch_cmd(out, *args), stdout=subprocess.PIPE, env=env,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    jobs = _jobs(out, steps=400, checkpoint_freq=20)
+    jobs = _jobs(out, steps=400, checkpoint_freq=20, algorithm="BlockingERM")
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if all((j.dir / "results.jsonl").exists() and len(_records(j.dir)) >= 2
-                   for j in jobs[:2]):
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("the jobs never reached their second checkpoint")
+        # both running jobs wait at step 41 (after their step-40 checkpoint) until released, so
+        # however slow the machine, Ctrl-C finds them there; the deadline only bounds a hang
+        deadline = time.time() + 900
+        while len(list(flags.glob("*.waiting"))) < 2 and launcher.poll() is None:
+            if time.time() > deadline:
+                pytest.fail("the jobs never reached their step-40 checkpoint")
+            time.sleep(0.05)
+        assert launcher.poll() is None, launcher.communicate()[0]
         os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        output = launcher.communicate(timeout=60)[0]
+        output = launcher.communicate(timeout=600)[0]
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
@@ -273,4 +322,5 @@ def test_ctrl_c_stops_jobs_and_leaves_them_resumable(tmp_path):
     for job in jobs[:2]:
         state = job_state(job.dir)
         assert state.state == "incomplete" and "resumable" in state.detail, state
+        assert [r["step"] for r in _records(job.dir)] == [0, 20, 40]
     assert job_state(jobs[2].dir).state == "not_launched"

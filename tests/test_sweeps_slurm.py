@@ -44,6 +44,7 @@ def slurm_cluster(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_slurm_sweep_round_trip(tmp_path, slurm_cluster):
     out = tmp_path / "sweep"
     flags = ["--datasets", "DebugVector", "--algorithms", "ERM", "--single-test-envs",
@@ -73,6 +74,7 @@ def test_slurm_sweep_round_trip(tmp_path, slurm_cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_slurm_requeued_task_resumes_from_checkpoint(tmp_path, slurm_cluster):
     """A running task requeued by Slurm (as on preemption) continues from its checkpoint."""
     out = tmp_path / "sweep"
