@@ -112,6 +112,18 @@ def class_run_partners(y_sorted: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return a, b
 
 
+def _gather_rows(tensors, a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor]:
+    """(t[a], t[b]) for each t, built row by row into zero tensors in DomainBed's order: the same
+    values as fancy indexing, and DomainBed's order of summing the gradients (exact parity)."""
+    out = [torch.zeros_like(t) for t in tensors for _ in (a, b)]
+    for i in range(len(a)):
+        for k, t in enumerate(tensors):
+            out[2 * k][i] = t[a[i]]
+        for k, t in enumerate(tensors):
+            out[2 * k + 1][i] = t[b[i]]
+    return out
+
+
 @register_algorithm
 class SelfReg(_OneStep):
     """Self-supervised contrastive regularisation (DomainBed's SelfReg).
@@ -149,9 +161,10 @@ class SelfReg(_OneStep):
         z = self.featurizer(x[order])
         proj, logits = self.projector(z), self.classifier(z)
         a, b = class_run_partners(y)
-        l_ind = F.mse_loss(logits, logits[a]) + 0.3 * F.mse_loss(z, proj[a])
-        l_hdl = (F.mse_loss(logits, lam * logits[a] + (1 - lam) * logits[b])
-                 + 0.3 * F.mse_loss(z, lam * proj[a] + (1 - lam) * proj[b]))
+        logits_a, logits_b, proj_a, proj_b = _gather_rows((logits, proj), a, b)
+        l_ind = F.mse_loss(logits, logits_a) + 0.3 * F.mse_loss(z, proj_a)
+        l_hdl = (F.mse_loss(logits, lam * logits_a + (1 - lam) * logits_b)
+                 + 0.3 * F.mse_loss(z, lam * proj_a + (1 - lam) * proj_b))
         ce = cross_entropy(logits, y)
         loss = ce + min(ce.item(), 1.0) * (lam * l_ind + (1 - lam) * l_hdl)
         step(loss, self.optimizer)

@@ -77,10 +77,7 @@ NOT_COMPARED: dict[str, dict[str, str]] = {
 
 # Cases expected to fail until the algorithm is fixed: case -> reason (see
 # /work/notes/parity_findings.md and docs/fidelity.md). strict: they flip to XPASS when fixed.
-XFAIL: dict[str, str] = {
-    "SelfReg": "losses equal, gradients differ in rounding from DomainBed's (element-wise copies into "
-               "zero tensors in SelfReg.update), which Adam amplifies",
-}
+XFAIL: dict[str, str] = {}
 
 
 def _cases() -> list[Any]:
