@@ -25,7 +25,7 @@ from shiftbench.setting import setting_names
 COMMANDS = {
     "sweep": ("shiftbench.sweeps.cli", "launch and manage sweeps of trials"),
     "collect": ("shiftbench.results.cli", "model selection and result tables for a sweep directory"),
-    "data": ("shiftbench.datasets.cli", "which datasets are present under --data-dir; build "
+    "data": ("shiftbench.datasets.cli", "datasets present under --data-dir; download them; build "
                                         "image caches"),
     "demo": ("shiftbench.demo", "a small real sweep on the built-in digits, with report"),
 }
@@ -310,8 +310,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("list", help="list registered algorithms or datasets (80 columns: "
-                                    "--all-hparams for hyperparameters)")
+    p = sub.add_parser("list", help="list registered algorithms or datasets (--all-hparams: with "
+                                    "hyperparameters)")
     p.add_argument("what", choices=("algorithms", "datasets"))
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'C*'")
     p.add_argument("--dataset", default=None, help="show hparams as resolved for this dataset")

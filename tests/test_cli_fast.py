@@ -67,3 +67,19 @@ def test_real_import_is_used_for_plugins():
     result = run(["train", "--algorithm", "NOPE", "--import", "json", "--steps", "1"])
     assert result["code"] == 2 and "unknown algorithm 'NOPE'" in result["err"]
     assert "torch" in result["heavy"]
+
+
+def test_command_table_matches_the_modules():
+    """`shiftbench --help` lists commands from `COMMANDS` without importing their modules; every
+    module registers exactly the commands the table names for it."""
+    import argparse
+
+    from shiftbench import cli
+
+    full = cli.build_parser()  # imports every command module
+    choices = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(choices) == {"train", "list", *cli.COMMANDS}
+    lazy = cli.build_parser(["collect", "--help"])
+    lazy_choices = next(a for a in lazy._actions
+                        if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(lazy_choices) == set(choices)
