@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 from shiftbench.errors import ShiftbenchError
+from shiftbench.setting import setting_names
 
 # The demo's algorithms, in table order; the first supported setting of each is used.
 DEMO_ALGORITHMS = ("ERM", "DANN", "CORAL", "SagNet", "CCSA", "DeepCORAL")
-TASK_ORDER = ("dg", "uda", "ssda", "sda", "tta")
+TASK_ORDER = setting_names()
 # Settings other than the first supported one: CCSA in supervised DA, its paper's main setting
 # (a few labeled target examples per class), which the demo's tables would otherwise lack.
 DEMO_TASKS = {"CCSA": "sda"}

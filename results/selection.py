@@ -47,9 +47,14 @@ from typing import Any
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.registry import Registry
 from shiftbench.results.reading import Sweep, as_records
+from shiftbench.setting import all_settings, setting_names
 
 SELECTION_RULES: Registry[type[SelectionRule]] = Registry("selection rule")
-ALL_TASKS = ("dg", "uda", "ssda", "sda", "tta")
+ALL_TASKS = setting_names()
+# The settings whose records hold what a rule reads: few labeled target examples; an unlabeled
+# target split (label-free scores).
+FEW_SHOT_TASKS = tuple(s.name for s in all_settings() if s.few_shot_target)
+UNLABELED_TARGET_TASKS = tuple(s.name for s in all_settings() if s.unlabeled_target)
 
 
 def register_selection_rule(cls: type[SelectionRule]) -> type[SelectionRule]:
@@ -265,7 +270,7 @@ class TargetLabeledSelection(KeyRule):
 
     NAME = "target"
     TITLE = "few labeled target examples"
-    TASKS = ("ssda", "sda")
+    TASKS = FEW_SHOT_TASKS
     REQUIRED_KEYS = ("env{t}_lab_val_acc",)
 
 
@@ -275,7 +280,7 @@ class EntropySelection(KeyRule):
 
     NAME = "entropy"
     TITLE = "target entropy (unsupervised)"
-    TASKS = ("uda", "ssda")
+    TASKS = UNLABELED_TARGET_TASKS
     REQUIRED_KEYS = ("env{t}_uda_entropy",)
     SKIP_INITIAL = True
     HIGHER_IS_BETTER = False
@@ -287,7 +292,7 @@ class InfoMaxSelection(CheckpointRule):
 
     NAME = "im"
     TITLE = "target information maximisation (unsupervised)"
-    TASKS = ("uda", "ssda")
+    TASKS = UNLABELED_TARGET_TASKS
     REQUIRED_KEYS = ("env{t}_uda_marginal_entropy", "env{t}_uda_entropy")
     SKIP_INITIAL = True
 
@@ -305,7 +310,7 @@ class SNDSelection(KeyRule):
 
     NAME = "snd"
     TITLE = "target soft neighbourhood density (unsupervised)"
-    TASKS = ("uda", "ssda")
+    TASKS = UNLABELED_TARGET_TASKS
     REQUIRED_KEYS = ("env{t}_uda_snd",)
     SKIP_INITIAL = True
 
@@ -316,7 +321,7 @@ class DEVSelection(KeyRule):
 
     NAME = "dev"
     TITLE = "deep embedded validation (unsupervised)"
-    TASKS = ("uda", "ssda")
+    TASKS = UNLABELED_TARGET_TASKS
     REQUIRED_KEYS = ("env{t}_uda_dev",)
     SKIP_INITIAL = True
     HIGHER_IS_BETTER = False
