@@ -172,23 +172,22 @@ class AbstractDANN(GradientReversalAdversary):
             emb_tgt = F.softmax(logits_tgt.detach(), 1) @ self.class_embeddings.weight
             z = z + torch.cat([self.class_embeddings(y_src), emb_tgt])
         out = self.discriminator(z)
-        losses = F.cross_entropy(out, d, reduction="none")
-        if self.conditional:  # class-balanced as DomainBed: 1 / (count(y) * (max label + 1))
-            counts = torch.bincount(y_src).float()
-            w = 1.0 / (counts[y_src] * len(counts))
+        if not self.conditional and len(z) == n_src:  # every weight 1/n: DomainBed's plain mean
+            loss = F.cross_entropy(out, d)
         else:
-            w = torch.full((n_src,), 1.0 / n_src, device=z.device)
-        if len(z) > n_src:  # uda: source and target halves weigh 1/2 each
-            w = 0.5 * torch.cat([w, torch.full((len(z) - n_src,), 1.0 / (len(z) - n_src),
-                                               device=z.device)])
-        # Unweighted: the plain mean CE and, for the penalty, the CE with reduction="sum" on the
-        # same D output, as DomainBed computes them (the same numbers to the last bit).
-        uniform = not self.conditional and len(z) == n_src
-        loss = F.cross_entropy(out, d) if uniform else (w * losses).sum()
+            if self.conditional:  # class-balanced as DomainBed: 1 / (count(y) * (max label + 1))
+                counts = torch.bincount(y_src).float()
+                w = 1.0 / (counts[y_src] * len(counts))
+            else:
+                w = torch.full((n_src,), 1.0 / n_src, device=z.device)
+            if len(z) > n_src:  # uda: source and target halves weigh 1/2 each
+                w = 0.5 * torch.cat([w, torch.full((len(z) - n_src,), 1.0 / (len(z) - n_src),
+                                                   device=z.device)])
+            loss = (w * F.cross_entropy(out, d, reduction="none")).sum()
         if self.hparams["grad_penalty"] > 0:
-            total = F.cross_entropy(out, d, reduction="sum")
-            grad = torch.autograd.grad(total, z, create_graph=True)[0]
-            loss = loss + self.hparams["grad_penalty"] * (grad ** 2).sum(1).mean()
+            summed = F.cross_entropy(out, d, reduction="sum")
+            grad = torch.autograd.grad(summed, z, create_graph=True)[0]
+            loss = loss + self.hparams["grad_penalty"] * (grad ** 2).sum(1).mean(0)
         return loss
 
     def update(self, minibatches, unlabeled=None):
