@@ -25,7 +25,7 @@ from typing import Any
 from shiftbench.errors import ShiftbenchError
 
 __all__ = ["run_trial", "run_sweep", "load_records", "records_frame", "tables", "leaderboard",
-           "plot_curves", "plot_leaderboard"]
+           "headline", "plot_curves", "plot_leaderboard"]
 
 
 def run_trial(dataset: str, algorithm: str = "ERM", *, output_dir: str | os.PathLike,
@@ -145,6 +145,18 @@ def leaderboard(data, rules: Sequence[str] | None = None, baseline: str | None =
     `what`: "mean" (accuracies in %), "err" (their standard errors), "n" (trials), "p_value"
     (paired test against `baseline`) or "display" (the strings `collect` prints)."""
     return {t.title: t.to_frame(what) for t in tables(data, rules, baseline)}
+
+
+def headline(data, task: str | None = None, baseline: str | None = "ERM"):
+    """The headline leaderboard `shiftbench collect` prints first, as one tidy DataFrame: a row
+    per (setting, algorithm), best first, with per-domain accuracies, average, its standard
+    error, trials and the paired difference to `baseline` (`shiftbench.results.leaderboard`)."""
+    from shiftbench.results import leaderboard as headline_board
+    from shiftbench.results.reading import Sweep, read_sweep
+
+    source = read_sweep(data, quiet=True) if isinstance(data, (str, os.PathLike)) else data
+    return headline_board(source if isinstance(source, Sweep) else _records(source),
+                          task=task, baseline=baseline)
 
 
 def plot_curves(data, metric: str = "acc", split: str = "out", ax=None):

@@ -34,6 +34,8 @@ def test_example_notebook_runs(tmp_path, monkeypatch):
     assert list(board.index) == ["ERM", "IRM"] and "Avg" in board.columns
     assert board.notna().all().all() and ((board >= 0) & (board <= 100)).all().all()
     assert namespace["fig_curves"].axes and namespace["fig_board"].axes
+    headline = namespace["board"]
+    assert isinstance(headline, pd.DataFrame) and set(headline["algorithm"]) == {"ERM", "IRM"}
     assert (tmp_path / "notebook_out" / "sweep").is_dir()
 
 
