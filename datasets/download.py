@@ -21,6 +21,7 @@ at `<data-dir>/.downloads/<NAME>/<file>` is verified and used without any networ
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
@@ -37,9 +38,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shiftbench.errors import ShiftbenchError
+from shiftbench.errors import ShiftbenchError, StorageError
 
 BASE_URL_ENV = "SHIFTBENCH_DOWNLOAD_BASE_URL"
+# Write errors of the local disk (stop at once: retrying cannot help; the .part file is kept).
+LOCAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 DOWNLOADS = ".downloads"
 MARKER = ".shiftbench-download.json"
 CHUNK = 1 << 20
@@ -210,6 +213,8 @@ def fetch(source: Source, remote: Remote, dest_dir: Path, base: str | None = Non
                                     + _offline_hint(source, remote, final)) from None
             last_error = e
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            if isinstance(e, OSError) and e.errno in LOCAL_ERRNOS:  # our disk, not the network
+                raise StorageError(part, e) from e
             last_error = e
             if isinstance(e, urllib.error.URLError) and not part.is_file() and attempt == 0 \
                     and not isinstance(e.reason, TimeoutError):

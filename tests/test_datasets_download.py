@@ -417,3 +417,46 @@ def test_benchmark_archives_unpack_into_the_loader_layout(tmp_path, monkeypatch,
     if name == "DomainNet":
         expected[cls.ENVIRONMENTS.index("real")] = 2  # DomainBed's duplicate removed
     assert counts == expected and ds.num_classes == cls.NUM_CLASSES
+
+
+def test_full_disk_stops_at_once_and_keeps_the_partial_file(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from shiftbench.errors import StorageError
+
+    data = pacs_zip(1)
+    real_open, writes = builtins.open, []
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, block):
+            if writes:  # the second block does not fit
+                raise OSError(errno.ENOSPC, "No space left on device")
+            writes.append(len(block))
+            return self.f.write(block)
+
+    def fake_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return FullDisk(f) if str(path).endswith(".part") else f
+
+    monkeypatch.setattr(D, "open", fake_open, raising=False)
+    monkeypatch.setattr(D, "CHUNK", 1000)
+    with Server({"/Toy/toy.zip": data}) as srv:
+        with pytest.raises(StorageError, match="no space left on device"):
+            D.install(toy_source("unused", data), tmp_path, base=srv.url, log=lambda s: None)
+        assert len(srv.requests) == 1  # no retries against a full disk
+        part = tmp_path / D.DOWNLOADS / "Toy" / "toy.zip.part"
+        assert part.stat().st_size == 1000  # kept, to be resumed
+        monkeypatch.undo()
+        D.install(toy_source("unused", data), tmp_path, base=srv.url, log=lambda s: None)
+        assert srv.requests[-1] == ("/Toy/toy.zip", "bytes=1000-")
+    assert (tmp_path / "toy" / D.MARKER).is_file()
