@@ -52,6 +52,8 @@ def test_the_context_network_learns_in_the_paper_variant_only():
             alg.train_step(_image_batches(seed=step))
         moved = any(not torch.equal(a, b) for a, b in zip(before, alg.context_net.parameters()))
         assert moved == train_context
+        # either way its BatchNorm statistics follow the training batches (DomainBed's too)
+        assert alg.context_net[1].running_mean.abs().sum() > 0
 
 
 def test_training_uses_each_domain_batch_as_a_support_set():
