@@ -141,9 +141,10 @@ def check_names(algorithm: str | None = None, dataset: str | None = None, task: 
 def cmd_train(ns: argparse.Namespace) -> int:
     task = TASK_ALIASES.get(ns.task, ns.task)
     check_names(ns.algorithm, ns.dataset, task, ns.imports, ns.test_envs)
-    from shiftbench.hparams_registry import parse_overrides
+    if ns.hparams:
+        from shiftbench.hparams_registry import parse_overrides
 
-    parse_overrides(ns.hparams)  # malformed JSON is reported before torch loads
+        parse_overrides(ns.hparams)  # malformed JSON is reported before torch loads
 
     import torch
 
