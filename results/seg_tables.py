@@ -91,6 +91,7 @@ def segmentation_tables(records: list[dict[str, Any]], rules: list[str],
             if r is not None:
                 chosen[(s.task, s.dataset)][_label(r, s)][s.algorithm][s.trial_seed] = (r, s.test_env)
         title = get_selection_rule(rule).TITLE
+        title = title if f"({rule})" in title else f"{title} ({rule})"
         for (task, dataset), by_label in sorted(chosen.items()):
             tables.append(_miou_table(rule, title, task, dataset, by_label, ddof))
             for label, by_alg in by_label.items():
@@ -110,7 +111,7 @@ def _miou_table(rule, title, task, dataset, by_label, ddof) -> Table:
         cells.append(_cell([sum(per[lab][t] for lab in labels) / len(labels) for t in sorted(trials)],
                            ddof))
         rows.append(cells)
-    notes = [f"Model selection: {title} ({rule}), on mIoU. mIoU (%) on the target's held-out split "
+    notes = [f"Model selection: {title}, on mIoU. mIoU (%) on the target's held-out split "
              "(never seen in training); mean ± standard error over trial seeds; Avg over the tasks "
              "within each trial seed (seeds with every task)."]
     return Table(MIOU, f"{dataset} ({task}) mIoU, selection: {title}", rule, task, dataset,
@@ -132,7 +133,7 @@ def _iou_table(rule, title, task, dataset, label, by_alg, ddof) -> Table:
                  for c in classes]
         cells.append(_cell([r[f"env{t}_in_acc"] for r, t in trials], ddof))
         rows.append(cells)
-    notes = [f"Model selection: {title} ({rule}), on mIoU. Per-class IoU (%) on the target's held-out "
+    notes = [f"Model selection: {title}, on mIoU. Per-class IoU (%) on the target's held-out "
              "split at the selected checkpoints; mean ± standard error over trial seeds; X: the class "
              "does not occur in the split (nor in the predictions)."]
     return Table(IOU, f"{dataset} ({task}) {label} per-class IoU, selection: {title}", rule, task,
