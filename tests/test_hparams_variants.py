@@ -57,21 +57,26 @@ def test_dann_variants_are_fixed_and_reachable_by_override():
     assert hp["dann_scheme"] == "alternating" and hp["dann_optimizer"] == "adam"
 
 
-def test_a_sweep_of_20_configurations_never_mixes_variants():
+@pytest.mark.parametrize("protocol", ["shiftbench", "domainbed"])
+def test_a_sweep_of_20_configurations_never_mixes_variants(protocol):
     """`--n-hparams 20`: every job of one algorithm runs the same variant."""
     from shiftbench.sweeps.jobs import enumerate_jobs
     from shiftbench.sweeps.spec import SweepSpec
 
     algorithms = ["DANN", "CDANN", "MixStyle", "SagNet", "EQRM", "CAD"]
-    spec = SweepSpec(datasets=["RotatedMNIST"], algorithms=algorithms, n_hparams=20, n_trials=1)
+    if protocol == "domainbed":
+        algorithms = ["DANN", "CDANN", "SagNet", "EQRM", "CAD", "MTL", "MLDG", "GroupDRO"]
+    spec = SweepSpec(datasets=["RotatedMNIST"], algorithms=algorithms, n_hparams=20, n_trials=1,
+                     protocol=protocol)
     spec.test_envs = {"RotatedMNIST": [[0]]}
     spec.validate()
     jobs = enumerate_jobs(spec, "/nonexistent/sweep")
     seen: dict[str, set] = {a: set() for a in algorithms}
     for job in jobs:
         a = job.args
-        space = hparam_space(a.algorithm, a.dataset)
-        hp = resolve_hparams(a.algorithm, a.dataset, a.hparams_seed, a.hparams)
+        assert a.protocol == protocol
+        space = hparam_space(a.algorithm, a.dataset, protocol)
+        hp = resolve_hparams(a.algorithm, a.dataset, a.hparams_seed, a.hparams, protocol=protocol)
         seen[a.algorithm].add(tuple(sorted((k, hp[k]) for k, h in space.items() if h.variant)))
     assert {a: len(v) for a, v in seen.items()} == {a: 1 for a in algorithms}
     assert len({job.args.hparams_seed for job in jobs}) == 20
