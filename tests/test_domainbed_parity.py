@@ -157,11 +157,17 @@ def to_domainbed_name(algorithm: str, key: str, prefixes: dict[str, str]) -> str
     return key
 
 
+def config(record: dict) -> dict:
+    """The case's shapes and batch file (RotatedMNIST's, the summary's, unless the record says)."""
+    return record.get("config", {"input_shape": SUMMARY["input_shape"], "batches": "batches.pt",
+                                 "num_classes": SUMMARY["num_classes"],
+                                 "num_domains": SUMMARY["num_domains"]})
+
+
 def build(record: dict, extra_hparams: dict | None = None) -> Any:
     from shiftbench.algorithms import get_algorithm_class
     from shiftbench.hparams_registry import default_hparams
 
-    summary = SUMMARY
     hparams = default_hparams(record["algorithm"], record["dataset"], protocol="domainbed")
     names = HPARAM_NAMES.get(record["algorithm"], {})
     for name, value in record["overrides"].items():
@@ -172,8 +178,8 @@ def build(record: dict, extra_hparams: dict | None = None) -> Any:
     hparams.update(extra_hparams or {})
     seed_all(0)
     cls = get_algorithm_class(record["algorithm"])
-    alg = cls(tuple(summary["input_shape"]), summary["num_classes"], summary["num_domains"],
-              hparams)
+    cfg = config(record)
+    alg = cls(tuple(cfg["input_shape"]), cfg["num_classes"], cfg["num_domains"], hparams)
     if hasattr(alg, "configure"):
         alg.configure(task="dg", total_steps=5001)
     return alg
@@ -260,7 +266,8 @@ def compare_predictions(ours: torch.Tensor, theirs: torch.Tensor, where: str) ->
 def parity_errors(case: str, extra_hparams: dict | None = None) -> list[str]:
     """Run one case on shiftbench and list every difference from DomainBed's record."""
     record = torch.load(FIXTURES / f"{case}.pt", weights_only=True)
-    batches = torch.load(FIXTURES / "batches.pt", weights_only=True)
+    cfg = config(record)
+    batches = torch.load(FIXTURES / cfg["batches"], weights_only=True)
     torch.set_num_threads(1)
     alg = build(record, extra_hparams)
     mapping = load_domainbed_weights(alg, record)
@@ -273,7 +280,7 @@ def parity_errors(case: str, extra_hparams: dict | None = None) -> list[str]:
     keys = LOSS_KEYS.get(record["algorithm"], {})
     for k, ref_losses in enumerate(record["losses"]):
         minibatches = [(batches["x"][k, d].float() / 255.0, batches["y"][k, d])
-                       for d in range(SUMMARY["num_domains"])]
+                       for d in range(cfg["num_domains"])]
         seed_all(SUMMARY["update_seed"] + k)
         alg.train()
         losses = alg.train_step(minibatches, None)
