@@ -29,4 +29,4 @@ def test_every_readme_command_runs(tmp_path):
             assert "vs ERM" in proc.stdout
     assert (tmp_path / "out" / "demo" / "report.html").exists()
     assert (tmp_path / "out" / "sweep_report.html").exists()
-    assert list((tmp_path / "out" / "rmnist").glob("results.jsonl"))
+    assert list((tmp_path / "out" / "trial").glob("results.jsonl"))
