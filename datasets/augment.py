@@ -214,9 +214,8 @@ HUE_MODES = ("hsv", "linear")
 
 def hue_mode(hparams: Mapping[str, Any] | None = None) -> str:
     """The `hue` hparam: `hsv` (default, torchvision's definition) or `linear` (approximate).
-    It is part of the trial's spec (and identity) like every hparam; the environment variable
-    `SHIFTBENCH_HUE` that used to choose it is refused, so that no setting outside the spec
-    changes training."""
+    It is part of the trial's spec (and identity) like every hparam; a `SHIFTBENCH_HUE`
+    environment variable is refused, so that no setting outside the spec changes training."""
     if "SHIFTBENCH_HUE" in os.environ:
         raise ShiftbenchError(
             "SHIFTBENCH_HUE is no longer read (a trial's inputs are all in its spec); unset it and "
