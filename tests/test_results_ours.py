@@ -84,18 +84,18 @@ def test_collect_prints_every_table(sweep_dir):
            "method: training-domain validation set, task: uda" in text
     assert "-------- Hyperparameter configurations per held-out environment and trial" in text
     assert "unequal hparam budgets" not in text.split("task: uda")[-1]
-    # the trainer records entropy, IM and SND scores on the unlabeled target split, not DEV's
+    # the trainer records entropy, IM, SND and DEV scores on the unlabeled target split
     for title in ("target entropy", "target information maximisation",
-                  "target soft neighbourhood density"):
+                  "target soft neighbourhood density", "deep embedded validation"):
         assert (f"-------- Dataset: DebugVector, model selection method: {title} (unsupervised), "
                 "task: uda") in text
     assert "selection rule 'snd' skipped" not in text
-    assert "selection rule 'dev' skipped" in text
+    assert "selection rule 'dev' skipped" not in text
 
 
 def test_tables_on_our_records(sweep_dir):
     c = collect(read_sweep(sweep_dir, quiet=True))
-    assert c.rules == ["iid", "loo", "oracle", "target", "entropy", "im", "snd"]
+    assert c.rules == ["iid", "loo", "oracle", "target", "entropy", "im", "snd", "dev"]
     by = {(t.kind, t.rule, t.task): t for t in c.tables}
     iid = by[("dataset", "iid", "dg")]
     assert iid.columns == ["0", "1", "2", "Avg"]
@@ -117,7 +117,7 @@ def test_every_format_on_our_records(sweep_dir, fmt):
     if fmt == "json":
         data = json.loads(text)
         assert data["summary"]["jobs"] == 32 and data["rules"] == ["iid", "loo", "oracle", "target",
-                                                                 "entropy", "im", "snd"]
+                                                                 "entropy", "im", "snd", "dev"]
     if fmt == "domainbed":
         assert text.startswith("Total records: 64\n")
         assert "-------- Dataset: DebugVector [uda], model selection method: training-domain" in text
