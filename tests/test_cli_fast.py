@@ -24,9 +24,11 @@ print(json.dumps({"code": code, "out": out.getvalue(), "err": err.getvalue(), "h
 """
 
 
-def run(argv: list[str]) -> dict:
+def run(argv: list[str], env: dict[str, str] | None = None) -> dict:
+    import os
+
     proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], capture_output=True,
-                          text=True, check=True, env=None)
+                          text=True, check=True, env={**os.environ, **(env or {})})
     return json.loads(proc.stdout.splitlines()[-1])
 
 
@@ -83,3 +85,10 @@ def test_command_table_matches_the_modules():
     lazy_choices = next(a for a in lazy._actions
                         if isinstance(a, argparse._SubParsersAction)).choices
     assert set(lazy_choices) == set(choices)
+
+
+@pytest.mark.parametrize("what", ["algorithms", "datasets"])
+def test_lists_fit_80_columns(what):
+    result = run(["list", what], env={"COLUMNS": "80"})
+    lines = result["out"].splitlines()
+    assert len(lines) > 10 and max(len(line) for line in lines) <= 80
