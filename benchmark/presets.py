@@ -33,6 +33,7 @@ class Preset:
     description: str
     required: Mapping[str, Any]
     optional: Mapping[str, Any] = field(default_factory=dict)
+    task_type: str = "classification"
 
 
 PRESETS: dict[str, Preset] = {
@@ -62,6 +63,14 @@ def preset_hparams(name: str, algorithm: str, dataset: str | Any) -> dict[str, A
     if name not in PRESETS:
         raise UnknownNameError("hparams preset", name, PRESETS)
     preset = PRESETS[name]
+    from shiftbench.algorithms import get_algorithm_class
+
+    task_types = get_algorithm_class(algorithm).TASK_TYPES
+    if preset.task_type not in task_types:
+        raise ShiftbenchError(
+            f"hparams preset {name!r} is a {preset.task_type} protocol; {algorithm} trains on "
+            f"{', '.join(task_types)} datasets. Presets for it: "
+            + (", ".join(n for n, p in PRESETS.items() if p.task_type in task_types) or "none"))
     info = dataset_info(dataset)
     space = hparam_space(algorithm, info)
     missing = [k for k in preset.required if k not in space]

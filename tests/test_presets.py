@@ -49,7 +49,12 @@ def test_unknown_network_names_the_choices():
         networks.DANNDigitsCNN((3, 8, 8))
 
 
-@pytest.mark.parametrize("algorithm", list_algorithms(setting="uda"))
+def test_a_segmentation_algorithm_is_refused_clearly():
+    with pytest.raises(ShiftbenchError, match="classification protocol; SegDACS trains on segmentation"):
+        preset_hparams("dann_digits", "SegDACS", DIGITS)
+
+
+@pytest.mark.parametrize("algorithm", list_algorithms(setting="uda", task_type="classification"))
 def test_every_uda_algorithm_takes_the_preset(algorithm):
     hp = resolve_hparams(algorithm, DIGITS, 0, preset_hparams("dann_digits", algorithm, DIGITS))
     torch.manual_seed(0)

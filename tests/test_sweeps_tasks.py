@@ -67,12 +67,12 @@ def _launch(capsys, *flags):
 
 
 def _pairs(stdout):
-    """(algorithm, source envs, test envs) of every printed worker command."""
+    """(algorithm, source envs, test envs) of every `shiftbench train` command the dry run prints."""
     import shlex
 
     out = []
     for line in stdout.splitlines():
-        if "shiftbench.sweeps.worker" not in line:
+        if " -m shiftbench train " not in line:
             continue
         argv = shlex.split(line)
         value = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a.startswith("--")}
