@@ -41,6 +41,7 @@ class Setting:
 
     name: str
     description: str
+    title: str = ""  # how tables and headlines name it
     unlabeled_target: bool = False
     few_shot_target: bool = False
     evaluation: str = "predict"
@@ -75,6 +76,12 @@ class Setting:
         return 0.5 if self.unlabeled_target else 0.0
 
     @property
+    def primary_rule(self) -> str:
+        """The model-selection rule a headline uses: validation on the few labeled target
+        examples where the setting has them, else on the training (source) domains."""
+        return "target" if self.few_shot_target else "iid"
+
+    @property
     def reads_tta_mode(self) -> bool:
         """Whether `--tta-mode` (continual | episodic) changes anything in this setting."""
         return self.adapts_at_test
@@ -92,18 +99,20 @@ def register_setting(setting: Setting) -> Setting:
     return setting
 
 
-DG = register_setting(Setting("dg", "domain generalization: labeled sources only"))
+DG = register_setting(Setting("dg", "domain generalization: labeled sources only",
+                             "Domain generalization"))
 UDA = register_setting(Setting(
-    "uda", "unsupervised domain adaptation: plus unlabeled target batches", unlabeled_target=True))
+    "uda", "unsupervised domain adaptation: plus unlabeled target batches",
+    "Unsupervised domain adaptation", unlabeled_target=True))
 SSDA = register_setting(Setting(
     "ssda", "semi-supervised DA: plus k labeled target examples per class and unlabeled target",
-    unlabeled_target=True, few_shot_target=True))
+    "Semi-supervised domain adaptation", unlabeled_target=True, few_shot_target=True))
 SDA = register_setting(Setting(
     "sda", "supervised DA: plus k labeled target examples per class, no unlabeled target",
-    few_shot_target=True))
+    "Supervised domain adaptation", few_shot_target=True))
 TTA = register_setting(Setting(
     "tta", "test-time adaptation: sources at training, adapt(x) on the test stream",
-    evaluation="adapt"))
+    "Test-time adaptation", evaluation="adapt"))
 
 
 def get_setting(name: str | Setting) -> Setting:

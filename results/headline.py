@@ -15,22 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from shiftbench.errors import ShiftbenchError
 from shiftbench.results.table_model import Collection, Table
+from shiftbench.setting import all_settings
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from shiftbench.results.reading import Sweep
 
-SETTING_NAMES = {
-    "dg": "Domain generalization",
-    "uda": "Unsupervised domain adaptation",
-    "ssda": "Semi-supervised domain adaptation",
-    "sda": "Supervised domain adaptation",
-    "tta": "Test-time adaptation",
-}
-# The rule each setting's headline uses when the records support it: validation on the training
-# (source) domains, or on the few labeled target examples where the setting has them.
-PRIMARY_RULES = {"dg": "iid", "uda": "iid", "ssda": "target", "sda": "target", "tta": "iid"}
+# Titles and each setting's headline rule come from the settings themselves (benchmark/setting.py).
+SETTING_NAMES = {s.name: s.title or s.name for s in all_settings()}
+PRIMARY_RULES = {s.name: s.primary_rule for s in all_settings()}
 FALLBACK_RULES = ("iid", "target", "oracle")
 
 
