@@ -26,6 +26,14 @@ from torch import nn
 
 from shiftbench.errors import ShiftbenchError
 
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Put every BatchNorm layer of `module` in eval mode: its running statistics stay fixed
+    (DomainBed's `freeze_bn`); call it again after each `train()`."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
 TORCHVISION_BACKBONES = ("resnet18", "resnet50")
 TIMM_PREFIX = "timm:"
 
@@ -215,6 +223,4 @@ class TimmBackbone(nn.Module):
 
     def _freeze_bn(self) -> None:
         if self.frozen_bn:
-            for m in self.network.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            freeze_batchnorm(self.network)

@@ -295,9 +295,9 @@ class ResNet(nn.Module):
 
     def _freeze_bn(self) -> None:
         if self.frozen_bn:
-            for m in self.network.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
+            from shiftbench.backbones import freeze_batchnorm
+
+            freeze_batchnorm(self.network)
 
 
 def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any],  # noqa: N802

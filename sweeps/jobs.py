@@ -83,6 +83,11 @@ class Job:
     def command(self, python: str | None = None, threads: int | None = None) -> list[str]:
         """The worker's argv (no shell involved; run `prepare` first); `command_str` quotes it."""
         argv = [python or sys.executable, "-m", WORKER_MODULE, str(self.spec_file)]
+        return argv + self._run_options(threads)
+
+    def _run_options(self, threads: int | None) -> list[str]:
+        """Options that change how a job runs, not what it computes (imports, loggers, threads)."""
+        argv: list[str] = []
         for module in self.imports:
             argv += ["--import", module]
         if self.loggers:
@@ -110,13 +115,7 @@ class Job:
                 continue
             argv.append("--" + name.replace("_", "-"))
             argv.extend(str(v) for v in value) if isinstance(value, list) else argv.append(str(value))
-        for module in self.imports:
-            argv += ["--import", module]
-        if self.loggers:
-            argv += ["--logger", *self.loggers]
-        if threads:
-            argv += ["--threads", str(threads)]
-        return argv
+        return argv + self._run_options(threads)
 
     def train_command_str(self, python: str | None = None, threads: int | None = None) -> str:
         return shlex.join(self.train_command(python, threads))
