@@ -76,10 +76,14 @@ ARMS = {
     "crst": ("CRST", "uda", 1),
     "shot": ("SHOT", "uda", 1),
     "adabn": ("AdaBN", "uda", 1),
+    # CDAN+E with the exact multilinear map (768 x 10 = 7,680 dims) instead of the randomized one
+    "cdan_e_exact": ("CDANE", "uda", 1),
 }
+# hparams an arm sets on top of the preset
+ARM_HPARAMS = {"cdan_e_exact": {"multilinear_max": 8192}}
 EFFECTS = {
     "dann": ["source_only", "dann", "target_only"],
-    "cdan": ["dann", "cdan_e"],
+    "cdan": ["dann", "cdan_e", "cdan_e_exact"],
     "self_training": ["source_only", "cbst", "crst"],
     "shot": ["source_only", "shot"],
     "adabn": ["source_only", "adabn"],
@@ -101,7 +105,8 @@ def run_trial(job: tuple[str, int, int, str, str]) -> str:
     algorithm, task, test_env = ARMS[arm]
     d = trial_dir(Path(out), arm, seed, steps)
     start = time.time()
-    hparams = json.dumps(with_preset(PRESET, algorithm, "DigitsMnistM"), sort_keys=True)
+    hparams = json.dumps(with_preset(PRESET, algorithm, "DigitsMnistM", ARM_HPARAMS.get(arm)),
+                         sort_keys=True)
     try:
         train(TrainArgs(dataset="DigitsMnistM", algorithm=algorithm, task=task,
                         test_envs=[test_env], hparams=hparams, trial_seed=seed, seed=seed,
