@@ -117,6 +117,10 @@ class Algorithm(nn.Module):
 
     SETTINGS: tuple[str, ...] = ("dg",)
     TASK_TYPES: tuple[str, ...] = ("classification",)  # the dataset task types it can train on
+    # The registered name of the same method for another task type (e.g. SegDACS is DACS on
+    # segmentation datasets): `--algorithm DACS` on a segmentation dataset resolves to it.
+    # Read from the class's own body only (a subclass is another method unless it says so).
+    SAME_METHOD_AS: str | None = None
     PAPER: str = ""
     HPARAMS: Mapping[str, HParamSpec] = {
         "lr": _lr,
@@ -378,6 +382,16 @@ def list_algorithms(pattern: str = "*", setting: str | None = None,
     if task_type is not None:
         names = [n for n in names if task_type in ALGORITHM_REGISTRY.get(n).TASK_TYPES]
     return names
+
+
+def algorithm_for_task_type(name: str, task_type: str) -> str:
+    """`name`, or the registered form of the same method for datasets of `task_type` (the class
+    whose `SAME_METHOD_AS` is `name`); `name` itself when there is no such form."""
+    if task_type in get_algorithm_class(name).TASK_TYPES:
+        return name
+    forms = [n for n in list_algorithms(task_type=task_type)  # declared by the class itself
+             if vars(ALGORITHM_REGISTRY.get(n)).get("SAME_METHOD_AS") == name]
+    return forms[0] if len(forms) == 1 else name
 
 
 def create_algorithm(

@@ -191,6 +191,7 @@ class SegGAM(SegAlgorithm):
     T after the switch.
     """
 
+    SAME_METHOD_AS = "GAM"
     SETTINGS = ("uda",)
     PAPER = "Huang, Huang & Krahenbuhl, Domain transfer through deep activation matching, ECCV 2018"
     HPARAMS = {

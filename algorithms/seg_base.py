@@ -121,6 +121,7 @@ class SegSourceOnly(SegAlgorithm):
     the labeled batches, `L = mean_{labeled pixels} CE(f(x)_p, y_p)`. The segmentation analogue
     of ERM."""
 
+    SAME_METHOD_AS = "ERM"
     PAPER = "Chen et al., DeepLab: semantic image segmentation with deep convolutional nets, " \
             "atrous convolution, and fully connected CRFs, TPAMI 2018"
 

@@ -29,6 +29,7 @@ class SegAdaBN(SegAlgorithm):
     Between, a running EMA of target statistics (momentum 0.1) serves intermediate checkpoints.
     As the classification `AdaBN`, without its input BatchNorm."""
 
+    SAME_METHOD_AS = "AdaBN"
     SETTINGS = ("uda",)
     PAPER = ("Li, Wang, Shi, Hou & Liu, Adaptive Batch Normalization for practical domain "
              "adaptation, Pattern Recognition 2018")
@@ -81,6 +82,7 @@ class SegBNAdapt(_SegTTA):
     source-only training; `adapt(x)` normalises every BN layer with the test batch's own
     statistics over images and pixels. As the classification `BNAdapt`."""
 
+    SAME_METHOD_AS = "BNAdapt"
     PAPER = "Schneider et al., Improving robustness against common corruptions by covariate " \
             "shift adaptation, NeurIPS 2020"
 
@@ -98,6 +100,7 @@ class SegTent(_SegTTA):
     update); `reset_adaptation` restores weights and optimiser. As the classification `Tent`
     with the entropy averaged over pixels (Tent's segmentation experiments do the same)."""
 
+    SAME_METHOD_AS = "Tent"
     PAPER = "Wang et al., Tent: fully test-time adaptation by entropy minimization, ICLR 2021"
     HPARAMS = {
         "tent_lr": HParam(1e-3, LogUniform(-4, -2.5), low=0.0, help="Adam lr on BN affine params"),

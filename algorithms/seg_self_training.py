@@ -102,6 +102,7 @@ class SegDACS(SegAlgorithm):
     teacher runs in eval mode (released code: train mode); no hue jitter.
     """
 
+    SAME_METHOD_AS = "DACS"
     SETTINGS = ("uda",)
     PAPER = "Tranheden et al., DACS: domain adaptation via cross-domain mixed sampling, WACV 2021"
     HPARAMS = {
@@ -192,6 +193,7 @@ class SegCBST(SegAlgorithm):
     else ignored. Loss: [sum CE(source pixels) + sum CE(selected target pixels)] / #pixels counted.
     The same rule as the classification `CBST`, applied per pixel (plus the prior)."""
 
+    SAME_METHOD_AS = "CBST"
     SETTINGS = ("uda",)
     PAPER = "Zou, Yu, Kumar & Wang, Unsupervised domain adaptation for semantic segmentation via " \
             "class-balanced self-training, ECCV 2018"
@@ -299,6 +301,7 @@ class SegCRST(SegCBST):
     CE(y^, p) + alpha * (-(1/K) sum_k log p_k), alpha 0.1, normalised with the counted pixels.
     The per-pixel form of the classification `CRST` with `crst_reg=mrkld`."""
 
+    SAME_METHOD_AS = "CRST"
     PAPER = "Zou, Yu, Liu, Kumar & Wang, Confidence regularized self-training, ICCV 2019"
     SPATIAL_PRIOR = False
     HPARAMS = {"crst_mrkld_weight": HParam(0.1, LogUniform(-2, 0), low=0.0, help="MRKLD alpha")}
@@ -359,6 +362,7 @@ class SegTPLD(SegCRST):
     window. Departures: no official code (details from the paper's description [R/A]); beta 0.9.
     """
 
+    SAME_METHOD_AS = "TPLD"
     PAPER = "Shin, Woo, Pan & Kweon, Two-phase pseudo label densification for self-training based " \
             "domain adaptation, ECCV 2020"
     HPARAMS = {

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from shiftbench.algorithms import Algorithm, get_algorithm_class, list_algorithms
+from shiftbench.algorithms.base import algorithm_for_task_type
 from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets.base import MultiDomainDataset
 from shiftbench.datasets.segmentation import task_type_of
@@ -40,6 +41,8 @@ def normalize(spec: TrialSpec) -> TrialSpec:
     if is_normalized(spec):
         return spec
     dataset_cls = get_dataset_class(spec.dataset)
+    task_type = task_type_of(dataset_cls)
+    spec = dataclasses.replace(spec, algorithm=algorithm_for_task_type(spec.algorithm, task_type))
     algorithm_cls = get_algorithm_class(spec.algorithm)
     setting = get_setting(spec.task)
     protocol = check_protocol(spec.protocol)
@@ -48,7 +51,6 @@ def normalize(spec: TrialSpec) -> TrialSpec:
             f"algorithm {spec.algorithm} does not support --task {setting.name}; it supports: "
             f"{', '.join(algorithm_cls.SETTINGS)}. Algorithms for {setting.name}: "
             + ", ".join(list_algorithms(setting=setting.name)))
-    task_type = task_type_of(dataset_cls)
     if task_type not in algorithm_cls.TASK_TYPES:
         raise ShiftbenchError(
             f"algorithm {spec.algorithm} trains on {'/'.join(algorithm_cls.TASK_TYPES)} datasets, "

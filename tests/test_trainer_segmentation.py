@@ -59,8 +59,9 @@ def test_records_hold_miou_and_per_class_iou(tmp_path):
 
 
 def test_task_type_mismatch_is_a_clear_error(tmp_path):
+    # (ERM would resolve to SegSourceOnly, its segmentation form; DAN has none)
     with pytest.raises(ShiftbenchError, match="segmentation dataset; algorithms for it: .*SegDACS"):
-        _train(tmp_path, "ERM")
+        _train(tmp_path, "DAN")
     with pytest.raises(ShiftbenchError, match="trains on segmentation datasets"):
         train(TrainArgs(dataset="Digits", algorithm="SegSourceOnly", task="dg", test_envs=[0],
                         output_dir=str(tmp_path / "d")), log=lambda m: None, progress=False)
@@ -79,3 +80,19 @@ def test_target_label_maps_never_reach_the_algorithm(tmp_path, algorithm):
 def test_test_time_adaptation_scores_the_adapted_stream(tmp_path):
     last = _train(tmp_path, "SegTent", task="tta")[-1]
     assert 0 <= last["env1_in_miou"] <= 1 and last["tta_mode"] == "continual"
+
+
+def test_a_method_name_resolves_to_its_segmentation_form(tmp_path):
+    """`--algorithm DACS` on a segmentation dataset trains SegDACS (its SAME_METHOD_AS), records
+    that name, and the same command again finds the finished trial instead of refusing it."""
+    from shiftbench.algorithms.base import algorithm_for_task_type
+
+    assert algorithm_for_task_type("DACS", "segmentation") == "SegDACS"
+    assert algorithm_for_task_type("CBST", "segmentation") == "SegCBST"  # not SegCRSTLRENT
+    assert algorithm_for_task_type("DACS", "classification") == "DACS"
+    assert algorithm_for_task_type("MMD", "segmentation") == "MMD"  # no form: refused later
+    first = _train(tmp_path, "DACS", source_envs=[0])
+    assert first[-1]["args"]["algorithm"] == "SegDACS"
+    assert _train(tmp_path, "DACS", source_envs=[0]) == first
+    with pytest.raises(ShiftbenchError, match="segmentation dataset; algorithms for it: SegSourceOnly"):
+        _train(tmp_path / "mmd", "MMD", task="dg")
