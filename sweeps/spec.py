@@ -130,6 +130,7 @@ class SweepSpec:
         """Check names, counts and hparams against the registries; raise a clear error."""
         from shiftbench.algorithms import get_algorithm_class, list_algorithms
         from shiftbench.datasets import get_dataset_class
+        from shiftbench.datasets.segmentation import task_type_of
         from shiftbench.hparams_registry import check_protocol, hparam_space, validate_overrides
         from shiftbench.setting import get_setting
         from shiftbench.trainer import PRECISIONS, TTA_MODES
@@ -152,10 +153,10 @@ class SweepSpec:
 
             raise SpecError("no datasets given (--datasets, or `datasets = [...]` in the spec); "
                             f"choices: {', '.join(list_datasets())}")
-        if not self.algorithms:
-            self.algorithms = list_algorithms(setting=self.task)
-        for name in self.sweep_datasets():
-            get_dataset_class(name)
+        task_types = {task_type_of(get_dataset_class(name)) for name in self.sweep_datasets()}
+        if not self.algorithms:  # every algorithm of the setting that trains on these datasets
+            self.algorithms = [a for a in list_algorithms(setting=self.task)
+                               if task_types <= set(get_algorithm_class(a).TASK_TYPES)]
         for name in self.algorithms:
             cls = get_algorithm_class(name)
             if self.task not in cls.SETTINGS:

@@ -263,3 +263,15 @@ def test_precision_and_tta_mode_from_toml_and_flags(tmp_path, capsys):
     assert "--precision" not in capsys.readouterr().out
     assert main(flags + ["--precision", "half"]) == 2
     assert "unknown precision 'half'; valid choices: bf16, fp32" in capsys.readouterr().err
+
+
+def test_default_algorithms_fit_the_datasets_task_type():
+    """No algorithm list: every algorithm of the setting that trains on the datasets' task type
+    (no segmentation algorithm in a classification sweep, and the reverse)."""
+    from shiftbench.algorithms import get_algorithm_class
+
+    digits = _spec(datasets=["Digits"], task="uda")
+    streets = _spec(datasets=["SyntheticStreets"], task="uda")
+    assert "DANN" in digits.algorithms and "SegDACS" in streets.algorithms
+    assert all("classification" in get_algorithm_class(a).TASK_TYPES for a in digits.algorithms)
+    assert all("segmentation" in get_algorithm_class(a).TASK_TYPES for a in streets.algorithms)
