@@ -7,16 +7,12 @@ pixels. Each class states how it relates to its classification counterpart.
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import nn
 
 from shiftbench.algorithms.base import register_algorithm
 from shiftbench.algorithms.seg_base import SegAlgorithm, pixel_entropy, seg_loss
-from shiftbench.algorithms.test_time import batch_norms, using_batch_statistics
+from shiftbench.algorithms.test_time import TentAdaptation, batch_norms, using_batch_statistics
 from shiftbench.algorithms.uda_normalization import estimate_bn_statistics
-from shiftbench.hparams_registry import Choice, HParam, LogUniform
 
 
 @register_algorithm
@@ -93,7 +89,7 @@ class SegBNAdapt(_SegTTA):
 
 
 @register_algorithm
-class SegTent(_SegTTA):
+class SegTent(TentAdaptation, _SegTTA):
     """Tent (Wang et al., ICLR 2021) for segmentation: per test batch, `tent_steps` Adam steps
     (lr `tent_lr`) on the BN affine parameters only, minimising the mean pixel entropy of the
     batch-statistics prediction; `adapt` returns the logits of the last forward (before its
@@ -101,37 +97,7 @@ class SegTent(_SegTTA):
     with the entropy averaged over pixels (Tent's segmentation experiments do the same)."""
 
     SAME_METHOD_AS = "Tent"
-    PAPER = "Wang et al., Tent: fully test-time adaptation by entropy minimization, ICLR 2021"
-    HPARAMS = {
-        "tent_lr": HParam(1e-3, LogUniform(-4, -2.5), low=0.0, help="Adam lr on BN affine params"),
-        "tent_steps": HParam(1, Choice([1, 2]), low=1, help="gradient steps per test batch"),
-    }
+    PAPER = TentAdaptation.PAPER
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
-        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
-        self.tent_optimizer = torch.optim.Adam(self.bn_affine_parameters(), lr=self.hparams["tent_lr"])
-        self._source_state = None
-
-    def bn_affine_parameters(self) -> list[nn.Parameter]:
-        return [p for bn in batch_norms(self.network) for p in (bn.weight, bn.bias) if p is not None]
-
-    def adapt(self, x):
-        if self._source_state is None:
-            self._source_state = (copy.deepcopy(self.network.state_dict()),
-                                  copy.deepcopy(self.tent_optimizer.state_dict()))
-        params = self.bn_affine_parameters()
-        with torch.enable_grad(), using_batch_statistics(self.network):
-            for _ in range(int(self.hparams["tent_steps"])):
-                logits = self.network(x)
-                grads = torch.autograd.grad(pixel_entropy(logits.float()).mean(), params)
-                for p, g in zip(params, grads):
-                    p.grad = g
-                self.tent_optimizer.step()
-                self.tent_optimizer.zero_grad(set_to_none=True)
-        return logits.detach()
-
-    def reset_adaptation(self):
-        if self._source_state is not None:
-            self.network.load_state_dict(self._source_state[0])
-            self.tent_optimizer.load_state_dict(self._source_state[1])
-            self._source_state = None
+    def tent_entropy(self, logits):
+        return pixel_entropy(logits.float()).mean()

@@ -82,15 +82,14 @@ class BNAdapt(_BNSourceModel):
             return self.network(x)
 
 
-@register_algorithm
-class Tent(_BNSourceModel):
-    """Tent (Wang et al., ICLR 2021): test-time entropy minimisation of the BN affine parameters.
+class TentAdaptation:
+    """Tent's test-time step, shared by `Tent` and `SegTent` (mix in before the algorithm base).
 
-    Training is ERM. For each test batch, `tent_steps` times: logits = f(x) with batch statistics
-    (running statistics neither used nor updated); L = mean_i H(softmax(logits_i)); one Adam step
-    (lr `tent_lr`, betas (0.9, 0.999)) on the BatchNorm weights and biases only; `adapt` returns the
-    logits of the last forward (computed before that step's update). `reset_adaptation` restores
-    the source parameters and the optimiser state (episodic mode).
+    For each test batch, `tent_steps` times: logits = f(x) with batch statistics (running
+    statistics neither used nor updated); L = `tent_entropy(logits)`; one Adam step (lr `tent_lr`,
+    betas (0.9, 0.999)) on the BatchNorm weights and biases only; `adapt` returns the logits of the
+    last forward (computed before that step's update). `reset_adaptation` restores the source
+    parameters and the optimiser state (episodic mode).
     """
 
     PAPER = "Wang et al., Tent: fully test-time adaptation by entropy minimization, ICLR 2021"
@@ -105,6 +104,10 @@ class Tent(_BNSourceModel):
                                                betas=(0.9, 0.999))
         self._source_state = None
 
+    def tent_entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        """The loss minimised at test time: the batch's mean prediction entropy."""
+        raise NotImplementedError
+
     def bn_affine_parameters(self) -> list[nn.Parameter]:
         return [p for bn in batch_norms(self.network) for p in (bn.weight, bn.bias) if p is not None]
 
@@ -116,7 +119,7 @@ class Tent(_BNSourceModel):
         with torch.enable_grad(), using_batch_statistics(self.network):
             for _ in range(int(self.hparams["tent_steps"])):
                 logits = self.network(x)
-                grads = torch.autograd.grad(entropy(logits), params)
+                grads = torch.autograd.grad(self.tent_entropy(logits), params)
                 for p, g in zip(params, grads):
                     p.grad = g
                 self.tent_optimizer.step()
@@ -128,6 +131,19 @@ class Tent(_BNSourceModel):
             self.network.load_state_dict(self._source_state[0])
             self.tent_optimizer.load_state_dict(self._source_state[1])
             self._source_state = None
+
+
+@register_algorithm
+class Tent(TentAdaptation, _BNSourceModel):
+    """Tent (Wang et al., ICLR 2021): test-time entropy minimisation of the BN affine parameters.
+
+    Training is ERM; at test time `TentAdaptation` with L = mean_i H(softmax(logits_i)).
+    """
+
+    PAPER = TentAdaptation.PAPER
+
+    def tent_entropy(self, logits):
+        return entropy(logits)
 
 
 @register_algorithm
