@@ -38,6 +38,22 @@ TORCHVISION_BACKBONES = ("resnet18", "resnet50")
 TIMM_PREFIX = "timm:"
 
 
+class FrozenBatchNormMixin:
+    """`freeze_bn`: the wrapped `self.network`'s BatchNorm layers stay in eval mode through every
+    `train()` call (set `self.frozen_bn`, then call `self._freeze_bn()` once at construction)."""
+
+    frozen_bn = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_bn()
+        return self
+
+    def _freeze_bn(self) -> None:
+        if self.frozen_bn:
+            freeze_batchnorm(self.network)
+
+
 def backbone_name(hparams: Mapping[str, Any]) -> str:
     """The backbone an hparams dict selects (`resnet18: true` is DomainBed's ResNet-18 switch)."""
     name = str(hparams.get("backbone") or "resnet50")
@@ -118,7 +134,7 @@ class _Head(nn.Module):
         return self.dropout(self.forward_head(x))
 
 
-class TimmBackbone(nn.Module):
+class TimmBackbone(FrozenBatchNormMixin, nn.Module):
     """A timm model as a featurizer: pooled features (`n_outputs`), dropout, optional frozen BN."""
 
     def __init__(self, input_shape: tuple[int, ...], hparams: Mapping[str, Any],
@@ -215,12 +231,3 @@ class TimmBackbone(nn.Module):
             raise TypeError(f"backbone {self.model_name}: its stages do not reproduce its forward "
                             "pass; MixStyle and SagNet cannot use it")
         self._stages_checked = True
-
-    def train(self, mode: bool = True) -> TimmBackbone:
-        super().train(mode)
-        self._freeze_bn()
-        return self
-
-    def _freeze_bn(self) -> None:
-        if self.frozen_bn:
-            freeze_batchnorm(self.network)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shiftbench.backbones import FrozenBatchNormMixin
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 
 NORMS = ("default", "batch")
@@ -253,7 +254,7 @@ def pretrained_weights_path(arch: str) -> Path:
     )
 
 
-class ResNet(nn.Module):
+class ResNet(FrozenBatchNormMixin, nn.Module):
     """torchvision ResNet-18/50 without its fc layer, optional dropout and frozen BatchNorm."""
 
     def __init__(self, input_shape: tuple[int, ...], hparams: Mapping[str, Any]):
@@ -287,17 +288,6 @@ class ResNet(nn.Module):
         n = self.network
         return [nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool, n.layer1), n.layer2, n.layer3,
                 nn.Sequential(n.layer4, n.avgpool, nn.Flatten(1), self.dropout)]
-
-    def train(self, mode: bool = True) -> ResNet:
-        super().train(mode)
-        self._freeze_bn()
-        return self
-
-    def _freeze_bn(self) -> None:
-        if self.frozen_bn:
-            from shiftbench.backbones import freeze_batchnorm
-
-            freeze_batchnorm(self.network)
 
 
 def Featurizer(input_shape: tuple[int, ...], hparams: Mapping[str, Any],  # noqa: N802
