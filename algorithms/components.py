@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -144,24 +145,53 @@ def round_due(step: int, total_steps: int, source_fraction: float, n_rounds: int
     return k if rest == 0 else None
 
 
+def progress_start(total_steps: int, source_fraction: float) -> int:
+    """The first step t whose progress min(1, t / total_steps) reaches `source_fraction`
+    (progress is 0 throughout when total_steps <= 0); sys.maxsize when no step reaches it."""
+    if total_steps <= 0 or source_fraction > 1:
+        return 0 if source_fraction <= 0 else sys.maxsize
+    t = max(0, math.ceil(source_fraction * total_steps))
+    while t > 0 and (t - 1) / total_steps >= source_fraction:  # ceil of a rounded product
+        t -= 1
+    while min(1.0, t / total_steps) < source_fraction:
+        t += 1
+    return t
+
+
 @dataclass(frozen=True)
 class PhaseSchedule:
     """The one schedule of methods with phases: a source phase for the first `source_fraction`
     of the budget, then the adaptation phase, optionally cut into `rounds` equal rounds. Fields
     name the hparams that hold the fraction and the number of rounds; an algorithm declares
-    `PHASES = PhaseSchedule("pretrain_fraction")` and asks it about its current update."""
+    `PHASES = PhaseSchedule("pretrain_fraction")` and asks it about its current update.
+    The adaptation phase starts at step round(fraction * budget), or with `by_progress` at the
+    first step whose progress t / budget reaches the fraction (one step later when the product
+    is not a whole number and rounds down)."""
 
     source_fraction: str
     rounds: str | None = None
+    by_progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.by_progress and self.rounds:
+            raise ValueError("PhaseSchedule: rounds are cut from round(fraction * budget); "
+                             "by_progress takes no rounds")
 
     def start(self, alg: Any) -> int:
-        return phase_start(alg.total_steps, float(alg.hparams[self.source_fraction]))
+        fraction = float(alg.hparams[self.source_fraction])
+        if self.by_progress:
+            return progress_start(alg.total_steps, fraction)
+        return phase_start(alg.total_steps, fraction)
 
     def in_source_phase(self, alg: Any) -> bool:
+        if self.by_progress:
+            return alg.progress < float(alg.hparams[self.source_fraction])
         return int(alg.num_updates) < self.start(alg)
 
     def round_starting(self, alg: Any) -> int | None:
         """The round that starts at the current update, or None."""
+        if self.by_progress:  # one round: the adaptation phase
+            return 0 if int(alg.num_updates) == self.start(alg) else None
         n_rounds = int(alg.hparams[self.rounds]) if self.rounds else 1
         return round_due(int(alg.num_updates), alg.total_steps,
                          float(alg.hparams[self.source_fraction]), n_rounds)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftbench.algorithms.base import register_algorithm
+from shiftbench.algorithms.components import PhaseSchedule
 from shiftbench.algorithms.seg_base import SegAlgorithm, pixel_entropy, seg_loss
 from shiftbench.algorithms.test_time import using_batch_statistics
 from shiftbench.algorithms.uda_normalization import weight_drift
@@ -175,7 +176,7 @@ class SegGAM(SegAlgorithm):
     """GAM / DAM for segmentation (Huang, Huang & Krahenbuhl, ECCV 2018): layer-wise activation
     matching of a target network to the frozen source network.
 
-    Phase 1 (progress < `pretrain_fraction`): source network S trained on source CE. Phase 2: the
+    Phase 1 (progress < `pretrain_fraction`, `PHASES`): source network S trained on source CE. Phase 2: the
     target network T starts as a copy of S; S is frozen (eval mode). For every matched layer i —
     the network's intermediate maps (1/2, 1/4, context and decoder stages, weight `hidden_weight`)
     and the logits (weight 1) — a patch discriminator D_i (LSGAN: squared error to 1 / 0) tells
@@ -194,6 +195,7 @@ class SegGAM(SegAlgorithm):
     SAME_METHOD_AS = "GAM"
     SETTINGS = ("uda",)
     PAPER = "Huang, Huang & Krahenbuhl, Domain transfer through deep activation matching, ECCV 2018"
+    PHASES = PhaseSchedule("pretrain_fraction", by_progress=True)
     HPARAMS = {
         "pretrain_fraction": HParam(0.5, Choice([0.3, 0.5]), low=0.0, high=1.0),
         "drift_weight": HParam(1.0, LogUniform(-2, 1), low=0.0, help="lambda of the weight drift"),
@@ -226,7 +228,7 @@ class SegGAM(SegAlgorithm):
     def update(self, minibatches, unlabeled=None):
         hp = self.hparams
         xs, ys = self.source_batch(minibatches)
-        if not self.adapting and self.progress >= hp["pretrain_fraction"]:
+        if not self.adapting and not self.PHASES.in_source_phase(self):
             self.target_net.load_state_dict(self.network.state_dict())
             self.network.requires_grad_(False)
             self.adapting.fill_(True)

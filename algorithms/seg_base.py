@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftbench.algorithms.base import Algorithm, register_algorithm
+from shiftbench.algorithms.base import step as gradient_step
 from shiftbench.datasets.segmentation import IGNORE_INDEX
 from shiftbench.hparams_registry import DatasetInfo, HParam, LogUniform
 from shiftbench.seg_networks import SEG_NETWORKS, SegNetwork, upsample
@@ -106,9 +107,7 @@ class SegAlgorithm(Algorithm):
         """One step of `optimizer` (default: the segmenter's) at the poly-decayed `base_lr`."""
         optimizer = optimizer or self.optimizer
         self.set_lr(optimizer, base_lr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        gradient_step(loss, optimizer)
 
     def predict(self, x):
         return self.network(x)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from shiftbench.algorithms.base import register_algorithm
+from shiftbench.algorithms.base import step as gradient_step
 from shiftbench.algorithms.components import EMA
 from shiftbench.algorithms.round_self_training import (
     bootstrap_loss,
@@ -439,9 +440,7 @@ class SegTPLD(SegCRST):
                 d_loss = d_loss + F.binary_cross_entropy_with_logits(out, torch.full_like(out, label),
                                                                      reduction="sum")
                 n += out.numel()
-        self.d_optimizer.zero_grad(set_to_none=True)
-        (d_loss / max(1, n)).backward()
-        self.d_optimizer.step()
+        gradient_step(d_loss / max(1, n), self.d_optimizer)
 
 
 def _ones(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

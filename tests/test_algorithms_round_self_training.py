@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from shiftbench.algorithms.round_self_training import (
     knn_vote,
     lrent_labels,
     mrkld,
+    phase_start,
     round_due,
 )
 from shiftbench.errors import ShiftbenchError
@@ -64,6 +66,17 @@ def test_round_schedule():
     due = {s: round_due(s, 100, 0.5, 4) for s in range(100)}
     assert {s: k for s, k in due.items() if k is not None} == {50: 0, 63: 1, 76: 2, 89: 3}
     assert round_due(0, 10, 0.0, 1) == 0 and round_due(5, 10, 0.0, 1) is None
+
+
+def test_progress_start_is_the_first_step_whose_progress_reaches_the_fraction():
+    from shiftbench.algorithms.components import progress_start
+
+    for total in range(1, 120):
+        for fraction in (0.0, 0.1, 0.29, 0.3, 1 / 3, 0.5, 0.7, 0.999, 1.0):
+            first = next(t for t in range(total + 1) if min(1.0, t / total) >= fraction)
+            assert progress_start(total, fraction) == first, (total, fraction)
+    assert progress_start(601, 0.5) == 301 and phase_start(601, 0.5) == 300  # the rules differ
+    assert progress_start(0, 0.0) == 0 and progress_start(0, 0.5) == sys.maxsize  # progress stays 0
 
 
 def test_crst_regularisers():
