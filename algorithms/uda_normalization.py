@@ -30,6 +30,7 @@ from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+SOURCE_BN_MOMENTUM = 0.1  # PyTorch's default: the running statistics an ordinary BN network keeps
 
 
 @torch.no_grad()
@@ -83,6 +84,11 @@ class AdaBN(Algorithm):
     estimate of the target statistics from the target batch, so intermediate checkpoints are
     evaluated with approximate target statistics. Source data is never mixed into them.
     Evaluation of every domain uses the target statistics.
+
+    `eval_statistics="source"` (a fixed switch, never searched) is the paper's baseline, the
+    no-adaptation control: the same network and training (same weights at every step, the last
+    step also skipped), but the source batches update the running statistics (PyTorch's BN
+    momentum 0.1) and the target is never looked at, so evaluation uses source statistics.
     """
 
     SETTINGS = ("uda",)
@@ -93,6 +99,9 @@ class AdaBN(Algorithm):
                              help="BatchNorm on the raw input (per feature/channel)"),
         "target_momentum": HParam(0.1, None, low=0.0, high=1.0,
                                   help="momentum of the running target statistics between rounds"),
+        "eval_statistics": HParam("target", None, choices=("target", "source"), variant=True,
+                                  help="BN statistics evaluated with: target (AdaBN) or source "
+                                       "(the no-adaptation baseline)"),
     }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
@@ -116,10 +125,12 @@ class AdaBN(Algorithm):
         if self.finalised:  # the budget's last step: target statistics are in place
             return {"finalised": 1.0}
         x, y = concat_minibatches(minibatches)
-        self._set_momentum(0.0)  # source batches normalise themselves but leave running stats
+        adapt = self.hparams["eval_statistics"] == "target"
+        # AdaBN: source batches normalise themselves but leave the running statistics alone
+        self._set_momentum(0.0 if adapt else SOURCE_BN_MOMENTUM)
         loss = cross_entropy(self.network(x), y)
         step(loss, self.optimizer)
-        if unlabeled:
+        if unlabeled and adapt:
             self._set_momentum(float(self.hparams["target_momentum"]))
             with torch.no_grad():
                 self.network(torch.cat(list(unlabeled)))
@@ -131,8 +142,10 @@ class AdaBN(Algorithm):
     def on_round(self, target_batches):
         if int(self.num_updates) < self.total_steps - 1:
             return {}  # only the round before the last step recomputes the statistics
-        n = estimate_bn_statistics(self.network, target_batches)
         self.finalised.fill_(True)
+        if self.hparams["eval_statistics"] == "source":
+            return {}  # the baseline keeps its source statistics (and skips the last step too)
+        n = estimate_bn_statistics(self.network, target_batches)
         return {"adabn_target_examples": float(n)}
 
     def predict(self, x):

@@ -90,6 +90,22 @@ def test_adabn_statistics_are_exact_and_weights_unchanged():
     assert all(torch.equal(v, alg.state_dict()[k]) for k, v in stats.items() if k != "num_updates")
 
 
+def test_adabn_source_statistics_baseline_has_the_same_weights_and_source_statistics():
+    source, pool, (xt, yt), _ = _affine_shift_problem()
+    adabn = _train("AdaBN", source, pool)
+    baseline = _train("AdaBN", source, pool, eval_statistics="source")
+    assert bool(baseline.finalised)
+    params = dict(baseline.named_parameters())
+    assert all(torch.equal(v, params[k]) for k, v in adabn.named_parameters())  # paired: same weights
+    input_bn = baseline.featurizer[0]
+    xs = source[0]
+    # source statistics (an EMA over the last source batches), nowhere near the target's
+    assert torch.allclose(input_bn.running_mean, xs.mean(0), atol=0.35)
+    assert (input_bn.running_mean - pool.mean(0)).abs().max() > 1.0
+    assert not torch.allclose(adabn.featurizer[0].running_mean, input_bn.running_mean, atol=0.35)
+    assert _acc(adabn, xt, yt) > _acc(baseline, xt, yt) + 0.1
+
+
 def test_adabn_source_steps_do_not_touch_running_statistics():
     torch.manual_seed(0)
     alg = create_algorithm("AdaBN", (4,), 3, 1, {"mlp_width": 6}, dataset=None, setting="uda", total_steps=10)
