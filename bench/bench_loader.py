@@ -123,16 +123,15 @@ def main() -> None:
         from shiftbench.datasets import get_dataset_class
 
         cls = get_dataset_class("PACS")
-        os.environ["SHIFTBENCH_IMAGE_CACHE"] = "off"
         lazy = cls(str(root), [0], {"data_augmentation": True})
         t0 = time.perf_counter()
         cls.preprocess(str(root), num_workers=workers, log=lambda m: None)
         prep = time.perf_counter() - t0
         print(json.dumps({"event": "preprocess", "seconds": round(prep, 1),
                           "images_per_s": round(ns.images / prep, 1)}), flush=True)
-        os.environ["SHIFTBENCH_IMAGE_CACHE"] = "auto"
-        cached = cls(str(root), [0], {"data_augmentation": True})
-        cached_linear = cls(str(root), [0], {"data_augmentation": True, "hue": "linear"})
+        cached = cls(str(root), [0], {"data_augmentation": True}, image_cache=True)
+        cached_linear = cls(str(root), [0], {"data_augmentation": True, "hue": "linear"},
+                            image_cache=True)
         assert type(cached[1]).__name__ == "CachedImageDomain" and cached_linear[1].hue == "linear"
         rates: dict[str, list[float]] = {}
         for r in range(ns.repeats):

@@ -35,8 +35,8 @@ def run_trial(dataset: str, algorithm: str = "ERM", *, output_dir: str | os.Path
     """Train one trial (as `shiftbench train`) and return its records, one per checkpoint.
 
     `args` are the other fields of `shiftbench.trainer.TrainArgs` (task, steps, seed,
-    trial_seed, hparams_seed, data_dir, checkpoint_freq, precision, ...). Rerunning with the
-    same arguments resumes or returns the finished trial's records. `quiet=False` prints the
+    trial_seed, hparams_seed, data_dir, checkpoint_freq, precision, image_cache, ...). Rerunning
+    with the same arguments resumes or returns the finished trial's records. `quiet=False` prints the
     per-checkpoint log `shiftbench train` prints. `loggers` as `--logger` (csv, tensorboard,
     wandb, mlflow); `callbacks`: your own objects with any of `start(spec, hparams)`,
     `step(step, losses)`, `checkpoint(record)`, `end(records)`."""

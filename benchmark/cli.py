@@ -80,6 +80,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(*flag("precision"), choices=PRECISIONS, default="fp32",
                    help="'bf16': bfloat16 autocast of forward passes (much faster on CPUs with "
                         "AVX-512 BF16/AMX and on recent GPUs); weights stay float32")
+    p.add_argument(*flag("image_cache"), action="store_true",
+                   help="image-folder datasets: read the preprocessed memory-mapped cache (built "
+                        "first when missing; `shiftbench data preprocess`) instead of decoding "
+                        "every image file; faster (docs/benchmarks.md), augments the same way but not "
+                        "bit-identically, so it is part of the trial's identity")
     p.add_argument(*flag("output_dir"), default="train_output")
     p.add_argument(*flag("data_dir"), default=None)
     p.add_argument(*flag("device"), default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
@@ -169,7 +174,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         hparams_seed=ns.hparams_seed, trial_seed=ns.trial_seed, seed=ns.seed, steps=ns.steps,
         checkpoint_freq=ns.checkpoint_freq, holdout_fraction=ns.holdout_fraction,
         uda_holdout_fraction=ns.uda_holdout_fraction, target_shots=ns.target_shots,
-        tta_mode=ns.tta_mode, eval_splits=ns.eval_splits, precision=ns.precision, output_dir=ns.output_dir,
+        tta_mode=ns.tta_mode, eval_splits=ns.eval_splits, precision=ns.precision,
+        image_cache=ns.image_cache, output_dir=ns.output_dir,
         data_dir=ns.data_dir, device=ns.device, skip_model_save=ns.skip_model_save,
         save_model_every_checkpoint=ns.save_model_every_checkpoint)
     from shiftbench.loggers import make_loggers

@@ -86,6 +86,14 @@ def normalize(spec: TrialSpec) -> TrialSpec:
         if getattr(spec, name) not in choices:
             raise ShiftbenchError(f"--{name.replace('_', '-')} {getattr(spec, name)!r} is not one "
                                   f"of {', '.join(choices)}")
+    if not isinstance(spec.image_cache, bool):
+        raise ShiftbenchError(f"image_cache must be true or false, got {spec.image_cache!r}")
+    if spec.image_cache and not dataset_cls.IMAGE_CACHE:
+        from shiftbench.datasets.folder import IMAGE_FOLDER_DATASETS
+
+        raise ShiftbenchError(f"--image-cache: dataset {spec.dataset} has no preprocessed image "
+                              "cache; datasets with one: "
+                              + ", ".join(c.__name__ for c in IMAGE_FOLDER_DATASETS))
     resolve_hparams(spec.algorithm, dataset_info(spec.dataset, dataset_cls), spec.hparams_seed,
                     spec.hparams, protocol=protocol)
     out = dataclasses.replace(spec, task=setting.name, protocol=protocol, test_envs=test_envs,
@@ -155,7 +163,8 @@ def build_trial(spec: TrialSpec) -> Trial:
     hparams = resolve_hparams(spec.algorithm, dataset_info(spec.dataset, dataset_cls),
                               spec.hparams_seed, spec.hparams, protocol=spec.protocol)
     seed_everything(spec.seed)
-    dataset = dataset_cls(spec.data_dir, spec.test_envs, hparams)
+    options = {"image_cache": True} if spec.image_cache else {}
+    dataset = dataset_cls(spec.data_dir, spec.test_envs, hparams, **options)
     check_dataset(dataset, spec.dataset)
     env_labels = [_labels_of(env) for env in dataset.datasets]
     splits = make_splits(env_labels, spec.test_envs, spec.trial_seed, spec.holdout_fraction,

@@ -10,7 +10,7 @@ imports no torch.
   parsed and key-sorted), hparams_seed, trial_seed, seed, steps, holdout_fraction;
 * any other field only when it differs from its default, so a field added later whose default
   reproduces the old behaviour leaves every existing hash alone (precision, tta_mode, protocol,
-  source_envs, ...);
+  source_envs, image_cache, ...);
 * never: where things live or run (output_dir, data_dir, device) or what is merely saved
   (skip_model_save, save_model_every_checkpoint).
 
@@ -79,6 +79,7 @@ class TrialSpec:
     tta_mode: str = "continual"
     eval_splits: str = "selection"
     precision: str = "fp32"
+    image_cache: bool = False  # image-folder datasets: read the preprocessed cache, not the files
     output_dir: str = "train_output"
     data_dir: str | None = None
     device: str | None = None
@@ -157,7 +158,7 @@ def spec_hash(spec: TrialSpec | Mapping[str, Any]) -> str:
 
 # Fields added after trials were first recorded, with the default that reproduces the old
 # behaviour (checkpoints written before stored the spec without them).
-_ADDED_FIELDS = {"protocol": "shiftbench", "source_envs": None}
+_ADDED_FIELDS = {"protocol": "shiftbench", "source_envs": None, "image_cache": False}
 
 
 def legacy_checkpoint_identity(spec: TrialSpec) -> dict[str, Any]:

@@ -87,6 +87,9 @@ class MultiDomainDataset:
     N_STEPS: int = 5001
     CHECKPOINT_FREQ: int = 100
     N_WORKERS: int | None = None  # None: chosen from the machine for lazily decoded datasets
+    # True: the constructor takes `image_cache=True` (the spec's `image_cache`: read a
+    # preprocessed cache instead of decoding files).
+    IMAGE_CACHE: bool = False
     CLASSES: Sequence[str] | None = None
     # Free-form metadata shown by `shiftbench list datasets`.
     SOURCE: str = ""

@@ -7,9 +7,10 @@ On-disk layout `<root>/<domain>/<class>/<image>`. Two ways to use it:
   memory); the trainer's `--import mymodule` flag loads the module that calls them.
 * `MultipleEnvironmentImageFolder` subclasses (PACS, VLCS, OfficeHome, TerraIncognita,
   DomainNet, Office31, OfficeCaltech, VisDA, SVIRO) decode lazily in DataLoader workers, at 3x224x224
-  with ImageNet normalisation and DomainBed's training augmentation; or, once
-  `shiftbench data preprocess` has built it, read a memory-mapped uint8 cache
-  (`shiftbench.datasets.image_cache`) and augment whole batches of tensors.
+  with ImageNet normalisation and DomainBed's training augmentation; or, with the trial's
+  `image_cache` (`--image-cache`), read a memory-mapped uint8 cache
+  (`shiftbench.datasets.image_cache`, built by `shiftbench data preprocess` or on first use)
+  and augment whole batches of tensors.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from shiftbench.datasets import image_cache
+from shiftbench.datasets import image_cache as cache_store
 from shiftbench.datasets.augment import hue_mode
 from shiftbench.datasets.base import (
     MultiDomainDataset,
@@ -132,26 +133,30 @@ class MultipleEnvironmentImageFolder(MultiDomainDataset):
     URL = ""
     LICENSE = ""
 
-    def __init__(self, root, test_envs, hparams):
+    IMAGE_CACHE = True
+
+    def __init__(self, root, test_envs, hparams, image_cache: bool = False):
+        """`image_cache=True` (the spec's `image_cache`): read the preprocessed cache, building
+        a missing one first; False: decode the image files lazily."""
         super().__init__(root, test_envs, hparams)
+        cache_store.refuse_mode_variable()
         base, classes, env_samples = self.scan(root)
         self.classes = classes
         self.num_classes = len(classes)
         augment = bool(hparams.get("data_augmentation", False))
         size = self.INPUT_SHAPE[-1]
-        mode = image_cache.cache_mode()
         name = type(self).__name__
         self.datasets = []
         for i, (env, samples) in enumerate(zip(self.ENVIRONMENTS, env_samples)):
             train_env = augment and i not in self.test_envs
             found = None
-            if mode != "off" and samples:
-                found = image_cache.find_cache(name, env, samples, base, size)
-                if found is None and mode == "build":
-                    image_cache.build_cache(name, env, samples, base, size)
-                    found = image_cache.find_cache(name, env, samples, base, size)
+            if image_cache and samples:
+                found = cache_store.find_cache(name, env, samples, base, size)
+                if found is None:
+                    cache_store.build_cache(name, env, samples, base, size)
+                    found = cache_store.find_cache(name, env, samples, base, size)
             if found is not None:
-                self.datasets.append(image_cache.CachedImageDomain(
+                self.datasets.append(cache_store.CachedImageDomain(
                     found[0], samples, classes, train_env, size, name=env, hue=hue_mode(hparams)))
             else:
                 tf = train_transform(size) if train_env else eval_transform(size)
@@ -190,13 +195,13 @@ class MultipleEnvironmentImageFolder(MultiDomainDataset):
         paths = []
         for env, samples in zip(cls.ENVIRONMENTS, env_samples):
             t0 = time.time()
-            found = image_cache.find_cache(cls.__name__, env, samples, base, size)
+            found = cache_store.find_cache(cls.__name__, env, samples, base, size)
             if found is not None:
                 log(f"{cls.__name__}/{env}: {len(samples)} images, cache up to date "
                     f"({found[0]})")
                 paths.append(found[0])
                 continue
-            path = image_cache.build_cache(cls.__name__, env, samples, base, size, num_workers)
+            path = cache_store.build_cache(cls.__name__, env, samples, base, size, num_workers)
             log(f"{cls.__name__}/{env}: {len(samples)} images preprocessed in "
                 f"{time.time() - t0:.1f} s -> {path}")
             paths.append(path)

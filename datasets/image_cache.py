@@ -15,9 +15,10 @@ crash leaves no cache rather than a torn one.
 normalises it; `__getitems__` returns the finished batch, which `shiftbench.data.collate`
 passes on without stacking the images again.
 
-When the cache is used (environment variable `SHIFTBENCH_IMAGE_CACHE`):
-`auto` (default) when a matching cache exists; `build` builds a missing cache when the dataset
-is loaded; `off` never. `shiftbench data preprocess --dataset PACS --data-dir D` builds it.
+The cache is used when the trial's spec says so (`image_cache`, `--image-cache`): the cached and
+the lazy path augment the same way but not bit-identically, so the choice is part of the trial's
+identity. A missing cache is then built when the dataset is loaded;
+`shiftbench data preprocess --dataset PACS --data-dir D` builds it ahead.
 """
 
 from __future__ import annotations
@@ -39,16 +40,18 @@ from shiftbench.errors import ShiftbenchError
 from shiftbench.paths import cache_dir
 
 CACHE_VERSION = 2  # 2: pixels stored channels-last, [N, size, size, 3]
-CACHE_MODES = ("auto", "build", "off")
+MODE_VARIABLE = "SHIFTBENCH_IMAGE_CACHE"
 
 
-def cache_mode() -> str:
-    """`SHIFTBENCH_IMAGE_CACHE`: auto (use when present, default), build, or off."""
-    mode = os.environ.get("SHIFTBENCH_IMAGE_CACHE", "auto").strip().lower() or "auto"
-    if mode not in CACHE_MODES:
-        raise ShiftbenchError(f"SHIFTBENCH_IMAGE_CACHE={mode!r} is not one of "
-                              f"{', '.join(CACHE_MODES)}")
-    return mode
+def refuse_mode_variable() -> None:
+    """Raise if `SHIFTBENCH_IMAGE_CACHE` is set: whether a trial reads the cache is its spec's
+    `image_cache`, so that no setting outside the spec changes training."""
+    if MODE_VARIABLE in os.environ:
+        raise ShiftbenchError(
+            f"{MODE_VARIABLE}={os.environ[MODE_VARIABLE]!r} is not read (a trial's inputs are all "
+            "in its spec); unset it and choose per trial: `shiftbench train --image-cache`, "
+            "`image_cache = true` in a sweep spec (or `sweep launch --image-cache`), "
+            "`run_trial(..., image_cache=True)`; without it the images are decoded lazily")
 
 
 def image_cache_dir() -> Path:

@@ -59,6 +59,9 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
                         "only when not fp32")
     p.add_argument(*_flag("tta_mode"), default=None, metavar="{continual,episodic}",
                    help="test-time adaptation (task tta): continual (default) | episodic")
+    p.add_argument(*_flag("image_cache"), action="store_true", default=None,
+                   help="image-folder datasets read the preprocessed image cache (built first when "
+                        "missing) instead of decoding files; part of those jobs' identity")
     p.add_argument(*_flag("protocol"), default=None, metavar="{shiftbench,domainbed}",
                    help="hparam defaults, search spaces and networks (default shiftbench); part of "
                         "a job's identity only when not shiftbench")

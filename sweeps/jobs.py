@@ -8,8 +8,9 @@ coordinates, as in DomainBed.
 Identity (`job_identity`, `job_hash`): the hash decides a job's directory, `<output-dir>/<hash>`, so
 it must change exactly when the job's *result* would; both are `shiftbench.trial_record`'s
 `identity` and `spec_hash` (see there for the rules). A golden value is pinned by
-tests/test_sweeps_jobs.py. Only settings that read `tta_mode` get the spec's value; the others keep
-the default, so their hashes do not depend on it.
+tests/test_sweeps_jobs.py. Only settings that read `tta_mode` get the spec's value, and only datasets
+that have an image cache get its `image_cache`; the others keep the default, so their hashes do not
+depend on it.
 
 A job's spec is written to `<job dir>/job.json` (`Job.prepare`) before it is launched; the worker
 command is `python -m shiftbench.sweeps.worker <job dir>/job.json`, which reads it back.
@@ -136,7 +137,10 @@ def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None
     reads_tta_mode = get_setting(spec.task).reads_tta_mode
     units = sweep_units(spec)
     for dataset in dict.fromkeys(u[0] for u in units):  # datasets x algorithms x held-out sets
-        steps = spec.steps or get_dataset_class(dataset).N_STEPS  # concrete, so it is hashed
+        dataset_cls = get_dataset_class(dataset)
+        steps = spec.steps or dataset_cls.N_STEPS  # concrete, so it is hashed
+        # only datasets that have an image cache get the spec's choice (as tta_mode below)
+        image_cache = spec.image_cache and dataset_cls.IMAGE_CACHE
         for algorithm, (_, sources, test_envs) in ((a, u) for a in spec.algorithms
                                                    for u in units if u[0] == dataset):
             for hparams_seed in range(spec.n_hparams_from, spec.n_hparams):
@@ -158,6 +162,7 @@ def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None
                             # default, so their job hashes do not depend on it
                             tta_mode=spec.tta_mode if reads_tta_mode else TrainArgs.tta_mode,
                             precision=spec.precision, protocol=spec.protocol,
+                            image_cache=image_cache,
                             source_envs=None if sources is None else list(sources),
                             data_dir=data_dir)
                         job = make_job(args, output_dir, tuple(imports))

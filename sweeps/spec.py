@@ -13,6 +13,7 @@ hparam grids/fixed values and named test-environment sets::
     single_test_envs = true     # only single held-out domains (no pairs)
     precision = "bf16"          # fp32 (default) | bf16: bfloat16 autocast of forward passes
     tta_mode = "episodic"       # continual (default) | episodic: test-time adaptation (task tta)
+    image_cache = true          # image-folder datasets: read the preprocessed cache (default false)
     hparams_preset = "dann_digits"  # a named protocol (shiftbench.presets), under [hparams]
     protocol = "domainbed"      # shiftbench (default) | domainbed: hparam defaults/spaces/networks
 
@@ -56,8 +57,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 TOP_LEVEL_KEYS = ("datasets", "algorithms", "task", "n_hparams", "n_hparams_from", "n_trials",
                   "steps", "checkpoint_freq", "holdout_fraction", "uda_holdout_fraction",
-                  "target_shots", "single_test_envs", "precision", "tta_mode", "protocol", "hparams",
-                  "test_envs", "source_envs", "algorithm", "hparams_preset", "tasks")
+                  "target_shots", "single_test_envs", "precision", "tta_mode", "image_cache",
+                  "protocol", "hparams", "test_envs", "source_envs", "algorithm", "hparams_preset", "tasks")
 ALGORITHM_KEYS = ("fixed", "grid")
 
 
@@ -83,6 +84,7 @@ class SweepSpec:
     single_test_envs: bool = False
     precision: str = "fp32"  # a trainer default: not in the job hash unless changed
     tta_mode: str = "continual"  # likewise
+    image_cache: bool = False  # likewise; set in the jobs of datasets that have an image cache
     hparams_preset: str | None = None  # a name in shiftbench.presets.PRESETS
     protocol: str = "shiftbench"  # likewise
     hparams: dict[str, Any] = field(default_factory=dict)
@@ -294,8 +296,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "datasets": list, "algorithms": list, "task": str, "n_hparams": int, "n_hparams_from": int,
     "n_trials": int, "steps": int, "checkpoint_freq": int, "holdout_fraction": float,
     "uda_holdout_fraction": float, "target_shots": int, "single_test_envs": bool,
-    "precision": str, "tta_mode": str, "protocol": str, "hparams": dict, "test_envs": dict,
-    "source_envs": dict, "algorithm": dict, "hparams_preset": str, "tasks": list,
+    "precision": str, "tta_mode": str, "image_cache": bool, "protocol": str, "hparams": dict,
+    "test_envs": dict, "source_envs": dict, "algorithm": dict, "hparams_preset": str, "tasks": list,
 }
 
 

@@ -50,7 +50,9 @@ def test_preprocessed_eval_matches_pil_pipeline(tmp_path, cache):
     assert all(isinstance(e, ImageFolderDomain) for e in lazy.datasets)
     files = cls.preprocess(str(tmp_path / "data"), num_workers=0, log=lambda m: None)
     assert len(files) == 4 and all(f.stat().st_size == 7 * 3 * 224 * 224 for f in files)
-    cached = cls(str(tmp_path / "data"), [0], {"data_augmentation": False})
+    assert all(isinstance(e, ImageFolderDomain)  # a present cache is read only when asked for
+               for e in cls(str(tmp_path / "data"), [0], {"data_augmentation": False}).datasets)
+    cached = cls(str(tmp_path / "data"), [0], {"data_augmentation": False}, image_cache=True)
     assert all(isinstance(e, C.CachedImageDomain) for e in cached.datasets)
     for a, b in zip(lazy.datasets, cached.datasets):
         assert a.targets == b.targets and a.samples == b.samples
@@ -65,41 +67,49 @@ def test_preprocessed_eval_matches_pil_pipeline(tmp_path, cache):
     assert all("up to date" in m for m in messages)
 
 
+def _cache_files(cache: Path, env: str) -> list[Path]:
+    return sorted((cache / "images").glob(f"PACS-{env}-*.u8"))
+
+
 def test_cache_key_follows_the_files(tmp_path, cache):
     make_pacs(tmp_path / "data")
     cls = get_dataset_class("PACS")
     cls.preprocess(str(tmp_path / "data"), num_workers=0, log=lambda m: None)
+    base, _, env_samples = cls.scan(str(tmp_path / "data"))
+    photo = cls.ENVIRONMENTS.index("P")
+    assert C.find_cache("PACS", "P", env_samples[photo], base, 224) is not None
     touched = tmp_path / "data" / "PACS" / "photo" / "dog" / "0.png"
     st = touched.stat()
     os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    ds = cls(str(tmp_path / "data"), [0], {})
-    kinds = [type(e).__name__ for e in ds.datasets]
-    assert kinds == ["CachedImageDomain", "CachedImageDomain", "ImageFolderDomain",
-                     "CachedImageDomain"]
-    # a truncated data file is not used
-    data = next(p for p in (cache / "images").glob("PACS-A-*.u8"))
+    _, _, env_samples = cls.scan(str(tmp_path / "data"))
+    assert C.find_cache("PACS", "P", env_samples[photo], base, 224) is None
+    stale = _cache_files(cache, "P")
+    # loading with the cache rebuilds the touched domain's cache and deletes the stale one
+    ds = cls(str(tmp_path / "data"), [0], {}, image_cache=True)
+    assert all(isinstance(e, C.CachedImageDomain) for e in ds.datasets)
+    assert len(_cache_files(cache, "P")) == 1 and _cache_files(cache, "P") != stale
+    # a truncated data file is not used: it is rebuilt
+    data = _cache_files(cache, "A")[0]
     with open(data, "r+b") as f:
         f.truncate(100)
-    ds = cls(str(tmp_path / "data"), [0], {})
-    assert type(ds.datasets[0]).__name__ == "ImageFolderDomain"
-    # rebuilding photo replaces its stale cache files
-    cls.preprocess(str(tmp_path / "data"), num_workers=0, log=lambda m: None)
-    assert len(list((cache / "images").glob("PACS-P-*.u8"))) == 1
+    assert C.find_cache("PACS", "A", env_samples[0], base, 224) is None
+    ds = cls(str(tmp_path / "data"), [0], {}, image_cache=True)
+    assert data.stat().st_size == len(env_samples[0]) * 3 * 224 * 224
     assert not list((cache / "images").glob(".*.tmp"))
 
 
-def test_cache_modes(tmp_path, cache, monkeypatch):
+def test_image_cache_choice(tmp_path, cache, monkeypatch):
     make_pacs(tmp_path / "data")
     cls = get_dataset_class("PACS")
-    monkeypatch.setenv("SHIFTBENCH_IMAGE_CACHE", "build")
-    ds = cls(str(tmp_path / "data"), [3], {"data_augmentation": True})
-    assert all(isinstance(e, C.CachedImageDomain) for e in ds.datasets)
+    ds = cls(str(tmp_path / "data"), [3], {"data_augmentation": True}, image_cache=True)
+    assert all(isinstance(e, C.CachedImageDomain) for e in ds.datasets)  # built when missing
     assert [e.augment for e in ds.datasets] == [True, True, True, False]
+    assert all(isinstance(e, ImageFolderDomain) for e in cls(str(tmp_path / "data"), [3], {}).datasets)
     monkeypatch.setenv("SHIFTBENCH_IMAGE_CACHE", "off")
-    assert isinstance(cls(str(tmp_path / "data"), [3], {}).datasets[0], ImageFolderDomain)
-    monkeypatch.setenv("SHIFTBENCH_IMAGE_CACHE", "sometimes")
-    with pytest.raises(ShiftbenchError, match="'sometimes' is not one of auto, build, off"):
-        cls(str(tmp_path / "data"), [3], {})
+    for image_cache in (False, True):
+        with pytest.raises(ShiftbenchError, match=r"SHIFTBENCH_IMAGE_CACHE='off' is not read .*"
+                                                  r"shiftbench train --image-cache"):
+            cls(str(tmp_path / "data"), [3], {}, image_cache=image_cache)
 
 
 def test_cached_domain_in_dataloader_workers(tmp_path, cache):
@@ -108,7 +118,7 @@ def test_cached_domain_in_dataloader_workers(tmp_path, cache):
     make_pacs(tmp_path / "data", per_class=2)
     cls = get_dataset_class("PACS")
     cls.preprocess(str(tmp_path / "data"), num_workers=0, log=lambda m: None)
-    ds = cls(str(tmp_path / "data"), [0], {"data_augmentation": True})
+    ds = cls(str(tmp_path / "data"), [0], {"data_augmentation": True}, image_cache=True)
     env = ds[1]
     stream = BatchStream(env, torch.arange(len(env)), 5, seed=0, role="train", env=1,
                          start_step=0, num_workers=1)
@@ -301,7 +311,7 @@ def test_collated_batches_pass_through_the_loader(tmp_path, cache):
     make_pacs(tmp_path / "data")
     cls = get_dataset_class("PACS")
     cls.preprocess(str(tmp_path / "data"), num_workers=0, log=lambda m: None)
-    env = cls(str(tmp_path / "data"), [0], {})[1]
+    env = cls(str(tmp_path / "data"), [0], {}, image_cache=True)[1]
     batch = env.__getitems__([0, 3, 5])
     assert isinstance(batch, CollatedBatch)
     x, y = collate(batch)

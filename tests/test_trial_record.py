@@ -15,7 +15,7 @@ from shiftbench.loop import TIMING_KEYS
 from shiftbench.results.reading import read_sweep
 from shiftbench.sweeps import worker
 from shiftbench.sweeps.jobs import enumerate_jobs
-from shiftbench.sweeps.spec import load_spec
+from shiftbench.sweeps.spec import SweepSpec, load_spec
 from shiftbench.sweeps.state import job_state
 from shiftbench.trainer import TrainArgs, normalize, train
 from shiftbench.trial_record import (
@@ -59,7 +59,7 @@ def _stable(records, hparams_keys):
     for r in records:
         r = {k: v for k, v in r.items() if k not in TIMING_KEYS}
         r["args"] = {k: v for k, v in r["args"].items()
-                     if k not in ("output_dir", "protocol", "source_envs")}
+                     if k not in ("output_dir", "protocol", "source_envs", "image_cache")}
         r["hparams"] = {k: v for k, v in r["hparams"].items() if k in hparams_keys}
         out.append(r)
     return out
@@ -84,6 +84,7 @@ def test_old_sweep_resumes_to_the_uninterrupted_records(tmp_path):
     resumed = [{k: v for k, v in r.items() if k in ref} for r, ref in zip(resumed, reference)]
     assert _stable(resumed, keys) == _stable(reference, keys)
     assert resumed[-1]["args"]["protocol"] == "shiftbench" and resumed[-1]["args"]["source_envs"] is None
+    assert resumed[-1]["args"]["image_cache"] is False
     assert job_state(jobs[1].dir).state == "done"
 
 
@@ -152,3 +153,27 @@ def test_worker_reads_the_job_file(tmp_path):
     assert [r["step"] for r in records] == [0, 1]
     assert records[-1]["args"] == normalize(spec).to_dict()
     assert worker.run([str(tmp_path / "nowhere.json")]) == 2
+
+
+def test_image_cache_is_in_the_spec_and_its_identity_only_when_set(tmp_path, capsys):
+    lazy, cached = TrialSpec(dataset="PACS"), TrialSpec(dataset="PACS", image_cache=True)
+    assert "image_cache" not in identity(lazy) and identity(cached)["image_cache"] is True
+    assert spec_hash(lazy) != spec_hash(cached)
+    assert differing_fields(lazy.to_dict(), cached.to_dict()) == ["image_cache: false != true"]
+    (tmp_path / "spec.toml").write_text('datasets = ["PACS", "DebugVector"]\nalgorithms = ["ERM"]\n'
+                                        "n_trials = 1\nsingle_test_envs = true\nimage_cache = true\n")
+    jobs = enumerate_jobs(load_spec(tmp_path / "spec.toml"), tmp_path / "out")
+    # only the jobs of a dataset that has an image cache get it: the others keep their hashes
+    assert {j.args.dataset: j.args.image_cache for j in jobs} == {"PACS": True, "DebugVector": False}
+    plain = SweepSpec(datasets=["DebugVector"], algorithms=["ERM"], n_trials=1, single_test_envs=True)
+    plain.validate()
+    assert {j.hash for j in jobs if j.args.dataset == "DebugVector"} == \
+        {j.hash for j in enumerate_jobs(plain, tmp_path / "out")}
+    pacs = next(j for j in jobs if j.args.dataset == "PACS")
+    assert "--image-cache" in pacs.train_command()
+    with pytest.raises(ShiftbenchError, match="dataset DebugVector has no preprocessed image cache; "
+                                              "datasets with one: PACS, VLCS"):
+        normalize(TrialSpec(dataset="DebugVector", image_cache=True))
+    assert main(["train", "--dataset", "DebugVector", "--image-cache", "--steps", "1",
+                 "--output-dir", str(tmp_path / "t")]) == 2
+    assert "has no preprocessed image cache" in capsys.readouterr().err
