@@ -11,6 +11,11 @@ a `--tasks` suite), one held-out target each. For every selection rule and setti
 Both numbers come from the same checkpoint, the one the rule (named in the table's caption)
 selected in each trial. A cell is the mean ± standard error over trial seeds; `Avg` averages
 the tasks within each trial seed first (only seeds with every task), then over seeds.
+
+Columns follow the field's order: that of the first named task suite (sweeps/tasks.py) whose
+pairs, by domain name, include every task of the table (Office-31: A→W, D→W, W→D, A→D, D→A,
+W→A); tasks outside every suite are ordered by target index, then by source indices (which is
+also the order of the leave-one-domain-out suites).
 """
 
 from __future__ import annotations
@@ -34,6 +39,27 @@ def task_label(record: dict[str, Any], sources: tuple[int, ...], test_env: int) 
 
     envs = record.get("environments") or [str(i) for i in range(max((*sources, test_env)) + 1)]
     return task_name(envs, sources, (test_env,))
+
+
+def task_key(record: dict[str, Any], sources: tuple[int, ...],
+             test_env: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The task as (source names, target names), the form task suites list their pairs in."""
+    envs = record.get("environments") or [str(i) for i in range(max((*sources, test_env)) + 1)]
+    return tuple(envs[i] for i in sources), (envs[test_env],)
+
+
+def column_order(tasks: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...]], tuple[int, ...], int]]
+                 ) -> list[str]:
+    """Task labels in the order of the first named suite that has every task (label -> (names,
+    source indices, target index)); otherwise by target index, then source indices."""
+    from shiftbench.sweeps.tasks import TASK_SUITES
+
+    names = {label: key for label, (key, _, _) in tasks.items()}
+    for suite in TASK_SUITES.values():
+        pairs = list(suite.pairs)
+        if pairs and all(key in pairs for key in names.values()):
+            return sorted(tasks, key=lambda label: pairs.index(names[label]))
+    return sorted(tasks, key=lambda label: (tasks[label][2], tasks[label][1]))
 
 
 def _record_at(records_by_run: dict, s: Selected) -> dict[str, Any] | None:
@@ -67,21 +93,21 @@ def da_task_tables(records: list[dict[str, Any]], rules: list[str],
         values: dict[tuple[str, str], dict[str, dict]] = defaultdict(
             lambda: {"transductive": defaultdict(lambda: defaultdict(dict)),
                      "inductive": defaultdict(lambda: defaultdict(dict))})
-        order: dict[tuple[str, str], list[str]] = defaultdict(list)
+        tasks: dict[tuple[str, str], dict[str, tuple]] = defaultdict(dict)  # label -> task
         for s in selected.get(rule, []):
             record = _record_at(by_run, s) if s.source_envs is not None else None
             if record is None:
                 continue
             label = task_label(record, s.source_envs, s.test_env)
             group = values[(s.task, s.dataset)]
-            if label not in order[(s.task, s.dataset)]:
-                order[(s.task, s.dataset)].append(label)
+            tasks[(s.task, s.dataset)][label] = (task_key(record, s.source_envs, s.test_env),
+                                                 tuple(s.source_envs), s.test_env)
             group["inductive"][s.algorithm][label][s.trial_seed] = s.test_acc
             uda = record.get(f"env{s.test_env}_uda_acc")
             if isinstance(uda, (int, float)):
                 group["transductive"][s.algorithm][label][s.trial_seed] = float(uda)
         for (setting, dataset), group in sorted(values.items()):
-            labels = order[(setting, dataset)]
+            labels = column_order(tasks[(setting, dataset)])
             for split in ("transductive", "inductive"):
                 by_alg = group[split]
                 if not by_alg:

@@ -86,3 +86,28 @@ def test_average_needs_every_task_in_a_trial():
 def test_no_task_tables_without_explicit_sources():
     records = [make_record(s, 0, [0], task="dg") for s in (0, 10)]
     assert not [t for t in collect(records, ["iid"]).tables if t.kind == "da_tasks"]
+
+
+def _table_columns(records):
+    return [t for t in collect(records, ["iid"]).tables if t.kind == "da_tasks"][0].columns
+
+
+def test_columns_follow_the_suite_order_not_the_target_index():
+    # the six Office-31 tasks, recorded in target-index order (the order a sweep finishes in)
+    tasks = [((1,), 0), ((2,), 0), ((0,), 1), ((2,), 1), ((0,), 2), ((1,), 2)]
+    records = [da_record("ERM", src, tgt, 0, 10, in_acc=0.5, uda_acc=0.5) for src, tgt in tasks]
+    assert _table_columns(records) == ["A→W", "D→W", "W→D", "A→D", "D→A", "W→A", "Avg"]
+    # a subset (without A→W and W→D), in another order, keeps the suite's relative order
+    subset = [r for r in reversed(records) if r["args"]["source_envs"] + r["args"]["test_envs"]
+              not in ([0, 2], [2, 1])]
+    assert _table_columns(subset) == ["D→W", "A→D", "D→A", "W→A", "Avg"]
+
+
+def test_columns_outside_every_suite_are_ordered_by_target_then_sources():
+    envs = ["p", "q", "r"]  # no suite has these domains
+    records = []
+    for src, tgt in [((2,), 1), ((1,), 0), ((2,), 0), ((0,), 1)]:
+        r = da_record("ERM", src, tgt, 0, 10, in_acc=0.5, uda_acc=0.5)
+        r["environments"] = envs
+        records.append(r)
+    assert _table_columns(records) == ["q→p", "r→p", "p→q", "r→q", "Avg"]
