@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.options import EVAL_SPLIT_CHOICES, PRECISIONS, TASK_ALIASES, TTA_MODES
-from shiftbench.setting import setting_names
+from shiftbench.setting import DG, setting_names
 
 # Subcommand -> (module that registers it, one-line help shown by `shiftbench --help`).
 COMMANDS = {
@@ -48,7 +48,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(*flag("source_envs"), nargs="+", default=None,
                    help="environments trained on, by index or name (default: every environment not "
                         "in --test-envs); the others are evaluated but never trained on")
-    p.add_argument(*flag("task"), default="dg",
+    p.add_argument(*flag("task"), default=DG.name,
                    help="dg | uda | ssda | sda | tta (DomainBed's domain_generalization and "
                         "domain_adaptation are accepted)")
     p.add_argument(*flag("hparams"), default=None, help="JSON object overriding hparams")

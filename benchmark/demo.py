@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 
 from shiftbench.errors import ShiftbenchError
-from shiftbench.setting import setting_names
+from shiftbench.setting import SDA, setting_names
 
 # The demo's algorithms, in table order; the first supported setting of each is used.
 DEMO_ALGORITHMS = ("ERM", "DANN", "CORAL", "SagNet", "CCSA", "DeepCORAL")
 TASK_ORDER = setting_names()
 # Settings other than the first supported one: CCSA in supervised DA, its paper's main setting
 # (a few labeled target examples per class), which the demo's tables would otherwise lack.
-DEMO_TASKS = {"CCSA": "sda"}
+DEMO_TASKS = {"CCSA": SDA.name}
 BASELINE = "ERM"
 DEMO_STEPS = 250
 DEMO_BATCH_SIZE = 16

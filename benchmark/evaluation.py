@@ -29,6 +29,7 @@ from shiftbench.datasets.segmentation import task_type_of
 from shiftbench.dev_validation import dev_score
 from shiftbench.errors import UnknownNameError
 from shiftbench.seeds import seed_hash
+from shiftbench.splits import UNLABELED_SPLIT
 from shiftbench.trial import Trial, autocast
 
 Evaluator = Callable[[Trial], dict[str, float]]
@@ -84,6 +85,7 @@ def adaptation_stream(trial: Trial, env, idx: torch.Tensor, env_i: int, split_na
     model, in an order fixed by the trial seed; episodic mode resets after each batch (after the
     caller has used the batch)."""
     adapted = copy.deepcopy(trial.algorithm)
+    # "tta" salts the stream order (a fixed string: changing it changes every adapt result)
     g = torch.Generator().manual_seed(seed_hash(trial.args.trial_seed, env_i, split_name, "tta"))
     stream = idx[torch.randperm(len(idx), generator=g)]
     for x, y in eval_batches(env, stream, int(trial.hparams["batch_size"])):
@@ -111,7 +113,7 @@ def evaluate_classification(trial: Trial) -> dict[str, float]:
             accs[f"env{i}_{split_name}_acc"] = correct / len(idx)
             continue
         kept = []
-        keep_logits = i in trial.args.test_envs and split_name == "uda"
+        keep_logits = i in trial.args.test_envs and split_name == UNLABELED_SPLIT
         with torch.inference_mode(), autocast(trial):
             for x, y in eval_batches(env, idx, bs):
                 logits = algorithm.predict(x.to(trial.device, non_blocking=True))

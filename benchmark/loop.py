@@ -30,6 +30,7 @@ from shiftbench.errors import ShiftbenchError, StorageError, TrainingDiverged
 from shiftbench.evaluation import evaluate
 from shiftbench.reporting import default_callbacks, notify
 from shiftbench.seeds import rng_state, set_rng_state
+from shiftbench.splits import UNLABELED_SPLIT
 from shiftbench.trial import Trial, autocast, normalize
 from shiftbench.trial_record import MODEL_FILE, TrialSpec, differing_fields, identity, same_identity
 
@@ -124,7 +125,7 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
     labeled = [stream(i, trial.splits[i].in_, "train") for i in trial.train_envs]
     if setting.few_shot_target:
         labeled += [stream(i, trial.splits[i].lab, "lab") for i in spec.test_envs]
-    unlabeled_streams = ([stream(i, trial.splits[i].uda, "uda") for i in spec.test_envs]
+    unlabeled_streams = ([stream(i, trial.splits[i].uda, UNLABELED_SPLIT) for i in spec.test_envs]
                          if setting.unlabeled_target else [])
     steps_per_epoch = min(len(trial.splits[i].in_) / batch_size for i in trial.train_envs)
     round_every = algorithm.round_interval()

@@ -16,6 +16,7 @@ import torch
 
 from shiftbench.data import eval_batches
 from shiftbench.seg_metrics import SegmentationScores
+from shiftbench.splits import UNLABELED_SPLIT
 
 EVAL_BATCH = 32
 
@@ -33,7 +34,7 @@ def evaluate_segmentation(trial: Any) -> dict[str, float]:
     algorithm.eval()
     for i, env, split_name, idx, adapt in scored_splits(trial):
         scores = SegmentationScores(dataset.num_classes, names, dataset.IGNORE_INDEX,
-                                    entropy=i in trial.args.test_envs and split_name == "uda")
+                                    entropy=i in trial.args.test_envs and split_name == UNLABELED_SPLIT)
         if adapt:
             for logits, y in adaptation_stream(trial, env, idx, i, split_name):
                 scores.update(logits.float(), y)

@@ -23,7 +23,10 @@ import torch
 
 from shiftbench.errors import ShiftbenchError
 from shiftbench.seeds import seed_hash
-from shiftbench.setting import Setting, get_setting
+from shiftbench.setting import DG, Setting, get_setting
+
+# The unlabeled target split, named as in DomainBed's record keys (`env{i}_uda_acc`).
+UNLABELED_SPLIT = "uda"
 
 
 @dataclass
@@ -37,7 +40,7 @@ class EnvSplits:
     lab_val: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def named(self) -> dict[str, torch.Tensor]:
-        return {"in": self.in_, "out": self.out, "uda": self.uda, "lab": self.lab,
+        return {"in": self.in_, "out": self.out, UNLABELED_SPLIT: self.uda, "lab": self.lab,
                 "lab_val": self.lab_val}
 
 
@@ -66,7 +69,7 @@ def make_splits(
     test_envs: Sequence[int],
     trial_seed: int,
     holdout_fraction: float,
-    task: str | Setting = "dg",
+    task: str | Setting = DG,
     uda_holdout_fraction: float = 0.0,
     target_shots: int = 0,
     num_classes: int = 0,

@@ -45,7 +45,7 @@ from typing import Any
 
 from shiftbench.errors import ShiftbenchError, StorageError
 from shiftbench.paths import atomic_write_bytes
-from shiftbench.setting import ALIASES, Setting, get_setting
+from shiftbench.setting import ALIASES, DG, Setting, get_setting
 
 RESULTS_FILE = "results.jsonl"
 DONE_FILE = "done"
@@ -66,7 +66,7 @@ class TrialSpec:
     dataset: str = "RotatedMNIST"
     algorithm: str = "ERM"
     test_envs: list[int] = field(default_factory=lambda: [0])
-    task: str = "dg"
+    task: str = DG.name
     hparams: str | None = None
     hparams_seed: int = 0
     trial_seed: int = 0

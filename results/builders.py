@@ -34,6 +34,7 @@ from shiftbench.results.stats import (
     unequal_budgets,
 )
 from shiftbench.results.table_model import Cell, Table
+from shiftbench.setting import DG
 
 Index = dict[tuple[str, str, str, int], dict[int, float]]
 
@@ -75,7 +76,7 @@ def trial_averages(index: Index, task: str, dataset: str, algorithm: str, n_envs
 
 def rule_suffix(task: str) -> str:
     """What a title adds for tasks other than dg."""
-    return "" if task == "dg" else f", task: {task}"
+    return "" if task == DG.name else f", task: {task}"
 
 
 def _row_mean(cells: Sequence[Cell]) -> float | None:

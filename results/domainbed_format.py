@@ -23,6 +23,7 @@ from shiftbench.results.names import (
 )
 from shiftbench.results.reading import Sweep, as_records
 from shiftbench.results.selection import CLASSIC_RULES, get_selection_rule, select
+from shiftbench.setting import DG
 
 
 def _format_mean(fractions: Sequence[float], latex: bool) -> tuple[float | None, str]:
@@ -83,7 +84,7 @@ def domainbed_format(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str
             task_records = [r for r in relevant if r["args"]["task"] == task]
             algorithms = ordered((r["args"]["algorithm"] for r in task_records), DOMAINBED_ALGORITHMS)
             datasets = ordered((r["args"]["dataset"] for r in task_records), DOMAINBED_DATASETS)
-            label = (lambda d: d) if task == "dg" else (lambda d, task=task: f"{d} [{task}]")
+            label = (lambda d: d) if task == DG.name else (lambda d, task=task: f"{d} [{task}]")
             for dataset in datasets:
                 if latex:
                     lines += ["", rf"\subsubsection{{{label(dataset)}}}"]
@@ -109,7 +110,7 @@ def domainbed_format(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str
                     trial_means = [float(np.mean(per_trial[tr])) for tr in sorted(per_trial)]
                     shown.append(_format_mean(trial_means, latex))
                 rows.append((alg, _with_average([t for _, t in shown], [m for m, _ in shown])))
-            header = "Averages" if task == "dg" else f"Averages [{task}]"
+            header = "Averages" if task == DG.name else f"Averages [{task}]"
             _table(lines, f"{header}, model selection method: {rule.TITLE}",
                    ["Algorithm", *[label(d) for d in datasets], "Avg"], rows, 25, latex)
     if latex:

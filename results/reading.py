@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from shiftbench.errors import ShiftbenchError
-from shiftbench.setting import ALIASES
+from shiftbench.setting import ALIASES, DG
 from shiftbench.trial_record import (
     DONE_FILE,
     FAILED_FILE,
@@ -132,7 +132,8 @@ def normalize_record(record: dict[str, Any]) -> dict[str, Any]:
         args["test_envs"] = sorted(int(e) for e in test_envs)
     except OverflowError as e:  # int(inf)
         raise ValueError(f"record args 'test_envs' is not a list of integers: {test_envs!r}") from e
-    args["task"] = ALIASES.get(args.get("task") or "dg", args.get("task") or "dg")
+    task = args.get("task") or DG.name
+    args["task"] = ALIASES.get(task, task)
     args.setdefault("hparams_seed", 0)
     args.setdefault("trial_seed", 0)
     record.setdefault("hparams", {})

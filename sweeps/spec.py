@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
+from shiftbench.setting import DG
 
 try:
     import tomllib
@@ -72,7 +73,7 @@ class SweepSpec:
 
     datasets: list[str] = field(default_factory=list)
     algorithms: list[str] = field(default_factory=list)  # empty: every algorithm for the task
-    task: str = "dg"
+    task: str = DG.name
     n_hparams: int = 1
     n_hparams_from: int = 0
     n_trials: int = 3
