@@ -51,22 +51,12 @@ def cbst_select(probs: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, t
     return labels, score >= 1
 
 
-@register_algorithm
-class CBST(ERM):
-    """CBST (Zou et al., ECCV 2018): self-training with class-balanced confidence thresholds.
+class RoundSelfTraining:
+    """CBST's round machinery, mixed in before the `Algorithm` (which owns `self.network`) of
+    the classification (`CBST`) and the segmentation (`SegCBST`) families: the schedule
+    `PHASES`, the frozen labeller `snapshot` (always in eval mode), the round's thresholds
+    lambda_c and index (buffers, so they checkpoint) and the portion q_k = min(q0 + k dq, q_max)."""
 
-    Round k uses the portion q_k = min(q0 + k dq, q_max); lambda_c = `class_balanced_thresholds`
-    of the snapshot's predictions on the target split. Loss in the target phase:
-    L = [sum_{source} CE(f(x), y) + sum_{t: max p_t/lambda >= 1} CE(f(x_t), argmax_c p_tc/lambda_c)]
-        / (n_source + n_selected),
-    the average over the valid examples of the mixed batch (as the released code averages over
-    valid pixels). See the module docstring for the schedule and the departures.
-    """
-
-    SETTINGS = ("uda",)
-    KEEPS_FEATURES = False  # whether the round pass keeps the split's features (TPLD's voting)
-    PAPER = "Zou, Yu, Kumar & Wang, Unsupervised domain adaptation for semantic segmentation via " \
-            "class-balanced self-training, ECCV 2018"
     PHASES = PhaseSchedule("cbst_source_fraction", "cbst_rounds")
     HPARAMS = {
         "cbst_source_fraction": HParam(0.5, Choice([0.3, 0.5]), low=0.0, high=1.0,
@@ -88,23 +78,57 @@ class CBST(ERM):
         self.snapshot.eval()  # the frozen labeller always predicts in eval mode
         return self
 
-    def in_target_phase(self) -> bool:
-        return not self.PHASES.in_source_phase(self)
-
     def portion(self, k: int) -> float:
         hp = self.hparams
         return min(hp["cbst_q0"] + k * hp["cbst_dq"], hp["cbst_qmax"])
 
-    def round_interval(self):
-        return 1  # on_round itself decides which steps start a round (round_due)
+    def round_interval(self) -> int:
+        return 1  # on_round decides which steps start a round (PHASES.round_starting)
 
     @torch.no_grad()
     def on_round(self, target_batches):
+        """At a round start: the snapshot takes the network's weights, then `label_round`."""
         k = self.PHASES.round_starting(self)
         if k is None:
             return {}
         self.snapshot.load_state_dict(self.network.state_dict())
         self.snapshot.eval()
+        return self.label_round(k, target_batches)
+
+    def label_round(self, k: int, target_batches) -> dict[str, float]:
+        """Round k's pass over the target split with the snapshot: `fit_round`, statistics."""
+        raise NotImplementedError
+
+    def fit_round(self, k: int, conf: torch.Tensor, pred: torch.Tensor) -> None:
+        """Round k's lambda_c = `class_balanced_thresholds` of the snapshot's confidences and
+        predicted classes at the portion q_k."""
+        self.thresholds.copy_(class_balanced_thresholds(conf, pred, self.num_classes, self.portion(k)))
+        self.round_index.fill_(k)
+
+    def pseudo_labelling(self, unlabeled) -> bool:
+        """Whether this update trains on pseudo-labels: adaptation phase, a target batch at hand
+        and a round's thresholds fitted."""
+        return not self.PHASES.in_source_phase(self) and bool(unlabeled) and int(self.round_index) >= 0
+
+
+@register_algorithm
+class CBST(RoundSelfTraining, ERM):
+    """CBST (Zou et al., ECCV 2018): self-training with class-balanced confidence thresholds.
+
+    Round k uses the portion q_k = min(q0 + k dq, q_max); lambda_c = `class_balanced_thresholds`
+    of the snapshot's predictions on the target split. Loss in the target phase:
+    L = [sum_{source} CE(f(x), y) + sum_{t: max p_t/lambda >= 1} CE(f(x_t), argmax_c p_tc/lambda_c)]
+        / (n_source + n_selected),
+    the average over the valid examples of the mixed batch (as the released code averages over
+    valid pixels). See the module docstring for the schedule and the departures.
+    """
+
+    SETTINGS = ("uda",)
+    KEEPS_FEATURES = False  # whether the round pass keeps the split's features (TPLD's voting)
+    PAPER = "Zou, Yu, Kumar & Wang, Unsupervised domain adaptation for semantic segmentation via " \
+            "class-balanced self-training, ECCV 2018"
+
+    def label_round(self, k, target_batches):
         feats, probs = [], []
         for x in target_batches():
             f = self.snapshot[0](x)
@@ -113,17 +137,11 @@ class CBST(ERM):
             probs.append(F.softmax(self.snapshot[1](f), dim=1))
         probs = torch.cat(probs)
         feats = torch.cat(feats) if feats else probs.new_zeros(len(probs), 0)
-        conf, pred = probs.max(dim=1)
-        self.thresholds.copy_(self.fit_thresholds(conf, pred, self.portion(k)))
-        self.round_index.fill_(k)
+        self.fit_round(k, *probs.max(dim=1))
         _, selected = cbst_select(probs, self.thresholds)
         stats = {"round_q": self.portion(k), "round_selected": selected.float().mean().item()}
         stats.update(self.after_labelling(feats, probs))
         return stats
-
-    def fit_thresholds(self, conf: torch.Tensor, pred: torch.Tensor, q: float) -> torch.Tensor:
-        """The round's lambda_c from the snapshot's confidences and predicted classes."""
-        return class_balanced_thresholds(conf, pred, self.num_classes, q)
 
     def after_labelling(self, feats: torch.Tensor, probs: torch.Tensor) -> dict[str, float]:
         """Extra round-start work of subclasses (TPLD)."""
@@ -138,7 +156,7 @@ class CBST(ERM):
 
     def update(self, minibatches, unlabeled=None):
         x, y = concat_minibatches(minibatches)
-        if not self.in_target_phase() or not unlabeled or int(self.round_index) < 0:
+        if not self.pseudo_labelling(unlabeled):
             return super().update(minibatches)
         xt = torch.cat(list(unlabeled))
         with torch.no_grad():

@@ -1,13 +1,14 @@
 """Self-training for segmentation: DACS (ClassMix + EMA teacher), and the round-based CBST, CRST
 (MRKLD, LRENT) and TPLD, pixel-wise as in their papers.
 
-The round-based family shares `SegCBST`'s schedule: a source-only phase takes the first
-`cbst_source_fraction` of the budget, then `cbst_rounds` rounds of equal length. At the start of
-each round the trainer's round hook passes the whole unlabeled target split: the network is
-frozen into a snapshot (eval mode), its pixel probabilities (every 4th pixel, as the released
-code subsamples) give the class-balanced thresholds lambda_c for the round's portion
-q_k = min(q0 + k dq, q_max), and during the round each incoming target batch is labelled by the
-snapshot through these thresholds (the labels a pass over the split would have stored).
+The round-based family shares the classification CBST's schedule, snapshot and thresholds
+(`RoundSelfTraining`): a source-only phase takes the first `cbst_source_fraction` of the budget,
+then `cbst_rounds` rounds of equal length. At the start of each round the trainer's round hook
+passes the whole unlabeled target split: the network is frozen into a snapshot (eval mode), its
+pixel probabilities (every 4th pixel, as the released code subsamples) give the class-balanced
+thresholds lambda_c for the round's portion q_k = min(q0 + k dq, q_max), and during the round
+each incoming target batch is labelled by the snapshot through these thresholds (the labels a
+pass over the split would have stored).
 Departures shared with the classification versions: Adam is replaced by the papers' SGD, but
 the optimiser is kept across rounds; the whole source batch is used every step (the code draws
 a growing source portion); no rare-class patch mining and no flip averaging.
@@ -15,7 +16,6 @@ a growing source portion); no rare-class patch mining and no flip averaging.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -24,14 +24,7 @@ import torch.nn.functional as F
 from shiftbench.algorithms.base import register_algorithm
 from shiftbench.algorithms.base import step as gradient_step
 from shiftbench.algorithms.components import EMA
-from shiftbench.algorithms.round_self_training import (
-    bootstrap_loss,
-    class_balanced_thresholds,
-    lrent_labels,
-    mrkld,
-    phase_start,
-    round_due,
-)
+from shiftbench.algorithms.round_self_training import RoundSelfTraining, bootstrap_loss, lrent_labels, mrkld
 from shiftbench.algorithms.seg_adversarial import PatchDiscriminator, _disc_width, n_down_for
 from shiftbench.algorithms.seg_base import SegAlgorithm, seg_loss
 from shiftbench.algorithms.self_training import ema_warmup_decay
@@ -183,46 +176,27 @@ def window_vote(norm: torch.Tensor, confident: torch.Tensor, window: int, alpha:
 
 
 @register_algorithm
-class SegCBST(SegAlgorithm):
+class SegCBST(RoundSelfTraining, SegAlgorithm):
     """CBST-SP (Zou et al., ECCV 2018): class-balanced self-training with spatial priors.
 
     Round k: lambda_c = confidence at rank floor(q_k N_c) among the snapshot's subsampled target
     pixels predicted as c (`class_balanced_thresholds`), the scores being p_c q_c(position) with
     the spatial prior q (source label frequencies per position, counted during training,
     box-smoothed over 1/8 of the image and normalised over classes with +1 smoothing [A]) when
-    `cbst_spatial_prior`. Target pixel labels: argmax_c p_c q_c / lambda_c where that is >= 1,
+    `SPATIAL_PRIOR`. Target pixel labels: argmax_c p_c q_c / lambda_c where that is >= 1,
     else ignored. Loss: [sum CE(source pixels) + sum CE(selected target pixels)] / #pixels counted.
-    The same rule as the classification `CBST`, applied per pixel (plus the prior)."""
+    The same rule as the classification `CBST`, applied per pixel (plus the prior); both share
+    the schedule, snapshot and thresholds of `RoundSelfTraining`."""
 
     SAME_METHOD_AS = "CBST"
     SETTINGS = ("uda",)
     PAPER = "Zou, Yu, Kumar & Wang, Unsupervised domain adaptation for semantic segmentation via " \
             "class-balanced self-training, ECCV 2018"
     SPATIAL_PRIOR = True
-    HPARAMS = {
-        "cbst_source_fraction": HParam(0.5, Choice([0.3, 0.5]), low=0.0, high=1.0,
-                                       help="share of the budget for source-only pretraining"),
-        "cbst_rounds": HParam(4, Choice([3, 4, 5]), low=1, help="self-training rounds"),
-        "cbst_q0": HParam(0.2, Choice([0.1, 0.2, 0.3]), low=0.0, high=1.0, help="first portion q"),
-        "cbst_dq": HParam(0.05, Choice([0.05, 0.1]), low=0.0, high=1.0, help="q increase per round"),
-        "cbst_qmax": HParam(0.5, None, low=0.0, high=1.0, help="largest portion q"),
-    }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
-        self.snapshot = copy.deepcopy(self.network).requires_grad_(False)
-        self.register_buffer("thresholds", torch.ones(num_classes))
-        self.register_buffer("round_index", torch.full((), -1, dtype=torch.long))
         self.register_buffer("prior_counts", torch.zeros(num_classes, *self.input_shape[1:]))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.snapshot.eval()
-        return self
-
-    def portion(self, k: int) -> float:
-        hp = self.hparams
-        return min(hp["cbst_q0"] + k * hp["cbst_dq"], hp["cbst_qmax"])
 
     def spatial_prior(self) -> torch.Tensor:
         h, w = self.prior_counts.shape[-2:]
@@ -236,26 +210,14 @@ class SegCBST(SegAlgorithm):
         p = F.softmax(upsample(self.snapshot.forward_all(x).logits.float(), x.shape[-2:]), dim=1)
         return p * self.spatial_prior()[None] if self.SPATIAL_PRIOR else p
 
-    def round_interval(self):
-        return 1  # on_round decides which steps start a round (round_due)
-
-    @torch.no_grad()
-    def on_round(self, target_batches):
-        hp = self.hparams
-        k = round_due(int(self.num_updates), self.total_steps, hp["cbst_source_fraction"],
-                      int(hp["cbst_rounds"]))
-        if k is None:
-            return {}
-        self.snapshot.load_state_dict(self.network.state_dict())
-        self.snapshot.eval()
+    def label_round(self, k, target_batches):
         conf, pred = [], []
         for x in target_batches():
             c, p = self.scores(x)[..., ::2, ::2].max(dim=1)  # every 4th pixel
             conf.append(c.flatten())
             pred.append(p.flatten())
         conf, pred = torch.cat(conf), torch.cat(pred)
-        self.thresholds.copy_(class_balanced_thresholds(conf, pred, self.num_classes, self.portion(k)))
-        self.round_index.fill_(k)
+        self.fit_round(k, conf, pred)
         selected = (conf / self.thresholds[pred] >= 1).float().mean().item()
         return {"round_q": self.portion(k), "round_selected": selected,
                 **self.after_labelling(target_batches)}
@@ -279,8 +241,7 @@ class SegCBST(SegAlgorithm):
             valid = ys != IGNORE_INDEX
             self.prior_counts += F.one_hot(ys.clamp_max(self.num_classes - 1), self.num_classes).permute(
                 0, 3, 1, 2).mul(valid[:, None]).sum(0).to(self.prior_counts.dtype)
-        start = phase_start(self.total_steps, self.hparams["cbst_source_fraction"])
-        if int(self.num_updates) < start or not unlabeled or int(self.round_index) < 0:
+        if not self.pseudo_labelling(unlabeled):
             loss = seg_loss(self.network.forward_all(xs).logits, ys)
             self.step(loss)
             return {"loss": loss.item()}

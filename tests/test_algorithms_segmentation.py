@@ -81,7 +81,7 @@ def test_round_based_methods_reach_their_target_phase():
     assert "round_q" in seen and "labelled" in seen and "easy" in seen  # phase 1 and phase 2 ran
 
 
-@pytest.mark.parametrize("name", ["SegGAM"])
+@pytest.mark.parametrize("name", ["SegGAM", "SegCBST", "SegCRST", "SegCRSTLRENT", "SegTPLD"])
 def test_seg_methods_with_phases_declare_one_phase_schedule(name):
     from shiftbench.algorithms.components import PhaseSchedule
 
