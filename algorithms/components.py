@@ -163,7 +163,8 @@ class PhaseSchedule:
     """The one schedule of methods with phases: a source phase for the first `source_fraction`
     of the budget, then the adaptation phase, optionally cut into `rounds` equal rounds. Fields
     name the hparams that hold the fraction and the number of rounds; an algorithm declares
-    `PHASES = PhaseSchedule("pretrain_fraction")` and asks it about its current update.
+    `PHASES = PhaseSchedule("pretrain_fraction")` and asks it about its current update
+    (`in_source_phase`, `round_starting`, or `adapting` for methods that switch networks once).
     The adaptation phase starts at step round(fraction * budget), or with `by_progress` at the
     first step whose progress t / budget reaches the fraction (one step later when the product
     is not a whole number and rounds down)."""
@@ -187,6 +188,13 @@ class PhaseSchedule:
         if self.by_progress:
             return alg.progress < float(alg.hparams[self.source_fraction])
         return int(alg.num_updates) < self.start(alg)
+
+    def adapting(self, alg: Any) -> bool:
+        """Whether `alg` is in its adaptation phase, as its `adapting` buffer says; the first
+        update past the source phase first calls `alg.start_adaptation()`, which sets it."""
+        if not alg.adapting and not self.in_source_phase(alg):
+            alg.start_adaptation()
+        return bool(alg.adapting)
 
     def round_starting(self, alg: Any) -> int | None:
         """The round that starts at the current update, or None."""

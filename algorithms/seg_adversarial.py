@@ -225,15 +225,17 @@ class SegGAM(SegAlgorithm):
             self.network.eval()  # the frozen source network
         return self
 
+    def start_adaptation(self) -> None:
+        """The phase switch: T <- S, then S stays frozen (and in eval mode)."""
+        self.target_net.load_state_dict(self.network.state_dict())
+        self.network.requires_grad_(False)
+        self.adapting.fill_(True)
+        self.train(self.training)
+
     def update(self, minibatches, unlabeled=None):
         hp = self.hparams
         xs, ys = self.source_batch(minibatches)
-        if not self.adapting and not self.PHASES.in_source_phase(self):
-            self.target_net.load_state_dict(self.network.state_dict())
-            self.network.requires_grad_(False)
-            self.adapting.fill_(True)
-            self.train(self.training)
-        if not self.adapting:
+        if not self.PHASES.adapting(self):
             loss = seg_loss(self.network.forward_all(xs).logits, ys)
             self.step(loss)
             return {"loss": loss.item(), "phase": 1.0}

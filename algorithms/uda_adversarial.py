@@ -228,9 +228,7 @@ class ADDA(Algorithm):
 
     def update(self, minibatches, unlabeled=None):
         xs, ys = concat_minibatches(minibatches)
-        if not self.adapting and not self.PHASES.in_source_phase(self):
-            self.start_adaptation()
-        if not self.adapting:
+        if not self.PHASES.adapting(self):
             loss = cross_entropy(self.classifier(self.source_encoder(xs)), ys)
             step(loss, self.optimizer)
             return {"cls_loss": loss.item(), "phase": 1.0}

@@ -214,7 +214,10 @@ def test_methods_with_phases_declare_one_phase_schedule(name):
     assert cls.PHASES.rounds is None or cls.PHASES.rounds in space
     alg = create_algorithm(name, (8,), 3, 1, {"mlp_width": 16}, dataset=VEC, setting="uda",
                            total_steps=10)
+    switches = hasattr(alg, "start_adaptation")  # a source network copied at the switch
     phases = [cls.PHASES.in_source_phase(alg)]
+    assert not (switches and cls.PHASES.adapting(alg))
     alg.num_updates.fill_(cls.PHASES.start(alg))
     phases.append(cls.PHASES.in_source_phase(alg))
     assert phases == [True, False] and cls.PHASES.round_starting(alg) == 0
+    assert not switches or (cls.PHASES.adapting(alg) and bool(alg.adapting))

@@ -90,10 +90,13 @@ def test_seg_methods_with_phases_declare_one_phase_schedule(name):
     space = cls.hparam_space(DatasetInfo("Tiny", SHAPE, K))
     assert cls.PHASES.source_fraction in space and (cls.PHASES.rounds or "") in {*space, ""}
     alg = _build(name, total=9)
+    switches = hasattr(alg, "start_adaptation")  # a source network copied at the switch
     phases = [cls.PHASES.in_source_phase(alg)]
+    assert not (switches and cls.PHASES.adapting(alg))
     alg.num_updates.fill_(cls.PHASES.start(alg))
     phases.append(cls.PHASES.in_source_phase(alg))
     assert phases == [True, False] and cls.PHASES.round_starting(alg) == 0
+    assert not switches or (cls.PHASES.adapting(alg) and bool(alg.adapting))
 
 
 def test_seg_gam_adapts_from_the_first_step_whose_progress_reaches_the_fraction():
