@@ -71,6 +71,7 @@ def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
     from shiftbench.sweeps import worker
     from shiftbench.sweeps.jobs import enumerate_jobs
     from shiftbench.sweeps.spec import SweepSpec
+    from shiftbench.trial_record import ERR_FILE, OUT_FILE
 
     try:
         sweep_spec = SweepSpec(datasets=list(datasets), algorithms=list(algorithms), **spec)
@@ -92,7 +93,7 @@ def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
     for job in jobs:
         job.prepare()
         # the job's output goes where a launched job's goes: out.txt and err.txt in its folder
-        with open(job.dir / "out.txt", "a") as out, open(job.dir / "err.txt", "a") as err, \
+        with open(job.dir / OUT_FILE, "a") as out, open(job.dir / ERR_FILE, "a") as err, \
                 contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = worker.run(job.command()[3:])  # the argv after `python -m <worker>`
         if code == 130:

@@ -54,9 +54,13 @@ CHECKPOINT_FILE = "checkpoint.pt"
 PREV_CHECKPOINT_FILE = "checkpoint.prev.pt"
 JOB_FILE = "job.json"
 MODEL_FILE = "model.pkl"
+OUT_FILE = "out.txt"  # a launched job's stdout, then stderr
+ERR_FILE = "err.txt"
+LOCK_FILE = ".lock"  # sweep bookkeeping (shiftbench.sweeps.state)
+RUNNING_FILE = "running"
+ATTEMPTS_FILE = "attempts.jsonl"
 # Files any trial writes early (ours and DomainBed's): a directory holding one is a trial.
-TRIAL_FILES = frozenset({RESULTS_FILE, DONE_FILE, FAILED_FILE, CHECKPOINT_FILE, "out.txt",
-                         "err.txt"})
+TRIAL_FILES = frozenset({RESULTS_FILE, DONE_FILE, FAILED_FILE, CHECKPOINT_FILE, OUT_FILE, ERR_FILE})
 
 
 @dataclass

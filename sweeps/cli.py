@@ -22,6 +22,7 @@ from shiftbench.sweeps.jobs import Job, enumerate_jobs
 from shiftbench.sweeps.launchers import LAUNCHERS, LaunchOptions, LaunchResult, get_launcher
 from shiftbench.sweeps.spec import SpecError, SweepSpec, load_spec, parse_hparams_flag, validate_spec
 from shiftbench.sweeps.state import STATES, JobState, job_state, try_lock_for_delete
+from shiftbench.trial_record import TrialDir
 
 MAX_LISTED = 100
 
@@ -168,7 +169,7 @@ def mean_trial_seconds(done_jobs: list[Job], sample: int = 50) -> float | None:
     times = []
     for job in done_jobs[:sample]:
         try:
-            with open(job.dir / "results.jsonl", "rb") as f:
+            with open(TrialDir(job.dir).results, "rb") as f:
                 last = f.read().splitlines()[-1]
             times.append(float(json.loads(last)["wall_time"]))
         except (OSError, IndexError, KeyError, ValueError):

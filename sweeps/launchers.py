@@ -33,6 +33,7 @@ from typing import Any
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.registry import Registry
 from shiftbench.sweeps.jobs import Job
+from shiftbench.trial_record import ERR_FILE, OUT_FILE
 
 Launcher = Callable[[list[Job], "LaunchOptions"], "LaunchResult"]
 LAUNCHERS: Registry[Launcher] = Registry("launcher", "shiftbench.launchers")
@@ -133,10 +134,10 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
         argv = job.command(options.python, threads)
         if ctx is not None:
             proc: Any = ForkedJob(ctx, argv[3:], {**base_env, **slots[slot]},
-                                  job.dir / "out.txt", job.dir / "err.txt")
+                                  job.dir / OUT_FILE, job.dir / ERR_FILE)
         else:
             env = {**base_env, **slots[slot]}
-            with open(job.dir / "out.txt", "ab") as out, open(job.dir / "err.txt", "ab") as err:
+            with open(job.dir / OUT_FILE, "ab") as out, open(job.dir / ERR_FILE, "ab") as err:
                 proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                         env=env, start_new_session=True)
         running[slot] = (proc, job)

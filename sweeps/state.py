@@ -34,18 +34,18 @@ from typing import Any
 
 from shiftbench.paths import atomic_write_bytes
 from shiftbench.trial_record import (
+    ATTEMPTS_FILE,
     CHECKPOINT_FILE,
     DONE_FILE,
     FAILED_FILE,
     JOB_FILE,
+    LOCK_FILE,
     PREV_CHECKPOINT_FILE,
     RESULTS_FILE,
+    RUNNING_FILE,
 )
 
 STATES = ("done", "running", "incomplete", "failed", "not_launched")
-LOCK_FILE = ".lock"
-RUNNING_FILE = "running"
-ATTEMPTS_FILE = "attempts.jsonl"
 __all__ = ["JOB_FILE", "JobLock", "JobState", "STATES", "job_state", "record_attempt"]
 
 

@@ -56,7 +56,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     from shiftbench.cli import import_user_modules
     from shiftbench.errors import ShiftbenchError, StorageError
     from shiftbench.sweeps.state import JobLock, record_attempt
-    from shiftbench.trial_record import write_job_file
+    from shiftbench.trial_record import TrialDir, write_job_file
 
     ns = parse(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # Slurm preemption, `kill`: stop like Ctrl-C
@@ -90,10 +90,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         try:
             spec = normalize(spec)
-            if (lock.dir / "done").exists():
-                from shiftbench.trial_record import TrialDir
-
-                TrialDir(lock.dir).check_same_trial(spec)
+            trial_dir = TrialDir(lock.dir)
+            if trial_dir.done.exists():
+                trial_dir.check_same_trial(spec)
                 print(f"{spec.output_dir}: already done", flush=True)
                 return 0
         except ShiftbenchError as e:
@@ -103,8 +102,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             if not getattr(ns, "job_file", None):
                 write_job_file(lock.dir, spec)
             record_attempt(spec.output_dir,
-                           resumed=(lock.dir / "checkpoint.pt").exists()
-                           or (lock.dir / "checkpoint.prev.pt").exists(),
+                           resumed=trial_dir.checkpoint.exists()
+                           or trial_dir.prev_checkpoint.exists(),
                            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
                            slurm_job_id=os.environ.get("SLURM_JOB_ID"),
                            threads=ns.threads)
