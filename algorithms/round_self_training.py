@@ -253,8 +253,31 @@ def bootstrap_loss(log_p: torch.Tensor, target: torch.Tensor, norm: torch.Tensor
     return -(weights * (log_p - torch.log(lam))).sum(dim=1)
 
 
+class TPLDPhases:
+    """TPLD's hparams and its two phases, mixed in by the classification (`TPLD`) and the
+    segmentation (`SegTPLD`) forms: voting densification in all but the last `tpld_hard_rounds`
+    of the `cbst_rounds` rounds, then the easy/hard split."""
+
+    HPARAMS = {
+        "cbst_rounds": HParam(6, Choice([4, 6, 8]), low=1, help="self-training rounds (both phases)"),
+        "tpld_hard_rounds": HParam(2, Choice([1, 2, 3]), low=0, help="final rounds in phase 2"),
+        "tpld_beta": HParam(0.9, Uniform(0.7, 1.0), low=0.0, high=1.0, help="bootstrapping beta"),
+        "tpld_vote_alpha": HParam(0.7, Choice([0.5, 0.7, 0.9]), low=0.0, high=1.0,
+                                  help="weight of the own score in the vote"),
+        "tpld_vote_iters": HParam(3, None, low=1, help="voting iterations"),
+        "tpld_easy_share": HParam(0.3, Choice([0.2, 0.3, 0.4]), low=0.0, high=1.0),
+        "tpld_gamma": HParam(2.0, Choice([1.0, 2.0, 3.0]), low=0.0, help="soft-label sharpening"),
+        "tpld_adv_weight": HParam(1e-3, LogUniform(-4, -2), low=0.0, help="hard->easy alignment"),
+    }
+
+    def hard_phase(self) -> bool:
+        """Whether the current round is one of the last `tpld_hard_rounds` (phase 2)."""
+        hp = self.hparams
+        return int(self.round_index) >= int(hp["cbst_rounds"]) - int(hp["tpld_hard_rounds"])
+
+
 @register_algorithm
-class TPLD(CBST):
+class TPLD(TPLDPhases, CBST):
     """TPLD (Shin et al., ECCV 2020): two-phase pseudo-label densification on top of CBST.
 
     Both phases train the target with the bootstrapping loss `bootstrap_loss` (beta `tpld_beta`,
@@ -278,16 +301,7 @@ class TPLD(CBST):
     PAPER = "Shin, Woo, Pan & Kweon, Two-phase pseudo label densification for self-training based " \
             "domain adaptation, ECCV 2020"
     HPARAMS = {
-        "cbst_rounds": HParam(6, Choice([4, 6, 8]), low=1, help="self-training rounds (both phases)"),
-        "tpld_hard_rounds": HParam(2, Choice([1, 2, 3]), low=0, help="final rounds in phase 2"),
-        "tpld_beta": HParam(0.9, Uniform(0.7, 1.0), low=0.0, high=1.0, help="bootstrapping beta"),
-        "tpld_vote_alpha": HParam(0.7, Choice([0.5, 0.7, 0.9]), low=0.0, high=1.0,
-                                  help="weight of the own score in the vote"),
         "tpld_neighbours": HParam(5, Choice([3, 5, 9]), low=1, help="k of the k-NN vote"),
-        "tpld_vote_iters": HParam(3, None, low=1, help="voting iterations"),
-        "tpld_easy_share": HParam(0.3, Choice([0.2, 0.3, 0.4]), low=0.0, high=1.0),
-        "tpld_gamma": HParam(2.0, Choice([1.0, 2.0, 3.0]), low=0.0, help="soft-label sharpening"),
-        "tpld_adv_weight": HParam(1e-3, LogUniform(-4, -2), low=0.0, help="hard->easy alignment"),
         "tpld_bank_size": HParam(2048, None, low=1, help="confident examples kept for voting"),
     }
 
@@ -301,10 +315,6 @@ class TPLD(CBST):
         self.discriminator = Discriminator(num_classes, 1, width=64, depth=3)
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=1e-4, betas=(0.9, 0.99))
         self._pending = None
-
-    def hard_phase(self) -> bool:
-        hp = self.hparams
-        return int(self.round_index) >= int(hp["cbst_rounds"]) - int(hp["tpld_hard_rounds"])
 
     def bank(self):
         n = int(self.bank_count)

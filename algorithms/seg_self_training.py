@@ -24,13 +24,19 @@ import torch.nn.functional as F
 from shiftbench.algorithms.base import register_algorithm
 from shiftbench.algorithms.base import step as gradient_step
 from shiftbench.algorithms.components import EMA
-from shiftbench.algorithms.round_self_training import RoundSelfTraining, bootstrap_loss, lrent_labels, mrkld
+from shiftbench.algorithms.round_self_training import (
+    RoundSelfTraining,
+    TPLDPhases,
+    bootstrap_loss,
+    lrent_labels,
+    mrkld,
+)
 from shiftbench.algorithms.seg_adversarial import PatchDiscriminator, _disc_width, n_down_for
 from shiftbench.algorithms.seg_base import SegAlgorithm, seg_loss
-from shiftbench.algorithms.self_training import ema_warmup_decay
+from shiftbench.algorithms.self_training import DACS_HPARAMS, ema_warmup_decay
 from shiftbench.datasets.segmentation import IGNORE_INDEX
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
+from shiftbench.hparams_registry import Choice, HParam, LogUniform
 from shiftbench.seg_networks import upsample
 
 # ---- DACS ---------------------------------------------------------------------------------
@@ -99,13 +105,7 @@ class SegDACS(SegAlgorithm):
     SAME_METHOD_AS = "DACS"
     SETTINGS = ("uda",)
     PAPER = "Tranheden et al., DACS: domain adaptation via cross-domain mixed sampling, WACV 2021"
-    HPARAMS = {
-        "dacs_weight": HParam(1.0, LogUniform(-0.5, 0.5), low=0.0, help="lambda_u"),
-        "dacs_ema": HParam(0.99, Choice([0.99, 0.999]), low=0.0, high=1.0, help="EMA decay cap"),
-        "dacs_threshold": HParam(0.968, Choice([0.9, 0.95, 0.968]), low=0.0, high=1.0,
-                                 help="teacher confidence counted in the pixel weight"),
-        "dacs_jitter": HParam(0.25, Choice([0.1, 0.25]), low=0.0, high=1.0, help="jitter strength"),
-    }
+    HPARAMS = DACS_HPARAMS
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
@@ -308,7 +308,7 @@ def image_confidence(norm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 
 
 @register_algorithm
-class SegTPLD(SegCRST):
+class SegTPLD(TPLDPhases, SegCRST):
     """TPLD (Shin, Woo, Pan & Kweon, ECCV 2020) on top of CRST-MRKLD, per pixel.
 
     Target loss: the bootstrapped L_boot = -sum_k [beta y_k + (1 - beta) p_k/lambda_k] log(p_k/lambda_k)
@@ -328,15 +328,7 @@ class SegTPLD(SegCRST):
     PAPER = "Shin, Woo, Pan & Kweon, Two-phase pseudo label densification for self-training based " \
             "domain adaptation, ECCV 2020"
     HPARAMS = {
-        "cbst_rounds": HParam(6, Choice([4, 6, 8]), low=1, help="self-training rounds (both phases)"),
-        "tpld_hard_rounds": HParam(2, Choice([1, 2, 3]), low=0, help="final rounds in phase 2"),
-        "tpld_beta": HParam(0.9, Uniform(0.7, 1.0), low=0.0, high=1.0, help="bootstrapping beta"),
-        "tpld_vote_alpha": HParam(0.7, Choice([0.5, 0.7, 0.9]), low=0.0, high=1.0),
         "tpld_window": HParam(5, Choice([3, 5]), low=1, help="voting window (odd)"),
-        "tpld_vote_iters": HParam(3, None, low=1, help="voting iterations"),
-        "tpld_easy_share": HParam(0.3, Choice([0.2, 0.3, 0.4]), low=0.0, high=1.0),
-        "tpld_gamma": HParam(2.0, Choice([1.0, 2.0, 3.0]), low=0.0, help="soft-label sharpening"),
-        "tpld_adv_weight": HParam(1e-3, LogUniform(-4, -2), low=0.0, help="hard->easy alignment"),
         "disc_width": _disc_width,
     }
 
@@ -348,10 +340,6 @@ class SegTPLD(SegCRST):
         self.discriminator = PatchDiscriminator(num_classes, int(self.hparams["disc_width"]),
                                                 n_down_for(*self.input_shape[1:], 4))
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=1e-4, betas=(0.9, 0.99))
-
-    def hard_phase(self) -> bool:
-        hp = self.hparams
-        return int(self.round_index) >= int(hp["cbst_rounds"]) - int(hp["tpld_hard_rounds"])
 
     def after_labelling(self, target_batches):
         if not self.hard_phase():

@@ -199,6 +199,16 @@ def dacs_mix(xs: torch.Tensor, xt: torch.Tensor, ratio: torch.Tensor, generator=
     return mask * xs + (1 - mask) * xt, mask.mean(dim=(1, 2, 3))
 
 
+DACS_HPARAMS = {  # DACS's own hparams, shared by its segmentation form (SegDACS)
+    "dacs_weight": HParam(1.0, LogUniform(-0.5, 0.5), low=0.0, help="lambda_u"),
+    "dacs_ema": HParam(0.99, Choice([0.99, 0.999]), low=0.0, high=1.0, help="EMA decay cap"),
+    "dacs_threshold": HParam(0.968, Choice([0.9, 0.95, 0.968]), low=0.0, high=1.0,
+                             help="teacher confidence counted in the target weight w_t"),
+    "dacs_jitter": HParam(0.25, Choice([0.1, 0.25]), low=0.0, high=1.0,
+                          help="colour jitter strength after mixing"),
+}
+
+
 @register_algorithm
 class DACS(_SelfTraining):
     """DACS (Tranheden et al., WACV 2021) adapted from segmentation to classification.
@@ -220,12 +230,7 @@ class DACS(_SelfTraining):
 
     PAPER = "Tranheden et al., DACS: domain adaptation via cross-domain mixed sampling, WACV 2021"
     HPARAMS = {
-        "dacs_weight": HParam(1.0, LogUniform(-0.5, 0.5), low=0.0, help="lambda_u"),
-        "dacs_ema": HParam(0.99, Choice([0.99, 0.999]), low=0.0, high=1.0, help="EMA decay cap"),
-        "dacs_threshold": HParam(0.968, Choice([0.9, 0.95, 0.968]), low=0.0, high=1.0,
-                                 help="teacher confidence for the weight w_t"),
-        "dacs_jitter": HParam(0.25, Choice([0.1, 0.25]), low=0.0, high=1.0,
-                              help="colour jitter strength after mixing"),
+        **DACS_HPARAMS,
         "dacs_mix_low": HParam(0.3, Uniform(0.2, 0.4), low=0.0, high=1.0, help="min area of M"),
         "dacs_mix_high": HParam(0.7, Uniform(0.6, 0.8), low=0.0, high=1.0, help="max area of M"),
     }
