@@ -1,12 +1,13 @@
 """What is registered, known without importing torch: an index read from the source with `ast`.
 
-The algorithm and dataset modules import torch (about 5 s of CPU), yet `--help`, `list` and
-name errors need only names, settings, papers, environments and declared defaults. This module
+The algorithm and dataset modules import torch (seconds of CPU: docs/benchmarks.md), yet
+`--help`, `list` and name errors need only names, settings, papers, environments and declared
+defaults. This module
 parses the modules of `shiftbench.algorithms` and `shiftbench.datasets` (plus the demo's
 `shiftbench.demo_data`) without executing them, and evaluates the class attributes the registry
 reads (`SETTINGS`, `PAPER`, `HPARAMS`, `ENVIRONMENTS`, ...) from their literal expressions. The
 index is cached in the user's cache directory, keyed by the path, size and modification time of
-every file read (a changed file rebuilds it: about 0.15 s), so it cannot go stale; a test checks it
+every file read (a changed file rebuilds it), so it cannot go stale; a test checks it
 against the imported registries. Values that are not literal (e.g. hparams whose default depends
 on the dataset) are `UNKNOWN`; callers that need them import the real classes.
 

@@ -31,7 +31,7 @@ DEMO_TASKS = {"CCSA": SDA.name}
 BASELINE = "ERM"
 DEMO_STEPS = 250
 DEMO_BATCH_SIZE = 16
-DEMO_CNN_WIDTH = 32  # half of DomainBed's small CNN (64-128-128-128): ~2x faster steps
+DEMO_CNN_WIDTH = 32  # half of DomainBed's small CNN (64-128-128-128): cheaper steps
 DEMO_DATASET = "DigitsDemo"
 DEMO_MODULE = "shiftbench.demo_data"
 
@@ -124,8 +124,8 @@ def determinism_inputs(precision: str, threads: int) -> dict[str, object]:
 
 
 def auto_precision() -> str:
-    """bf16 where bfloat16 matmuls are native (AMX / AVX-512 BF16 CPUs, bf16-capable GPUs: about
-    2x faster for the demo's CNN), else fp32 (emulated bf16 would be slower)."""
+    """bf16 where bfloat16 matmuls are native (AMX / AVX-512 BF16 CPUs, bf16-capable GPUs; the
+    gain is measured in docs/benchmarks.md), else fp32 (emulated bf16 is slower than fp32)."""
     import torch
 
     if torch.cuda.is_available():

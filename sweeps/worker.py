@@ -4,8 +4,8 @@ The worker reads the job's spec from its `job.json` (written by the launcher, se
 `shiftbench.sweeps.jobs.Job.prepare`), takes the job's lock (see `shiftbench.sweeps.state`)
 before training, so however many launchers start the same job, only one trains it; the others
 exit at once with status 0 and say so. A job started again after a crash resumes from its
-checkpoint (the trainer does that). The `shiftbench train` flags are still accepted instead of a
-job file (commands written by earlier versions, e.g. a requeued Slurm task).
+checkpoint (the trainer does that). The `shiftbench train` flags are also accepted instead of a
+job file (a command that carries the spec as flags, e.g. a requeued Slurm task written so).
 """
 
 from __future__ import annotations
