@@ -53,7 +53,7 @@ from shiftbench.algorithms.base import (
     register_algorithm,
     step,
 )
-from shiftbench.algorithms.components import Discriminator, dann_schedule, grad_reverse
+from shiftbench.algorithms.components import Discriminator, classifier_head, dann_schedule, grad_reverse
 from shiftbench.hparams_registry import Choice, HParam, IntLogUniform, LogUniform
 
 SCHEMES = ("reversal", "alternating")
@@ -73,9 +73,7 @@ class GradientReversalAdversary(Algorithm):
 
     def build_networks(self) -> None:
         self.featurizer = networks.Featurizer(self.input_shape, self.hparams)
-        self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, self.num_classes, self.hparams["nonlinear_classifier"],
-            hidden=networks.head_hidden(self.hparams))
+        self.classifier = classifier_head(self.featurizer.n_outputs, self.num_classes, self.hparams)
 
     def disc_inputs(self) -> int:
         return self.featurizer.n_outputs

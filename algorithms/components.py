@@ -11,13 +11,15 @@ from __future__ import annotations
 import copy
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from shiftbench import networks
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -55,6 +57,13 @@ class Discriminator(nn.Sequential):
             size = width
         layers.append(nn.Linear(size, n_outputs))
         super().__init__(*layers)
+
+
+def classifier_head(n_inputs: int, n_outputs: int, hparams: Mapping[str, Any]) -> nn.Module:
+    """The label head the hparams prescribe: `networks.Classifier` with `nonlinear_classifier`
+    and the hidden widths of the `network` (`networks.head_hidden`)."""
+    return networks.Classifier(n_inputs, n_outputs, hparams["nonlinear_classifier"],
+                               hidden=networks.head_hidden(hparams))
 
 
 def entropy(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -17,6 +17,7 @@ from shiftbench.algorithms.base import (
     register_algorithm,
     step,
 )
+from shiftbench.algorithms.components import classifier_head
 from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
 
 
@@ -48,8 +49,7 @@ class MTL(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
         n = self.featurizer.n_outputs
-        self.classifier = networks.Classifier(2 * n, num_classes, self.hparams["nonlinear_classifier"],
-                                              hidden=networks.head_hidden(self.hparams))
+        self.classifier = classifier_head(2 * n, num_classes, self.hparams)
         self.register_buffer("embeddings", torch.zeros(num_domains, n))
         self.optimizer = make_optimizer(
             list(self.featurizer.parameters()) + list(self.classifier.parameters()), self.hparams)
@@ -124,9 +124,7 @@ class Transfer(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         self.featurizer = networks.Featurizer(input_shape, hp)
-        self.classifier = networks.Classifier(self.featurizer.n_outputs, num_classes,
-                                              hp["nonlinear_classifier"],
-                                              hidden=networks.head_hidden(hp))
+        self.classifier = classifier_head(self.featurizer.n_outputs, num_classes, hp)
         self.adv_classifier = copy.deepcopy(self.classifier)
         if hp.get("gda", False):
             self.optimizer = torch.optim.SGD(self.adv_classifier.parameters(), lr=hp["lr"])

@@ -9,6 +9,7 @@ from torch import autograd
 
 from shiftbench import networks
 from shiftbench.algorithms.base import Algorithm, cross_entropy, make_optimizer, register_algorithm, step
+from shiftbench.algorithms.components import classifier_head
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
@@ -106,9 +107,7 @@ class Fish(Algorithm):
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
-        self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"],
-            hidden=networks.head_hidden(self.hparams))
+        self.classifier = classifier_head(self.featurizer.n_outputs, num_classes, self.hparams)
         self.network = torch.nn.Sequential(self.featurizer, self.classifier)
         self.network_inner = copy.deepcopy(self.network)
         self.optimizer_inner = make_optimizer(self.network_inner.parameters(), self.hparams)

@@ -18,6 +18,7 @@ from shiftbench.algorithms.base import (
     register_algorithm,
     step,
 )
+from shiftbench.algorithms.components import classifier_head
 
 
 @register_algorithm
@@ -31,9 +32,7 @@ class ERM(Algorithm):
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams, norm=self.FEATURIZER_NORM)
-        self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"],
-            hidden=networks.head_hidden(self.hparams))
+        self.classifier = classifier_head(self.featurizer.n_outputs, num_classes, self.hparams)
         self.network = torch.nn.Sequential(self.featurizer, self.classifier)
         self.optimizer = make_optimizer(self.network.parameters(), self.hparams)
 

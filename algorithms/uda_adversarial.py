@@ -29,6 +29,7 @@ from shiftbench.algorithms.base import (
 from shiftbench.algorithms.components import (
     Discriminator,
     PhaseSchedule,
+    classifier_head,
     entropy,
 )
 from shiftbench.errors import ShiftbenchError
@@ -207,9 +208,7 @@ class ADDA(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         self.source_encoder = networks.Featurizer(input_shape, hp)
-        self.classifier = networks.Classifier(
-            self.source_encoder.n_outputs, num_classes, hp["nonlinear_classifier"],
-            hidden=networks.head_hidden(hp))
+        self.classifier = classifier_head(self.source_encoder.n_outputs, num_classes, hp)
         self.target_encoder = copy.deepcopy(self.source_encoder)
         self.discriminator = Discriminator(self.source_encoder.n_outputs, 1, int(hp["disc_width"]), 3)
         self.register_buffer("adapting", torch.zeros((), dtype=torch.bool))

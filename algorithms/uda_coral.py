@@ -17,7 +17,7 @@ from shiftbench.algorithms.base import (
     register_algorithm,
     step,
 )
-from shiftbench.algorithms.components import coral_distance
+from shiftbench.algorithms.components import classifier_head, coral_distance
 from shiftbench.hparams_registry import HParam
 
 
@@ -32,9 +32,7 @@ class DeepCORAL(Algorithm):
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
-        self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"],
-            hidden=networks.head_hidden(self.hparams))
+        self.classifier = classifier_head(self.featurizer.n_outputs, num_classes, self.hparams)
         self.optimizer = make_optimizer(
             list(self.featurizer.parameters()) + list(self.classifier.parameters()), self.hparams)
 

@@ -24,7 +24,7 @@ from shiftbench.algorithms.base import (
     register_algorithm,
     step,
 )
-from shiftbench.algorithms.components import dann_schedule, entropy, grad_reverse
+from shiftbench.algorithms.components import classifier_head, dann_schedule, entropy, grad_reverse
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
 
@@ -89,9 +89,7 @@ class _SourcePlusTarget(Algorithm):
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
-        self.classifier = networks.Classifier(
-            self.featurizer.n_outputs, num_classes, self.hparams["nonlinear_classifier"],
-            hidden=networks.head_hidden(self.hparams))
+        self.classifier = classifier_head(self.featurizer.n_outputs, num_classes, self.hparams)
         self.build_extra()
         self.optimizer = make_optimizer(self.parameters(), self.hparams)
 
@@ -201,9 +199,7 @@ class MDD(_SourcePlusTarget):
     }
 
     def build_extra(self):
-        self.adv_classifier = networks.Classifier(
-            self.featurizer.n_outputs, self.num_classes, self.hparams["nonlinear_classifier"],
-            hidden=networks.head_hidden(self.hparams))
+        self.adv_classifier = classifier_head(self.featurizer.n_outputs, self.num_classes, self.hparams)
 
     def penalty(self, f, logits, n_source):
         lam = self.hparams["grl_max"] * dann_schedule(self.progress)
@@ -241,10 +237,8 @@ class MCD(Algorithm):
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         self.featurizer = networks.Featurizer(input_shape, self.hparams)
-        nonlinear = self.hparams["nonlinear_classifier"]
         self.heads = torch.nn.ModuleList(  # F1, F2: independent random initialisations
-            [networks.Classifier(self.featurizer.n_outputs, num_classes, nonlinear,
-                                hidden=networks.head_hidden(self.hparams)) for _ in range(2)])
+            [classifier_head(self.featurizer.n_outputs, num_classes, self.hparams) for _ in range(2)])
         self.optimizer = make_optimizer(self.featurizer.parameters(), self.hparams)
         self.head_optimizer = make_optimizer(self.heads.parameters(), self.hparams)
 

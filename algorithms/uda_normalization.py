@@ -25,7 +25,7 @@ from shiftbench.algorithms.base import (
     register_algorithm,
     step,
 )
-from shiftbench.algorithms.components import Discriminator, PhaseSchedule
+from shiftbench.algorithms.components import Discriminator, PhaseSchedule, classifier_head
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import Choice, HParam, LogUniform
 
@@ -109,9 +109,7 @@ class AdaBN(Algorithm):
         body = networks.Featurizer(input_shape, self.hparams, norm="batch")
         layers = [_input_norm(self.input_shape), body] if self.hparams["input_norm"] else [body]
         self.featurizer = nn.Sequential(*layers)
-        self.classifier = networks.Classifier(body.n_outputs, num_classes,
-                                              self.hparams["nonlinear_classifier"],
-                                              hidden=networks.head_hidden(self.hparams))
+        self.classifier = classifier_head(body.n_outputs, num_classes, self.hparams)
         self.network = nn.Sequential(self.featurizer, self.classifier)
         self.register_buffer("finalised", torch.zeros((), dtype=torch.bool))
         self.optimizer = make_optimizer(self.network.parameters(), self.hparams)
@@ -206,8 +204,7 @@ class GAM(Algorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
         hp = self.hparams
         featurizer = networks.Featurizer(input_shape, hp)
-        classifier = networks.Classifier(featurizer.n_outputs, num_classes, hp["nonlinear_classifier"],
-                                         hidden=networks.head_hidden(hp))
+        classifier = classifier_head(featurizer.n_outputs, num_classes, hp)
         self.source_net = nn.Sequential(featurizer, classifier)
         self.target_net = copy.deepcopy(self.source_net)
         width = int(hp["disc_width"])
