@@ -202,17 +202,21 @@ def test_interrupted_round_training_resumes_identically(tmp_path, monkeypatch, n
     assert stable_records(tmp_path / "crashed") == stable_records(tmp_path / "reference")
 
 
-@pytest.mark.parametrize("name", ["ADDA", "GAM", "CBST", "CRST", "TPLD", "SHOT"])
+@pytest.mark.parametrize("name", ["ADDA", "GAM", "CBST", "CRST", "TPLD", "SHOT", "SegGAM", "SegCBST",
+                                  "SegCRST", "SegCRSTLRENT", "SegTPLD"])
 def test_methods_with_phases_declare_one_phase_schedule(name):
     from shiftbench.algorithms import get_algorithm_class
     from shiftbench.algorithms.components import PhaseSchedule
 
     cls = get_algorithm_class(name)
+    seg = "segmentation" in cls.TASK_TYPES
+    ds = DatasetInfo("Tiny", (3, 32, 64), 4) if seg else VEC
     assert isinstance(cls.PHASES, PhaseSchedule)
-    space = cls.hparam_space(VEC)
+    space = cls.hparam_space(ds)
     assert cls.PHASES.source_fraction in space
     assert cls.PHASES.rounds is None or cls.PHASES.rounds in space
-    alg = create_algorithm(name, (8,), 3, 1, {"mlp_width": 16}, dataset=VEC, setting="uda",
+    hparams = {"seg_width": 4} if seg else {"mlp_width": 16}
+    alg = create_algorithm(name, ds.input_shape, ds.num_classes, 1, hparams, dataset=ds, setting="uda",
                            total_steps=10)
     switches = hasattr(alg, "start_adaptation")  # a source network copied at the switch
     phases = [cls.PHASES.in_source_phase(alg)]

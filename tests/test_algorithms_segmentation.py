@@ -81,24 +81,6 @@ def test_round_based_methods_reach_their_target_phase():
     assert "round_q" in seen and "labelled" in seen and "easy" in seen  # phase 1 and phase 2 ran
 
 
-@pytest.mark.parametrize("name", ["SegGAM", "SegCBST", "SegCRST", "SegCRSTLRENT", "SegTPLD"])
-def test_seg_methods_with_phases_declare_one_phase_schedule(name):
-    from shiftbench.algorithms.components import PhaseSchedule
-
-    cls = ALGORITHM_REGISTRY.get(name)
-    assert isinstance(cls.PHASES, PhaseSchedule)
-    space = cls.hparam_space(DatasetInfo("Tiny", SHAPE, K))
-    assert cls.PHASES.source_fraction in space and (cls.PHASES.rounds or "") in {*space, ""}
-    alg = _build(name, total=9)
-    switches = hasattr(alg, "start_adaptation")  # a source network copied at the switch
-    phases = [cls.PHASES.in_source_phase(alg)]
-    assert not (switches and cls.PHASES.adapting(alg))
-    alg.num_updates.fill_(cls.PHASES.start(alg))
-    phases.append(cls.PHASES.in_source_phase(alg))
-    assert phases == [True, False] and cls.PHASES.round_starting(alg) == 0
-    assert not switches or (cls.PHASES.adapting(alg) and bool(alg.adapting))
-
-
 def test_seg_gam_adapts_from_the_first_step_whose_progress_reaches_the_fraction():
     alg = _build("SegGAM", total=9)  # pretrain_fraction 0.5: 4/9 < 0.5 <= 5/9
     phases = [alg.train_step([_data(s)], [_data(20 + s)[0]])["phase"] for s in range(6)]
