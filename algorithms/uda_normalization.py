@@ -253,7 +253,7 @@ class GAM(Algorithm):
         drift = weight_drift(self.target_net, self.source_net)
         loss = adv + self.hparams["gauss_weight"] * gauss + self.hparams["drift_weight"] * drift
         step(loss, self.target_optimizer)
-        self.discriminators.zero_grad(set_to_none=True)
+        self.discriminators.zero_grad(set_to_none=True)  # D is only moved by its own step
         return {"disc_loss": d_loss.item(), "adv_loss": adv.item(), "gauss": gauss.item(),
                 "drift": drift.item(), "phase": 2.0}
 
