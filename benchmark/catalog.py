@@ -34,6 +34,8 @@ from shiftbench.source_reader import UNKNOWN, ReaderClass, SourceReader, summary
 ALGORITHM_PACKAGE = "shiftbench.algorithms"
 DATASET_PACKAGES = ("shiftbench.datasets",)
 EXTRA_DATASET_MODULES = ("shiftbench.demo_data",)  # registered on import by the demo
+# Where a dataset's files are and where they come from (read by `shiftbench data list`).
+FILE_ATTRIBUTES = ("DATA_SUBDIR", "DOMAIN_FOLDERS", "DOMAIN_SUBPATH", "URL", "LICENSE", "FOLDER")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class DatasetEntry:
     n_steps: int
     source: str
     summary: str
+    bases: tuple[str, ...]  # the class names of its MRO, itself first
+    files: dict[str, Any]  # the `FILE_ATTRIBUTES` its class (or a base) sets, by name
 
 
 def _package_modules(package: str) -> dict[str, Path]:
@@ -168,7 +172,9 @@ def _build_datasets(modules: dict[str, Path]) -> dict[str, DatasetEntry]:
             cls.registered_as, cls.module,
             tuple(str(e) for e in envs) if envs is not UNKNOWN else UNKNOWN,
             tuple(shape) if shape is not UNKNOWN else UNKNOWN, get("NUM_CLASSES"),
-            get("N_STEPS", UNKNOWN), get("SOURCE", ""), summary(cls.node))
+            get("N_STEPS", UNKNOWN), get("SOURCE", ""), summary(cls.node),
+            tuple(c.name for c in src.mro(cls)),
+            {a: get(a) for a in FILE_ATTRIBUTES if src.class_attribute(cls, a) is not None})
     return out
 
 
@@ -208,7 +214,8 @@ def _registered_in_process(kind: str, name: str) -> bool:
     `register_image_folder`, a notebook's own class) when its registry is already imported."""
     import sys
 
-    module = sys.modules.get(f"shiftbench.{kind}")
+    # the modules that define the registries (the datasets package imports its modules lazily)
+    module = sys.modules.get(f"shiftbench.{kind}.base")
     registry = getattr(module, "DATASETS" if kind == "datasets" else "ALGORITHM_REGISTRY", None)
     return registry is not None and name in registry
 

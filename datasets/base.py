@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from shiftbench.datasets.availability import AVAILABILITY, register_availability  # noqa: F401
 from shiftbench.errors import ShiftbenchError
 from shiftbench.registry import Registry
 
@@ -153,17 +154,6 @@ def register_dataset(cls: type[MultiDomainDataset] | None = None, *, name: str |
         return c
 
     return decorator(cls) if cls is not None else decorator
-
-
-# `shiftbench data`'s rows: fn(data_dir) -> one row or a list of rows, each a dict with `dataset`,
-# `status` (present / missing / built-in ...), `domains` (name -> count or state) and `source`.
-AVAILABILITY: Registry[Any] = Registry("dataset availability check", "shiftbench.datasets")
-
-
-def register_availability(name: str):
-    """Decorator: `fn(data_dir)` reports whether dataset(s) `name` can be read from `data_dir`
-    (shown by `shiftbench data`); a plug-in dataset registers its own next to its class."""
-    return AVAILABILITY.register(name)
 
 
 def get_dataset_class(name: str) -> type[MultiDomainDataset]:

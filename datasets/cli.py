@@ -12,9 +12,9 @@ from shiftbench.errors import ShiftbenchError
 
 def dataset_status(data_dir: str | None) -> list[dict[str, Any]]:
     """One row per known dataset: name, status, per-domain counts, where to obtain it; from every
-    registered availability check (`shiftbench.datasets.base.register_availability`)."""
-    from shiftbench.datasets import availability  # noqa: F401 (the built-in datasets' checks)
-    from shiftbench.datasets.base import AVAILABILITY
+    registered availability check (`shiftbench.datasets.availability`; torch-free unless a plug-in
+    is installed)."""
+    from shiftbench.datasets.availability import AVAILABILITY
 
     AVAILABILITY.load_entry_points()
     rows: list[dict[str, Any]] = []

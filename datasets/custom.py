@@ -44,7 +44,9 @@ def register_image_folder(name: str, root: str | os.PathLike,
     root = Path(root)
     if not root.is_dir():
         raise ShiftbenchError(f"register_image_folder({name!r}): {root} is not a directory")
-    from shiftbench.datasets.folder import IMAGE_EXTENSIONS, _subdirs, scan_domain
+    from shiftbench.datasets.folder import scan_domain
+    from shiftbench.datasets.lookup import IMAGE_EXTENSIONS
+    from shiftbench.datasets.lookup import subdirs as _subdirs
 
     domains = _subdirs(root)
     if not domains:

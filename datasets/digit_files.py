@@ -42,30 +42,13 @@ from shiftbench.datasets.base import (
     resolve_inside,
 )
 from shiftbench.datasets.cache_files import load_tensors, save_tensors
-from shiftbench.datasets.mnist import _find_idx, _read_idx_set
+from shiftbench.datasets.lookup import DIGIT_RELEASES
+from shiftbench.datasets.mnist import _read_idx_set
 from shiftbench.errors import ShiftbenchError
 from shiftbench.paths import cache_dir
 
 SIZE = 32
 CACHE_VERSION = 1
-
-
-def _first_folder(data_dir: str | None, folders: Sequence[str],
-                  names: Sequence[Sequence[str]]) -> dict[str, Path] | None:
-    """In the first folder holding one of each group of alternative names: {first name: path}."""
-    if not data_dir:
-        return None
-    for folder in folders:
-        found = {}
-        for group in names:
-            hit = next((Path(data_dir, folder, n) for n in group
-                        if Path(data_dir, folder, n).is_file()), None)
-            if hit is None:
-                break
-            found[group[0]] = hit
-        if len(found) == len(names):
-            return found
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,17 +160,6 @@ def _read_pairs(reader, keys: Sequence[str]):
     return read
 
 
-def _find_mnist_m(data_dir: str | None) -> dict[str, Path] | None:
-    found = _first_folder(data_dir, ("mnist_m", "."), (("mnist_m_train_labels.txt",),
-                                                       ("mnist_m_test_labels.txt",)))
-    if found is None:
-        return None
-    root = found["mnist_m_train_labels.txt"].parent
-    if not (root / "mnist_m_train").is_dir() or not (root / "mnist_m_test").is_dir():
-        return None
-    return found
-
-
 def _read_mnist_m(files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
     root = files["mnist_m_train_labels.txt"].parent
     train = read_mnist_m_split(root / "mnist_m_train", files["mnist_m_train_labels.txt"])
@@ -195,31 +167,17 @@ def _read_mnist_m(files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([train[0], test[0]]), np.concatenate([train[1], test[1]])
 
 
-DOMAINS: dict[str, DigitDomain] = {d.name: d for d in (
-    DigitDomain("mnist", "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
-                "http://yann.lecun.com/exdb/mnist/ (or torchvision.datasets.MNIST)",
-                "CC BY-SA 3.0", _find_idx, _read_mnist),
-    DigitDomain("mnist_m", "mnist_m/mnist_m_{train,test}/ + mnist_m_{train,test}_labels.txt",
-                "http://yaroslav.ganin.net/ (MNIST-M, Ganin & Lempitsky 2015)",
-                "research use (BSDS500 photo crops)", _find_mnist_m, _read_mnist_m),
-    DigitDomain("svhn", "SVHN/{train,test}_32x32.mat",
-                "http://ufldl.stanford.edu/housenumbers/ (format 2)", "non-commercial use only",
-                lambda d: _first_folder(d, ("SVHN", "svhn", "."), (("train_32x32.mat",),
-                                                                  ("test_32x32.mat",))),
-                _read_pairs(read_svhn_mat, ("train_32x32.mat", "test_32x32.mat"))),
-    DigitDomain("syn", "SynthDigits/synth_{train,test}_32x32.mat",
-                "http://yaroslav.ganin.net/ (SynNumbers / SynthDigits, Ganin & Lempitsky 2015)",
-                "research use", lambda d: _first_folder(
-                    d, ("SynthDigits", "syn", "."), (("synth_train_32x32.mat",),
-                                                     ("synth_test_32x32.mat",))),
-                _read_pairs(read_svhn_mat, ("synth_train_32x32.mat", "synth_test_32x32.mat"))),
-    DigitDomain("usps", "USPS/usps.bz2 + USPS/usps.t.bz2 (libsvm)",
-                "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass.html#usps",
-                "no explicit licence (research use)",
-                lambda d: _first_folder(d, ("USPS", "usps", "."), (("usps.bz2", "usps"),
-                                                                  ("usps.t.bz2", "usps.t"))),
-                _read_pairs(read_usps, ("usps.bz2", "usps.t.bz2"))),
-)}
+# How each release is read, by domain name (where it is found: `lookup.DIGIT_RELEASES`).
+READERS: dict[str, Callable[[dict[str, Path]], tuple[np.ndarray, np.ndarray]]] = {
+    "mnist": _read_mnist,
+    "mnist_m": _read_mnist_m,
+    "svhn": _read_pairs(read_svhn_mat, ("train_32x32.mat", "test_32x32.mat")),
+    "syn": _read_pairs(read_svhn_mat, ("synth_train_32x32.mat", "synth_test_32x32.mat")),
+    "usps": _read_pairs(read_usps, ("usps.bz2", "usps.t.bz2")),
+}
+DOMAINS: dict[str, DigitDomain] = {
+    name: DigitDomain(r.name, r.files, r.url, r.licence, r.find, READERS[name])
+    for name, r in DIGIT_RELEASES.items()}
 
 
 def to_rgb32(x: np.ndarray) -> torch.Tensor:

@@ -32,21 +32,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shiftbench.datasets import lookup
 from shiftbench.datasets.base import MultiDomainDataset, TensorDomain, register_dataset
 from shiftbench.datasets.cache_files import load_json, load_tensors, save_json, save_tensors
+from shiftbench.datasets.lookup import N_SYNTH, find_opencv_digits
 from shiftbench.errors import ShiftbenchError
 from shiftbench.paths import cache_dir
 
 GENERATION_VERSION = 1
 SIZE = 28
-N_SYNTH = 5000
 # scikit-image's bundled colour photos (no download needed); missing ones are skipped.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
           "immunohistochemistry", "retina", "brick", "grass", "gravel")
 FONT_DIRS = ("/usr/share/fonts",)
-# Where Debian's opencv-doc package installs OpenCV's sample sheet of handwritten digits.
-OPENCV_DIGITS_PATHS = ("/usr/share/doc/opencv-doc/examples/data/digits.png",
-                       "/usr/share/opencv4/samples/data/digits.png")
 # TeX symbol fonts whose "digit" code points hold other symbols.
 EXCLUDED_FONTS = ("cmex10", "cmsy10")
 
@@ -214,13 +212,6 @@ def make_lowres(x: np.ndarray, y: np.ndarray, g: torch.Generator):
     big = F.interpolate(small, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     gray = big[:, 0].round().clamp_(0, 255).to(torch.uint8)
     return _to_rgb(gray), torch.from_numpy(y)[order]
-
-
-def find_opencv_digits(data_dir: str | None) -> Path | None:
-    """`<data_dir>/digits.png`, else the opencv-doc locations, else None."""
-    candidates = [Path(data_dir) / "digits.png"] if data_dir else []
-    candidates += [Path(p) for p in OPENCV_DIGITS_PATHS]
-    return next((p for p in candidates if p.is_file()), None)
 
 
 def load_opencv_digits(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -405,7 +396,7 @@ class DigitsOpenCV(Digits):
             raise ShiftbenchError(
                 "DigitsOpenCV needs OpenCV's digits.png: put it in --data-dir, or install the "
                 "Debian package opencv-doc (looked in "
-                + ", ".join(([f"{root}/digits.png"] if root else []) + list(OPENCV_DIGITS_PATHS))
+                + ", ".join(([f"{root}/digits.png"] if root else []) + list(lookup.OPENCV_DIGITS_PATHS))
                 + "); use the dataset Digits for the four domains that need no file")
         super().__init__(root, test_envs, hparams)
         x, y = load_opencv_digits(path)

@@ -15,7 +15,6 @@ On-disk layout `<root>/<domain>/<class>/<image>`. Two ways to use it:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,21 +27,13 @@ from shiftbench.datasets.base import (
     MultiDomainDataset,
     register_dataset,
 )
+from shiftbench.datasets.lookup import count_images
+from shiftbench.datasets.lookup import images as _images
+from shiftbench.datasets.lookup import subdirs as _subdirs
 from shiftbench.errors import ShiftbenchError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp",
-                    ".gif")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _subdirs(path: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
-
-
-def _images(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.is_file() and
-                  p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
 
 
 def scan_domain(domain_dir: Path, classes: Sequence[str] | None = None,
@@ -223,12 +214,7 @@ class MultipleEnvironmentImageFolder(MultiDomainDataset):
     @classmethod
     def count(cls, root: str) -> dict[str, int] | None:
         """Images per domain folder, or None when the dataset is absent."""
-        path = Path(root) / cls.DATA_SUBDIR
-        if not path.is_dir():
-            return None
-        folders = [f for f in cls.DOMAIN_FOLDERS if (path / f).is_dir()] if cls.DOMAIN_FOLDERS \
-            else _subdirs(path)
-        return {f: len(_images(path / f / cls.DOMAIN_SUBPATH)) for f in folders}
+        return count_images(Path(root) / cls.DATA_SUBDIR, cls.DOMAIN_FOLDERS, cls.DOMAIN_SUBPATH)
 
 
 @register_dataset

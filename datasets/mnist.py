@@ -20,8 +20,10 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
+from shiftbench.datasets import lookup
 from shiftbench.datasets.base import MultiDomainDataset, TensorDomain, register_dataset
 from shiftbench.datasets.cache_files import load_tensors, save_tensors
+from shiftbench.datasets.lookup import find_fashion_idx, find_mnist_idx
 from shiftbench.errors import ShiftbenchError
 from shiftbench.paths import cache_dir, sha256_bytes
 
@@ -44,47 +46,6 @@ def _read_idx(path: Path) -> np.ndarray:
     return body.reshape(dims)
 
 
-IDX_NAMES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-             "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
-# Where Debian's dataset-fashion-mnist package installs the Fashion-MNIST idx files.
-FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-def _find_idx(data_dir: str | None) -> dict[str, Path] | None:
-    """MNIST's four idx files under `data_dir` (torchvision's `MNIST/raw`, `raw`, the folder
-    itself, or `MNIST`), else None."""
-    if not data_dir:
-        return None
-    root = Path(data_dir)
-    return _find_idx_in((root / "MNIST" / "raw", root / "raw", root, root / "MNIST"))
-
-
-def find_fashion_idx(data_dir: str | None) -> dict[str, Path] | None:
-    """Fashion-MNIST's idx files: `<data_dir>/FashionMNIST/raw` (torchvision),
-    `<data_dir>/FashionMNIST`, `<data_dir>/fashion-mnist`, then the Debian package's folder.
-    (Not `<data_dir>` itself: the file names are MNIST's.)"""
-    folders = []
-    if data_dir:
-        root = Path(data_dir)
-        folders += [root / "FashionMNIST" / "raw", root / "FashionMNIST", root / "fashion-mnist"]
-    folders.append(Path(FASHION_MNIST_SYSTEM_DIR))
-    return _find_idx_in(folders)
-
-
-def _find_idx_in(folders) -> dict[str, Path] | None:
-    names = IDX_NAMES
-    for folder in folders:
-        found = {}
-        for key, name in names.items():
-            for candidate in (folder / name, folder / (name + ".gz")):
-                if candidate.is_file():
-                    found[key] = candidate
-                    break
-        if len(found) == len(names):
-            return found
-    return None
-
-
 def _read_idx_set(files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
     """Train and test images and labels of a set of idx files, concatenated."""
     x = np.concatenate([_read_idx(files["train_x"]), _read_idx(files["test_x"])])
@@ -100,7 +61,7 @@ def load_fashion_mnist(data_dir: str | None = None) -> tuple[torch.Tensor, torch
     files = find_fashion_idx(data_dir)
     if files is None:
         where = ([f"{data_dir}/FashionMNIST/raw", f"{data_dir}/fashion-mnist"] if data_dir
-                 else []) + [FASHION_MNIST_SYSTEM_DIR]
+                 else []) + [lookup.FASHION_MNIST_SYSTEM_DIR]
         raise ShiftbenchError(
             "Fashion-MNIST is not installed: install the Debian package dataset-fashion-mnist "
             "(apt-get install dataset-fashion-mnist) or put its four idx files "
@@ -112,7 +73,7 @@ def load_fashion_mnist(data_dir: str | None = None) -> tuple[torch.Tensor, torch
 
 def load_mnist_digits(data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(images uint8 [N, 28, 28], labels int64 [N], a description of the source)."""
-    files = _find_idx(data_dir)
+    files = find_mnist_idx(data_dir)
     if files is not None:
         x, y = _read_idx_set(files)
         source = f"MNIST idx files in {files['train_x'].parent}"

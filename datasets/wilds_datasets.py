@@ -122,7 +122,9 @@ class WILDSCamelyon(WILDSImageDataset):
     ENVIRONMENTS = ("hospital_0", "hospital_1", "hospital_2", "hospital_3", "hospital_4")
     NUM_CLASSES = 2
     CHECKPOINT_FREQ = 300
-    WILDS_NAME, FOLDER, METADATA = "camelyon17", "camelyon17_v1.0", "hospital"
+    WILDS_NAME = "camelyon17"
+    FOLDER = "camelyon17_v1.0"
+    METADATA = "hospital"
     SOURCE = "WILDS Camelyon17 v1.0 (through the wilds package); CC0"
 
 
@@ -134,7 +136,9 @@ class WILDSFMoW(WILDSImageDataset):
     ENVIRONMENTS = ("region_0", "region_1", "region_2", "region_3", "region_4", "region_5")
     NUM_CLASSES = 62
     CHECKPOINT_FREQ = 300
-    WILDS_NAME, FOLDER, METADATA = "fmow", "fmow_v1.1", "region"
+    WILDS_NAME = "fmow"
+    FOLDER = "fmow_v1.1"
+    METADATA = "region"
     SOURCE = "WILDS FMoW v1.1 (through the wilds package)"
 
 

@@ -47,6 +47,10 @@ def test_dataset_index_matches_registry(registries):
         assert entry.environments == tuple(str(e) for e in cls.ENVIRONMENTS), name
         assert entry.input_shape == tuple(cls.INPUT_SHAPE) and entry.num_classes == cls.NUM_CLASSES
         assert entry.n_steps == cls.N_STEPS and entry.source == cls.SOURCE, name
+        # what `shiftbench data list` reads instead of the class: its family and file attributes
+        assert entry.bases == tuple(c.__name__ for c in cls.__mro__ if c is not object), name
+        assert entry.files == {a: getattr(cls, a) for a in catalog.FILE_ATTRIBUTES
+                               if hasattr(cls, a)}, name
 
 
 def test_every_builtin_entry_is_fully_read():

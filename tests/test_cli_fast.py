@@ -54,6 +54,20 @@ def test_answers_without_torch(argv, code, expect):
     assert result["heavy"] == []
 
 
+def test_data_list_without_torch(tmp_path):
+    pacs = tmp_path / "PACS"
+    for domain in ("art_painting", "cartoon", "photo", "sketch"):
+        (pacs / domain / "dog").mkdir(parents=True)
+        (pacs / domain / "dog" / "a.jpg").write_bytes(b"not decoded")
+    result = run(["data", "list", "--data-dir", str(tmp_path), "--json"])
+    assert result["code"] == 0 and result["heavy"] == []
+    rows = {row["dataset"]: row for row in json.loads(result["out"])}
+    assert rows["PACS"]["status"] == "present (4 images)"
+    assert rows["VLCS"]["status"] == f"missing (expected {tmp_path / 'VLCS'})"
+    assert rows["WILDSCamelyon"]["status"].startswith("missing (expected")
+    assert rows["DigitFive"]["domains"]["svhn"] == "missing"
+
+
 def test_collect_without_torch(tmp_path):
     for alg in ("ERM", "CORAL"):
         for env in range(3):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shiftbench.datasets import digits as D
-from shiftbench.datasets import get_dataset_class
+from shiftbench.datasets import get_dataset_class, lookup
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_opencv_missing_or_bad_sheet(tmp_path, monkeypatch):
 
     from shiftbench.errors import ShiftbenchError
 
-    monkeypatch.setattr(D, "OPENCV_DIGITS_PATHS", ())
+    monkeypatch.setattr(lookup, "OPENCV_DIGITS_PATHS", ())
     with pytest.raises(ShiftbenchError, match="needs OpenCV's digits.png.*opencv-doc"):
         get_dataset_class("DigitsOpenCV")(str(tmp_path), [0], {})
     Image.new("L", (20, 20)).save(tmp_path / "digits.png")
@@ -173,7 +173,7 @@ def _real_opencv_sheet(tmp_path_factory) -> str | None:
     (about 100 MB, once); None where neither works."""
     from helpers import debian_package_files
 
-    for path in D.OPENCV_DIGITS_PATHS:
+    for path in lookup.OPENCV_DIGITS_PATHS:
         if Path(path).is_file():
             return path
     found = debian_package_files("opencv-doc", "*/examples/data/digits.png",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from shiftbench.datasets import get_dataset_class
+from shiftbench.datasets import get_dataset_class, lookup
 from shiftbench.errors import ShiftbenchError
 
 
@@ -85,7 +85,7 @@ def _write_fashion(root, n_train=36, n_test=12):
 def test_fashion_variants_from_idx_files(tmp_path, monkeypatch):
     from shiftbench.datasets import mnist
 
-    monkeypatch.setattr(mnist, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian"))
+    monkeypatch.setattr(lookup, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian"))
     train = _write_fashion(tmp_path)
     rot = get_dataset_class("RotatedFashionMNIST")(str(tmp_path), [0], {})
     assert rot.environments == ["0", "15", "30", "45", "60", "75"]
@@ -103,9 +103,8 @@ def test_fashion_variants_from_idx_files(tmp_path, monkeypatch):
 
 
 def test_fashion_absent_is_a_clear_error(tmp_path, monkeypatch):
-    from shiftbench.datasets import mnist
 
-    monkeypatch.setattr(mnist, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian"))
+    monkeypatch.setattr(lookup, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian"))
     for name in ("RotatedFashionMNIST", "ColoredFashionMNIST"):
         with pytest.raises(ShiftbenchError, match="apt-get install dataset-fashion-mnist"):
             get_dataset_class(name)(None, [0], {})
@@ -124,7 +123,7 @@ def test_debian_fashion_mnist_package_layout(tmp_path, monkeypatch):
         if not found:
             pytest.skip("Debian package dataset-fashion-mnist is not installed and "
                         "`apt-get download dataset-fashion-mnist` failed")
-        monkeypatch.setattr(mnist, "FASHION_MNIST_SYSTEM_DIR", str(found[0].parent))
+        monkeypatch.setattr(lookup, "FASHION_MNIST_SYSTEM_DIR", str(found[0].parent))
     files = mnist.find_fashion_idx(None)
     labels = mnist._read_idx(files["test_y"])
     assert labels.shape == (10000,) and np.bincount(labels).tolist() == [1000] * 10
