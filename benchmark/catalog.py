@@ -46,6 +46,7 @@ class AlgorithmEntry:
     paper: str
     summary: str
     hparams: dict[str, Any]  # every declared hparam (bases included) -> default, or UNKNOWN
+    task_types: tuple[str, ...]  # the dataset task types it trains on
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class DatasetEntry:
     summary: str
     bases: tuple[str, ...]  # the class names of its MRO, itself first
     files: dict[str, Any]  # the `FILE_ATTRIBUTES` its class (or a base) sets, by name
+    task_type: str  # "classification" unless the class declares `TASK_TYPE`
+    image_cache: bool  # whether it reads a preprocessed image cache (`IMAGE_CACHE`)
 
 
 def _package_modules(package: str) -> dict[str, Path]:
@@ -153,10 +156,11 @@ def _build_algorithms(modules: dict[str, Path]) -> dict[str, AlgorithmEntry]:
     src = SourceReader(modules, "register_algorithm")
     out = {}
     for cls in src.order:
-        settings = src.attribute(cls, "SETTINGS")
+        settings, task_types = src.attribute(cls, "SETTINGS"), src.attribute(cls, "TASK_TYPES")
         out[cls.registered_as] = AlgorithmEntry(
             cls.registered_as, cls.module, tuple(settings) if settings is not UNKNOWN else UNKNOWN,
-            src.attribute(cls, "PAPER", ""), summary(cls.node), src.merged_dict(cls, "HPARAMS"))
+            src.attribute(cls, "PAPER", ""), summary(cls.node), src.merged_dict(cls, "HPARAMS"),
+            tuple(task_types) if task_types is not UNKNOWN else UNKNOWN)
     return out
 
 
@@ -174,7 +178,8 @@ def _build_datasets(modules: dict[str, Path]) -> dict[str, DatasetEntry]:
             tuple(shape) if shape is not UNKNOWN else UNKNOWN, get("NUM_CLASSES"),
             get("N_STEPS", UNKNOWN), get("SOURCE", ""), summary(cls.node),
             tuple(c.name for c in src.mro(cls)),
-            {a: get(a) for a in FILE_ATTRIBUTES if src.class_attribute(cls, a) is not None})
+            {a: get(a) for a in FILE_ATTRIBUTES if src.class_attribute(cls, a) is not None},
+            get("TASK_TYPE", "classification"), get("IMAGE_CACHE", False))
     return out
 
 

@@ -107,7 +107,9 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra sbatch option, e.g. --slurm-option qos=low (repeatable)")
 
 
-def spec_from_args(ns: argparse.Namespace) -> SweepSpec:
+def spec_from_args(ns: argparse.Namespace, check_hparams: bool = True) -> SweepSpec:
+    """The sweep the flags (and spec file) describe, validated (hparam values only when
+    `check_hparams`: they need the algorithm classes, hence torch)."""
     from shiftbench.cli import import_user_modules
 
     import_user_modules(ns.imports)
@@ -124,12 +126,12 @@ def spec_from_args(ns: argparse.Namespace) -> SweepSpec:
         spec.source_envs = {dataset: list(ns.source_envs) for dataset in spec.datasets}
     if ns.hparams:
         spec.hparams = {**spec.hparams, **parse_hparams_flag(ns.hparams)}
-    validate_spec(spec, ns.spec)
+    validate_spec(spec, ns.spec, check_hparams)
     return spec
 
 
-def sweep_jobs(ns: argparse.Namespace) -> tuple[SweepSpec, list[Job]]:
-    spec = spec_from_args(ns)
+def sweep_jobs(ns: argparse.Namespace, check_hparams: bool = True) -> tuple[SweepSpec, list[Job]]:
+    spec = spec_from_args(ns, check_hparams)
     return spec, enumerate_jobs(spec, ns.output_dir, ns.data_dir, ns.imports)
 
 
@@ -267,7 +269,7 @@ def cmd_launch(ns: argparse.Namespace) -> int:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
-    _, jobs = sweep_jobs(ns)
+    _, jobs = sweep_jobs(ns, check_hparams=False)  # reads states only: no torch
     states = job_states(jobs)
     print(status_table(jobs, states))
     if ns.verbose:

@@ -27,6 +27,7 @@ from typing import Any
 
 from shiftbench.seeds import seed_hash
 from shiftbench.setting import get_setting
+from shiftbench.sweeps.facts import dataset_facts
 from shiftbench.sweeps.spec import SweepSpec, sweep_units
 from shiftbench.trial_record import (
     CORE_IDENTITY_KEYS,
@@ -131,16 +132,14 @@ def make_job(args: TrialSpec, output_dir: str | Path, imports: tuple[str, ...] =
 def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None = None,
                    imports: tuple[str, ...] | list[str] = ()) -> list[Job]:
     """Every job of a validated spec, in a deterministic order, without duplicates."""
-    from shiftbench.datasets import get_dataset_class
-
     jobs: dict[str, Job] = {}
     reads_tta_mode = get_setting(spec.task).reads_tta_mode
     units = sweep_units(spec)
     for dataset in dict.fromkeys(u[0] for u in units):  # datasets x algorithms x held-out sets
-        dataset_cls = get_dataset_class(dataset)
-        steps = spec.steps or dataset_cls.N_STEPS  # concrete, so it is hashed
+        facts = dataset_facts(dataset)
+        steps = spec.steps or facts.n_steps  # concrete, so it is hashed
         # only datasets that have an image cache get the spec's choice (as tta_mode below)
-        image_cache = spec.image_cache and dataset_cls.IMAGE_CACHE
+        image_cache = spec.image_cache and facts.image_cache
         for algorithm, (_, sources, test_envs) in ((a, u) for a in spec.algorithms
                                                    for u in units if u[0] == dataset):
             for hparams_seed in range(spec.n_hparams_from, spec.n_hparams):

@@ -50,6 +50,7 @@ from typing import Any
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.setting import DG
+from shiftbench.sweeps.facts import dataset_facts
 
 try:
     import tomllib
@@ -129,14 +130,15 @@ class SweepSpec:
             raise SpecError("a sweep with an hparams preset needs the dataset to resolve it")
         return with_preset(self.hparams_preset, algorithm, dataset, mine)
 
-    def validate(self) -> None:
-        """Check names, counts and hparams against the registries; raise a clear error."""
-        from shiftbench.algorithms import get_algorithm_class, list_algorithms
-        from shiftbench.datasets import get_dataset_class
-        from shiftbench.datasets.segmentation import task_type_of
-        from shiftbench.hparams_registry import check_protocol, hparam_space, validate_overrides
+    def validate(self, check_hparams: bool = True) -> None:
+        """Check names, counts and hparams against the registries; raise a clear error.
+
+        `check_hparams=False` skips the hparam values (which need the algorithm classes, hence
+        torch): `sweep status` only reads the jobs' states."""
+        from shiftbench.hparams_registry import check_protocol
+        from shiftbench.options import PRECISIONS, TTA_MODES
         from shiftbench.setting import get_setting
-        from shiftbench.trainer import PRECISIONS, TTA_MODES
+        from shiftbench.sweeps.facts import algorithm_facts, algorithm_names, dataset_names
 
         self.task = get_setting(self.task).name
         check_protocol(self.protocol)
@@ -152,20 +154,18 @@ class SweepSpec:
                                 "source_envs; give one or the other")
             suite_tasks(self.tasks, self.datasets)  # unknown suites / missing domains
         if not self.sweep_datasets():
-            from shiftbench.datasets import list_datasets
-
             raise SpecError("no datasets given (--datasets, or `datasets = [...]` in the spec); "
-                            f"choices: {', '.join(list_datasets())}")
-        task_types = {task_type_of(get_dataset_class(name)) for name in self.sweep_datasets()}
+                            f"choices: {', '.join(dataset_names())}")
+        task_types = {dataset_facts(name).task_type for name in self.sweep_datasets()}
         if not self.algorithms:  # every algorithm of the setting that trains on these datasets
-            self.algorithms = [a for a in list_algorithms(setting=self.task)
-                               if task_types <= set(get_algorithm_class(a).TASK_TYPES)]
+            self.algorithms = [a for a in algorithm_names(self.task)
+                               if task_types <= set(algorithm_facts(a).task_types)]
         for name in self.algorithms:
-            cls = get_algorithm_class(name)
-            if self.task not in cls.SETTINGS:
+            facts = algorithm_facts(name)
+            if self.task not in facts.settings:
                 raise SpecError(f"algorithm {name} does not support task {self.task!r} (it "
-                                f"supports {', '.join(cls.SETTINGS)}); algorithms for "
-                                f"{self.task}: {', '.join(list_algorithms(setting=self.task))}")
+                                f"supports {', '.join(facts.settings)}); algorithms for "
+                                f"{self.task}: {', '.join(algorithm_names(self.task))}")
         for name in list(self.fixed) + list(self.grid):
             if name not in self.algorithms:
                 raise SpecError(f"hparams are given for algorithm {name!r}, which is not in the "
@@ -185,7 +185,9 @@ class SweepSpec:
                 if not isinstance(values, list) or not values:
                     raise SpecError(f"grid value of {algorithm}.{hp} must be a non-empty list, "
                                     f"got {values!r}")
-        for dataset in self.sweep_datasets():
+        for dataset in self.sweep_datasets() if check_hparams else ():
+            from shiftbench.hparams_registry import hparam_space, validate_overrides
+
             for algorithm in self.algorithms:
                 space = hparam_space(algorithm, dataset, self.protocol)
                 for point in self.grid_points(algorithm):
@@ -194,12 +196,12 @@ class SweepSpec:
             if dataset not in self.datasets:
                 raise SpecError(f"test_envs given for dataset {dataset!r}, which is not in the "
                                 f"sweep's datasets ({', '.join(self.datasets)})")
-            cls = get_dataset_class(dataset)
+            facts = dataset_facts(dataset)
             for envs in sets:
-                resolved = {cls.env_index(e) for e in envs}
-                if not resolved or len(resolved) >= len(cls.ENVIRONMENTS):
+                resolved = {facts.env_index(e) for e in envs}
+                if not resolved or len(resolved) >= len(facts.environments):
                     raise SpecError(f"test_envs set {envs} of {dataset} must hold at least one "
-                                    f"and fewer than {len(cls.ENVIRONMENTS)} environments")
+                                    f"and fewer than {len(facts.environments)} environments")
         for dataset, envs in self.source_envs.items():
             if dataset not in self.datasets:
                 raise SpecError(f"source_envs given for dataset {dataset!r}, which is not in the "
@@ -217,10 +219,8 @@ def source_envs_of(spec: SweepSpec, dataset: str) -> list[int] | None:
     """The spec's source environments of a dataset (indices), or None: all but the test ones."""
     if dataset not in spec.source_envs:
         return None
-    from shiftbench.datasets import get_dataset_class
-
-    cls = get_dataset_class(dataset)
-    return sorted({cls.env_index(e) for e in spec.source_envs[dataset]})
+    facts = dataset_facts(dataset)
+    return sorted({facts.env_index(e) for e in spec.source_envs[dataset]})
 
 
 def sweep_units(spec: SweepSpec) -> list[tuple[str, list[int] | None, list[int]]]:
@@ -239,12 +239,10 @@ def held_out_sets(spec: SweepSpec, dataset: str) -> list[list[int]]:
     """The held-out sets of a dataset: the spec's own; else, with `source_envs`, each other
     environment; else each environment, plus every pair (what leave-one-domain-out selection
     needs) unless `single_test_envs` or < 3 environments."""
-    from shiftbench.datasets import get_dataset_class
-
-    cls = get_dataset_class(dataset)
+    facts = dataset_facts(dataset)
     if dataset in spec.test_envs:
-        return [sorted({cls.env_index(e) for e in envs}) for envs in spec.test_envs[dataset]]
-    n = len(cls.ENVIRONMENTS)
+        return [sorted({facts.env_index(e) for e in envs}) for envs in spec.test_envs[dataset]]
+    n = len(facts.environments)
     sources = source_envs_of(spec, dataset)
     if sources is not None:  # each environment that is not a source, as the single target
         return [[i] for i in range(n) if i not in sources]
@@ -381,10 +379,11 @@ def load_spec(path: str | Path, base: SweepSpec | None = None, validate: bool = 
     return spec
 
 
-def validate_spec(spec: SweepSpec, path: str | Path | None = None) -> None:
+def validate_spec(spec: SweepSpec, path: str | Path | None = None, check_hparams: bool = True
+                  ) -> None:
     """`spec.validate()`, naming the spec file and the line an error is about when known."""
     try:
-        spec.validate()
+        spec.validate(check_hparams)
     except ShiftbenchError as e:
         if path is None:
             raise

@@ -50,13 +50,13 @@ class TaskSuite:
 
     def tasks(self, dataset: str | None = None) -> list[DATask]:
         """The suite's tasks on `dataset` (default: the suite's own dataset)."""
-        from shiftbench.datasets import get_dataset_class
+        from shiftbench.sweeps.facts import dataset_facts
 
         name = dataset or self.dataset
         if name is None:
             raise ShiftbenchError(f"task suite '{self.description}' needs a dataset "
                                   "(--datasets)")
-        envs = tuple(get_dataset_class(name).ENVIRONMENTS)
+        envs = dataset_facts(name).environments
         if not self.pairs:  # leave-one-domain-out
             return [DATask(name, tuple(j for j in range(len(envs)) if j != i), (i,),
                            task_name(envs, None, (i,))) for i in range(len(envs))]

@@ -29,6 +29,7 @@ def test_algorithm_index_matches_registry(registries):
         cls = get_class(name)
         assert entry.module == cls.__module__
         assert entry.settings == tuple(cls.SETTINGS) and entry.paper == cls.PAPER, name
+        assert entry.task_types == tuple(cls.TASK_TYPES), name
         space = cls.hparam_space(ds)
         known = {k: v for k, v in entry.hparams.items() if v is not catalog.UNKNOWN}
         for k, default in known.items():
@@ -51,6 +52,9 @@ def test_dataset_index_matches_registry(registries):
         assert entry.bases == tuple(c.__name__ for c in cls.__mro__ if c is not object), name
         assert entry.files == {a: getattr(cls, a) for a in catalog.FILE_ATTRIBUTES
                                if hasattr(cls, a)}, name
+        # what sweeps read instead of the class (shiftbench.sweeps.facts)
+        assert entry.task_type == getattr(cls, "TASK_TYPE", "classification"), name
+        assert entry.image_cache is cls.IMAGE_CACHE, name
 
 
 def test_every_builtin_entry_is_fully_read():

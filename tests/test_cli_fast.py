@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from results_helpers import make_record, write_trial
@@ -66,6 +67,23 @@ def test_data_list_without_torch(tmp_path):
     assert rows["VLCS"]["status"] == f"missing (expected {tmp_path / 'VLCS'})"
     assert rows["WILDSCamelyon"]["status"].startswith("missing (expected")
     assert rows["DigitFive"]["domains"]["svhn"] == "missing"
+
+
+def test_sweep_status_without_torch():
+    """On a sweep launched before (tests/fixtures/sweep-r1): the same job hashes, no torch."""
+    r1 = Path(__file__).parent / "fixtures" / "sweep-r1"
+    for name, done, incomplete in (("dg", 2, 0), ("uda", 1, 1)):
+        result = run(["sweep", "status", "--spec", str(r1 / f"{name}.toml"), "--output-dir",
+                      str(r1 / name)])
+        assert result["code"] == 0 and result["heavy"] == [], result["err"]
+        total = next(ln for ln in result["out"].splitlines() if ln.startswith("total")).split()
+        assert total[1:3] == [str(done), "0"] and total[3] == str(incomplete), total
+        assert total[-2:] == ["0", str(done + incomplete)]  # none "not launched"
+    # names are still checked (from the catalog)
+    result = run(["sweep", "status", "--datasets", "DebugVector", "--algorithms", "Nope",
+                  "--output-dir", str(r1 / "dg")])
+    assert result["code"] == 2 and "unknown algorithm 'Nope'" in result["err"]
+    assert result["heavy"] == []
 
 
 def test_collect_without_torch(tmp_path):
