@@ -1,6 +1,6 @@
 """How long the console script takes to answer: `--help`, an unknown algorithm, `list algorithms`
-(targets: under 0.5 s, 0.5 s and 1 s), plus `list datasets`, `collect` on a small sweep and the
-first line of `train` (which does import torch), for comparison.
+(targets: under 0.5 s, 0.5 s and 1 s), plus `list datasets`, `collect` on a small sweep, `data
+list`, `sweep status` and the first line of `train` (which does import torch), for comparison.
 
 Each command runs `--repeats` times as a fresh process (`.venv/bin/shiftbench` next to the
 interpreter, else `python -m shiftbench`); reported: median wall time, median CPU time (user +
@@ -81,6 +81,10 @@ def main() -> int:
         "list algorithms": ["list", "algorithms"],
         "list datasets": ["list", "datasets"],
         "collect (18 trials)": ["collect", "--input-dir", str(sweep), "--quiet"],
+        "data list": ["data", "list", "--data-dir", str(tmp)],
+        "sweep status (DebugVector x 5 algorithms)": [
+            "sweep", "status", "--datasets", "DebugVector", "--algorithms", "ERM", "CORAL", "DANN",
+            "IRM", "Mixup", "--n-trials", "2", "--output-dir", str(tmp / "status")],
         "train --help": ["train", "--help"],
         "unknown algorithm, with --import (imports torch)": [
             "train", "--algorithm", "NOPE", "--import", "json", "--steps", "1"],
