@@ -109,29 +109,19 @@ def import_user_modules(modules: Sequence[str]) -> None:
             raise ShiftbenchError(f"--import {name}: cannot import it ({e})") from e
 
 
-def _check_environment(dataset: str, names: Sequence[str], env: str) -> None:
-    """As `MultiDomainDataset.env_index`: an index (digits) or a name of the dataset."""
-    if not env.lstrip("-").isdigit():
-        if env not in names:
-            raise UnknownNameError(f"environment of {dataset}", env, names)
-    elif not 0 <= int(env) < len(names):
-        raise ShiftbenchError(f"test environment {int(env)} is out of range for {dataset}, which "
-                              f"has {len(names)} environments: "
-                              + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
-
-
 def check_names(algorithm: str | None = None, dataset: str | None = None, task: str | None = None,
                 imports: Sequence[str] = (), test_envs: Sequence[str] = ()) -> None:
     """Refuse an unknown algorithm, dataset or held-out environment, or a setting the algorithm
     lacks, from the index (no torch import). Names the index cannot know (plug-ins) are left to
     the real registries."""
     from shiftbench import catalog
+    from shiftbench.datasets.lookup import environment_index
 
     if dataset is not None and not catalog.needs_import("datasets", dataset, imports):
         if dataset not in catalog.dataset_index():
             raise UnknownNameError("dataset", dataset, catalog.dataset_index())
         for env in test_envs:
-            _check_environment(dataset, catalog.dataset_index()[dataset].environments, env)
+            environment_index(dataset, catalog.dataset_index()[dataset].environments, env)
     if algorithm is None or catalog.needs_import("algorithms", algorithm, imports):
         return
     index = catalog.algorithm_index()

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from shiftbench.datasets.availability import AVAILABILITY, register_availability  # noqa: F401
+from shiftbench.datasets.lookup import environment_index
 from shiftbench.errors import ShiftbenchError
 from shiftbench.registry import Registry
 
@@ -114,21 +115,7 @@ class MultiDomainDataset:
     @classmethod
     def env_index(cls, env: int | str) -> int:
         """An environment's index from its index or its name."""
-        names = list(cls.ENVIRONMENTS)
-        if isinstance(env, str) and not env.lstrip("-").isdigit():
-            if env not in names:
-                from shiftbench.errors import UnknownNameError
-
-                raise UnknownNameError(f"environment of {cls.__name__}", env, names)
-            return names.index(env)
-        index = int(env)
-        if not 0 <= index < len(names):
-            raise ShiftbenchError(
-                f"test environment {index} is out of range for {cls.__name__}, which has "
-                f"{len(names)} environments: "
-                + ", ".join(f"{i}={n}" for i, n in enumerate(names))
-            )
-        return index
+        return environment_index(cls.__name__, cls.ENVIRONMENTS, env)
 
 
 def _dataset_modules() -> dict[str, str]:

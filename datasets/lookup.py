@@ -1,8 +1,9 @@
-"""Where the built-in datasets' files are looked for, without importing torch.
+"""Where the built-in datasets' files are looked for, and an environment's index from its name,
+without importing torch.
 
 The loaders (mnist, digits, digit_files, folder) and `shiftbench data list` (which must answer
 without torch) share these functions, so that the listing reports exactly what a loader would
-find.
+find; datasets, the command line and sweeps share `environment_index`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,24 @@ FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 OPENCV_DIGITS_PATHS = ("/usr/share/doc/opencv-doc/examples/data/digits.png",
                        "/usr/share/opencv4/samples/data/digits.png")
 N_SYNTH = 5000  # the Digits dataset's synthesised font digits
+
+
+def environment_index(dataset: str, names: Sequence[str], env: int | str) -> int:
+    """The index of environment `env` (its index, or its name) of `dataset`, whose environments
+    are `names`; a clear error naming the valid choices otherwise."""
+    from shiftbench.errors import ShiftbenchError, UnknownNameError
+
+    names = list(names)
+    if isinstance(env, str) and not env.lstrip("-").isdigit():
+        if env not in names:
+            raise UnknownNameError(f"environment of {dataset}", env, names)
+        return names.index(env)
+    index = int(env)
+    if not 0 <= index < len(names):
+        raise ShiftbenchError(f"test environment {index} is out of range for {dataset}, which "
+                              f"has {len(names)} environments: "
+                              + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
+    return index
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shiftbench import catalog
-from shiftbench.errors import ShiftbenchError, UnknownNameError
+from shiftbench.datasets.lookup import environment_index
+from shiftbench.errors import UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -27,17 +28,7 @@ class DatasetFacts:
 
     def env_index(self, env: int | str) -> int:
         """An environment's index from its index or its name (as `MultiDomainDataset.env_index`)."""
-        names = list(self.environments)
-        if isinstance(env, str) and not env.lstrip("-").isdigit():
-            if env not in names:
-                raise UnknownNameError(f"environment of {self.name}", env, names)
-            return names.index(env)
-        index = int(env)
-        if not 0 <= index < len(names):
-            raise ShiftbenchError(f"test environment {index} is out of range for {self.name}, "
-                                  f"which has {len(names)} environments: "
-                                  + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
-        return index
+        return environment_index(self.name, self.environments, env)
 
 
 @dataclass(frozen=True)
