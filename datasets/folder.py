@@ -142,10 +142,7 @@ class MultipleEnvironmentImageFolder(MultiDomainDataset):
             train_env = augment and i not in self.test_envs
             found = None
             if image_cache and samples:
-                found = cache_store.find_cache(name, env, samples, base, size)
-                if found is None:
-                    cache_store.build_cache(name, env, samples, base, size)
-                    found = cache_store.find_cache(name, env, samples, base, size)
+                found = cache_store.ensure_cache(name, env, samples, base, size)
             if found is not None:
                 self.datasets.append(cache_store.CachedImageDomain(
                     found[0], samples, classes, train_env, size, name=env, hue=hue_mode(hparams)))
@@ -192,11 +189,12 @@ class MultipleEnvironmentImageFolder(MultiDomainDataset):
                     f"({found[0]})")
                 paths.append(found[0])
                 continue
-            path = cache_store.build_cache(cls.__name__, env, samples, base, size, num_workers)
+            path = cache_store.ensure_cache(cls.__name__, env, samples, base, size, num_workers)[0]
             log(f"{cls.__name__}/{env}: {len(samples)} images preprocessed in "
                 f"{time.time() - t0:.1f} s -> {path}")
             paths.append(path)
         return paths
+
     @classmethod
     def locate(cls, root: str | None) -> Path:
         """`<root>/<DATA_SUBDIR>`, with an error that says where to get the data."""

@@ -23,6 +23,7 @@ identity. A missing cache is then built when the dataset is loaded;
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -146,6 +147,33 @@ def build_cache(dataset: str, env: str, samples: Sequence[tuple[str, int]], base
         if old.suffix in (".u8", ".json") and old.stem != data.stem:
             old.unlink(missing_ok=True)
     return data
+
+
+def ensure_cache(dataset: str, env: str, samples: Sequence[tuple[str, int]], base, size: int,
+                 num_workers: int | None = None) -> tuple[Path, dict]:
+    """The matching cache of one environment (data file, metadata), built first when missing.
+
+    Processes that need the same missing cache (the jobs of a sweep) build it once: the builder
+    holds an exclusive lock on `<Dataset>-<env>-<size>px.lock` beside the caches; the others wait
+    for it, then find what it built."""
+    found = find_cache(dataset, env, samples, base, size)
+    if found is not None:
+        return found
+    data, _ = cache_paths(dataset, env, size, source_key(samples, base, size))
+    lock_path = data.with_name(data.name.rsplit("-", 1)[0] + ".lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            found = find_cache(dataset, env, samples, base, size)
+            if found is None:
+                build_cache(dataset, env, samples, base, size, num_workers)
+                found = find_cache(dataset, env, samples, base, size)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    if found is None:
+        raise ShiftbenchError(f"{dataset}/{env}: the image cache just built at {data} does not "
+                              "match its source files (were they changed meanwhile?)")
+    return found
 
 
 class CachedImageDomain(Dataset):

@@ -112,6 +112,36 @@ def test_image_cache_choice(tmp_path, cache, monkeypatch):
             cls(str(tmp_path / "data"), [3], {}, image_cache=image_cache)
 
 
+def test_a_cache_another_process_builds_is_waited_for_and_used(tmp_path, cache, monkeypatch):
+    """`ensure_cache` takes the build lock: while another process holds it, it waits, then uses
+    the cache that process built instead of building its own."""
+    import fcntl
+    import threading
+
+    make_pacs(tmp_path / "data")
+    cls = get_dataset_class("PACS")
+    base, _, env_samples = cls.scan(str(tmp_path / "data"))
+    samples = env_samples[0]
+    data, _ = C.cache_paths("PACS", "A", 224, C.source_key(samples, base, 224))
+    lock_path = data.with_name(data.name.rsplit("-", 1)[0] + ".lock")
+    builds, results = [], []
+    real_build = C.build_cache
+    with open(lock_path, "a") as held:  # "another process" building
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        monkeypatch.setattr(C, "build_cache", lambda *a, **k: builds.append(a) or real_build(*a, **k))
+        waiter = threading.Thread(target=lambda: results.append(
+            C.ensure_cache("PACS", "A", samples, base, 224)))
+        waiter.start()
+        real_build("PACS", "A", samples, base, 224, num_workers=0)
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    waiter.join(timeout=120)
+    assert not waiter.is_alive() and results and results[0][0] == data
+    assert builds == []  # the waiter found the other build's cache
+    # a missing cache is built once, under the lock, by the first caller
+    C.ensure_cache("PACS", "C", env_samples[1], base, 224, num_workers=0)
+    assert len(builds) == 1 and C.find_cache("PACS", "C", env_samples[1], base, 224) is not None
+
+
 def test_cached_domain_in_dataloader_workers(tmp_path, cache):
     from shiftbench.data import BatchStream, eval_batches
 
