@@ -18,6 +18,7 @@ Effects (each arm is one trial per seed; arms shared between effects run once):
 * `cdan`: CDAN+E vs DANN; `cdan_wide`: the same two with a 1024-1024 domain classifier.
 * `self_training`: CBST and CRST vs source-only.
 * `shot`: SHOT (source-free target phase) vs source-only.  * `adabn`: AdaBN vs source-only.
+* `mcc`, `mcd`: MCC and MCD vs source-only.
 * `adabn_clean`: AdaBN vs the same BatchNorm network, trained identically, evaluated with its
   source statistics (`AdaBN` with `eval_statistics=source`: the paper's baseline).
 
@@ -89,6 +90,8 @@ ARMS = {
     "cdan_e_exact": ("CDANE", "uda"),
     "dann_wide": ("DANN", "uda"),
     "cdan_e_wide": ("CDANE", "uda"),
+    "mcc": ("MCC", "uda"),
+    "mcd": ("MCD", "uda"),
 }
 # CDAN's domain classifier (Long et al. 2018): two hidden layers of 1,024 (the preset's has one of 100)
 WIDE_DISCRIMINATOR = {"disc_width": 1024, "disc_depth": 3}
@@ -107,6 +110,8 @@ EFFECTS = {
     "shot": ["source_only", "shot"],
     "adabn": ["source_only", "adabn"],
     "adabn_clean": ["adabn_source", "adabn"],
+    "mcc": ["source_only", "mcc"],
+    "mcd": ["source_only", "mcd"],
 }
 # source:target pairs of the `digits` task suite (sweeps/tasks.py); mnist:mnist_m runs on DigitsMnistM
 DEFAULT_TASK = "mnist:mnist_m"
