@@ -39,7 +39,8 @@ def primary_rule(collection: Collection, task: str) -> str | None:
     """The rule of `task`'s headline: its primary rule if collected, else the first collected rule
     (preferring `FALLBACK_RULES`) that produced tables for it."""
     have = [r for r in collection.rules
-            if any(t.rule == r and t.task == task and t.kind == "averages" for t in collection.tables)]
+            if any(t.rule == r and t.task == task and t.kind in ("averages", "da_tasks")
+                   for t in collection.tables)]
     preferred = [PRIMARY_RULES.get(task), *FALLBACK_RULES]
     return next((r for r in preferred if r in have), have[0] if have else None)
 
@@ -57,6 +58,8 @@ def _rows(collection: Collection, task: str) -> list[dict[str, Any]]:
     if rule is None:
         return []
     tables = _tables(collection, rule, task)
+    if "averages" not in tables:  # only source->target tasks: their tables are the headline
+        return []
     averages = tables["averages"][0]
     datasets = averages.columns[:-1]
     single = tables["dataset"][0] if len(datasets) == 1 else None
@@ -212,11 +215,11 @@ def render_headline(collection: Collection, full_tables: str | None = None,
     from shiftbench.results.seg_tables import headline_lines
 
     segmentation = headline_lines(collection)
-    if not tasks and not segmentation:
+    if not tasks and not segmentation and not any(t.kind == "da_tasks" for t in collection.tables):
         out.append("No setting has results under any selection rule.")
     out += task_tables(collection)
     out += segmentation
-    prose = [legend(collection)]
+    prose = [legend(collection)] if tasks else []
     skipped = omitted(collection)
     prose += skipped
     prose.append("Every table (each selection rule, per-domain mean ± SE, ranks, paired tests, "

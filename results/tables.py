@@ -35,7 +35,13 @@ from shiftbench.results.renderers import (
     render_markdown,
     render_text,
 )
-from shiftbench.results.selection import Selected, applicable_rules, get_selection_rule, select
+from shiftbench.results.selection import (
+    Selected,
+    applicable_rules,
+    get_selection_rule,
+    select,
+    source_key,
+)
 from shiftbench.results.table_model import MISSING, Cell, Collection, Table
 
 # (records, rules, selected per rule, baseline, ddof) -> extra tables, appended after the built-in ones.
@@ -50,6 +56,13 @@ def register_table_builder(builder: TableBuilder) -> TableBuilder:
     if builder not in TABLE_BUILDERS:
         TABLE_BUILDERS.append(builder)
     return builder
+
+
+def task_run_key(record: dict[str, Any]) -> tuple:
+    """(task, dataset, algorithm, trial_seed, explicit sources) of a record's run, as `Selected`
+    carries them."""
+    a = record["args"]
+    return (a["task"], a["dataset"], a["algorithm"], int(a["trial_seed"]), source_key(a))
 
 
 def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None = None,
@@ -81,9 +94,15 @@ def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None 
     # accuracy tables from the records that have accuracies (segmentation records get their own)
     from shiftbench.results.seg_tables import is_segmentation
 
-    plain = [r for r in records if not is_segmentation(r)]
+    # A run that left some domain out of its sources (a source->target task with `unused_envs`)
+    # is reported only in the task tables: two tasks with the same target (synth->mnist and
+    # lowres->mnist) must never share a per-domain cell.
+    plain = [r for r in records if not is_segmentation(r) and not r.get("unused_envs")]
+    task_runs = {task_run_key(r) for r in records if r.get("unused_envs")}
     for r in rules:
-        tables.extend(build_rule_tables(r, plain, selected[r], baseline, ddof))
+        per_domain = [s for s in selected[r]
+                      if (s.task, s.dataset, s.algorithm, s.trial_seed, s.source_envs) not in task_runs]
+        tables.extend(build_rule_tables(r, plain, per_domain, baseline, ddof))
     tables.extend(build_budget_tables(plain, baseline))
     for builder in TABLE_BUILDERS:
         tables.extend(builder(records, list(rules), selected, baseline, ddof))

@@ -111,3 +111,26 @@ def test_columns_outside_every_suite_are_ordered_by_target_then_sources():
         r["environments"] = envs
         records.append(r)
     assert _table_columns(records) == ["q→p", "r→p", "p→q", "r→q", "Avg"]
+
+
+def test_tasks_sharing_a_target_never_share_a_per_domain_cell():
+    # A->W and D->W both target W; each run leaves one domain unused, so W's per-domain cell
+    # would have to mix the two tasks: only the task tables report them, and they lead the headline
+    records = office_records()
+    for r in records:
+        r["unused_envs"] = [1 - r["args"]["source_envs"][0]]
+    collection = collect(records, ["iid"])
+    kinds = {t.kind for t in collection.tables}
+    assert "da_tasks" in kinds
+    assert not kinds & {"dataset", "averages"}
+    from shiftbench.results.headline import render_headline
+
+    text = render_headline(collection)
+    assert "A→W" in text and "D→W" in text
+    assert "No setting has results" not in text
+
+
+def test_runs_training_on_every_other_domain_keep_their_per_domain_tables():
+    records = office_records()  # no `unused_envs`: the per-domain tables are DomainBed's
+    kinds = {t.kind for t in collect(records, ["iid"]).tables}
+    assert {"dataset", "averages", "da_tasks"} <= kinds
