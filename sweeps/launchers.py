@@ -105,6 +105,16 @@ def _tail(path: Path, n: int = 1) -> str:
     return " | ".join(lines[-n:])
 
 
+def _catch_sigint() -> Any:
+    """Install Python's KeyboardInterrupt handler for SIGINT (main thread only); the previous
+    handler, or None when it could not be changed."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
              options: LaunchOptions, desc: str = "sweep") -> LaunchResult:
     """Run jobs as subprocesses, one per slot at a time (a slot = extra environment variables).
@@ -158,6 +168,9 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
             bar.update(1)
             bar.set_postfix(running=len(running), failed=len(result.failed), refresh=False)
 
+    # Ctrl-C must reach this loop even when the launch inherited SIGINT as ignored (started in
+    # the background by a script, or by a process that ignores it): restored when the pool ends.
+    previous = _catch_sigint()
     try:
         while pending or running:
             for slot in range(len(slots)):
@@ -184,6 +197,8 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
                            f"{len(pending)} not started; `sweep launch` again resumes them")
     finally:
         bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return result
 
 
