@@ -6,9 +6,11 @@ them by PID. The test skips, with the script's reason, only where Slurm cannot b
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,9 +32,14 @@ def slurm_cluster(tmp_path_factory):
     if shutil.which("bash") is None:
         pytest.skip("no bash to run tests/slurm/start_slurm.sh")
     state = tmp_path / "slurm"
+    # one cluster at a time on this machine: its daemons listen on fixed ports, and with
+    # pytest-xdist each worker that runs a test of this module builds its own cluster
+    lock = open(Path(tempfile.gettempdir()) / "shiftbench-test-slurm.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     start = subprocess.run(["bash", str(HERE / "start_slurm.sh"), str(state)], capture_output=True,
                            text=True, timeout=900)
     if start.returncode == 3:
+        lock.close()
         pytest.skip(start.stderr.strip())
     try:
         assert start.returncode == 0, start.stderr
@@ -41,6 +48,7 @@ def slurm_cluster(tmp_path_factory):
     finally:
         monkeypatch.undo()
         subprocess.run(["bash", str(HERE / "stop_slurm.sh"), str(state)], timeout=60)
+        lock.close()
 
 
 @pytest.mark.slow
