@@ -10,8 +10,8 @@ size `num_features`), followed by dropout (`resnet_dropout`), with BatchNorm sta
 when `freeze_bn` is set, as DomainBed's ResNet does. Pretrained weights (`pretrained`, default
 true) come through timm's own mechanism: downloaded from the Hugging Face Hub (or the model's
 URL) into its cache the first time, read from the cache afterwards; `weights` (the `--weights`
-flag) loads a local checkpoint file instead (timm's `pretrained_cfg_overlay=dict(file=...)`,
-which adapts the first convolution to other channel counts and drops the classifier).
+flag) loads a local file instead, strictly (`load_timm_weights`, `shiftbench.weights`): a file
+that does not cover the backbone, the classifier excepted, is refused naming the keys.
 """
 
 from __future__ import annotations
@@ -122,6 +122,35 @@ def weights_cache_hint(model: str) -> str:
     return f"{cfg.url}, cached in {os.path.join(torch.hub.get_dir(), 'checkpoints')}"
 
 
+def load_timm_weights(network: nn.Module, path: str, in_chans: int) -> None:
+    """A local weights file into a timm model (strictly, see `shiftbench.weights`): read without
+    running code, passed through the model family's checkpoint filter (timm's conversions, e.g.
+    resampling a ViT's position embedding to another image size), the first convolution adapted
+    to `in_chans` as timm does, the classifier dropped."""
+    import sys
+
+    from shiftbench.weights import load_backbone, read_weights
+
+    label = f"--weights {path}"
+    state = read_weights(path, label)
+    cfg = getattr(network, "pretrained_cfg", None) or {}
+    convert = getattr(sys.modules.get(type(network).__module__), "checkpoint_filter_fn", None)
+    if convert is not None and state:
+        try:
+            state = convert(state, network)
+        except Exception:  # noqa: S110 - a file of another architecture: reported by key below
+            pass
+    first = cfg.get("first_conv")
+    for conv in ((first,) if isinstance(first, str) else tuple(first or ())):
+        key = conv + ".weight"
+        target = network.state_dict().get(key)
+        if (key in state and target is not None and state[key].ndim == 4 and state[key].shape[1] == 3
+                and tuple(state[key].shape) != tuple(target.shape) and in_chans != 3):
+            state[key] = _timm().models.adapt_input_conv(in_chans, state[key].float())
+    head = cfg.get("classifier") or ()
+    load_backbone(network, state, (head,) if isinstance(head, str) else tuple(head), label)
+
+
 class _Head(nn.Module):
     """timm's `forward_head` (global pooling, its own norm/flatten; no classifier) and dropout."""
 
@@ -144,12 +173,8 @@ class TimmBackbone(FrozenBatchNormMixin, nn.Module):
         name = backbone_name(hparams)
         model = check_timm_name(name)
         weights = str(hparams.get("weights") or "")
-        pretrained = bool(hparams.get("pretrained", True)) or bool(weights)
+        pretrained = bool(hparams.get("pretrained", True)) and not weights
         kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": int(input_shape[0])}
-        if weights:
-            if not os.path.isfile(weights):
-                raise ShiftbenchError(f"--weights {weights}: no such file")
-            kwargs["pretrained_cfg_overlay"] = {"file": os.path.abspath(weights)}
         size = tuple(input_shape[1:])
         cfg = timm.models.get_pretrained_cfg(model)
         default_size = tuple(cfg.input_size[1:]) if cfg is not None else None
@@ -158,15 +183,14 @@ class TimmBackbone(FrozenBatchNormMixin, nn.Module):
         except (OSError, RuntimeError, ValueError) as e:
             if not pretrained:
                 raise
-            if weights:
-                raise ShiftbenchError(f"--weights {weights}: cannot load it into {model} "
-                                      f"({str(e).splitlines()[0][:300]})") from None
             raise ShiftbenchError(
                 f"pretrained weights of backbone {model} could not be fetched "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). timm downloads "
                 f"{weights_cache_hint(model)}; fetch that file on a machine with network access "
                 "into the same cache, or pass --weights PATH (a local checkpoint), or "
                 "--hparams '{\"pretrained\": false}' to train from scratch") from None
+        if weights:
+            load_timm_weights(self.network, weights, int(input_shape[0]))
         self.model_name = model
         self.input_shape = tuple(input_shape)
         self.n_outputs = int(self.network.num_features)

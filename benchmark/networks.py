@@ -264,10 +264,14 @@ class ResNet(FrozenBatchNormMixin, nn.Module):
         from shiftbench.backbones import backbone_name
 
         arch = backbone_name(hparams)
+        from shiftbench.weights import load_backbone, read_weights
+
         self.network = getattr(torchvision.models, arch)(weights=None)
         if hparams.get("pretrained", True) or hparams.get("weights"):
             path = hparams.get("weights") or pretrained_weights_path(arch)
-            self.network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            label = (f"--weights {path}" if hparams.get("weights")
+                     else f"pretrained {arch} weights {path}")
+            load_backbone(self.network, read_weights(path, label), ("fc",), label)
         self.n_outputs = self.network.fc.in_features
         c = input_shape[0]
         if c != 3:  # repeat the RGB filters cyclically over the input channels (as DomainBed)

@@ -94,10 +94,17 @@ def normalize(spec: TrialSpec) -> TrialSpec:
         raise ShiftbenchError(f"--image-cache: dataset {spec.dataset} has no preprocessed image "
                               "cache; datasets with one: "
                               + ", ".join(c.__name__ for c in IMAGE_FOLDER_DATASETS))
-    resolve_hparams(spec.algorithm, dataset_info(spec.dataset, dataset_cls), spec.hparams_seed,
-                    spec.hparams, protocol=protocol)
+    hparams = resolve_hparams(spec.algorithm, dataset_info(spec.dataset, dataset_cls),
+                              spec.hparams_seed, spec.hparams, protocol=protocol)
+    weights_sha256 = None
+    if hparams.get("weights"):  # a file that does not fit is refused here, before any write
+        from shiftbench.trial_record import file_sha256
+        from shiftbench.weights import check_weights
+
+        check_weights(hparams, tuple(dataset_cls.INPUT_SHAPE))
+        weights_sha256 = file_sha256(hparams["weights"])
     out = dataclasses.replace(spec, task=setting.name, protocol=protocol, test_envs=test_envs,
-                              source_envs=source_envs)
+                              source_envs=source_envs, weights_sha256=weights_sha256)
     setattr(out, _NORMALIZED, True)
     return out
 

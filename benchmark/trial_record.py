@@ -10,7 +10,7 @@ imports no torch.
   parsed and key-sorted), hparams_seed, trial_seed, seed, steps, holdout_fraction;
 * any other field only when it differs from its default, so a field added later whose default
   reproduces the old behaviour leaves every existing hash alone (precision, tta_mode, protocol,
-  source_envs, image_cache, ...);
+  source_envs, image_cache, weights_sha256 (the content hash of a `--weights` file), ...);
 * never: where things live or run (output_dir, data_dir, device) or what is merely saved
   (skip_model_save, save_model_every_checkpoint).
 
@@ -91,6 +91,8 @@ class TrialSpec:
     save_model_every_checkpoint: bool = False
     protocol: str = "shiftbench"
     source_envs: list[int] | None = None  # None: every environment not in test_envs
+    # SHA-256 of the `weights` hparam's file, set by `normalize` (a changed file: a new trial)
+    weights_sha256: str | None = None
 
     @property
     def setting(self) -> Setting:
@@ -155,6 +157,24 @@ def identity(spec: TrialSpec | Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content (e.g. the `weights` hparam's file: `weights_sha256`)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise ShiftbenchError(f"cannot read {path}: {e.strerror or e}") from None
+    return h.hexdigest()
+
+
+def weights_digest(hparams: str | Mapping[str, Any] | None) -> str | None:
+    """`file_sha256` of the file the hparams' `weights` names (None without one)."""
+    path = (canonical_hparams(hparams) or {}).get("weights")
+    return file_sha256(path) if path else None
+
+
 def spec_hash(spec: TrialSpec | Mapping[str, Any]) -> str:
     text = json.dumps(identity(spec), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
@@ -162,7 +182,8 @@ def spec_hash(spec: TrialSpec | Mapping[str, Any]) -> str:
 
 # Fields added after trials were first recorded, with the default that reproduces the old
 # behaviour (checkpoints written before stored the spec without them).
-_ADDED_FIELDS = {"protocol": "shiftbench", "source_envs": None, "image_cache": False}
+_ADDED_FIELDS = {"protocol": "shiftbench", "source_envs": None, "image_cache": False,
+                 "weights_sha256": None}
 
 
 def legacy_checkpoint_identity(spec: TrialSpec) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from shiftbench.trial_record import (
     TrialSpec,
     identity,
     spec_hash,
+    weights_digest,
     write_job_file,
 )
 
@@ -112,6 +113,8 @@ class Job:
                 if value:
                     argv.append("--" + name.replace("_", "-"))
                 continue
+            if name == "weights_sha256":
+                continue  # derived from the weights file by the trainer
             if value is None or (value == defaults[name] and name not in CORE_IDENTITY_KEYS
                                  and name != "output_dir"):
                 continue
@@ -124,6 +127,7 @@ class Job:
 
 
 def make_job(args: TrialSpec, output_dir: str | Path, imports: tuple[str, ...] = ()) -> Job:
+    args.weights_sha256 = weights_digest(args.hparams)  # a changed weights file: a new job
     h = job_hash(args)
     args.output_dir = str(Path(output_dir) / h)
     return Job(args, h, tuple(imports))

@@ -47,8 +47,11 @@ def _spec_of(ns: argparse.Namespace):
 
     if getattr(ns, "job_file", None):
         return read_job_file(ns.job_file)
-    values = {f.name: getattr(ns, f.name) for f in fields(TrialSpec)}
+    from shiftbench.backbones import merge_backbone_flags
+
+    values = {f.name: getattr(ns, f.name) for f in fields(TrialSpec) if hasattr(ns, f.name)}
     values["test_envs"] = list(values["test_envs"])
+    values["hparams"] = merge_backbone_flags(ns.hparams, ns.backbone, ns.weights)
     return TrialSpec(**values)
 
 

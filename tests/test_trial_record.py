@@ -59,7 +59,8 @@ def _stable(records, hparams_keys):
     for r in records:
         r = {k: v for k, v in r.items() if k not in TIMING_KEYS}
         r["args"] = {k: v for k, v in r["args"].items()
-                     if k not in ("output_dir", "protocol", "source_envs", "image_cache")}
+                     if k not in ("output_dir", "protocol", "source_envs", "image_cache",
+                                  "weights_sha256")}
         r["hparams"] = {k: v for k, v in r["hparams"].items() if k in hparams_keys}
         out.append(r)
     return out
