@@ -10,6 +10,7 @@ enters (the CLI, the Python API, a sweep worker reading its job file).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,22 +135,30 @@ class Trial:
 
 
 def pick_device(requested: str | None) -> torch.device:
-    """`--device` checked against this machine (default: CUDA when available, else the CPU)."""
+    """`--device` checked against this machine (default: $SHIFTBENCH_DEVICE, which the
+    multi_gpu launcher sets to `cuda` so a job that gets no GPU fails instead of running on the
+    CPU; else CUDA when available, else the CPU)."""
+    label = "--device"
+    if not requested and os.environ.get("SHIFTBENCH_DEVICE", "").strip():
+        requested = os.environ["SHIFTBENCH_DEVICE"].strip()
+        label = "SHIFTBENCH_DEVICE (set by the launcher that asked for a GPU)"
     if not requested:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise ShiftbenchError(f"--device {requested!r} is not a device; valid: cpu, cuda, cuda:N "
+        raise ShiftbenchError(f"{label} {requested!r} is not a device; valid: cpu, cuda, cuda:N "
                               "(or mps, xpu where this torch supports them)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch has no CUDA support" if torch.version.cuda is None else \
                 "no usable GPU (no driver, or CUDA_VISIBLE_DEVICES hides them)"
-            raise ShiftbenchError(f"--device {requested}: CUDA is not available ({why}); use "
-                                  "--device cpu, or leave --device out to pick one")
+            raise ShiftbenchError(
+                f"{label} {requested}: CUDA is not available ({why}; CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); use --device cpu, or leave "
+                "--device out to pick one")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ShiftbenchError(f"--device {requested}: only {torch.cuda.device_count()} CUDA "
+            raise ShiftbenchError(f"{label} {requested}: only {torch.cuda.device_count()} CUDA "
                                   "device(s) are visible")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ShiftbenchError(f"--device {requested}: MPS is not available on this machine")

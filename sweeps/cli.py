@@ -18,8 +18,15 @@ from collections import Counter, defaultdict
 from dataclasses import fields
 
 from shiftbench.errors import ShiftbenchError
+from shiftbench.sweeps.gpus import parse_gpu_count, parse_gpu_ids
 from shiftbench.sweeps.jobs import Job, enumerate_jobs
-from shiftbench.sweeps.launchers import LAUNCHERS, LaunchOptions, LaunchResult, get_launcher
+from shiftbench.sweeps.launchers import (
+    LAUNCHERS,
+    LaunchOptions,
+    LaunchResult,
+    check_slurm_available,
+    get_launcher,
+)
 from shiftbench.sweeps.spec import SpecError, SweepSpec, load_spec, parse_hparams_flag, validate_spec
 from shiftbench.sweeps.state import STATES, JobState, job_state, try_lock_for_delete
 from shiftbench.trial_record import TrialDir
@@ -88,7 +95,10 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
                    help="local: jobs at once (default: usable CPU cores)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per job (default: cores / jobs at once)")
-    p.add_argument("--gpus", default=None, help="multi_gpu: device ids, e.g. 0,1,3")
+    p.add_argument("--gpus", default=None, metavar="N",
+                   help="multi_gpu: how many GPUs (the first N visible; default all)")
+    p.add_argument("--gpu-ids", default=None, metavar="IDS",
+                   help="multi_gpu: which GPUs, e.g. 0,1,3 (CUDA_VISIBLE_DEVICES ids)")
     p.add_argument("--python", default=None, help="interpreter the jobs run with")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--logger", dest="loggers", nargs="+", action="extend", default=[],
@@ -200,11 +210,20 @@ def launch_options(ns: argparse.Namespace) -> LaunchOptions:
         extra[k] = v
     return LaunchOptions(
         n_parallel=ns.n_parallel, threads=ns.threads,
-        gpus=[g for g in ns.gpus.split(",") if g] if ns.gpus else None, python=ns.python,
+        gpus=parse_gpu_count(ns.gpus), gpu_ids=parse_gpu_ids(ns.gpu_ids), python=ns.python,
         progress=ns.progress, slurm_folder=ns.slurm_folder, partition=ns.slurm_partition,
         time=ns.slurm_time, mem=ns.slurm_mem, gpus_per_task=ns.slurm_gpus,
         cpus_per_task=ns.slurm_cpus, array_parallelism=ns.slurm_array_parallelism,
         wait=ns.slurm_wait, extra=extra)
+
+
+def check_launch(name: str, options: LaunchOptions) -> None:
+    """What a launcher needs from this machine (GPUs, Slurm), checked before anything is written."""
+    from shiftbench.sweeps.gpus import resolve_gpus
+
+    resolve_gpus(name, options.gpus, options.gpu_ids)
+    if name == "slurm":
+        check_slurm_available()
 
 
 def _list(jobs: list[Job], states: dict[str, JobState]) -> None:
@@ -229,6 +248,7 @@ def run_launch(jobs: list[Job], ns: argparse.Namespace, states: dict[str, JobSta
             print("nothing launched")
             return 1
     if ns.launcher not in ("dry-run", "dry_run", "dummy"):
+        check_launch(ns.launcher, options)  # refused before any job directory is written
         for job in jobs:  # the spec file each worker reads
             job.prepare()
     result: LaunchResult = launcher(jobs, options)

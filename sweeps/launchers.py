@@ -61,7 +61,8 @@ class LaunchOptions:
 
     n_parallel: int | None = None  # local: jobs at once (default: the usable CPU cores)
     threads: int | None = None  # torch threads per job (default: cores / jobs at once)
-    gpus: list[str] | None = None  # multi_gpu: device ids (default: $CUDA_VISIBLE_DEVICES)
+    gpus: int | None = None  # multi_gpu: how many devices (`shiftbench.sweeps.gpus`)
+    gpu_ids: list[str] | None = None  # multi_gpu: which devices (default: every visible one)
     python: str | None = None  # interpreter for the jobs (default: this one)
     progress: bool = True
     poll_interval: float = 0.05
@@ -268,43 +269,16 @@ def local_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
     return run_pool(jobs, [{} for _ in range(n)], threads, options)
 
 
-def visible_gpus(options: LaunchOptions) -> list[str]:
-    if options.gpus:
-        return list(options.gpus)
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip()]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def cuda_device_count() -> int:
-    """CUDA devices this process can use (0 without a CUDA build of torch or a driver)."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 @register_launcher("multi_gpu")
 def multi_gpu_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
-    """One job per visible GPU at a time, each seeing only its own (`CUDA_VISIBLE_DEVICES`)."""
-    gpus = visible_gpus(options)
-    if not gpus:
-        raise ShiftbenchError("multi_gpu launcher: no GPU visible (set --gpus 0,1 or "
-                              "CUDA_VISIBLE_DEVICES); use --launcher local for CPU")
-    if jobs and cuda_device_count() == 0:
-        import torch
+    """One job per GPU at a time, each seeing only its own (`CUDA_VISIBLE_DEVICES`) and required
+    to use it (`shiftbench.sweeps.gpus`)."""
+    from shiftbench.sweeps.gpus import DEVICE_ENV, resolve_gpus
 
-        why = ("this torch has no CUDA support" if torch.version.cuda is None else
-               f"torch (CUDA {torch.version.cuda}) finds no usable GPU: no driver, or "
-               f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} hides them")
-        raise ShiftbenchError(f"multi_gpu launcher: --gpus {','.join(gpus)} asked for GPUs, but "
-                              f"CUDA is not available ({why}); the jobs would run on the CPU. "
-                              "Use --launcher local to run on the CPU")
+    gpus = resolve_gpus("multi_gpu", options.gpus, options.gpu_ids) or []
     threads = options.threads or max(1, usable_cores() // len(gpus))
-    return run_pool(jobs, [{"CUDA_VISIBLE_DEVICES": g} for g in gpus], threads, options,
-                    desc="sweep (gpus " + ",".join(gpus) + ")")
+    return run_pool(jobs, [{"CUDA_VISIBLE_DEVICES": g, DEVICE_ENV: "cuda"} for g in gpus],
+                    threads, options, desc="sweep (gpus " + ",".join(gpus) + ")")
 
 
 @register_launcher("dry-run", "dry_run", "dummy")  # "dummy": DomainBed's name
@@ -404,8 +378,9 @@ def slurm_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
 
     try:
         with executor.batch():
+            env = {"SHIFTBENCH_DEVICE": "cuda"} if options.gpus_per_task else {}  # GPU or fail
             submitted = [executor.submit(SweepTask(job.command(options.python, threads),
-                                                   str(job.dir))) for job in jobs]
+                                                   str(job.dir), env)) for job in jobs]
     except FailedJobError as e:  # sbatch itself failed: no controller, bad partition, ...
         message = " | ".join(line for line in str(e).splitlines() if line.strip())
         raise ShiftbenchError(f"sbatch refused the job array: {message or 'no message'}; nothing "

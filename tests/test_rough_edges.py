@@ -36,10 +36,10 @@ def test_multi_gpu_without_cuda_is_refused(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     code = main(["sweep", "launch", *SWEEP, "--output-dir", str(tmp_path / "s"), "--launcher",
-                 "multi_gpu", "--gpus", "0"])
+                 "multi_gpu", "--gpus", "1"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "--gpus 0 asked for GPUs, but CUDA is not available" in err
+    assert "multi_gpu launcher: --gpus 1: no GPU is visible" in err
     assert "--launcher local" in err
     assert not list((tmp_path / "s").rglob("results.jsonl"))  # nothing ran on the CPU
 

@@ -234,17 +234,27 @@ def test_failed_jobs_are_reported_and_rerun_failed_resumes_them(tmp_path, monkey
         assert [r["step"] for r in _records(job.dir)] == list(range(6))
 
 
-def test_multi_gpu_launcher_gives_each_job_one_fake_device(tmp_path, monkeypatch):
-    from shiftbench.sweeps import launchers
+def test_multi_gpu_launcher_gives_each_job_one_device_it_must_use(tmp_path, monkeypatch):
+    import torch
 
-    monkeypatch.setattr(launchers, "cuda_device_count", lambda: 8)  # the jobs still run on CPU
+    from shiftbench.sweeps import gpus
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(gpus, "cuda_device_count", lambda: 8)  # the launcher sees 8 fake GPUs
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     out = tmp_path / "sweep"
     code = main(["sweep", "launch", *SWEEP, "--n-trials", "1", "--steps", "2", "--output-dir",
-                 str(out), "--launcher", "multi_gpu", "--gpus", "3,5", "--threads", "1",
+                 str(out), "--launcher", "multi_gpu", "--gpu-ids", "3,5", "--threads", "1",
                  "--skip-confirmation", "--no-progress"])
-    assert code == 0
-    devices = [read_attempts(j.dir)[0]["cuda_visible_devices"] for j in _jobs(out, steps=2)]
+    assert code == 1  # the jobs got no usable GPU: failed, not trained on the CPU
+    jobs = _jobs(out, steps=2)
+    devices = [read_attempts(j.dir)[0]["cuda_visible_devices"] for j in jobs]
     assert len(devices) == 3 and set(devices) <= {"3", "5"}
+    for job in jobs:
+        assert job_state(job.dir).state == "failed" and not (job.dir / "results.jsonl").exists()
+        assert "SHIFTBENCH_DEVICE (set by the launcher that asked for a GPU) cuda: CUDA is not " \
+               "available" in (job.dir / "err.txt").read_text()
 
 
 BLOCKING = textwrap.dedent('''
