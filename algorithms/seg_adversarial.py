@@ -56,6 +56,12 @@ def gaussian_w2(target: torch.Tensor, source: torch.Tensor, eps: float = 1e-5) -
     return w2.mean() / (s.var(1, unbiased=False).mean() + eps)
 
 
+def self_information(logits: torch.Tensor) -> torch.Tensor:
+    """ADVENT's weighted self-information map -p log2 p / log2 K of softmax(logits), K x H x W."""
+    p = F.softmax(logits, dim=1)
+    return -p * torch.log2(p + 1e-30) / math.log2(logits.shape[1])
+
+
 def _bce(logits: torch.Tensor, label: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
 
@@ -129,24 +135,25 @@ class AdaptSegNet(_OutputSpaceAdversarial):
 @register_algorithm
 class ADVENT(_OutputSpaceAdversarial):
     """ADVENT / AdvEnt (Vu et al., CVPR 2019): adversarial alignment of weighted self-information
-    maps I = -P * log P (K x H x W) instead of the softmax, same multi-level losses and weights
-    as AdaptSegNet (lambda_adv 1e-3 main, 2e-4 aux, aux segmentation 0.1). ADVENT's direct
+    maps I = -P log2 P / log2 K (K x H x W, the released `prob_2_entropy`; P the softmax of the
+    upsampled logits) instead of the softmax, same multi-level losses and weights as
+    AdaptSegNet (lambda_adv 1e-3 main, 2e-4 aux, aux segmentation 0.1). ADVENT's direct
     entropy minimisation is `SegMinEnt`."""
 
     PAPER = "Vu et al., ADVENT: adversarial entropy minimization for domain adaptation in " \
             "semantic segmentation, CVPR 2019"
 
     def disc_input(self, logits):
-        p = F.softmax(logits, dim=1)
-        return -p * torch.log(p.clamp_min(1e-30))
+        return self_information(logits)
 
 
 @register_algorithm
 class SegMinEnt(SegAlgorithm):
     """MinEnt of ADVENT (Vu et al., CVPR 2019): L = CE(P_s) + 0.1 CE(P_s^aux) + lambda_ent E(P_t)
     + lambda_ent_aux E(P_t^aux), E the mean over target pixels of the normalised entropy
-    H(p) / log K; lambda_ent = 1e-3 (main) and 2e-4 (aux), the paper's multi-level weights.
-    The pixel-wise counterpart of classification entropy minimisation."""
+    H(p) / log K of the logits upsampled to the input size (the released `entropy_loss` on the
+    interpolated predictions); lambda_ent = 1e-3 (main) and 2e-4 (aux), the paper's multi-level
+    weights. The pixel-wise counterpart of classification entropy minimisation."""
 
     SETTINGS = ("uda",)
     PAPER = ADVENT.PAPER
@@ -163,9 +170,9 @@ class SegMinEnt(SegAlgorithm):
         xs, ys = self.source_batch(minibatches)
         out_s, out_t = self.network.forward_all(xs), self.network.forward_all(torch.cat(list(unlabeled)))
         seg = seg_loss(out_s.logits, ys) + hp["seg_weight_aux"] * seg_loss(out_s.aux, ys)
-        k = torch.log(torch.tensor(float(self.num_classes)))
-        ent = pixel_entropy(out_t.logits).mean() / k
-        ent_aux = pixel_entropy(out_t.aux).mean() / k
+        k, size = math.log(self.num_classes), self.input_shape[1:]
+        ent = pixel_entropy(upsample(out_t.logits, size)).mean() / k
+        ent_aux = pixel_entropy(upsample(out_t.aux, size)).mean() / k
         loss = seg + hp["ent_weight"] * ent + hp["ent_weight_aux"] * ent_aux
         self.step(loss)
         return {"loss": loss.item(), "seg_loss": seg.item(), "entropy": ent.item()}

@@ -69,7 +69,9 @@ class SegAlgorithm(Algorithm):
         # classification-only hparams of the base class do not apply
         "nonlinear_classifier": _none, "data_augmentation": _none, "resnet18": _none,
         "resnet_dropout": _none, "freeze_bn": _none, "cnn_width": _none, "mlp_width": _none,
-        "mlp_depth": _none, "mlp_dropout": _none, "backbone": _none, "weights": _none, "network": _none,
+        "mlp_depth": _none, "mlp_dropout": _none, "backbone": _none, "network": _none,
+        "weights": HParam("", None, help="local initial weights for deeplabv2 (--weights): a "
+                          "DeepLab-v2 / ResNet-101 state dict, e.g. the COCO DeepLab-v2"),
         "optimizer": _none, "lr_schedule": _none,  # SGD with the poly schedule below
     }
     # the segmentation papers' optimisation under every protocol (DomainBed has no segmentation)

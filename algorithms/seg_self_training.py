@@ -31,7 +31,13 @@ from shiftbench.algorithms.round_self_training import (
     lrent_labels,
     mrkld,
 )
-from shiftbench.algorithms.seg_adversarial import PatchDiscriminator, _disc_width, n_down_for
+from shiftbench.algorithms.seg_adversarial import (
+    PatchDiscriminator,
+    _disc_width,
+    n_down_for,
+    self_information,
+)
+from shiftbench.algorithms.seg_augment import dacs_augment, draw_strong_params
 from shiftbench.algorithms.seg_base import SegAlgorithm, seg_loss
 from shiftbench.algorithms.self_training import DACS_HPARAMS, ema_warmup_decay
 from shiftbench.datasets.segmentation import IGNORE_INDEX
@@ -57,36 +63,6 @@ def classmix_masks(ys: torch.Tensor, generator: torch.Generator | None = None
     return torch.stack(masks), picked
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur one image batch with an isotropic Gaussian (kernel ~10% of the shorter side, odd)."""
-    k = max(3, int(0.1 * min(x.shape[-2:])) // 2 * 2 + 1)
-    t = torch.arange(k, dtype=torch.float32, device=x.device) - k // 2
-    g = torch.exp(-(t ** 2) / (2 * sigma ** 2))
-    g = (g / g.sum()).to(x.dtype)
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (k // 2, k // 2, 0, 0), mode="reflect"), g.view(1, 1, 1, k).repeat(c, 1, 1, 1),
-                 groups=c)
-    return F.conv2d(F.pad(x, (0, 0, k // 2, k // 2), mode="reflect"), g.view(1, 1, k, 1).repeat(c, 1, 1, 1),
-                    groups=c)
-
-
-def dacs_augment(x: torch.Tensor, jitter: float) -> torch.Tensor:
-    """DACS's strong view after mixing: colour jitter (brightness, contrast, saturation factors
-    in U(1 - s, 1 + s)) with probability 0.8, Gaussian blur sigma ~ U(0.15, 1.15) with p 0.5."""
-    from shiftbench.algorithms.augment import color_jitter
-
-    b = x.shape[0]
-    jit = torch.rand(b, device="cpu") < 0.8
-    x = torch.where(jit.to(x.device).view(-1, 1, 1, 1), color_jitter(x, jitter), x)
-    out = []
-    for i in range(b):
-        xi = x[i:i + 1]
-        if float(torch.rand(())) < 0.5:
-            xi = gaussian_blur(xi, 0.15 + float(torch.rand(())))
-        out.append(xi)
-    return torch.cat(out).clamp(0, 1)
-
-
 @register_algorithm
 class SegDACS(SegAlgorithm):
     """DACS (Tranheden et al., WACV 2021): cross-domain ClassMix with a mean teacher.
@@ -97,15 +73,23 @@ class SegDACS(SegAlgorithm):
     decay min(1 - 1/(t+1), 0.99), on the un-augmented target), f sees `dacs_augment(x_mix)`;
     L_u = sum_p W_p CE_p / #valid pixels with W = 1 on source pixels and, on target pixels, the
     share of target pixels of the batch whose teacher confidence >= 0.968. Predictions: student.
+    The teacher runs in train mode (`dacs_teacher_bn="train"`, as the released trainUDA.py: its
+    BatchNorm normalises with the target batch's own statistics); `"eval"` uses the running
+    statistics instead (many re-implementations). The strong view is `seg_augment`'s (colour
+    jitter incl. hue 0.25 and blur, each decided once per iteration).
     Differs from the classification `DACS`, which pastes a CutMix box (no class regions there).
-    Departures: the ignore label is never a picked class (the released code may pick it); the
-    teacher runs in eval mode (released code: train mode); no hue jitter.
+    Departure: the ignore label is never a picked class (the released code may pick it).
     """
 
     SAME_METHOD_AS = "DACS"
     SETTINGS = ("uda",)
     PAPER = "Tranheden et al., DACS: domain adaptation via cross-domain mixed sampling, WACV 2021"
-    HPARAMS = DACS_HPARAMS
+    HPARAMS = {
+        **DACS_HPARAMS,
+        "dacs_teacher_bn": HParam("train", None, choices=("train", "eval"), variant=True,
+                                  help="teacher BatchNorm: batch statistics (train, released "
+                                       "code) or running statistics (eval)"),
+    }
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
@@ -118,7 +102,7 @@ class SegDACS(SegAlgorithm):
         xs, ys = self.source_batch(minibatches)
         xt = torch.cat(list(unlabeled))
         sup = seg_loss(self.network.forward_all(xs).logits, ys)
-        self.teacher.eval()
+        self.teacher.train(hp["dacs_teacher_bn"] == "train")
         with torch.no_grad():
             conf, yt = F.softmax(self.teacher(xt).float(), dim=1).max(dim=1)
         w_t = (conf >= hp["dacs_threshold"]).float().mean()
@@ -127,8 +111,9 @@ class SegDACS(SegAlgorithm):
         x_mix = torch.where(mask[:, None], xs[pair], xt)
         y_mix = torch.where(mask, ys[pair], yt)
         weight = torch.where(mask, torch.ones_like(conf), w_t.expand_as(conf))
-        ce = F.cross_entropy(upsample(self.network.forward_all(dacs_augment(x_mix, hp["dacs_jitter"])).logits,
-                                      y_mix.shape[-2:]), y_mix, ignore_index=IGNORE_INDEX, reduction="none")
+        strong = dacs_augment(x_mix, draw_strong_params(len(x_mix), hp["dacs_jitter"]))
+        ce = F.cross_entropy(upsample(self.network.forward_all(strong).logits, y_mix.shape[-2:]),
+                             y_mix, ignore_index=IGNORE_INDEX, reduction="none")
         valid = (y_mix != IGNORE_INDEX).float()
         mix = (weight * ce * valid).sum() / valid.sum().clamp_min(1)
         loss = sup + hp["dacs_weight"] * mix
@@ -259,21 +244,38 @@ class SegCBST(RoundSelfTraining, SegAlgorithm):
 @register_algorithm
 class SegCRST(SegCBST):
     """CRST-MRKLD (Zou et al., ICCV 2019): CBST's pixel selection (no spatial prior, as the
-    released crst_seg.py) plus the model regulariser on selected target pixels,
-    CE(y^, p) + alpha * (-(1/K) sum_k log p_k), alpha 0.1, normalised with the counted pixels.
-    The per-pixel form of the classification `CRST` with `crst_reg=mrkld`."""
+    released crst_seg.py) plus the model regulariser on the selected target pixels T:
+    L = [sum_src CE + sum_T CE(y^, p)] / (#src + #T) + a * sum_T (-(1/K) sum_k log p_k) / #T,
+    i.e. the regulariser is normalised by the target pixels only (released `reg_loss_calc`).
+    The released code weights it twice with alpha (`--mr-weight-kld 0.1` is both the dataset's
+    per-image reg weight and the loss factor), so a = alpha^2 (`crst_mrkld_scale="released"`,
+    default); `"paper"` uses a = alpha, the paper's equation. The per-pixel form of the
+    classification `CRST` with `crst_reg=mrkld`."""
 
     SAME_METHOD_AS = "CRST"
     PAPER = "Zou, Yu, Liu, Kumar & Wang, Confidence regularized self-training, ICCV 2019"
     SPATIAL_PRIOR = False
-    HPARAMS = {"crst_mrkld_weight": HParam(0.1, LogUniform(-2, 0), low=0.0, help="MRKLD alpha")}
+    HPARAMS = {
+        "crst_mrkld_weight": HParam(0.1, LogUniform(-2, 0), low=0.0, help="MRKLD alpha"),
+        "crst_mrkld_scale": HParam("released", None, choices=("released", "paper"), variant=True,
+                                   help="regulariser weight alpha^2 (released code) or alpha"),
+    }
+
+    def mrkld_weight(self) -> float:
+        alpha = self.hparams["crst_mrkld_weight"]
+        return alpha * alpha if self.hparams["crst_mrkld_scale"] == "released" else alpha
+
+    def mrkld_term(self, log_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """a * mean over the labelled target pixels of -(1/K) sum_k log p_k."""
+        return self.mrkld_weight() * (mrkld(log_p) * mask).sum() / mask.sum().clamp_min(1)
 
     def target_loss(self, logits, probs, xt):
         score, labels = (probs / self.lam()).max(dim=1)
         mask = score >= 1
         log_p = F.log_softmax(logits, dim=1)
-        per = F.nll_loss(log_p, labels, reduction="none") + self.hparams["crst_mrkld_weight"] * mrkld(log_p)
-        return (per * mask).sum(), mask.sum(), 0.0, {"selected": mask.float().mean().item()}
+        ce = F.nll_loss(log_p, labels, reduction="none")
+        return ((ce * mask).sum(), mask.sum(), self.mrkld_term(log_p, mask),
+                {"selected": mask.float().mean().item()})
 
 
 @register_algorithm(name="SegCRSTLRENT")
@@ -356,25 +358,26 @@ class SegTPLD(TPLDPhases, SegCRST):
         labels = norm.argmax(1)
         confident = norm.max(1).values >= 1
         log_p = F.log_softmax(logits, dim=1)
-        reg = hp["crst_mrkld_weight"] * mrkld(log_p)
         if not self.hard_phase():
             labels, mask = window_vote(norm, confident, int(hp["tpld_window"]), hp["tpld_vote_alpha"],
                                        int(hp["tpld_vote_iters"]))
             target = F.one_hot(labels, self.num_classes).permute(0, 3, 1, 2).to(norm.dtype)
-            per = bootstrap_loss(log_p, target, norm, lam, hp["tpld_beta"]) + reg
-            return (per * mask).sum(), mask.sum(), 0.0, {"labelled": mask.float().mean().item()}
+            per = bootstrap_loss(log_p, target, norm, lam, hp["tpld_beta"])
+            return ((per * mask).sum(), mask.sum(), self.mrkld_term(log_p, mask),
+                    {"labelled": mask.float().mean().item()})
         easy = image_confidence(norm, self.thresholds) >= self.easy_threshold
         soft = norm.pow(hp["tpld_gamma"])
         soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
         onehot = F.one_hot(labels, self.num_classes).permute(0, 3, 1, 2).to(norm.dtype)
         target = torch.where(confident[:, None], onehot, soft)
-        per = (bootstrap_loss(log_p, target, norm, lam, hp["tpld_beta"]) + reg)[easy]
-        info = -(log_p.exp() * log_p)
+        per = bootstrap_loss(log_p, target, norm, lam, hp["tpld_beta"])[easy]
+        reg = self.mrkld_term(log_p, easy[:, None, None].expand_as(labels))
+        info = self_information(logits)
         adv = logits.new_zeros(())
         if bool((~easy).any()):
             adv = F.binary_cross_entropy_with_logits(*_ones(self.discriminator(info[~easy])))
         self._pending = (info[easy].detach(), info[~easy].detach())
-        return (per.sum(), per.numel(), hp["tpld_adv_weight"] * adv,
+        return (per.sum(), per.numel(), reg + hp["tpld_adv_weight"] * adv,
                 {"easy": easy.float().mean().item(), "adv_g": adv.item()})
 
     def step(self, loss, optimizer=None, base_lr=None):

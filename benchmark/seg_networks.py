@@ -23,6 +23,7 @@ from torch import nn
 from shiftbench.errors import ShiftbenchError
 
 SEG_NETWORKS = ("small", "deeplabv2")
+CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # the released DeepLab-v2's IMG_MEAN
 
 
 @dataclass
@@ -115,30 +116,87 @@ def resnet101_weights_path() -> Path:
         "--hparams '{\"pretrained\": false}' to train from scratch")
 
 
-class DeepLabV2(_Seg):
-    """DeepLab-v2: ResNet-101 with layer3/layer4 dilated (2, 4) instead of strided (output stride
-    8) and the ASPP classifier on layer4; the auxiliary ASPP classifier on layer3 is AdaptSegNet's
-    multi-level output. ImageNet weights (the papers start from ImageNet or COCO DeepLab weights)."""
+def load_deeplab_weights(net: nn.Module, path: str) -> bool:
+    """Load a local DeepLab-v2 / ResNet-101 state dict into `net` (`--weights`).
 
-    def __init__(self, in_channels: int, num_classes: int, pretrained: bool = True):
+    Accepts our own keys, torchvision's ResNet keys (`conv1`, `bn1`, `layerN`) and the released
+    DeepLab-v2 nets' (`Scale.` prefix of the COCO model, `layer5`/`layer6` = main / auxiliary ASPP
+    classifier, `module.` of DataParallel). Tensors that match a parameter by name and shape are
+    copied, the rest skipped, as the released scripts' copy loop does (so the 21-class COCO
+    head is left at its initialisation); a file that fills no backbone tensor is an error.
+    Returns True for a released (Caffe-converted) DeepLab file, whose input is BGR in 0-255
+    minus the Caffe mean."""
+    file = Path(path)
+    if not file.is_file():
+        raise ShiftbenchError(f"--weights {path}: no such file")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    rename = (("module.", ""), ("Scale.", ""), ("conv1.", "stem.0."), ("bn1.", "stem.1."),
+              ("layer5.conv2d_list.", "classifier.branches."),
+              ("layer6.conv2d_list.", "aux_classifier.branches."))
+    own = net.state_dict()
+    loaded, skipped = {}, []
+    for key, value in state.items():
+        new = key
+        for old, repl in rename:
+            if new.startswith(old):
+                new = repl + new[len(old):]
+        if new in own and own[new].shape == value.shape:
+            loaded[new] = value
+        else:
+            skipped.append(key)
+    if not any(k.startswith(("stem.", "layer")) for k in loaded):
+        raise ShiftbenchError(f"--weights {path}: no tensor matches the DeepLab-v2 ResNet-101 "
+                              f"backbone (first keys: {', '.join(list(state)[:3])})")
+    net.load_state_dict(loaded, strict=False)
+    return any(k.startswith(("Scale.", "layer5.", "module.layer5.")) for k in state)
+
+
+class DeepLabV2(_Seg):
+    """DeepLab-v2 as the released AdaptSegNet / ADVENT / DACS code builds it: ResNet-101 whose
+    layer3 and layer4 keep stride 1 and dilate *every* block's 3x3 conv by 2 and 4 (output stride
+    8; torchvision's `replace_stride_with_dilation` would leave each stage's first block at the
+    previous dilation), a ceil-mode max-pool, and BatchNorm whose affine parameters are frozen
+    (the layers still run in train mode, as in the released training scripts); the ASPP
+    classifier on layer4, the auxiliary ASPP classifier on layer3 (AdaptSegNet's multi-level
+    output). Initial weights: ImageNet (`resnet101_weights_path`) or a local file (`weights`:
+    a DeepLab / ResNet state dict, e.g. the COCO-pretrained DeepLab-v2 DACS and AdaptSegNet
+    start from; keys of the released nets, `layer5`/`layer6` classifiers, are mapped, and such
+    a file switches the input to its BGR 0-255 Caffe-mean form)."""
+
+    def __init__(self, in_channels: int, num_classes: int, pretrained: bool = True,
+                 weights: str | None = None):
         super().__init__()
         import torchvision
 
-        net = torchvision.models.resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
-        if pretrained:
-            state = torch.load(resnet101_weights_path(), map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
         if in_channels != 3:
             raise ShiftbenchError(f"seg_network=deeplabv2 takes RGB images, got {in_channels} channels")
+        net = torchvision.models.resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
+        if pretrained and not weights:
+            state = torch.load(resnet101_weights_path(), map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        for layer, dilation in ((net.layer3, 2), (net.layer4, 4)):
+            for block in layer:
+                block.conv2.dilation, block.conv2.padding = (dilation, dilation), (dilation, dilation)
+        net.maxpool.ceil_mode = True
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.classifier = ASPPClassifier(2048, num_classes)
         self.aux_classifier = ASPPClassifier(1024, num_classes)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.register_buffer("channels", torch.tensor([0, 1, 2]))
+        if weights and load_deeplab_weights(self, weights):  # the Caffe DeepLab's input
+            self.channels.copy_(torch.tensor([2, 1, 0]))
+            self.mean.copy_(torch.tensor(CAFFE_BGR_MEAN).view(1, 3, 1, 1) / 255)
+            self.std.fill_(1 / 255)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.requires_grad_(False)  # affine frozen; statistics still follow train()
 
     def forward_all(self, x: torch.Tensor) -> SegOutput:
-        f1 = self.layer1(self.stem((x - self.mean) / self.std))
+        f1 = self.layer1(self.stem((x[:, self.channels] - self.mean) / self.std))
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
         f4 = self.layer4(f3)
@@ -153,8 +211,13 @@ def SegNetwork(input_shape: tuple[int, ...], num_classes: int,  # noqa: N802
                hparams: Mapping[str, Any]) -> _Seg:
     """The network named by `hparams["seg_network"]`."""
     name = hparams.get("seg_network", "small")
+    weights = hparams.get("weights") or None
     if name == "small":
+        if weights:
+            raise ShiftbenchError(f"--weights {weights}: seg_network=small trains from scratch; "
+                                  "initial weights load into seg_network=deeplabv2")
         return SmallEncoderDecoder(input_shape[0], num_classes, int(hparams.get("seg_width", 8)))
     if name == "deeplabv2":
-        return DeepLabV2(input_shape[0], num_classes, bool(hparams.get("pretrained", True)))
+        return DeepLabV2(input_shape[0], num_classes, bool(hparams.get("pretrained", True)),
+                         weights)
     raise ShiftbenchError(f"unknown seg_network {name!r}; valid: {', '.join(SEG_NETWORKS)}")

@@ -23,14 +23,15 @@ def test_deeplabv2_is_dilated_resnet101_with_aspp():
     net = SegNetwork((3, 64, 64), 3, {"seg_network": "deeplabv2", "pretrained": False})
     assert isinstance(net, DeepLabV2)
     assert sum(len(layer) for layer in (net.layer1, net.layer2, net.layer3, net.layer4)) == 3 + 4 + 23 + 3
-    # layer3/layer4 keep stride 1 and dilate 2 and 4 (torchvision: from each stage's 2nd block)
+    # layer3/layer4 keep stride 1 and dilate 2 and 4 in every block (tests/test_seg_official.py)
     assert net.layer3[0].conv2.stride == (1, 1) and net.layer4[0].conv2.stride == (1, 1)
-    assert net.layer3[1].conv2.dilation == (2, 2) and net.layer4[1].conv2.dilation == (4, 4)
+    assert net.layer3[0].conv2.dilation == (2, 2) and net.layer4[0].conv2.dilation == (4, 4)
     assert [b.dilation for b in net.classifier.branches] == [(6, 6), (12, 12), (18, 18), (24, 24)]
     net.eval()
     with torch.no_grad():
         out = net.forward_all(torch.rand(1, 3, 64, 64))
-    assert out.logits.shape == (1, 3, 8, 8) and out.aux.shape == (1, 3, 8, 8)  # output stride 8
+    # output stride 8; the released nets' ceil-mode max-pool rounds 16 -> 9 up, not 8
+    assert out.logits.shape == (1, 3, 9, 9) and out.aux.shape == (1, 3, 9, 9)
 
 
 def test_missing_imagenet_weights_name_the_file(tmp_path, monkeypatch):
