@@ -258,6 +258,14 @@ class Algorithm(nn.Module):
         """Steps between calls of `on_round`, or None for algorithms without rounds."""
         return None
 
+    def adaptation_start(self) -> int | None:
+        """The first step of the adaptation phase of a method with a source phase first (a
+        class declaring `PHASES`, a `components.PhaseSchedule`), or None for methods that adapt
+        from the start. Recorded at every checkpoint; selection considers only checkpoints from
+        after it (shiftbench.results.phases)."""
+        phases = getattr(type(self), "PHASES", None)
+        return None if phases is None else int(phases.start(self))
+
     def on_round(self, target_batches: Callable[[], Iterable[torch.Tensor]]) -> dict[str, float]:
         """Between rounds: `target_batches()` iterates over the whole unlabeled target split."""
         return {}

@@ -172,7 +172,11 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
                 "shiftbench_version": shiftbench.__version__,
                 "label_sources": setting.label_sources,
                 "n_steps": trial.n_steps, "environments": trial.dataset.environments,
+                "num_classes": trial.dataset.num_classes,
             })
+            adaptation_start = algorithm.adaptation_start()
+            if adaptation_start is not None:  # a phased method (results.phases)
+                record["adaptation_start"] = adaptation_start
             if trial.unused_envs:
                 record["unused_envs"] = trial.unused_envs
             if setting.reads_tta_mode:
@@ -190,8 +194,20 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
     store.mark_done()
     store.remove_checkpoints()
     records = store.read_records()
+    _log_health(records, log)
     notify(callbacks, "end", records)
     return records
+
+
+def _log_health(records: list[dict[str, Any]], log) -> None:
+    """Say so when the finished run is flagged unhealthy (shiftbench.results.health)."""
+    from shiftbench.results.health import run_health
+
+    if not records:
+        return
+    health = run_health(records, status="done")
+    for flag in health.flags:
+        log(f"warning: run health: {flag}: {health.details[flag]}")
 
 
 def _target_batches(trial: Trial, batch_size: int):

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from shiftbench.results.health import FLAGS
 from shiftbench.results.names import environment_names, order_algorithms, order_datasets
 from shiftbench.results.selection import Selected, SelectionRule, get_selection_rule
 from shiftbench.results.stats import (
@@ -37,6 +38,7 @@ from shiftbench.results.table_model import Cell, Table
 from shiftbench.setting import DG
 
 Index = dict[tuple[str, str, str, int], dict[int, float]]
+HealthIndex = dict[tuple[str, str, str, int], dict[int, tuple[str, ...]]]
 
 
 def accuracy_cell(fractions: Sequence[float], ddof: int) -> Cell:
@@ -54,6 +56,20 @@ def index_selected(selected: Sequence[Selected]) -> Index:
     for s in selected:
         out[(s.task, s.dataset, s.algorithm, s.test_env)][s.trial_seed] = s.test_acc
     return out
+
+
+def index_health(selected: Sequence[Selected]) -> HealthIndex:
+    """(task, dataset, algorithm, test_env) -> {trial_seed: the selected run's health flags}."""
+    out: HealthIndex = defaultdict(dict)
+    for s in selected:
+        out[(s.task, s.dataset, s.algorithm, s.test_env)][s.trial_seed] = tuple(s.health)
+    return out
+
+
+def union(flag_sets) -> tuple[str, ...]:
+    """The flags of several trials together, in `health.FLAGS` order."""
+    every = {f for flags in flag_sets for f in flags}
+    return tuple(f for f in FLAGS if f in every)
 
 
 def sorted_values(by_trial: dict[int, float]) -> list[float]:
@@ -85,10 +101,11 @@ def _row_mean(cells: Sequence[Cell]) -> float | None:
 
 
 def build_rule_tables(rule_name: str, records: Sequence[dict[str, Any]], selected: Sequence[Selected],
-                      baseline: str | None, ddof: int = 0) -> list[Table]:
+                      baseline: str | None, ddof: int = 1) -> list[Table]:
     """The per-dataset, averages, rank and baseline tables of one selection rule."""
     rule = get_selection_rule(rule_name)
     index = index_selected(selected)
+    flags = index_health(selected)
     tables: list[Table] = []
     relevant = [r for r in records if r["args"]["task"] in rule.TASKS]
     for task in sorted({r["args"]["task"] for r in relevant}):
@@ -99,6 +116,7 @@ def build_rule_tables(rule_name: str, records: Sequence[dict[str, Any]], selecte
         avg_notes: list[str] = []
         per_trial_avgs: dict[tuple[str, str], dict[int, float]] = {}
         dataset_avgs: dict[str, dict[str, float | None]] = {}
+        health_of: dict[tuple[str, str], tuple[str, ...]] = {}
         for dataset in datasets:
             envs = environment_names(dataset, task_records)
             cells_rows = []
@@ -106,6 +124,8 @@ def build_rule_tables(rule_name: str, records: Sequence[dict[str, Any]], selecte
             for alg in algorithms:
                 row = [accuracy_cell(sorted_values(index.get((task, dataset, alg, e), {})), ddof)
                        for e in range(len(envs))]
+                for e, cell in enumerate(row):
+                    cell.health = union(flags.get((task, dataset, alg, e), {}).values())
                 avg = _row_mean(row)
                 row.append(Cell(avg))
                 dataset_avgs[dataset][alg] = avg
@@ -113,6 +133,9 @@ def build_rule_tables(rule_name: str, records: Sequence[dict[str, Any]], selecte
                 complete, partial = trial_averages(index, task, dataset, alg, len(envs))
                 per_trial_avgs[(dataset, alg)] = complete
                 cell = accuracy_cell(list(complete.values()), ddof)
+                cell.health = union(flags.get((task, dataset, alg, e), {}).get(t, ())
+                                    for e in range(len(envs)) for t in complete)
+                health_of[(dataset, alg)] = cell.health
                 if partial and complete:
                     cell.flag = "*"
                     avg_notes.append(
@@ -131,7 +154,9 @@ def build_rule_tables(rule_name: str, records: Sequence[dict[str, Any]], selecte
                 "dataset", f"Dataset: {dataset}, model selection method: {rule.TITLE}"
                 + rule_suffix(task), rule.NAME, task, dataset, [*envs, "Avg"], list(algorithms),
                 cells_rows, notes))
-        rows = [avg_cols[alg] + [Cell(_row_mean(avg_cols[alg]))] for alg in algorithms]
+        rows = [avg_cols[alg] + [Cell(_row_mean(avg_cols[alg]),
+                                      health=union(c.health for c in avg_cols[alg]))]
+                for alg in algorithms]
         tables.append(Table("averages", f"Averages, model selection method: {rule.TITLE}"
                             + rule_suffix(task), rule.NAME, task, None, [*datasets, "Avg"],
                             list(algorithms), rows, avg_notes))
@@ -139,7 +164,7 @@ def build_rule_tables(rule_name: str, records: Sequence[dict[str, Any]], selecte
             tables.append(rank_table(rule, task, algorithms, datasets, dataset_avgs))
         if baseline is not None:
             tables.append(baseline_table(rule, task, algorithms, datasets, per_trial_avgs,
-                                         baseline))
+                                         baseline, health_of))
     return tables
 
 
@@ -161,7 +186,8 @@ def rank_table(rule: SelectionRule, task: str, algorithms: Sequence[str], datase
 
 
 def baseline_table(rule: SelectionRule, task: str, algorithms: Sequence[str], datasets: Sequence[str],
-                   per_trial_avgs: dict[tuple[str, str], dict[int, float]], baseline: str) -> Table:
+                   per_trial_avgs: dict[tuple[str, str], dict[int, float]], baseline: str,
+                   health_of: dict[tuple[str, str], tuple[str, ...]] | None = None) -> Table:
     """Paired differences to the baseline per dataset and overall (`Avg`)."""
     title = (f"Difference to {baseline} (points; paired t-test over trial seeds), model selection "
              f"method: {rule.TITLE}" + rule_suffix(task))
@@ -176,6 +202,11 @@ def baseline_table(rule: SelectionRule, task: str, algorithms: Sequence[str], da
                          per_trial_avgs.get((dataset, baseline), {})) for dataset in datasets]
         row.append(diff_cell(alg, baseline, overall_averages(per_trial_avgs, datasets, alg),
                              overall_averages(per_trial_avgs, datasets, baseline)))
+        if health_of:  # a difference is as healthy as the trials on both sides
+            for cell, dataset in zip(row, datasets):
+                cell.health = union((health_of.get((dataset, alg), ()),
+                                     health_of.get((dataset, baseline), ())))
+            row[-1].health = union(c.health for c in row[:-1])
         rows.append(row)
         names.append(alg)
     if not names:
@@ -183,8 +214,9 @@ def baseline_table(rule: SelectionRule, task: str, algorithms: Sequence[str], da
                      [f"only the baseline {baseline} has records for task {task}; nothing to "
                       "compare"])
     return Table("baseline", title, rule.NAME, task, None, [*datasets, "Avg"], names, rows,
-                 ["cell: mean over shared trials of (algorithm - baseline) in points, the paired "
-                  "t-test p-value and n; 'Avg' uses each trial's mean over all datasets"])
+                 ["cell: mean over shared trials of (algorithm - baseline) in points ± its sample "
+                  "standard error, the paired t-test p-value and n; 'Avg' uses each trial's mean "
+                  "over all datasets"])
 
 
 def overall_averages(per_trial_avgs: dict[tuple[str, str], dict[int, float]], datasets: Sequence[str],
@@ -202,8 +234,8 @@ def diff_cell(alg: str, baseline: str, a: dict[int, float], b: dict[int, float])
     if cmp.mean_diff is None:
         return Cell()
     p = "n/a" if cmp.p_value is None else f"{cmp.p_value:.3g}"
-    return Cell(cmp.mean_diff, None, cmp.n, cmp.diffs, cmp.p_value,
-                text=f"{cmp.mean_diff:+.1f} (p={p}, n={cmp.n})")
+    return Cell(cmp.mean_diff, cmp.se, cmp.n, cmp.diffs, cmp.p_value, signed=True,
+                suffix=f" (p={p}, n={cmp.n})")
 
 
 def build_budget_tables(records: Sequence[dict[str, Any]], baseline: str | None) -> list[Table]:

@@ -43,8 +43,13 @@ def register(subparsers) -> None:
     p.add_argument(*_flag("only_done"), action="store_true",
                    help="ignore trials without a done marker (default: use every record, as "
                         "DomainBed does)")
-    p.add_argument(*_flag("ddof"), type=int, choices=(0, 1), default=0,
-                   help="standard error: 0 = DomainBed's population std / sqrt(n), 1 = sample")
+    p.add_argument(*_flag("ddof"), type=int, choices=(0, 1), default=1,
+                   help="standard error: 1 = the sample standard error (default, used everywhere); "
+                        "0 = DomainBed's population std / sqrt(n), only to reproduce its numbers")
+    p.add_argument("--health", action="store_true",
+                   help="add the run-health table: every trial flagged diverged, not learning, "
+                        "collapsed or selected before adaptation, with what tripped the flag "
+                        "(a one-line health summary is always printed)")
     p.add_argument(*_flag("quiet"), action="store_true", help="do not print reading warnings")
     p.add_argument(*_flag("import"), dest="imports", action="append", default=[],
                    metavar="MODULE", help="import a module that registers selection rules")
@@ -76,6 +81,7 @@ def cmd_collect(ns: argparse.Namespace) -> int:
             print(f"shiftbench collect: warning: {message}", file=sys.stderr)
     if not sweep.records:
         raise ShiftbenchError(f"no records found under {ns.input_dir}")
+    collection_health = None
     if fmt == "domainbed":
         text = domainbed_format(sweep, rules, latex=ns.latex)
     else:
@@ -86,13 +92,16 @@ def cmd_collect(ns: argparse.Namespace) -> int:
             present = {r["args"]["algorithm"] for r in sweep.records}
             if baseline not in present:
                 raise UnknownNameError("baseline algorithm", baseline, present)
-        collection = collect(sweep, rules, baseline=baseline, ddof=ns.ddof)
+        collection = collect(sweep, rules, baseline=baseline, ddof=ns.ddof, health=ns.health)
+        collection_health = collection.health
         if headline:
             from shiftbench.results.headline import render_headline
 
             text = render_headline(collection)
         else:
             text = render(collection, fmt)
+    if fmt == "csv" and collection_health is not None:  # CSV holds cells only
+        print(collection_health.summary_line(), file=sys.stderr)
     if ns.output:
         path = Path(ns.output)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from shiftbench.results.builders import union
 from shiftbench.results.names import order_algorithms
 from shiftbench.results.selection import Selected, get_selection_rule
 from shiftbench.results.stats import mean_and_error
@@ -94,6 +95,8 @@ def da_task_tables(records: list[dict[str, Any]], rules: list[str],
             lambda: {"transductive": defaultdict(lambda: defaultdict(dict)),
                      "inductive": defaultdict(lambda: defaultdict(dict))})
         tasks: dict[tuple[str, str], dict[str, tuple]] = defaultdict(dict)  # label -> task
+        # (task, dataset) -> algorithm -> task label -> trial -> health flags of the selected run
+        health: dict[tuple[str, str], dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
         for s in selected.get(rule, []):
             record = _record_at(by_run, s) if s.source_envs is not None else None
             if record is None:
@@ -103,6 +106,7 @@ def da_task_tables(records: list[dict[str, Any]], rules: list[str],
             tasks[(s.task, s.dataset)][label] = (task_key(record, s.source_envs, s.test_env),
                                                  tuple(s.source_envs), s.test_env)
             group["inductive"][s.algorithm][label][s.trial_seed] = s.test_acc
+            health[(s.task, s.dataset)][s.algorithm][label][s.trial_seed] = tuple(s.health)
             uda = record.get(f"env{s.test_env}_uda_acc")
             if isinstance(uda, (int, float)):
                 group["transductive"][s.algorithm][label][s.trial_seed] = float(uda)
@@ -112,26 +116,36 @@ def da_task_tables(records: list[dict[str, Any]], rules: list[str],
                 by_alg = group[split]
                 if not by_alg:
                     continue
-                tables.append(_table(rule, setting, dataset, split, labels, by_alg, ddof))
+                tables.append(_table(rule, setting, dataset, split, labels, by_alg, ddof,
+                                     health[(setting, dataset)]))
     return tables
 
 
 def _table(rule: str, setting: str, dataset: str, split: str, labels: list[str],
-           by_alg: dict[str, dict[str, dict[int, float]]], ddof: int) -> Table:
+           by_alg: dict[str, dict[str, dict[int, float]]], ddof: int,
+           health: dict[str, dict[str, dict[int, tuple[str, ...]]]]) -> Table:
     algorithms = order_algorithms(list(by_alg))
     rows = []
     for alg in algorithms:
-        cells = [_cell(list(by_alg[alg].get(label, {}).values()), ddof) for label in labels]
+        cells = []
+        for label in labels:
+            per_trial = by_alg[alg].get(label, {})
+            cell = _cell(list(per_trial.values()), ddof)
+            cell.health = union(health[alg][label].get(t, ()) for t in per_trial)
+            cells.append(cell)
         trials = set.intersection(*(set(by_alg[alg].get(label, {})) for label in labels))
         averages = [sum(by_alg[alg][label][t] for label in labels) / len(labels)
                     for t in sorted(trials)]
         cells.append(_cell(averages, ddof))
+        cells[-1].health = union(health[alg][label].get(t, ()) for label in labels
+                                 for t in trials)
         rows.append(cells)
     where = ("the unlabeled target split the algorithm adapted to (transductive)"
              if split == "transductive" else
              "the target's held-out split, never seen in training (inductive)")
     title_rule = get_selection_rule(rule).TITLE
-    notes = [f"Model selection: {title_rule} ({rule}). Accuracy (%) on {where}; mean ± standard "
+    named = title_rule if f"({rule})" in title_rule else f"{title_rule} ({rule})"
+    notes = [f"Model selection: {named}. Accuracy (%) on {where}; mean ± sample standard "
              f"error over trial seeds; {AVERAGE} averages the tasks within each trial seed "
              "(seeds with every task), then over seeds."]
     return Table(KIND, f"{dataset} ({setting}), {split} target accuracy, selection: {title_rule}",

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shiftbench.errors import ShiftbenchError
+from shiftbench.results.health import legend as health_legend
+from shiftbench.results.health import marks as health_marks
 from shiftbench.results.table_model import Collection, Table
 from shiftbench.setting import all_settings
 
@@ -77,9 +79,11 @@ def _rows(collection: Collection, task: str) -> list[dict[str, Any]]:
             for d in datasets:
                 row[d] = avg_row[d].mean
             avg = avg_row["Avg"]
-        row.update({"avg": avg.mean, "avg_se": avg.err, "n_trials": avg.n})
+        row.update({"avg": avg.mean, "avg_se": avg.err, "n_trials": avg.n,
+                    "health": ", ".join(avg.health)})
         diff = baseline.row(alg)["Avg"] if baseline is not None and alg in baseline.rows else None
         row.update({"diff": None if diff is None else diff.mean,
+                    "diff_se": None if diff is None else diff.err,
                     "p_value": None if diff is None else diff.p_value,
                     "n_pairs": 0 if diff is None else diff.n})
         rows.append(row)
@@ -90,7 +94,8 @@ def leaderboard(data: Collection | Sweep | str | Path | Iterable[dict[str, Any]]
                 task: str | None = None, baseline: str | None = "ERM") -> pd.DataFrame:
     """One row per (setting, algorithm), best average first within a setting: accuracy (%) per
     held-out domain (one dataset) or per dataset, `avg` +/- `avg_se` over `n_trials` trials, and
-    `diff` (points) to `baseline` with its paired t-test `p_value` over `n_pairs` trials; `rule`
+    `diff` (points) to `baseline` with its paired t-test `p_value` over `n_pairs` trials,
+    `health` the health flags of the trials behind `avg` (`results.health`); `rule`
     is the selection rule used (see `PRIMARY_RULES`). `data`: a Collection, a Sweep, records or a
     sweep directory."""
     import pandas as pd
@@ -131,19 +136,24 @@ def headline_table(collection: Collection, task: str) -> list[str]:
         return []
     rule = rows[0]["rule"]
     fixed = {"setting", "rule", "algorithm", "dataset", "avg", "avg_se", "n_trials", "diff",
-             "p_value", "n_pairs"}
+             "p_value", "n_pairs", "health", "diff_se"}
     columns = [k for k in rows[0] if k not in fixed]
     base = collection.baseline
     grid = []
     for r in rows:
-        avg = _fmt(r["avg"]) + ("" if r["avg_se"] is None else f" ± {_fmt(r['avg_se'])}")
+        avg = _fmt(r["avg"]) + ("" if r["avg_se"] is None
+                                else f" ± {_fmt(r['avg_se'])}")
+        if r["avg_se"] is None and r["n_trials"] == 1:
+            avg += " (n=1)"
+        avg += "" if not r["health"] else " " + health_marks(r["health"].split(", "))
         if r["algorithm"] == base:
             versus = "(baseline)"
         elif r["diff"] is None:
             versus = "-"
         else:
             p = "" if r["p_value"] is None else f", p={r['p_value']:.2g}"
-            versus = f"{r['diff']:+.1f}{p}"
+            se = "" if r["diff_se"] is None else f" ± {r['diff_se']:.1f}"
+            versus = f"{r['diff']:+.1f}{se}{p}"
         grid.append([r["algorithm"], *[_fmt(r[c]) for c in columns], avg]
                     + ([versus] if base else []))
     trials = max(r["n_trials"] for r in rows)
@@ -160,11 +170,16 @@ def legend(collection: Collection) -> str:
     one = {t.dataset for t in collection.tables if t.kind == "dataset"}
     cells = ("test accuracy (%) on each held-out domain" if len(one) == 1
              else "test accuracy (%) per dataset, averaged over its held-out domains")
-    text = f"Cells: {cells}; Avg: mean ± standard error over trials"
+    text = (f"Cells: {cells}; Avg: mean ± sample standard error over trials (n=1: a single "
+            "trial, no error)")
     if collection.baseline:
         text += (f"; vs {collection.baseline}: mean paired difference to {collection.baseline} in "
-                 "points over the same trials, with the paired t-test p-value")
-    return text + "."
+                 "points over the same trials ± its sample standard error, with the paired t-test "
+                 "p-value")
+    text += "."
+    flags = {f for task in headline_tasks(collection) for r in _rows(collection, task)
+             for f in (r["health"].split(", ") if r["health"] else [])}
+    return text + (" " + health_legend(flags) if flags else "")
 
 
 def omitted(collection: Collection) -> list[str]:
@@ -209,6 +224,13 @@ def render_headline(collection: Collection, full_tables: str | None = None,
 
     s = collection.summary
     out = [summary_lines(collection)[0] if "jobs" not in s else summary_lines(collection)[1]]
+    if collection.health is not None:
+        out += textwrap.wrap(collection.health.summary_line(), width, break_on_hyphens=False)
+    from shiftbench.results.renderers import text_table
+
+    for table in collection.tables:
+        if table.kind == "health":
+            out += text_table(table)
     tasks = headline_tasks(collection)
     for task in tasks:
         out += headline_table(collection, task)

@@ -23,6 +23,7 @@ What the reader does beyond DomainBed's `load_records`:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -66,6 +67,7 @@ class JobInfo:
     n_bad_lines: int = 0
     truncated: bool = False
     error: str | None = None
+    failure: str | None = None  # a failed trial's reason (the `failed` marker's `error`)
 
 
 @dataclass
@@ -173,6 +175,8 @@ def _step_after(a: Any, b: Any) -> bool:
 
 def _read_job(path: Path, warn) -> tuple[JobInfo, list[dict[str, Any]]]:
     job = JobInfo(str(path), status_of(path))
+    if job.status == "failed":
+        job.failure = _failure(path)
     results = path / RESULTS_FILE
     if not results.exists():
         return job, []
@@ -217,6 +221,16 @@ def _read_job(path: Path, warn) -> tuple[JobInfo, list[dict[str, Any]]]:
         r["_job_dir"] = str(path)
     job.n_records = len(records)
     return job, records
+
+
+def _failure(path: Path) -> str | None:
+    """The `error` of a `failed` marker (our trainer writes JSON), or None."""
+    try:
+        info = json.loads((path / FAILED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    error = info.get("error") if isinstance(info, dict) else None
+    return error if isinstance(error, str) else None
 
 
 def read_sweep(input_dir: str | os.PathLike, *, only_done: bool = False,

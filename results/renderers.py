@@ -49,6 +49,8 @@ def summary_lines(collection: Collection) -> list[str]:
             f"{s['unreadable_files']}")
     lines.append("Selection rules: " + ", ".join(f"{r} ({collection.titles[r]})"
                                                  for r in collection.rules))
+    if collection.health is not None:
+        lines.append(collection.health.summary_line())
     lines.extend(collection.notes)
     return lines
 
@@ -78,10 +80,10 @@ def render_markdown(collection: Collection) -> str:
     out = ["# Results", ""] + [f"- {line}" for line in summary_lines(collection)]
     current_rule: object = object()
     for t in collection.tables:
-        if t.rule != current_rule:
+        if t.rule != current_rule or t.kind == "health":
             current_rule = t.rule
             heading = (f"Model selection: {collection.titles[t.rule]}" if t.rule
-                       else "Search budgets")
+                       else "Run health" if t.kind == "health" else "Search budgets")
             out += ["", f"## {heading}"]
         out += ["", f"### {t.title}", ""]
         if t.rows:
@@ -129,7 +131,7 @@ def render_latex(collection: Collection) -> str:
 
 
 CSV_FIELDS = ("kind", "rule", "task", "dataset", "table", "row", "column", "mean", "err", "n",
-              "p_value", "display")
+              "p_value", "display", "health")
 
 
 def render_csv(collection: Collection) -> str:
@@ -145,7 +147,8 @@ def render_csv(collection: Collection) -> str:
                             "column": col, "mean": "" if c.mean is None else repr(c.mean),
                             "err": "" if c.err is None else repr(c.err), "n": c.n,
                             "p_value": "" if c.p_value is None else repr(c.p_value),
-                            "display": c.display("csv", t.digits)})
+                            "display": c.display("csv", t.digits),
+                            "health": ";".join(c.health)})
     return buf.getvalue()
 
 
@@ -155,6 +158,7 @@ def collection_to_dict(collection: Collection) -> dict[str, Any]:
         "baseline": collection.baseline, "notes": collection.notes,
         "tables": [t.to_dict() for t in collection.tables],
         "selected": {r: [s.to_dict() for s in sel] for r, sel in collection.selected.items()},
+        "health": None if collection.health is None else collection.health.to_dict(),
     }
 
 

@@ -189,8 +189,11 @@ def render_html(collection: Collection) -> str:
                      f"{s['failed']} failed); duplicate records dropped: "
                      f"{s['duplicates_dropped']}; bad lines: {s['bad_lines']}; unreadable files: "
                      f"{s['unreadable_files']}</li>")
+    if collection.health is not None:
+        parts.append(f"<li>{html.escape(collection.health.summary_line())}</li>")
     parts += [f"<li>{html.escape(n)}</li>" for n in collection.notes]
     parts.append("</ul>")
+    parts += [table_html(t) for t in collection.tables if t.kind == "health"]
     runs = _runs_index(collection.records)
     n_figures = 0
     for rule in collection.rules:

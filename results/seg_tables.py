@@ -8,7 +8,7 @@ From the selected checkpoint of each trial:
 
 * `seg_miou`: algorithms x tasks (`game→real` with explicit sources, else the held-out
   environment) + `Avg`, the mIoU (%) on the target's held-out split (never seen in training),
-  mean ± standard error over trial seeds;
+  mean ± sample standard error over trial seeds;
 * `seg_iou`: per task, algorithms x classes with `mIoU` last, the per-class IoU (%) of the same
   checkpoints (a class absent from the split has no IoU: `X`).
 """
@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from shiftbench.results.builders import union
+from shiftbench.results.health import annotate, sweep_health
 from shiftbench.results.names import order_algorithms
 from shiftbench.results.selection import Selected, get_selection_rule, select
 from shiftbench.results.stats import mean_and_error
@@ -74,10 +76,12 @@ def segmentation_tables(records: list[dict[str, Any]], rules: list[str],
     if not views:
         return []
     tables = []
+    report = sweep_health([r for r in records if is_segmentation(r)])
     for rule in rules:
         picked = select(views, rule, strict=False)
         if not picked:
             continue
+        annotate(report, {rule: picked})
         by_run = {(r["args"]["algorithm"], r["args"]["dataset"], r["args"]["task"],
                    tuple(r["args"]["test_envs"]), int(r["args"]["trial_seed"]),
                    int(r["args"]["hparams_seed"]), tuple(r["args"].get("source_envs") or ()),
@@ -89,7 +93,8 @@ def segmentation_tables(records: list[dict[str, Any]], rules: list[str],
             r = by_run.get((s.algorithm, s.dataset, s.task, (s.test_env,), s.trial_seed, s.hparams_seed,
                             tuple(s.source_envs or ()), s.step))
             if r is not None:
-                chosen[(s.task, s.dataset)][_label(r, s)][s.algorithm][s.trial_seed] = (r, s.test_env)
+                chosen[(s.task, s.dataset)][_label(r, s)][s.algorithm][s.trial_seed] = (
+                    r, s.test_env, s.health)
         title = get_selection_rule(rule).TITLE
         title = title if f"({rule})" in title else f"{title} ({rule})"
         for (task, dataset), by_label in sorted(chosen.items()):
@@ -106,13 +111,17 @@ def _miou_table(rule, title, task, dataset, by_label, ddof) -> Table:
     for alg in algorithms:
         per = {lab: {t: rt[0][f"env{rt[1]}_in_acc"] for t, rt in by_label[lab].get(alg, {}).items()}
                for lab in labels}
+        flags = {lab: {t: rt[2] for t, rt in by_label[lab].get(alg, {}).items()} for lab in labels}
         cells = [_cell(list(per[lab].values()), ddof) for lab in labels]
+        for cell, lab in zip(cells, labels):
+            cell.health = union(flags[lab].values())
         trials = set.intersection(*(set(per[lab]) for lab in labels))
         cells.append(_cell([sum(per[lab][t] for lab in labels) / len(labels) for t in sorted(trials)],
                            ddof))
+        cells[-1].health = union(flags[lab][t] for lab in labels for t in trials)
         rows.append(cells)
     notes = [f"Model selection: {title}, on mIoU. mIoU (%) on the target's held-out split "
-             "(never seen in training); mean ± standard error over trial seeds; Avg over the tasks "
+             "(never seen in training); mean ± sample standard error over trial seeds; Avg over the tasks "
              "within each trial seed (seeds with every task)."]
     return Table(MIOU, f"{dataset} ({task}) mIoU, selection: {title}", rule, task, dataset,
                  labels + ["Avg"], algorithms, rows, notes)
@@ -122,19 +131,21 @@ def _iou_table(rule, title, task, dataset, label, by_alg, ddof) -> Table:
     algorithms = order_algorithms(sorted(by_alg))
     keys: set[str] = set()
     for trials in by_alg.values():
-        for r, t in trials.values():
+        for r, t, _ in trials.values():
             prefix = f"env{t}_in_iou_"
             keys |= {k[len(prefix):] for k in r if k.startswith(prefix)}
     classes = _class_order(dataset, keys)
     rows = []
     for alg in algorithms:
         trials = list(by_alg[alg].values())
-        cells = [_cell([r[f"env{t}_in_iou_{c}"] for r, t in trials if f"env{t}_in_iou_{c}" in r], ddof)
-                 for c in classes]
-        cells.append(_cell([r[f"env{t}_in_acc"] for r, t in trials], ddof))
+        cells = [_cell([r[f"env{t}_in_iou_{c}"] for r, t, _ in trials if f"env{t}_in_iou_{c}" in r],
+                       ddof) for c in classes]
+        cells.append(_cell([r[f"env{t}_in_acc"] for r, t, _ in trials], ddof))
+        for cell in cells:
+            cell.health = union(h for _, _, h in trials)
         rows.append(cells)
     notes = [f"Model selection: {title}, on mIoU. Per-class IoU (%) on the target's held-out "
-             "split at the selected checkpoints; mean ± standard error over trial seeds; X: the class "
+             "split at the selected checkpoints; mean ± sample standard error over trial seeds; X: the class "
              "does not occur in the split (nor in the predictions)."]
     return Table(IOU, f"{dataset} ({task}) {label} per-class IoU, selection: {title}", rule, task,
                  dataset, classes + ["mIoU"], algorithms, rows, notes)

@@ -31,6 +31,9 @@ Rules:
   - `dev`: `env{t}_uda_dev` = deep embedded validation risk (You et al., ICML 2019; lower better).
   A rule asked for when no record carries its keys raises a ShiftbenchError naming them.
 
+Phased algorithms (`results.phases`): only checkpoints from after the adaptation phase's first
+step are candidates, for every rule (a run with none is not scored).
+
 Ties: between checkpoints of a run the earliest step wins (DomainBed takes the first maximum in
 file order, i.e. by step); between runs the smallest `hparams_seed` wins (DomainBed's order there
 depends on directory listing order).
@@ -46,6 +49,7 @@ from typing import Any
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.registry import Registry
+from shiftbench.results.phases import adapted_only
 from shiftbench.results.reading import Sweep, as_records
 from shiftbench.setting import all_settings, setting_names
 
@@ -91,6 +95,7 @@ class Selected:
     job_dir: str | None
     hparams: dict[str, Any]
     source_envs: tuple[int, ...] | None = None  # explicit sources (a source->target task)
+    health: tuple[str, ...] = ()  # the run's health flags (`results.health.annotate`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,9 +138,11 @@ class SelectionRule:
 
     def hparams_accs(self, records: Sequence[dict[str, Any]], test_env: int
                      ) -> list[tuple[int, RunChoice]]:
-        """Every scorable run of a group, best first (ties: smallest hparams_seed)."""
+        """Every scorable run of a group, best first (ties: smallest hparams_seed). A phased
+        algorithm's checkpoints from before its adaptation are never candidates
+        (`results.phases`)."""
         runs: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for r in records:
+        for r in adapted_only(records):
             runs[int(r["args"]["hparams_seed"])].append(r)
         scored = []
         for seed in sorted(runs):

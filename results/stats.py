@@ -11,23 +11,51 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+DEFAULT_DDOF = 1  # the sample standard error: every table, paired difference and API uses it
 
-def mean_and_error(values: Sequence[float], ddof: int = 0) -> tuple[float | None, float | None]:
+
+def mean_and_error(values: Sequence[float], ddof: int = DEFAULT_DDOF
+                   ) -> tuple[float | None, float | None]:
     """Mean and standard error of the mean; (None, None) for no values.
 
-    `ddof=0` is DomainBed's estimator, `np.std(values / sqrt(n))` (population standard deviation
-    over sqrt(n); 0 for one value). `ddof=1` is the sample standard error (undefined, None, for
-    one value).
+    `ddof=1` (the default, used everywhere) is the sample standard error,
+    `std(values, ddof=1) / sqrt(n)`. `ddof=0` is DomainBed's estimator, `np.std(values / sqrt(n))`
+    (population standard deviation over sqrt(n)), kept only to reproduce DomainBed's numbers.
+    With one value the error is undefined (None) under both: one trial says nothing about the
+    spread, and tables print `n=1` instead of a misleading `± 0.0`.
     """
     if len(values) == 0:
         return None, None
     arr = np.asarray(list(values), dtype=float)
     mean = float(np.mean(arr))
+    if len(arr) < 2:
+        return mean, None
     if ddof == 0:
         return mean, float(np.std(arr / np.sqrt(len(arr))))
-    if len(arr) <= ddof:
-        return mean, None
     return mean, float(np.std(arr, ddof=ddof) / np.sqrt(len(arr)))
+
+
+@dataclass
+class Difference:
+    """The mean of paired differences with its sample standard error and a t interval."""
+
+    n: int
+    mean: float | None
+    se: float | None  # sample standard error of the mean difference (ddof 1); None for n < 2
+    low: float | None  # two-sided `level` t confidence interval; None for n < 2
+    high: float | None
+    level: float = 0.95
+
+
+def paired_difference(diffs: Sequence[float], level: float = 0.95) -> Difference:
+    """Mean paired difference, its sample standard error (the estimator of every ± here) and
+    the Student-t confidence interval mean ± t_{n-1} se; se and interval are None below 2 pairs."""
+    values = [float(d) for d in diffs]
+    mean, se = mean_and_error(values, DEFAULT_DDOF)
+    if se is None:
+        return Difference(len(values), mean, None, None, None, level)
+    half = float(sps.t.ppf(0.5 + level / 2, len(values) - 1)) * se
+    return Difference(len(values), mean, se, mean - half, mean + half, level)
 
 
 @dataclass
@@ -41,6 +69,9 @@ class PairedComparison:
     mean_diff: float | None
     t_statistic: float | None
     p_value: float | None  # two-sided paired t-test; None with fewer than 2 pairs or no variance
+    se: float | None = None  # sample standard error of mean_diff (`paired_difference`)
+    low: float | None = None  # 95 % t interval of mean_diff
+    high: float | None = None
 
     @property
     def n(self) -> int:
@@ -54,13 +85,15 @@ def paired_test(algorithm: str, baseline: str, alg_by_trial: Mapping[int, float]
     a = [alg_by_trial[t] for t in trials]
     b = [base_by_trial[t] for t in trials]
     diffs = [x - y for x, y in zip(a, b)]
-    mean_diff = float(np.mean(diffs)) if diffs else None
+    difference = paired_difference(diffs)
+    mean_diff = difference.mean
     t_stat = p = None
     if len(trials) >= 2:
         res = sps.ttest_rel(a, b)
         if math.isfinite(float(res.pvalue)):
             t_stat, p = float(res.statistic), float(res.pvalue)
-    return PairedComparison(algorithm, baseline, trials, diffs, mean_diff, t_stat, p)
+    return PairedComparison(algorithm, baseline, trials, diffs, mean_diff, t_stat, p,
+                            difference.se, difference.low, difference.high)
 
 
 def average_ranks(scores: Mapping[str, Mapping[str, float | None]]) -> dict[str, dict[str, float]]:

@@ -29,23 +29,38 @@ class Cell:
     p_value: float | None = None
     text: str | None = None  # replaces the numeric display (e.g. "-", "18-20")
     flag: str = ""
+    signed: bool = False  # a difference: the mean printed with its sign
+    suffix: str = ""  # e.g. " (p=0.03, n=3)"
+    health: tuple[str, ...] = ()  # health flags of the trials behind it (`results.health`)
 
     def display(self, style: str = "text", digits: int = 1) -> str:
+        """The cell as printed: mean ± standard error; `(n=1)` for a single trial (whose error
+        is undefined), then the suffix, the flag and the health marks."""
         if self.text is not None:
             out = self.text
         elif self.mean is None:
             out = MISSING
-        elif self.err is None:
-            out = f"{self.mean:.{digits}f}"
         else:
-            pm = {"latex": r"$\pm$", "text": "+/-"}.get(style, "±")
-            out = f"{self.mean:.{digits}f} {pm} {self.err:.{digits}f}"
-        return out + self.flag
+            out = f"{self.mean:{'+' if self.signed else ''}.{digits}f}"
+            if self.err is not None:
+                pm = {"latex": r"$\pm$", "text": "+/-"}.get(style, "±")
+                out += f" {pm} {self.err:.{digits}f}"
+            elif self.n == 1 and not self.suffix:
+                out += " (n=1)"
+            out += self.suffix
+        return out + self.flag + self.marks()
+
+    def marks(self) -> str:
+        if not self.health:
+            return ""
+        from shiftbench.results.health import marks
+
+        return " " + marks(self.health)
 
     def to_dict(self, digits: int = 1) -> dict[str, Any]:
         return {"mean": clean(self.mean), "err": clean(self.err), "n": self.n,
                 "values": self.values, "p_value": clean(self.p_value),
-                "display": self.display("json", digits)}
+                "health": list(self.health), "display": self.display("json", digits)}
 
 
 def clean(x: float | None) -> float | None:
@@ -82,12 +97,15 @@ class Table:
 
     def to_frame(self, what: str = "mean") -> pd.DataFrame:
         """A pandas DataFrame indexed by row name: `what` = "mean", "err", "n", "p_value" (numbers,
-        NaN where missing) or "display" (the strings a renderer prints)."""
+        NaN where missing), "display" (the strings a renderer prints) or "health" (each cell's
+        health flags, comma-separated; "" for none)."""
         import pandas as pd
 
         def value(c: Cell) -> Any:
             if what == "display":
                 return c.display("text", self.digits)
+            if what == "health":
+                return ", ".join(c.health)
             v = getattr(c, what)
             return float("nan") if v is None else v
 
@@ -108,3 +126,4 @@ class Collection:
     notes: list[str]
     records: list[dict[str, Any]]
     baseline: str | None
+    health: Any = None  # results.health.HealthReport

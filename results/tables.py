@@ -15,6 +15,8 @@ from typing import Any
 from shiftbench.errors import ShiftbenchError
 from shiftbench.results.builders import build_budget_tables, build_rule_tables, sorted_values
 from shiftbench.results.domainbed_format import domainbed_format
+from shiftbench.results.health import annotate, health_table, sweep_health
+from shiftbench.results.health import legend as health_legend
 from shiftbench.results.names import (
     DOMAINBED_ALGORITHMS,
     DOMAINBED_DATASETS,
@@ -42,6 +44,7 @@ from shiftbench.results.selection import (
     select,
     source_key,
 )
+from shiftbench.results.stats import DEFAULT_DDOF
 from shiftbench.results.table_model import MISSING, Cell, Collection, Table
 
 # (records, rules, selected per rule, baseline, ddof) -> extra tables, appended after the built-in ones.
@@ -66,8 +69,11 @@ def task_run_key(record: dict[str, Any]) -> tuple:
 
 
 def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None = None,
-            baseline: str | None = "ERM", ddof: int = 0) -> Collection:
-    """Select with every rule and build every table. `rules=None`: the applicable ones."""
+            baseline: str | None = "ERM", ddof: int = DEFAULT_DDOF,
+            health: bool = False) -> Collection:
+    """Select with every rule and build every table. `rules=None`: the applicable ones.
+    Every run's health is checked (`results.health`) and marked on the cells of flagged
+    trials; `health=True` adds the health table (every flagged run) first."""
     records = as_records(data)
     summary = data.summary() if isinstance(data, Sweep) else {"records": len(records)}
     notes = []
@@ -90,6 +96,8 @@ def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None 
                     f"records are of tasks {', '.join(sorted(present)) or '(none)'}")
     titles = {r: get_selection_rule(r).TITLE for r in rules}
     selected = {r: select(records, r) for r in rules}
+    report = sweep_health(records, data.jobs if isinstance(data, Sweep) else ())
+    annotate(report, selected)
     tables: list[Table] = []
     # accuracy tables from the records that have accuracies (segmentation records get their own)
     from shiftbench.results.seg_tables import is_segmentation
@@ -106,7 +114,14 @@ def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None 
     tables.extend(build_budget_tables(plain, baseline))
     for builder in TABLE_BUILDERS:
         tables.extend(builder(records, list(rules), selected, baseline, ddof))
-    return Collection(summary, list(rules), titles, selected, tables, notes, records, baseline)
+    for table in tables:
+        flags = {f for cells in table.cells for c in cells for f in c.health}
+        if flags:
+            table.notes.append(health_legend(flags))
+    if health:
+        tables.insert(0, health_table(report))
+    return Collection(summary, list(rules), titles, selected, tables, notes, records, baseline,
+                      report)
 
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def test_reads_the_whole_sweep(sweep):
 def test_every_cell_of_results_txt(sweep):
     expected = parse_domainbed_results(EXPECTED)
     assert len(expected) == 6  # 3 rules x (VLCS + averages)
-    ours = collect(sweep, ["iid", "loo", "oracle"])
+    ours = collect(sweep, ["iid", "loo", "oracle"], ddof=0)  # DomainBed's estimator
     by_title = {t.title: t for t in ours.tables}
     n_cells = 0
     for header, rows in expected.items():
@@ -65,7 +66,9 @@ def test_every_cell_of_results_txt(sweep):
         for alg, cells in rows.items():
             got = dict(zip(table.columns, table.cells[table.rows.index(alg)]))
             for col, text in cells.items():
-                assert got[col].display("text") == text, (header, alg, col)
+                # DomainBed prints no health marks ([c]: a run of this sweep collapsed)
+                unmarked = dataclasses.replace(got[col], health=())
+                assert unmarked.display("text") == text, (header, alg, col)
                 n_cells += 1
     assert n_cells == 3 * (5 + 2)
 

@@ -110,19 +110,22 @@ def test_selection_is_per_trial_then_averaged():
     sel = select(records, "iid")
     assert [(s.trial_seed, s.hparams_seed) for s in sel] == [(0, 0), (1, 1)]
     cell = next(t for t in collect(records, ["iid"]).tables if t.kind == "dataset").cells[0][0]
-    # DomainBed's error: population std (10) / sqrt(2)
-    assert cell.mean == pytest.approx(70.0) and cell.err == pytest.approx(10.0 / 2 ** 0.5)
+    # the sample standard error: std with ddof 1 (10 sqrt 2) / sqrt(2); DomainBed's is 10 / sqrt(2)
+    assert cell.mean == pytest.approx(70.0) and cell.err == pytest.approx(10.0)
+    cell = next(t for t in collect(records, ["iid"], ddof=0).tables
+                if t.kind == "dataset").cells[0][0]
+    assert cell.err == pytest.approx(10.0 / 2 ** 0.5)
     assert cell.n == 2
 
 
-def test_single_trial_error_is_zero_domainbed_style_and_undefined_with_ddof1():
+def test_single_trial_prints_n_1_not_a_zero_error():
     records = [make_record(0, 0, [e], env0_in_acc=0.5, env1_in_acc=0.5, env2_in_acc=0.5)
                for e in range(3)]
-    cells = next(t for t in collect(records, ["iid"]).tables if t.kind == "dataset").cells[0]
-    assert cells[0].display() == "50.0 +/- 0.0"
-    cells = next(t for t in collect(records, ["iid"], ddof=1).tables
-                 if t.kind == "dataset").cells[0]
-    assert cells[0].err is None and cells[0].display() == "50.0"
+    for ddof in (0, 1):
+        cells = next(t for t in collect(records, ["iid"], ddof=ddof).tables
+                     if t.kind == "dataset").cells[0]
+        assert cells[0].err is None and cells[0].display() == "50.0 (n=1)"
+        assert cells[0].display("markdown") == "50.0 (n=1)"
 
 
 def test_target_rule_reads_the_disjoint_labeled_validation_only_for_ssda_sda():

@@ -62,7 +62,7 @@ def test_dataset_table_cells(full):
     erm = row(t, "ERM")
     vals = [ACC["ERM"][tr][0] for tr in range(3)]
     assert erm["0"].mean == pytest.approx(100 * np.mean(vals))
-    assert erm["0"].err == pytest.approx(100 * np.std(vals) / np.sqrt(3))
+    assert erm["0"].err == pytest.approx(100 * np.std(vals, ddof=1) / np.sqrt(3))  # sample SE
     assert erm["Avg"].mean == pytest.approx(np.mean([erm[c].mean for c in "012"]))
 
 
@@ -99,17 +99,19 @@ def test_paired_test_matches_scipy(full):
     expected = sps.ttest_rel(a, b)
     assert cell.mean == pytest.approx(np.mean(np.subtract(a, b)))
     assert cell.p_value == pytest.approx(expected.pvalue)
-    assert cell.n == 3 and cell.display().startswith(f"{np.mean(np.subtract(a, b)):+.1f} (p=")
+    assert cell.n == 3 and cell.display().startswith(f"{np.mean(np.subtract(a, b)):+.1f} +/- ")
+    assert cell.err == pytest.approx(sps.sem(np.subtract(a, b)))  # the sample SE of the pairs
     cmp = paired_test("A", "B", {0: 1.0, 1: 2.0, 5: 4.0}, {0: 0.5, 1: 2.5, 2: 9.0})
     assert cmp.trials == [0, 1] and cmp.p_value == pytest.approx(sps.ttest_rel([1, 2], [0.5, 2.5]).pvalue)
     assert paired_test("A", "B", {0: 1.0}, {0: 0.0}).p_value is None
 
 
 def test_mean_and_error_estimators():
-    assert mean_and_error([0.1, 0.2, 0.3]) == pytest.approx((0.2, 0.047140452))  # DomainBed 20.0 +/- 4.7
-    m, e = mean_and_error([0.1, 0.2, 0.3], ddof=1)
-    assert e == pytest.approx(sps.sem([0.1, 0.2, 0.3]))
+    # the default: the sample standard error; ddof=0 is DomainBed's (20.0 +/- 4.7)
+    assert mean_and_error([0.1, 0.2, 0.3]) == pytest.approx((0.2, sps.sem([0.1, 0.2, 0.3])))
+    assert mean_and_error([0.1, 0.2, 0.3], ddof=0) == pytest.approx((0.2, 0.047140452))
     assert mean_and_error([]) == (None, None)
+    assert mean_and_error([0.4]) == mean_and_error([0.4], ddof=0) == (0.4, None)  # n = 1
 
 
 def test_budgets_flag_unequal(full):
