@@ -50,13 +50,14 @@ def source_table() -> list[dict[str, Any]]:
     for s in SOURCES.values():
         if s.parts:
             files, check = "parts: " + ", ".join(s.parts), ""
-        elif s.fetcher is not None:
+        elif s.fetcher is not None and not s.remotes:
             files, check = "through the wilds package", "wilds' own"
         else:
             files = ", ".join(r.filename for r in s.remotes)
             kinds = {r.checksum[0] if r.checksum else "none (size only)" for r in s.remotes}
             check = ", ".join(sorted(kinds))
-        rows.append({"name": s.name, "folder": s.target, "datasets": ", ".join(s.datasets),
+        folder = s.target or "$SHIFTBENCH_PRETRAINED_DIR or torch's hub cache"
+        rows.append({"name": s.name, "folder": folder, "datasets": ", ".join(s.datasets),
                      "files": files, "checksum": check,
                      "how": "manual: " + s.manual if s.manual else "automatic",
                      "licence": s.licence, "homepage": s.homepage})

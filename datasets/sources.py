@@ -4,7 +4,10 @@ URLs are the ones DomainBed's download script, torchvision and the Transfer-Lear
 use (facts about the datasets, listed in `docs/datasets.md`). Checksums: MD5s of the MNIST,
 Fashion-MNIST, SVHN and USPS files as torchvision publishes them; MD5s of DomainBed's VLCS and
 OfficeHome archives as listed by DomainBed-based loaders; every other file has no published
-checksum, so only its size (the server's `Content-Length`) is verified.
+checksum, so only its size (the server's `Content-Length`) is verified; tar archives must end
+with their end-of-archive block, and the image-folder datasets must unpack into the number of
+class folders they are published with (`Source.classes`), so a tar cut at a member boundary is
+refused. GTA5, Cityscapes (login) and SYNTHIA (.rar) are placed by hand (`manual`).
 """
 
 from __future__ import annotations
@@ -91,6 +94,18 @@ def arrange_domain_net(raw: Path, out: Path) -> None:
             (out / rel).unlink(missing_ok=True)
 
 
+def arrange_office_caltech(raw: Path, out: Path) -> None:
+    """The four domain folders, each `<domain>/<class>/` (a `<domain>/images/<class>/` level, as
+    some releases have, is lifted)."""
+    move_folders("amazon", "caltech", "dslr", "webcam")(raw, out)
+    for domain in ("amazon", "caltech", "dslr", "webcam"):
+        inner = out / domain / "images"
+        if inner.is_dir() and [p.name for p in (out / domain).iterdir()] == ["images"]:
+            for entry in inner.iterdir():
+                os.replace(entry, out / domain / entry.name)
+            inner.rmdir()
+
+
 def wilds_fetcher(wilds_name: str) -> Callable:
     def fetch(source: Source, data_dir: Path, log) -> Path:
         try:
@@ -106,6 +121,39 @@ def wilds_fetcher(wilds_name: str) -> Callable:
     return fetch
 
 
+def pretrained_dir() -> Path:
+    """Where the torchvision ResNets' ImageNet weights are looked for first:
+    $SHIFTBENCH_PRETRAINED_DIR, else torch's hub cache (`shiftbench.networks`)."""
+    if os.environ.get("SHIFTBENCH_PRETRAINED_DIR"):
+        return Path(os.environ["SHIFTBENCH_PRETRAINED_DIR"])
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def fetch_pretrained(source: Source, data_dir: Path, log, base: str | None = None,
+                     progress: bool | None = None) -> Path:
+    """A weights file into `pretrained_dir()` (checked against the SHA-256 prefix in its name)."""
+    from shiftbench.datasets.download import fetch
+
+    (remote,) = source.remotes
+    folder = pretrained_dir()
+    if (folder / remote.filename).is_file():
+        log(f"{source.name}: already in {folder}")
+    path = fetch(source, remote, folder, base, progress)
+    log(f"{source.name}: ready, {path}")
+    return path
+
+
+def _weights(arch: str, digest: str, used_by: tuple[str, ...]) -> Source:
+    filename = f"{arch}-{digest}.pth"
+    return Source(f"{arch}-ImageNet", "", (Remote("https://download.pytorch.org/models/" + filename,
+                                                  filename, sha256=digest),),
+                  homepage="https://pytorch.org/vision/stable/models.html (IMAGENET1K_V1)",
+                  licence="BSD-3-Clause (torchvision); ImageNet terms", datasets=used_by,
+                  fetcher=fetch_pretrained)
+
+
 def _idx(base: str, md5s: tuple[str, ...]) -> tuple[Remote, ...]:
     return tuple(Remote(base + f, f, md5=m) for f, m in zip(IDX, md5s))
 
@@ -114,17 +162,18 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("PACS", "PACS", (Remote(GDRIVE + "1JFr8f805nMUelQWWmfnJR3y4_SYoN5Pd", "PACS.zip",
                                    "zip"),),
            move_folders("art_painting", "cartoon", "photo", "sketch"),
-           "https://domaingeneralization.github.io/", "research use", ("PACS",)),
+           "https://domaingeneralization.github.io/", "research use", ("PACS",), classes=7),
     Source("VLCS", "VLCS", (Remote(GDRIVE + "1skwblH1_okBwxWxmRsp9_qi15hyPpxg8", "VLCS.tar.gz",
                                    "tar", md5="8870171eba660927d9668f4e515928e4"),),
            move_folders("Caltech101", "LabelMe", "SUN09", "VOC2007"),
-           "https://github.com/facebookresearch/DomainBed", "per source dataset", ("VLCS",)),
+           "https://github.com/facebookresearch/DomainBed", "per source dataset", ("VLCS",),
+           classes=5),
     Source("OfficeHome", "office_home",
            (Remote(GDRIVE + "1uY0pj7oFsjMxRwaD3Sxy0jgel0fsYXLC", "office_home.zip", "zip",
                    md5="b1c14819770c4448fd5b6d931031c91c"),),
            move_folders("Art", "Clipart", "Product", "Real World"),
            "https://www.hemanthdv.org/officeHomeDataset.html",
-           "non-commercial research and educational use", ("OfficeHome",)),
+           "non-commercial research and educational use", ("OfficeHome",), classes=65),
     Source("TerraIncognita", "terra_incognita",
            (Remote(LILA + "eccv_18_all_images_sm.tar.gz", "eccv_18_all_images_sm.tar.gz", "tar"),
             Remote(LILA + "eccv_18_annotations.tar.gz", "eccv_18_annotations.tar.gz", "tar")),
@@ -137,7 +186,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            + (Remote("https://raw.githubusercontent.com/facebookresearch/DomainBed/main/"
                      "domainbed/misc/domain_net_duplicates.txt", "domain_net_duplicates.txt"),),
            arrange_domain_net, "http://ai.bu.edu/M3SDA/", "fair use for research",
-           ("DomainNet",)),
+           ("DomainNet",), classes=345),
     Source("SVIRO", "sviro", (Remote("https://sviro.kl.dfki.de/?wpdmdl=1731",
                                      "sviro_grayscale_rectangle_classification.zip", "zip"),),
            move_folders("aclass", "escape", "hilux", "i3", "lexus", "tesla", "tiguan", "tucson",
@@ -148,17 +197,20 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
             ("amazon", "ec12dfcddade43ab8101"), ("dslr", "a41d818ae2f34da7bb32"),
             ("webcam", "8a41009a166e4131adcd"))),
            move_folders("amazon", "dslr", "webcam"),
-           "https://faculty.cc.gatech.edu/~judy/domainadapt/", "research use", ("Office31",)),
+           "https://faculty.cc.gatech.edu/~judy/domainadapt/", "research use", ("Office31",),
+           classes=31, class_subpath="images"),
+    # The Transfer-Learning-Library's archive (tllib/vision/datasets/officecaltech.py); the
+    # transferlearning repository's data page offers the original images on Baidu Yun only.
     Source("OfficeCaltech", "office_caltech_10",
-           (Remote(TSINGHUA.format("eea518fa781a41d1b20e"), "office-caltech.tgz", "tar"),),
-           move_folders("amazon", "caltech", "dslr", "webcam"),
-           "https://github.com/jindongwang/transferlearning/tree/master/data", "research use",
-           ("OfficeCaltech",)),
+           (Remote(TSINGHUA.format("e93f2e07d93243d6b57e"), "officecaltech.tgz", "tar"),),
+           arrange_office_caltech,
+           "https://github.com/thuml/Transfer-Learning-Library (Office-Caltech, Gong et al. 2012)",
+           "research use", ("OfficeCaltech",), classes=10),
     Source("VisDA", "visda", tuple(
         Remote(f"http://csr.bu.edu/ftp/visda17/clf/{s}.tar", f"{s}.tar", "tar")
         for s in ("train", "validation")), move_folders("train", "validation"),
            "https://github.com/VisionLearningGroup/taskcv-2017-public",
-           "research use (COCO images under their own terms)", ("VisDA",)),
+           "research use (COCO images under their own terms)", ("VisDA",), classes=12),
     Source("MNIST", "MNIST", _idx("https://ossci-datasets.s3.amazonaws.com/mnist/", (
         "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
         "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")),
@@ -200,6 +252,35 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
                   ".mat files from there"),
     Source("DigitFive", "", parts=("MNIST", "MNIST_M", "SVHN", "SynthDigits", "USPS"),
            homepage="Peng et al. 2019", datasets=("DigitFive",)),
+    Source("GTA5", "GTA5", tuple(
+        Remote("https://download.visinf.tu-darmstadt.de/data/from_games/", f"{i:02d}_{k}.zip",
+               "zip") for k in ("images", "labels") for i in range(1, 11)),
+           move_folders("images", "labels"), "https://download.visinf.tu-darmstadt.de/data/"
+           "from_games/", "research use (Richter et al. 2016; images from GTA V)",
+           ("GTA5Cityscapes",),
+           manual="GTA5 (Richter et al. 2016) is published as 10 image and 10 label zip files on "
+                  "https://download.visinf.tu-darmstadt.de/data/from_games/ without checksums "
+                  "or a scripted link; download 01_images.zip ... 10_images.zip and "
+                  "01_labels.zip ... 10_labels.zip there"),
+    Source("Cityscapes", "cityscapes", (
+        Remote("https://www.cityscapes-dataset.com/downloads/", "leftImg8bit_trainvaltest.zip",
+               "zip"),
+        Remote("https://www.cityscapes-dataset.com/downloads/", "gtFine_trainvaltest.zip", "zip")),
+           move_folders("leftImg8bit", "gtFine"), "https://www.cityscapes-dataset.com",
+           "Cityscapes terms (non-commercial; registration required)",
+           ("GTA5Cityscapes", "SynthiaCityscapes16", "SynthiaCityscapes13"),
+           manual="Cityscapes needs a login: register at https://www.cityscapes-dataset.com, "
+                  "accept its terms and download leftImg8bit_trainvaltest.zip and "
+                  "gtFine_trainvaltest.zip from its downloads page"),
+    Source("SYNTHIA", "RAND_CITYSCAPES", (), None, "http://synthia-dataset.net",
+           "CC BY-NC-SA 3.0", ("SynthiaCityscapes16", "SynthiaCityscapes13"),
+           manual="SYNTHIA-RAND-CITYSCAPES is a .rar archive from http://synthia-dataset.net "
+                  "(downloads page), which this command cannot unpack; unpack it yourself so that "
+                  "<data-dir>/RAND_CITYSCAPES/RGB and <data-dir>/RAND_CITYSCAPES/GT/LABELS exist"),
+    # ImageNet weights of the torchvision ResNets (DomainBed's backbones; ResNet-101: DeepLabv2)
+    _weights("resnet18", "f37072fd", ("backbone resnet18",)),
+    _weights("resnet50", "0676ba61", ("backbone resnet50",)),
+    _weights("resnet101", "63fe2227", ("seg_network deeplabv2",)),
     Source("WILDSCamelyon", "camelyon17_v1.0", fetcher=wilds_fetcher("camelyon17"),
            homepage="https://wilds.stanford.edu", licence="CC0 1.0",
            datasets=("WILDSCamelyon",)),

@@ -111,7 +111,8 @@ class WILDSImageDataset(MultiDomainDataset):
             return wilds.get_dataset(dataset=cls.WILDS_NAME, root_dir=str(root), download=False)
         except (FileNotFoundError, OSError, ValueError, KeyError) as e:
             raise ShiftbenchError(f"{cls.__name__}: cannot read {folder} with wilds "
-                                  f"({type(e).__name__}: {e}); rerun `{how}`") from e
+                                  f"({type(e).__name__}: {e}); the folder is incomplete or "
+                                  f"damaged: remove it, then run `{how}`") from e
 
 
 @register_dataset

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -41,6 +42,7 @@ class Server:
         self.files, self.requests = dict(files), []
         self.truncate_once: set[str] = set()
         self.html: set[str] = set()
+        self.delay = 0.0  # seconds each response waits before its body (overlapping clients)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -78,6 +80,8 @@ class Server:
                 self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
                 body = data[start:]
+                if outer.delay:
+                    time.sleep(outer.delay)
                 if self.path in outer.truncate_once and not rng:
                     outer.truncate_once.discard(self.path)
                     self.wfile.write(body[: len(body) // 2])

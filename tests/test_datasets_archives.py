@@ -120,7 +120,7 @@ ARCHIVES = {
     "DomainNet": [(f"{d}.zip", "{d}/", [d]) for d in
                   ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")],
     "Office31": [(f"{d}.tgz", "{d}/images/", [d]) for d in ("amazon", "dslr", "webcam")],
-    "OfficeCaltech": [("office-caltech.tgz", "{d}/", ["amazon", "caltech", "dslr", "webcam"])],
+    "OfficeCaltech": [("officecaltech.tgz", "{d}/", ["amazon", "caltech", "dslr", "webcam"])],
     "VisDA": [(f"{d}.tar", "{d}/", [d]) for d in ("train", "validation")],
 }
 

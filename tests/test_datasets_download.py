@@ -156,8 +156,10 @@ def test_wilds_sources_download_through_wilds(tmp_path, monkeypatch):
 
     monkeypatch.setattr(wilds, "get_dataset", get_dataset)
     assert main(["data", "download", "WILDSCamelyon", "--data-dir", str(tmp_path)]) == 0
-    assert calls == [("camelyon17", str(tmp_path), True)]
-    assert (tmp_path / "camelyon17_v1.0" / D.MARKER).is_file()
+    assert len(calls) == 1 and calls[0][0] == "camelyon17" and calls[0][2] is True
+    staging = Path(calls[0][1])  # fetched into a staging folder, published by one rename
+    assert staging.parent == tmp_path and staging.name.startswith(".staging-WILDSCamelyon-")
+    assert (tmp_path / "camelyon17_v1.0" / D.MARKER).is_file() and not staging.exists()
     assert main(["data", "download", "WILDSCamelyon", "--data-dir", str(tmp_path)]) == 0
     assert len(calls) == 1  # present: left alone
 
