@@ -1,6 +1,6 @@
 """The trial directory with its resumable state: checkpoints and saved models (torch files).
 
-`CheckpointStore` is a `shiftbench.trial_record.TrialDir` (records and markers) that also writes
+`CheckpointStore` is a `shiftbench.trial_dir.TrialDir` (records and markers) that also writes
 `checkpoint.pt`: everything needed to resume (the algorithm with its optimizers, every RNG
 state, the step, the number of records written and the trial's identity). The previous
 checkpoint is kept as `checkpoint.prev.pt`; a SHA-256 of each is kept beside it (`*.sha256`), so
@@ -20,7 +20,7 @@ import torch
 
 from shiftbench.paths import atomic_write_bytes, sha256_bytes
 from shiftbench.trial import Trial
-from shiftbench.trial_record import TrialDir
+from shiftbench.trial_dir import TrialDir
 
 
 class CheckpointStore(TrialDir):

@@ -16,10 +16,13 @@ import importlib.util
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
-from shiftbench.options import EVAL_SPLIT_CHOICES, PRECISIONS, TASK_ALIASES, TTA_MODES
-from shiftbench.setting import DG, setting_names
+from shiftbench.options import add_flags, flag_names
+from shiftbench.setting import ALIASES as TASK_ALIASES
+from shiftbench.setting import setting_names
+from shiftbench.trial_record import TrialSpec, trial_options
 
 # Subcommand -> (module that registers it, one-line help shown by `shiftbench --help`).
 COMMANDS = {
@@ -35,62 +38,22 @@ SETTINGS_ORDER = setting_names()
 
 def flag(name: str) -> list[str]:
     """`--test-envs` plus DomainBed's `--test_envs` when the two differ."""
-    dashed = "--" + name.replace("_", "-")
-    underscored = "--" + name.replace("-", "_")
-    return [dashed] if dashed == underscored else [dashed, underscored]
+    return flag_names(name)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(*flag("dataset"), default="RotatedMNIST")
-    p.add_argument(*flag("algorithm"), default="ERM")
-    p.add_argument(*flag("test_envs"), nargs="+", default=["0"],
-                   help="held-out environments, by index or name")
-    p.add_argument(*flag("source_envs"), nargs="+", default=None,
-                   help="environments trained on, by index or name (default: every environment not "
-                        "in --test-envs); the others are evaluated but never trained on")
-    p.add_argument(*flag("task"), default=DG.name,
-                   help="dg | uda | ssda | sda | tta (DomainBed's domain_generalization and "
-                        "domain_adaptation are accepted)")
-    p.add_argument(*flag("hparams"), default=None, help="JSON object overriding hparams")
+    """One flag per `TrialSpec` option (generated from its declaration), then the flags that
+    only say how to build or run it."""
+    add_flags(p, [o for o in trial_options().values() if o.declaration.flag])
     p.add_argument(*flag("hparams_preset"), default=None, metavar="NAME",
                    help="a named protocol (network + hparams) under --hparams, e.g. dann_digits "
                         "(the DANN paper's MNIST network and SGD schedule); see shiftbench.presets")
-    p.add_argument(*flag("protocol"), default="shiftbench", metavar="{shiftbench,domainbed}",
-                   help="hparam defaults, search spaces and networks: shiftbench (default) or "
-                        "domainbed (DomainBed's own)")
     p.add_argument(*flag("backbone"), default=None, metavar="NAME",
                    help="featurizer for large images (the `backbone` hparam): resnet50, "
                         "resnet18 or any timm model, e.g. vit_small_patch16_224, convnext_tiny")
     p.add_argument(*flag("weights"), default=None, metavar="PATH",
                    help="load the backbone's weights from this local file (the `weights` hparam)")
-    p.add_argument(*flag("hparams_seed"), type=int, default=0, help="0 = defaults")
-    p.add_argument(*flag("trial_seed"), type=int, default=0, help="fixes every split")
-    p.add_argument(*flag("seed"), type=int, default=0, help="initialisation and sampling")
-    p.add_argument(*flag("steps"), type=int, default=None)
-    p.add_argument(*flag("checkpoint_freq"), type=int, default=None)
-    p.add_argument(*flag("holdout_fraction"), type=float, default=0.2)
-    p.add_argument(*flag("uda_holdout_fraction"), type=float, default=None,
-                   help="fraction of a target domain given unlabeled (default 0.5 in uda/ssda)")
-    p.add_argument(*flag("target_shots"), type=int, default=3,
-                   help="labeled target examples per class in ssda/sda")
-    p.add_argument(*flag("tta_mode"), choices=TTA_MODES, default="continual")
-    p.add_argument(*flag("eval_splits"), choices=EVAL_SPLIT_CHOICES, default="selection",
-                   help="'selection': the splits model selection reads (skips training domains' "
-                        "training splits); 'all': every split, as DomainBed")
-    p.add_argument(*flag("precision"), choices=PRECISIONS, default="fp32",
-                   help="'bf16': bfloat16 autocast of forward passes (much faster on CPUs with "
-                        "AVX-512 BF16/AMX and on recent GPUs); weights stay float32")
-    p.add_argument(*flag("image_cache"), action="store_true",
-                   help="image-folder datasets: read the preprocessed memory-mapped cache (built "
-                        "first when missing; `shiftbench data preprocess`) instead of decoding "
-                        "every image file; faster (docs/benchmarks.md), augments the same way but not "
-                        "bit-identically, so it is part of the trial's identity")
-    p.add_argument(*flag("output_dir"), default="train_output")
-    p.add_argument(*flag("data_dir"), default=None)
-    p.add_argument(*flag("device"), default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument(*flag("threads"), type=int, default=None, help="torch CPU threads")
-    p.add_argument(*flag("skip_model_save"), action="store_true")
-    p.add_argument(*flag("save_model_every_checkpoint"), action="store_true")
     p.add_argument(*flag("progress"), action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     p.add_argument(*flag("logger"), dest="loggers", nargs="+", action="extend", default=[],
@@ -99,6 +62,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "unless WANDB_MODE says otherwise), mlflow; files go in --output-dir")
     p.add_argument(*flag("import"), dest="imports", action="append", default=[],
                    metavar="MODULE", help="import a module that registers algorithms/datasets")
+
+
+def spec_from_flags(ns: argparse.Namespace, **values: Any) -> TrialSpec:
+    """The `TrialSpec` of parsed `train` flags (`values` replace some)."""
+    given = {name: getattr(ns, name) for name, o in trial_options().items() if o.declaration.flag}
+    return TrialSpec(**{**given, **values})
 
 
 def import_user_modules(modules: Sequence[str]) -> None:
@@ -144,7 +113,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     import torch
 
     from shiftbench.backbones import merge_backbone_flags
-    from shiftbench.trainer import TrainArgs, summarize, train
+    from shiftbench.trainer import summarize, train
 
     import_user_modules(ns.imports)
     if ns.threads:
@@ -156,18 +125,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
         hparams = json.dumps(with_preset(ns.hparams_preset, ns.algorithm, ns.dataset,
                                          parse_overrides(ns.hparams)), sort_keys=True)
-    args = TrainArgs(
-        dataset=ns.dataset, algorithm=ns.algorithm, test_envs=list(ns.test_envs),
-        task=task, protocol=ns.protocol,
-        source_envs=None if ns.source_envs is None else list(ns.source_envs),
-        hparams=merge_backbone_flags(hparams, ns.backbone, ns.weights),
-        hparams_seed=ns.hparams_seed, trial_seed=ns.trial_seed, seed=ns.seed, steps=ns.steps,
-        checkpoint_freq=ns.checkpoint_freq, holdout_fraction=ns.holdout_fraction,
-        uda_holdout_fraction=ns.uda_holdout_fraction, target_shots=ns.target_shots,
-        tta_mode=ns.tta_mode, eval_splits=ns.eval_splits, precision=ns.precision,
-        image_cache=ns.image_cache, output_dir=ns.output_dir,
-        data_dir=ns.data_dir, device=ns.device, skip_model_save=ns.skip_model_save,
-        save_model_every_checkpoint=ns.save_model_every_checkpoint)
+    args = spec_from_flags(ns, task=task,
+                           hparams=merge_backbone_flags(hparams, ns.backbone, ns.weights))
     from shiftbench.loggers import make_loggers
 
     records = train(args, progress=ns.progress,

@@ -92,7 +92,7 @@ def adaptation_stream(trial: Trial, env, idx: torch.Tensor, env_i: int, split_na
         with autocast(trial):
             logits = adapted.adapt(x.to(trial.device))
         yield logits.detach(), y
-        if trial.args.tta_mode == "episodic":
+        if trial.args.resets_adaptation_per_batch:
             adapted.reset_adaptation()
 
 

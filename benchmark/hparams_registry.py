@@ -33,8 +33,9 @@ import numpy as np
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.seeds import seed_hash
+from shiftbench.trial_record import trial_options
 
-PROTOCOLS = ("shiftbench", "domainbed")
+PROTOCOLS = trial_options()["protocol"].declaration.choices
 
 # DomainBed's `algorithms.ALGORITHMS` (current main): the names `--protocol domainbed` applies to.
 DOMAINBED_ALGORITHMS = (

@@ -32,7 +32,14 @@ from shiftbench.reporting import default_callbacks, notify
 from shiftbench.seeds import rng_state, set_rng_state
 from shiftbench.splits import UNLABELED_SPLIT
 from shiftbench.trial import Trial, autocast, normalize
-from shiftbench.trial_record import MODEL_FILE, TrialSpec, differing_fields, identity, same_identity
+from shiftbench.trial_record import (
+    MODEL_FILE,
+    TrialSpec,
+    differing_fields,
+    identity,
+    recorded_options,
+    same_identity,
+)
 
 TIMING_KEYS = ("step_time", "eval_time", "mem_gb", "wall_time", "cpu_time")
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -179,8 +186,7 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
                 record["adaptation_start"] = adaptation_start
             if trial.unused_envs:
                 record["unused_envs"] = trial.unused_envs
-            if setting.reads_tta_mode:
-                record["tta_mode"] = spec.tta_mode
+            record.update(recorded_options(spec))
             store.append_record(record)
             n_records += 1
             window.clear()

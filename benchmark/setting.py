@@ -81,11 +81,6 @@ class Setting:
         examples where the setting has them, else on the training (source) domains."""
         return "target" if self.few_shot_target else "iid"
 
-    @property
-    def reads_tta_mode(self) -> bool:
-        """Whether `--tta-mode` (continual | episodic) changes anything in this setting."""
-        return self.adapts_at_test
-
 
 _SETTINGS: dict[str, Setting] = {}
 ALIASES = {"domain_generalization": "dg", "domain_adaptation": "uda"}  # DomainBed's task names

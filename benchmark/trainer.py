@@ -15,7 +15,6 @@ from __future__ import annotations
 from shiftbench.checkpoints import CheckpointStore, save_model
 from shiftbench.evaluation import SND_MAX_EXAMPLES, evaluate, register_evaluator
 from shiftbench.loop import TIMING_KEYS, train
-from shiftbench.options import EVAL_SPLIT_CHOICES, PRECISIONS, TTA_MODES
 from shiftbench.reporting import environment_report, summarize
 from shiftbench.splits import make_splits
 from shiftbench.trial import Trial, autocast, build_trial, check_dataset, normalize, pick_device
@@ -31,7 +30,7 @@ def validate_args(args: TrialSpec) -> TrialSpec:
 
 
 __all__ = [
-    "EVAL_SPLIT_CHOICES", "PRECISIONS", "SND_MAX_EXAMPLES", "TIMING_KEYS", "TTA_MODES",
+    "SND_MAX_EXAMPLES", "TIMING_KEYS",
     "CheckpointStore", "Trial", "TrainArgs", "TrialSpec", "TrialStore", "autocast", "build_trial",
     "check_dataset", "environment_report", "evaluate", "identity", "make_splits", "normalize",
     "pick_device", "register_evaluator", "save_model", "summarize", "train", "validate_args",

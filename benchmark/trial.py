@@ -23,11 +23,10 @@ from shiftbench.datasets.base import MultiDomainDataset
 from shiftbench.datasets.segmentation import task_type_of
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import DatasetInfo, check_protocol, resolve_hparams
-from shiftbench.options import EVAL_SPLIT_CHOICES, PRECISIONS, TTA_MODES
 from shiftbench.seeds import seed_everything
 from shiftbench.setting import Setting, get_setting
 from shiftbench.splits import EnvSplits, make_splits
-from shiftbench.trial_record import TrialSpec
+from shiftbench.trial_record import TrialSpec, validate_options
 
 _NORMALIZED = "_shiftbench_normalized"
 
@@ -41,6 +40,7 @@ def normalize(spec: TrialSpec) -> TrialSpec:
     Everything that can be checked without loading data is checked here."""
     if is_normalized(spec):
         return spec
+    validate_options(spec)
     dataset_cls = get_dataset_class(spec.dataset)
     task_type = task_type_of(dataset_cls)
     spec = dataclasses.replace(spec, algorithm=algorithm_for_task_type(spec.algorithm, task_type))
@@ -75,20 +75,6 @@ def normalize(spec: TrialSpec) -> TrialSpec:
             names = ", ".join(f"{i} ({dataset_cls.ENVIRONMENTS[i]})" for i in both)
             raise ShiftbenchError(f"environment(s) {names} given in both --source-envs "
                                   f"{source_envs} and --test-envs {test_envs}")
-    if spec.steps is not None and spec.steps < 1:
-        raise ShiftbenchError(f"--steps must be >= 1, got {spec.steps}")
-    if spec.checkpoint_freq is not None and spec.checkpoint_freq < 1:
-        raise ShiftbenchError(f"--checkpoint-freq must be >= 1, got {spec.checkpoint_freq}")
-    for name in ("hparams_seed", "trial_seed", "seed"):
-        if getattr(spec, name) < 0:
-            raise ShiftbenchError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(spec, name)}")
-    for name, choices in (("eval_splits", EVAL_SPLIT_CHOICES), ("tta_mode", TTA_MODES),
-                          ("precision", PRECISIONS)):
-        if getattr(spec, name) not in choices:
-            raise ShiftbenchError(f"--{name.replace('_', '-')} {getattr(spec, name)!r} is not one "
-                                  f"of {', '.join(choices)}")
-    if not isinstance(spec.image_cache, bool):
-        raise ShiftbenchError(f"image_cache must be true or false, got {spec.image_cache!r}")
     if spec.image_cache and not dataset_cls.IMAGE_CACHE:
         from shiftbench.datasets.folder import IMAGE_FOLDER_DATASETS
 

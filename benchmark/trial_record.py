@@ -4,14 +4,14 @@ One module, imported by the trainer's store, the sweep jobs/state/worker and the
 imports no torch.
 
 **Spec.** `TrialSpec` holds every input of one trial (the `args` of every record). Its identity
-(`identity`, `spec_hash`) is what changes the trial's result:
+(`identity`, `spec_hash`) is what changes the trial's result; each field declares its rule
+(`option(..., identity=...)`):
 
-* always: dataset, algorithm, test_envs (sorted indices), task, hparams (the JSON overrides,
+* `ALWAYS`: dataset, algorithm, test_envs (sorted indices), task, hparams (the JSON overrides,
   parsed and key-sorted), hparams_seed, trial_seed, seed, steps, holdout_fraction;
-* any other field only when it differs from its default, so a field added later whose default
-  reproduces the old behaviour leaves every existing hash alone (precision, tta_mode, protocol,
-  source_envs, image_cache, weights_sha256 (the content hash of a `--weights` file), ...);
-* never: where things live or run (output_dir, data_dir, device) or what is merely saved
+* `CHANGED` (the default): only when the value differs from the field's default, so a field added
+  later whose default reproduces the old behaviour leaves every existing hash alone;
+* `NEVER`: where things live or run (output_dir, data_dir, device) or what is merely saved
   (skip_model_save, save_model_every_checkpoint).
 
 The hash is the first 32 hex digits of SHA-256 over the identity's canonical JSON
@@ -21,7 +21,7 @@ The hash is the first 32 hex digits of SHA-256 over the identity's canonical JSO
 
 * `results.jsonl`: one JSON record per checkpoint (`args`, `hparams`, `step`, `env{i}_{split}_acc`,
   losses, timings, `schema_version`, `label_sources`, `environments`, `unused_envs` when a domain
-  was neither source nor target, `tta_mode` in settings that adapt at test time);
+  was neither source nor target, the `recorded` options where they apply);
 * `done`: written last, containing "done"; `failed`: JSON describing why a trial stopped;
 * `checkpoint.pt` (+ `checkpoint.prev.pt`, each with a `.sha256`): the resumable state, written by
   the trainer's checkpoint store;
@@ -35,15 +35,18 @@ an error naming the fields that differ (`check_same_trial`).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shiftbench.errors import ShiftbenchError, StorageError
+from shiftbench.errors import ShiftbenchError
+from shiftbench.options import ALWAYS, NEVER, TrialOption, check_values, declared_options, option
 from shiftbench.paths import atomic_write_bytes
 from shiftbench.setting import ALIASES, DG, Setting, get_setting
 
@@ -63,40 +66,92 @@ ATTEMPTS_FILE = "attempts.jsonl"
 TRIAL_FILES = frozenset({RESULTS_FILE, DONE_FILE, FAILED_FILE, CHECKPOINT_FILE, OUT_FILE, ERR_FILE})
 
 
+def _sorted_envs(value: Any) -> Any:
+    return sorted(int(e) for e in ([value] if isinstance(value, int) else value))
+
+
+def _canonical_task(value: Any) -> Any:
+    return ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+def _canonical_hparams(value: Any) -> Any:
+    return canonical_hparams(value)
+
+
 @dataclass
 class TrialSpec:
-    """Every input of one trial. `shiftbench.trial.normalize` checks and canonicalises it once."""
+    """Every input of one trial. `shiftbench.trial.normalize` checks and canonicalises it once.
 
-    dataset: str = "RotatedMNIST"
-    algorithm: str = "ERM"
-    test_envs: list[int] = field(default_factory=lambda: [0])
-    task: str = DG.name
-    hparams: str | None = None
-    hparams_seed: int = 0
-    trial_seed: int = 0
-    seed: int = 0
-    steps: int | None = None
-    checkpoint_freq: int | None = None
-    holdout_fraction: float = 0.2
-    uda_holdout_fraction: float | None = None
-    target_shots: int = 3
-    tta_mode: str = "continual"
-    eval_splits: str = "selection"
-    precision: str = "fp32"
-    image_cache: bool = False  # image-folder datasets: read the preprocessed cache, not the files
-    output_dir: str = "train_output"
-    data_dir: str | None = None
-    device: str | None = None
-    skip_model_save: bool = False
-    save_model_every_checkpoint: bool = False
-    protocol: str = "shiftbench"
-    source_envs: list[int] | None = None  # None: every environment not in test_envs
-    # SHA-256 of the `weights` hparam's file, set by `normalize` (a changed file: a new trial)
-    weights_sha256: str | None = None
+    Each field is declared once, here, with `option(...)` (`shiftbench.options.Option`): that
+    declaration makes its `train` flag, its sweep flag and spec key, its validation, whether it
+    counts in the identity and whether records carry it. Adding an option is adding a field."""
+
+    dataset: str = option("RotatedMNIST", "dataset name", identity=ALWAYS)
+    algorithm: str = option("ERM", "algorithm name", identity=ALWAYS)
+    test_envs: list[int] = option(
+        help="held-out environments, by index or name", factory=lambda: [0], identity=ALWAYS,
+        environments=True, canonical=_sorted_envs)
+    task: str = option(DG.name, "dg | uda | ssda | sda | tta (DomainBed's domain_generalization "
+                       "and domain_adaptation are accepted)", identity=ALWAYS,
+                       canonical=_canonical_task)
+    hparams: str | None = option(None, "JSON object overriding hparams", identity=ALWAYS,
+                                 canonical=_canonical_hparams)
+    hparams_seed: int = option(0, "0 = defaults", identity=ALWAYS, minimum=0)
+    trial_seed: int = option(0, "fixes every split", identity=ALWAYS, minimum=0)
+    seed: int = option(0, "initialisation and sampling", identity=ALWAYS, minimum=0)
+    steps: int | None = option(None, "training steps (default: the dataset's)", identity=ALWAYS,
+                               minimum=1, sweep=True)
+    checkpoint_freq: int | None = option(None, "steps between checkpoints (default: the "
+                                         "dataset's)", minimum=1, sweep=True)
+    holdout_fraction: float = option(0.2, "fraction of each environment held out for "
+                                     "validation", identity=ALWAYS, minimum=0, below=1,
+                                     sweep=True)
+    uda_holdout_fraction: float | None = option(
+        None, "fraction of a target domain given unlabeled (default 0.5 in uda/ssda)",
+        minimum=0, below=1, sweep=True)
+    target_shots: int = option(3, "labeled target examples per class in ssda/sda", minimum=0,
+                               sweep=True)
+    tta_mode: str = option(
+        "continual", "test-time adaptation (task tta): continual, or episodic (restart from the "
+        "trained model after every batch)", choices=("continual", "episodic"), sweep=True,
+        recorded=True, in_settings=lambda setting: setting.adapts_at_test)
+    eval_splits: str = option(
+        "selection", "'selection': the splits model selection reads (skips training domains' "
+        "training splits); 'all': every split, as DomainBed", choices=("selection", "all"))
+    precision: str = option(
+        "fp32", "'bf16': bfloat16 autocast of forward passes (much faster on CPUs with AVX-512 "
+        "BF16/AMX and on recent GPUs); weights stay float32", choices=("fp32", "bf16"),
+        sweep=True)
+    image_cache: bool = option(
+        False, "image-folder datasets: read the preprocessed memory-mapped cache (built first "
+        "when missing; `shiftbench data preprocess`) instead of decoding every image file; "
+        "faster (docs/benchmarks.md), augments the same way but not bit-identically, so it is "
+        "part of the trial's identity", sweep=True,
+        in_datasets=lambda facts: facts.image_cache)
+    output_dir: str = option("train_output", "where the trial's files go", identity=NEVER)
+    data_dir: str | None = option(None, "where datasets are found", identity=NEVER)
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: auto)", identity=NEVER)
+    skip_model_save: bool = option(False, "do not write model.pkl", identity=NEVER)
+    save_model_every_checkpoint: bool = option(False, "write model_step<N>.pkl at every "
+                                               "checkpoint", identity=NEVER)
+    protocol: str = option(
+        "shiftbench", "hparam defaults, search spaces and networks: shiftbench (default) or "
+        "domainbed (DomainBed's own)", choices=("shiftbench", "domainbed"), sweep=True)
+    source_envs: list[int] | None = option(
+        None, "environments trained on, by index or name (default: every environment not in "
+        "--test-envs); the others are evaluated but never trained on", environments=True)
+    weights_sha256: str | None = option(
+        None, "SHA-256 of the `weights` hparam's file, set by `normalize` and by sweep jobs (a "
+        "changed file: a new trial)", flag=False)
 
     @property
     def setting(self) -> Setting:
         return get_setting(self.task)
+
+    @property
+    def resets_adaptation_per_batch(self) -> bool:
+        """Test-time adaptation restarts from the trained model after every batch (episodic)."""
+        return self.tta_mode == "episodic"
 
     def resolved_uda_fraction(self) -> float:
         if self.uda_holdout_fraction is not None:
@@ -109,22 +164,56 @@ class TrialSpec:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialSpec:
         """A spec from a record's or job file's `args`; unknown keys are refused by name."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
+        options = trial_options()
+        unknown = sorted(set(values) - set(options))
         if unknown:
             raise ShiftbenchError(f"unknown trial argument(s) {', '.join(unknown)}; valid: "
-                                  f"{', '.join(sorted(names))}")
-        spec = cls(**dict(values))
-        for name in ("test_envs", "source_envs"):
-            if isinstance(getattr(spec, name), tuple):
-                setattr(spec, name, list(getattr(spec, name)))
-        return spec
+                                  f"{', '.join(sorted(options))}")
+        return cls(**{name: list(v) if isinstance(v, tuple) and options[name].kind is list else v
+                      for name, v in values.items()})
 
 
-CORE_IDENTITY_KEYS = ("dataset", "algorithm", "test_envs", "task", "hparams", "hparams_seed",
-                      "trial_seed", "seed", "steps", "holdout_fraction")
-NOT_IDENTITY_KEYS = ("output_dir", "data_dir", "device", "skip_model_save",
-                     "save_model_every_checkpoint")
+@functools.cache
+def trial_options() -> dict[str, TrialOption]:
+    """Every `TrialSpec` field with its declaration, in order."""
+    return declared_options(TrialSpec)
+
+
+def sweep_options() -> dict[str, TrialOption]:
+    """The options a sweep sets for all its jobs (flags, spec keys)."""
+    return {n: o for n, o in trial_options().items() if o.declaration.sweep}
+
+
+def applies(opt: TrialOption, setting: Setting, dataset_facts: Any = None) -> bool:
+    """Whether an option means anything in this setting (and for this dataset's facts)."""
+    d = opt.declaration
+    return ((d.in_settings is None or bool(d.in_settings(setting)))
+            and (d.in_datasets is None or dataset_facts is None
+                 or bool(d.in_datasets(dataset_facts))))
+
+
+def restricted(spec: TrialSpec, setting: Setting, dataset_facts: Any = None) -> TrialSpec:
+    """`spec` with the options that do not apply here at their defaults (so a sweep's jobs hash
+    only what changes them)."""
+    resets = {n: o.default for n, o in trial_options().items()
+              if not applies(o, setting, dataset_facts)}
+    return dataclasses.replace(spec, **resets)
+
+
+def recorded_options(spec: TrialSpec) -> dict[str, Any]:
+    """The options copied to the top level of every record (where they apply)."""
+    setting = spec.setting
+    return {n: getattr(spec, n) for n, o in trial_options().items()
+            if o.declaration.recorded and applies(o, setting)}
+
+
+def validate_options(spec: TrialSpec, flags: bool = True) -> None:
+    """Each value against its declaration (type, choices, bounds); errors name the flag."""
+    check_values(trial_options(), spec.to_dict(), flags=flags)
+
+
+CORE_IDENTITY_KEYS = tuple(n for n, o in trial_options().items() if o.declaration.identity == ALWAYS)
+NOT_IDENTITY_KEYS = tuple(n for n, o in trial_options().items() if o.declaration.identity == NEVER)
 _DEFAULTS = asdict(TrialSpec())
 
 
@@ -143,16 +232,17 @@ def identity(spec: TrialSpec | Mapping[str, Any]) -> dict[str, Any]:
     know are kept as they are, DomainBed's task names are mapped to ours."""
     values = spec.to_dict() if isinstance(spec, TrialSpec) else dict(spec)
     out: dict[str, Any] = {}
+    options = trial_options()
     for name, value in values.items():
-        if name in NOT_IDENTITY_KEYS:
+        declaration = options[name].declaration if name in options else None
+        if declaration is None:  # a key we do not know (DomainBed's): kept as it is
+            out[name] = value
             continue
-        if name == "hparams":
-            value = canonical_hparams(value)
-        elif name == "test_envs":
-            value = sorted(int(e) for e in ([value] if isinstance(value, int) else value))
-        elif name == "task":
-            value = ALIASES.get(value, value) if isinstance(value, str) else value
-        if name in CORE_IDENTITY_KEYS or name not in _DEFAULTS or value != _DEFAULTS[name]:
+        if declaration.identity == NEVER:
+            continue
+        if declaration.canonical is not None:
+            value = declaration.canonical(value)
+        if declaration.identity == ALWAYS or value != _DEFAULTS[name]:
             out[name] = value
     return out
 
@@ -180,22 +270,20 @@ def spec_hash(spec: TrialSpec | Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-# Fields added after trials were first recorded, with the default that reproduces the old
-# behaviour (checkpoints written before stored the spec without them).
-_ADDED_FIELDS = {"protocol": "shiftbench", "source_envs": None, "image_cache": False,
-                 "weights_sha256": None}
+# The fields of the spec when checkpoints stored it whole (all but the paths); fields added
+# since are left out of that form at their defaults, so those checkpoints stay resumable.
+_LEGACY_CHECKPOINT_FIELDS = (
+    "dataset", "algorithm", "test_envs", "task", "hparams", "hparams_seed", "trial_seed", "seed",
+    "steps", "checkpoint_freq", "holdout_fraction", "uda_holdout_fraction", "target_shots",
+    "tta_mode", "eval_splits", "precision", "skip_model_save", "save_model_every_checkpoint")
 
 
 def legacy_checkpoint_identity(spec: TrialSpec) -> dict[str, Any]:
     """What checkpoints written before this module stored as their identity (all fields but the
     paths), so that they stay resumable."""
-    d = spec.to_dict()
-    for key in ("output_dir", "data_dir", "device"):
-        d.pop(key)
-    for key, default in _ADDED_FIELDS.items():
-        if d[key] == default:
-            d.pop(key)
-    return d
+    return {name: value for name, value in spec.to_dict().items()
+            if name in _LEGACY_CHECKPOINT_FIELDS
+            or (name not in NOT_IDENTITY_KEYS and value != _DEFAULTS[name])}
 
 
 def same_identity(stored: Mapping[str, Any], spec: TrialSpec) -> bool:
@@ -242,134 +330,9 @@ def read_job_file(path: str | os.PathLike) -> TrialSpec:
     return TrialSpec.from_dict(document["args"])
 
 
-# --------------------------------------------------------------------------------------------
-# Records
-
-
-def parse_record_lines(text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]], int]:
-    """`(values with their line numbers, bad lines with their error, truncated line or 0)` of a
-    `results.jsonl` text; a malformed last line counts as truncated (a killed writer)."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    records, bad, truncated = [], [], 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines):
-                truncated = number
-            else:
-                bad.append((number, str(e)))
-            continue
-        records.append((number, value))
-    return records, bad, truncated
-
-
-class TrialDir:
-    """The files of one trial directory (records and markers), written crash-safely."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.dir = Path(path)
-        self.results = self.dir / RESULTS_FILE
-        self.done = self.dir / DONE_FILE
-        self.failed = self.dir / FAILED_FILE
-        self.checkpoint = self.dir / CHECKPOINT_FILE
-        self.prev_checkpoint = self.dir / PREV_CHECKPOINT_FILE
-        self.job_file = self.dir / JOB_FILE
-
-    def append_record(self, record: Mapping[str, Any]) -> None:
-        line = json.dumps(record, sort_keys=True) + "\n"
-        try:
-            with open(self.results, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:  # a part of the line may be on disk: resume truncates it
-            raise StorageError(self.results, e) from e
-
-    def read_records(self) -> list[dict[str, Any]]:
-        """The complete records, in order, up to the first line that does not parse."""
-        if not self.results.exists():
-            return []
-        records = []
-        for line in self.results.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line
-        return records
-
-    def truncate_records(self, n: int) -> None:
-        """Keep the first n complete records (drop what a killed run wrote after its checkpoint)."""
-        if not self.results.exists():
-            return
-        lines = self.results.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [ln for ln in lines[:n] if ln.endswith("\n")]
-        if len(kept) != len(lines):
-            atomic_write_bytes(self.results, "".join(kept).encode("utf-8"))
-
-    def mark_done(self) -> None:
-        atomic_write_bytes(self.done, b"done")
-
-    def mark_failed(self, info: Mapping[str, Any]) -> None:
-        atomic_write_bytes(self.failed, json.dumps(dict(info), indent=1).encode())
-
-    def recorded_args(self) -> dict[str, Any] | None:
-        """The spec this directory's trial ran with: its first record's `args`, else its job
-        file's; None for a directory with neither."""
-        for record in self.read_records()[:1]:
-            if isinstance(record.get("args"), dict):
-                return record["args"]
-        if self.job_file.exists():
-            try:
-                return read_job_file(self.job_file).to_dict()
-            except ShiftbenchError:
-                return None
-        return None
-
-    def check_same_trial(self, spec: TrialSpec) -> None:
-        """Refuse to write `spec`'s trial into a directory holding another trial's records."""
-        recorded = self.recorded_args()
-        if recorded is None or not self.results.exists():
-            return
-        diff = differing_fields(recorded, spec.to_dict())
-        if diff:
-            state = "finished" if self.done.exists() else "started"
-            raise ShiftbenchError(
-                f"{self.dir} holds a different trial ({state}; its arguments differ: "
-                f"{'; '.join(diff)}; recorded != requested); use another --output-dir, or delete "
-                "that directory to replace it")
-
-
-def find_trial_dirs(input_dir: str | os.PathLike) -> list[Path]:
-    """Every trial directory under `input_dir` (itself included): a directory holding one of
-    `TRIAL_FILES`, or an empty directory directly under `input_dir` (a launched trial that has
-    not written anything yet, as DomainBed's sweep sees it)."""
-    root = Path(input_dir)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=None):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
-        if RESULTS_FILE in filenames or (here != root and TRIAL_FILES & set(filenames)):
-            found.append(here)
-        elif here.parent == root and not filenames and not dirnames:
-            found.append(here)
-    return sorted(found)
-
-
 def trial_key(args: Mapping[str, Any]) -> str:
     """A string that is equal for two records' `args` exactly when they are the same trial."""
     return json.dumps(identity(args), sort_keys=True, default=str)
-
-
-def status_of(path: str | os.PathLike) -> str:
-    """done | failed | incomplete, from the markers."""
-    d = Path(path)
-    return "done" if (d / DONE_FILE).exists() else "failed" if (d / FAILED_FILE).exists() \
-        else "incomplete"
 
 
 def iter_specs(values: Iterable[Mapping[str, Any]]) -> list[TrialSpec]:

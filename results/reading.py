@@ -36,14 +36,12 @@ import pandas as pd
 
 from shiftbench.errors import ShiftbenchError
 from shiftbench.setting import ALIASES, DG
+from shiftbench.trial_dir import find_trial_dirs, parse_record_lines, status_of
 from shiftbench.trial_record import (
     DONE_FILE,
     FAILED_FILE,
     RESULTS_FILE,
     TRIAL_FILES,
-    find_trial_dirs,
-    parse_record_lines,
-    status_of,
 )
 from shiftbench.trial_record import trial_key as _args_key
 

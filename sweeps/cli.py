@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from dataclasses import fields
 
 from shiftbench.errors import ShiftbenchError
+from shiftbench.options import add_flags
 from shiftbench.sweeps.gpus import parse_gpu_count, parse_gpu_ids
 from shiftbench.sweeps.jobs import Job, enumerate_jobs
 from shiftbench.sweeps.launchers import (
@@ -29,7 +30,8 @@ from shiftbench.sweeps.launchers import (
 )
 from shiftbench.sweeps.spec import SpecError, SweepSpec, load_spec, parse_hparams_flag, validate_spec
 from shiftbench.sweeps.state import STATES, JobState, job_state, try_lock_for_delete
-from shiftbench.trial_record import TrialDir
+from shiftbench.trial_dir import TrialDir
+from shiftbench.trial_record import sweep_options
 
 MAX_LISTED = 100
 
@@ -51,28 +53,13 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
                    help="hparam seeds n_hparams_from..n_hparams-1 (default 1: defaults only)")
     p.add_argument(*_flag("n_hparams_from"), type=int, default=None)
     p.add_argument(*_flag("n_trials"), type=int, default=None, help="trial seeds (default 3)")
-    p.add_argument(*_flag("steps"), type=int, default=None)
-    p.add_argument(*_flag("checkpoint_freq"), type=int, default=None)
     p.add_argument(*_flag("hparams"), default=None, help="JSON object of fixed hparams")
     p.add_argument(*_flag("hparams_preset"), default=None, metavar="NAME",
                    help="a named protocol applied under --hparams (see shiftbench.presets), "
                         "e.g. dann_digits")
-    p.add_argument(*_flag("holdout_fraction"), type=float, default=None)
-    p.add_argument(*_flag("uda_holdout_fraction"), type=float, default=None)
     p.add_argument(*_flag("single_test_envs"), action="store_true", default=None,
                    help="hold out single environments only (no pairs for leave-one-out)")
-    p.add_argument(*_flag("precision"), default=None, metavar="{fp32,bf16}",
-                   help="fp32 (default) | bf16: bfloat16 autocast of the forward passes (about "
-                        "2x faster on CPUs with AVX-512 BF16/AMX); part of a job's identity "
-                        "only when not fp32")
-    p.add_argument(*_flag("tta_mode"), default=None, metavar="{continual,episodic}",
-                   help="test-time adaptation (task tta): continual (default) | episodic")
-    p.add_argument(*_flag("image_cache"), action="store_true", default=None,
-                   help="image-folder datasets read the preprocessed image cache (built first when "
-                        "missing) instead of decoding files; part of those jobs' identity")
-    p.add_argument(*_flag("protocol"), default=None, metavar="{shiftbench,domainbed}",
-                   help="hparam defaults, search spaces and networks (default shiftbench); part of "
-                        "a job's identity only when not shiftbench")
+    add_flags(p, sweep_options().values(), sweep=True)  # the trial options every job gets
     p.add_argument(*_flag("source_envs"), nargs="+", default=None, metavar="ENV",
                    help="environments trained on, in every dataset (default: all but the held-out "
                         "ones); held-out sets are then each other environment")
@@ -125,10 +112,13 @@ def spec_from_args(ns: argparse.Namespace, check_hparams: bool = True) -> SweepS
     import_user_modules(ns.imports)
     spec = load_spec(ns.spec, validate=False) if ns.spec else SweepSpec()
     given = {f.name: getattr(ns, f.name) for f in fields(SweepSpec)
-             if f.name not in ("hparams", "fixed", "grid", "test_envs", "source_envs")
+             if f.name not in ("hparams", "fixed", "grid", "test_envs", "source_envs", "trial")
              and getattr(ns, f.name, None) is not None}
     for name, value in given.items():
         setattr(spec, name, list(value) if isinstance(value, list) else value)
+    for name in sweep_options():
+        if getattr(ns, name, None) is not None:
+            setattr(spec.trial, name, getattr(ns, name))
     if ns.source_envs:
         if spec.tasks:
             raise SpecError("--tasks (named source->target suites) replace --source-envs and "

@@ -8,9 +8,8 @@ coordinates, as in DomainBed.
 Identity (`job_identity`, `job_hash`): the hash decides a job's directory, `<output-dir>/<hash>`, so
 it must change exactly when the job's *result* would; both are `shiftbench.trial_record`'s
 `identity` and `spec_hash` (see there for the rules). A golden value is pinned by
-tests/test_sweeps_jobs.py. Only settings that read `tta_mode` get the spec's value, and only datasets
-that have an image cache get its `image_cache`; the others keep the default, so their hashes do not
-depend on it.
+tests/test_sweeps_jobs.py. A trial option reaches only the jobs it applies to (its declaration's
+`in_settings` / `in_datasets`); the others keep the default, so their hashes do not depend on it.
 
 A job's spec is written to `<job dir>/job.json` (`Job.prepare`) before it is launched; the worker
 command is `python -m shiftbench.sweeps.worker <job dir>/job.json`, which reads it back.
@@ -18,6 +17,7 @@ command is `python -m shiftbench.sweeps.worker <job dir>/job.json`, which reads 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -35,7 +35,9 @@ from shiftbench.trial_record import (
     NOT_IDENTITY_KEYS,
     TrialSpec,
     identity,
+    restricted,
     spec_hash,
+    trial_options,
     weights_digest,
     write_job_file,
 )
@@ -108,13 +110,14 @@ class Job:
         trains the same trial into the same directory, without the sweep's lock."""
         argv = [python or sys.executable, "-m", "shiftbench", "train"]
         defaults = TrialSpec().to_dict()
+        options = trial_options()
         for name, value in self.args.to_dict().items():
             if isinstance(value, bool):
                 if value:
                     argv.append("--" + name.replace("_", "-"))
                 continue
-            if name == "weights_sha256":
-                continue  # derived from the weights file by the trainer
+            if not options[name].declaration.flag:
+                continue  # no flag: derived (as weights_sha256, from the weights file)
             if value is None or (value == defaults[name] and name not in CORE_IDENTITY_KEYS
                                  and name != "output_dir"):
                 continue
@@ -137,36 +140,27 @@ def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None
                    imports: tuple[str, ...] | list[str] = ()) -> list[Job]:
     """Every job of a validated spec, in a deterministic order, without duplicates."""
     jobs: dict[str, Job] = {}
-    reads_tta_mode = get_setting(spec.task).reads_tta_mode
+    setting = get_setting(spec.task)
     units = sweep_units(spec)
     for dataset in dict.fromkeys(u[0] for u in units):  # datasets x algorithms x held-out sets
         facts = dataset_facts(dataset)
-        steps = spec.steps or facts.n_steps  # concrete, so it is hashed
-        # only datasets that have an image cache get the spec's choice (as tta_mode below)
-        image_cache = spec.image_cache and facts.image_cache
+        # the options that apply to this setting and dataset; the others at their defaults
+        template = restricted(spec.trial, setting, facts)
+        steps = template.steps or facts.n_steps  # concrete, so it is hashed
         for algorithm, (_, sources, test_envs) in ((a, u) for a in spec.algorithms
                                                    for u in units if u[0] == dataset):
             for hparams_seed in range(spec.n_hparams_from, spec.n_hparams):
                 for point in spec.grid_points(algorithm):
                     overrides = spec.overrides(algorithm, point, dataset)
                     for trial_seed in range(spec.n_trials):
-                        args = TrainArgs(
-                            dataset=dataset, algorithm=algorithm, test_envs=list(test_envs),
-                            task=spec.task,
+                        args = dataclasses.replace(
+                            template, dataset=dataset, algorithm=algorithm,
+                            test_envs=list(test_envs), task=spec.task,
                             hparams=json.dumps(overrides, sort_keys=True) if overrides else None,
                             hparams_seed=hparams_seed, trial_seed=trial_seed,
                             seed=seed_hash(dataset, algorithm, test_envs, hparams_seed,
                                            trial_seed),
-                            steps=steps, checkpoint_freq=spec.checkpoint_freq,
-                            holdout_fraction=spec.holdout_fraction,
-                            uda_holdout_fraction=spec.uda_holdout_fraction,
-                            target_shots=spec.target_shots,
-                            # only settings that read tta_mode get it: the others keep the
-                            # default, so their job hashes do not depend on it
-                            tta_mode=spec.tta_mode if reads_tta_mode else TrainArgs.tta_mode,
-                            precision=spec.precision, protocol=spec.protocol,
-                            image_cache=image_cache,
-                            source_envs=None if sources is None else list(sources),
+                            steps=steps, source_envs=None if sources is None else list(sources),
                             data_dir=data_dir)
                         job = make_job(args, output_dir, tuple(imports))
                         jobs.setdefault(job.hash, job)

@@ -8,14 +8,11 @@ hparam grids/fixed values and named test-environment sets::
     task = "dg"                 # dg | uda | ssda | sda | tta
     n_hparams = 2               # hparam seeds n_hparams_from .. n_hparams-1 (seed 0 = defaults)
     n_trials = 2                # trial seeds 0 .. n_trials-1
-    steps = 300
-    checkpoint_freq = 100
     single_test_envs = true     # only single held-out domains (no pairs)
-    precision = "bf16"          # fp32 (default) | bf16: bfloat16 autocast of forward passes
-    tta_mode = "episodic"       # continual (default) | episodic: test-time adaptation (task tta)
-    image_cache = true          # image-folder datasets: read the preprocessed cache (default false)
     hparams_preset = "dann_digits"  # a named protocol (shiftbench.presets), under [hparams]
-    protocol = "domainbed"      # shiftbench (default) | domainbed: hparam defaults/spaces/networks
+    steps = 300                 # any trial option declared with sweep=True (`sweep_options()`:
+    checkpoint_freq = 100       # steps, precision, protocol, ...), given to every job it applies to
+    precision = "bf16"
 
     [hparams]                   # fixed values for every algorithm (like --hparams)
     batch_size = 32
@@ -44,23 +41,26 @@ import itertools
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
+from shiftbench.options import check_values
 from shiftbench.setting import DG
 from shiftbench.sweeps.facts import dataset_facts
+from shiftbench.trial_record import TrialSpec, sweep_options
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-TOP_LEVEL_KEYS = ("datasets", "algorithms", "task", "n_hparams", "n_hparams_from", "n_trials",
-                  "steps", "checkpoint_freq", "holdout_fraction", "uda_holdout_fraction",
-                  "target_shots", "single_test_envs", "precision", "tta_mode", "image_cache",
-                  "protocol", "hparams", "test_envs", "source_envs", "algorithm", "hparams_preset", "tasks")
+# The sweep's own keys; with the trial options (`sweep_options()`), every key a spec may hold.
+SWEEP_KEYS = ("datasets", "algorithms", "task", "n_hparams", "n_hparams_from", "n_trials",
+              "single_test_envs", "hparams", "test_envs", "source_envs", "algorithm",
+              "hparams_preset", "tasks")
+TOP_LEVEL_KEYS = SWEEP_KEYS + tuple(sweep_options())
 ALGORITHM_KEYS = ("fixed", "grid")
 
 
@@ -68,9 +68,13 @@ class SpecError(ShiftbenchError):
     """A sweep spec that cannot be used; the message names the file and line when known."""
 
 
-@dataclass
+@dataclass(init=False)
 class SweepSpec:
-    """A sweep, before it is expanded into jobs (see `shiftbench.sweeps.jobs.enumerate_jobs`)."""
+    """A sweep, before it is expanded into jobs (see `shiftbench.sweeps.jobs.enumerate_jobs`).
+
+    `trial` holds the trial options every job gets (`sweep_options()`: steps, precision, ...;
+    each job keeps the default of an option that does not apply to its setting or dataset). The
+    constructor takes them as keywords too: `SweepSpec(datasets=[...], steps=300)`."""
 
     datasets: list[str] = field(default_factory=list)
     algorithms: list[str] = field(default_factory=list)  # empty: every algorithm for the task
@@ -78,23 +82,27 @@ class SweepSpec:
     n_hparams: int = 1
     n_hparams_from: int = 0
     n_trials: int = 3
-    steps: int | None = None
-    checkpoint_freq: int | None = None
-    holdout_fraction: float = 0.2
-    uda_holdout_fraction: float | None = None
-    target_shots: int = 3
     single_test_envs: bool = False
-    precision: str = "fp32"  # a trainer default: not in the job hash unless changed
-    tta_mode: str = "continual"  # likewise
-    image_cache: bool = False  # likewise; set in the jobs of datasets that have an image cache
     hparams_preset: str | None = None  # a name in shiftbench.presets.PRESETS
-    protocol: str = "shiftbench"  # likewise
     hparams: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     test_envs: dict[str, list[list[int | str]]] = field(default_factory=dict)
     source_envs: dict[str, list[int | str]] = field(default_factory=dict)
     tasks: list[str] = field(default_factory=list)  # named task suites (shiftbench.sweeps.tasks)
+    trial: TrialSpec = field(default_factory=TrialSpec)
+
+    def __init__(self, **values: Any) -> None:
+        own = {f.name: f for f in fields(SweepSpec)}
+        options = sweep_options()
+        for name, f in own.items():
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            setattr(self, name, values.pop(name, default))
+        for name, value in values.items():
+            if name not in options:
+                raise TypeError(f"SweepSpec got an unexpected argument {name!r}; valid: "
+                                + ", ".join([*own, *options]))
+            setattr(self.trial, name, value)
 
     def sweep_datasets(self) -> list[str]:
         """`datasets`, or without them the datasets of the named task suites."""
@@ -135,17 +143,11 @@ class SweepSpec:
 
         `check_hparams=False` skips the hparam values (which need the algorithm classes, hence
         torch): `sweep status` only reads the jobs' states."""
-        from shiftbench.hparams_registry import check_protocol
-        from shiftbench.options import PRECISIONS, TTA_MODES
         from shiftbench.setting import get_setting
         from shiftbench.sweeps.facts import algorithm_facts, algorithm_names, dataset_names
 
         self.task = get_setting(self.task).name
-        check_protocol(self.protocol)
-        if self.precision not in PRECISIONS:
-            raise UnknownNameError("precision", self.precision, PRECISIONS)
-        if self.tta_mode not in TTA_MODES:
-            raise UnknownNameError("tta_mode", self.tta_mode, TTA_MODES)
+        check_values(sweep_options(), {n: getattr(self.trial, n) for n in sweep_options()})
         if self.tasks:
             from shiftbench.sweeps.tasks import suite_tasks
 
@@ -176,10 +178,6 @@ class SweepSpec:
         if not 0 <= self.n_hparams_from < self.n_hparams:
             raise SpecError(f"n_hparams_from must be in [0, n_hparams={self.n_hparams}), got "
                             f"{self.n_hparams_from}")
-        if self.steps is not None and self.steps < 1:
-            raise SpecError(f"steps must be >= 1, got {self.steps}")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise SpecError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         for algorithm, grid in self.grid.items():
             for hp, values in grid.items():
                 if not isinstance(values, list) or not values:
@@ -189,7 +187,7 @@ class SweepSpec:
             from shiftbench.hparams_registry import hparam_space, validate_overrides
 
             for algorithm in self.algorithms:
-                space = hparam_space(algorithm, dataset, self.protocol)
+                space = hparam_space(algorithm, dataset, self.trial.protocol)
                 for point in self.grid_points(algorithm):
                     validate_overrides(space, self.overrides(algorithm, point, dataset), algorithm)
         for dataset, sets in self.test_envs.items():
@@ -293,10 +291,9 @@ def _check_type(value: Any, kind: type | tuple[type, ...], where: str) -> None:
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "datasets": list, "algorithms": list, "task": str, "n_hparams": int, "n_hparams_from": int,
-    "n_trials": int, "steps": int, "checkpoint_freq": int, "holdout_fraction": float,
-    "uda_holdout_fraction": float, "target_shots": int, "single_test_envs": bool,
-    "precision": str, "tta_mode": str, "image_cache": bool, "protocol": str, "hparams": dict,
-    "test_envs": dict, "source_envs": dict, "algorithm": dict, "hparams_preset": str, "tasks": list,
+    "n_trials": int, "single_test_envs": bool, "hparams": dict, "test_envs": dict,
+    "source_envs": dict, "algorithm": dict, "hparams_preset": str, "tasks": list,
+    **{name: o.kind for name, o in sweep_options().items()},
 }
 
 
@@ -339,10 +336,11 @@ def load_spec(path: str | Path, base: SweepSpec | None = None, validate: bool = 
         for item in data.get(key, []):
             if not isinstance(item, str):
                 raise fail(f"{key} must be a list of names, got {item!r}", (), key)
-    for f in fields(SweepSpec):
-        if f.name in data and f.name not in ("hparams", "test_envs", "source_envs"):
-            value = data[f.name]
-            setattr(spec, f.name, float(value) if _TYPES[f.name] is float else value)
+    for name, value in data.items():
+        if name in ("hparams", "test_envs", "source_envs", "algorithm"):
+            continue
+        value = float(value) if _TYPES[name] is float else value
+        setattr(spec.trial if name in sweep_options() else spec, name, value)
     spec.hparams = dict(data.get("hparams", spec.hparams))
     for dataset, sets in data.get("test_envs", {}).items():
         if not (isinstance(sets, list) and all(isinstance(s, list) and s for s in sets)):

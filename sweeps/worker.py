@@ -59,7 +59,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     from shiftbench.cli import import_user_modules
     from shiftbench.errors import ShiftbenchError, StorageError
     from shiftbench.sweeps.state import JobLock, record_attempt
-    from shiftbench.trial_record import TrialDir, write_job_file
+    from shiftbench.trial_dir import TrialDir
+    from shiftbench.trial_record import write_job_file
 
     ns = parse(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # Slurm preemption, `kill`: stop like Ctrl-C

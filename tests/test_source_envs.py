@@ -175,7 +175,7 @@ def test_sweep_toml_source_envs_and_protocol(tmp_path, registered):
     path.write_text('datasets = ["Marked"]\nalgorithms = ["Spy"]\nprotocol = "domainbed"\n'
                     '[source_envs]\nMarked = ["b", "d"]\n')
     spec = load_spec(path, validate=False)
-    assert spec.protocol == "domainbed" and spec.source_envs == {"Marked": ["b", "d"]}
+    assert spec.trial.protocol == "domainbed" and spec.source_envs == {"Marked": ["b", "d"]}
     path.write_text('datasets = ["Marked"]\n[source_envs]\nMarked = "b"\n')
     with pytest.raises(SpecError, match="line 3"):
         load_spec(path, validate=False)

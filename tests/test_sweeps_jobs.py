@@ -237,7 +237,7 @@ def test_precision_and_tta_mode_from_toml_and_flags(tmp_path, capsys):
     path = tmp_path / "s.toml"
     path.write_text('datasets = ["Debug28"]\nalgorithms = ["ERM"]\nn_trials = 1\n'
                     'single_test_envs = true\nprecision = "bf16"\n')
-    assert load_spec(path).precision == "bf16"
+    assert load_spec(path).trial.precision == "bf16"
     path.write_text('datasets = ["Debug28"]\nalgorithms = ["ERM"]\nprecision = "fp16"\n')
     with pytest.raises(SpecError, match=r"line 3: unknown precision 'fp16'.*; valid choices: "
                                         r"bf16, fp32"):

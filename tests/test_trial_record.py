@@ -18,8 +18,8 @@ from shiftbench.sweeps.jobs import enumerate_jobs
 from shiftbench.sweeps.spec import SweepSpec, load_spec
 from shiftbench.sweeps.state import job_state
 from shiftbench.trainer import TrainArgs, normalize, train
+from shiftbench.trial_dir import TrialDir
 from shiftbench.trial_record import (
-    TrialDir,
     TrialSpec,
     differing_fields,
     identity,
