@@ -25,7 +25,7 @@ from typing import Any
 from shiftbench.errors import ShiftbenchError
 
 __all__ = ["run_trial", "run_sweep", "load_records", "records_frame", "tables", "leaderboard",
-           "headline", "plot_curves", "plot_leaderboard"]
+           "headline", "compare", "plot_curves", "plot_leaderboard"]
 
 
 def run_trial(dataset: str, algorithm: str = "ERM", *, output_dir: str | os.PathLike,
@@ -158,6 +158,26 @@ def headline(data, task: str | None = None, baseline: str | None = "ERM"):
     source = read_sweep(data, quiet=True) if isinstance(data, (str, os.PathLike)) else data
     return headline_board(source if isinstance(source, Sweep) else _records(source),
                           task=task, baseline=baseline)
+
+
+def compare(algorithm: str, against: Sequence[str] | None = None, suite: str = "digits-dg", *,
+            output_dir: str | os.PathLike = "shiftbench_store", quiet: bool = True,
+            launcher: str = "local", n_parallel: int | None = None, threads: int | None = None,
+            **options: Any) -> dict[str, Any]:
+    """`shiftbench compare` from Python: runs what the store lacks and returns the tables as
+    DataFrames: `algorithms` (mean and 95 % interval per rule, unit and algorithm),
+    `differences` (paired difference to each baseline, interval, p-value, Holm-corrected p,
+    verdict, detectable difference at 80 % power, trial seeds needed for `detect`), `verdicts`
+    (one per rule and baseline) and `published` (reference rows that apply). `options`: steps,
+    n_trials, n_hparams, imports, data_dir, dry_run, detect, alpha, rules, fmt."""
+    from shiftbench.sweeps.compare_cli import compare as run_compare
+    from shiftbench.sweeps.launchers import LaunchOptions
+
+    result = run_compare(algorithm, against, suite, output_dir=str(output_dir), launcher=launcher,
+                         launch_options=LaunchOptions(n_parallel=n_parallel, threads=threads,
+                                                      progress=not quiet),
+                         echo=(lambda *a: None) if quiet else print, **options)
+    return result.frames
 
 
 def plot_curves(data, metric: str = "acc", split: str = "out", ax=None):

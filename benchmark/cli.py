@@ -31,6 +31,8 @@ COMMANDS = {
     "data": ("shiftbench.datasets.cli", "datasets present under --data-dir; download them; build "
                                         "image caches"),
     "demo": ("shiftbench.demo", "a small real sweep on the built-in digits, with report"),
+    "compare": ("shiftbench.sweeps.compare_cli", "compare an algorithm with baselines on a suite "
+                                                 "at an identical budget"),
 }
 COMMAND_MODULES = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
 SETTINGS_ORDER = setting_names()
@@ -193,6 +195,18 @@ def cmd_list(ns: argparse.Namespace) -> int:
 
     import_user_modules(ns.imports)
     kind = ns.what
+    if kind == "suites":
+        from shiftbench.sweeps.suites import list_suites
+
+        rows = [r for r in list_suites() if fnmatch.fnmatchcase(r["suite"], ns.pattern)]
+        if ns.format == "json":
+            print(json.dumps(rows, indent=1))
+            return 0
+        print(fit_table([{k: v for k, v in r.items() if k != "description"} for r in rows],
+                        ["datasets", "rules"], terminal_width()))
+        print("\n" + "\n".join(f"{r['suite']}: {r['description']}" for r in rows))
+        print("\nrun one: shiftbench compare --algorithm NAME --against ERM --suite SUITE")
+        return 0
     plugins = bool(ns.imports or catalog.plugin_entry_points(kind))
     if kind == "algorithms" and (ns.all_hparams or ns.dataset):
         rows, text = _algorithm_blocks(ns)
@@ -266,9 +280,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("list", help="list registered algorithms or datasets (--all-hparams: with "
-                                    "hyperparameters)")
-    p.add_argument("what", choices=("algorithms", "datasets"))
+    p = sub.add_parser("list", help="list registered algorithms, datasets or comparison "
+                                    "suites (--all-hparams: with hyperparameters)")
+    p.add_argument("what", choices=("algorithms", "datasets", "suites"))
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'C*'")
     p.add_argument("--dataset", default=None, help="show hparams as resolved for this dataset")
     p.add_argument("--all-hparams", action="store_true",
