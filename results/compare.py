@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from shiftbench.results.health import annotate, legend, marks, sweep_health
 from shiftbench.results.power import min_detectable, trials_needed
 from shiftbench.results.selection import Selected, get_selection_rule, select
-from shiftbench.results.stats import mean_and_error, paired_test
+from shiftbench.results.stats import mean_and_error, paired_difference, paired_test
 
 AVERAGE = "suite average"
 BETTER, WORSE, SAME = "better", "worse", "no detectable difference"
@@ -101,6 +102,19 @@ def unit_scores(selected: Sequence[Selected], units: Sequence[Unit]
     return out
 
 
+def _flags_by_unit(selected: Sequence[Selected], units: Sequence[Unit]
+                   ) -> dict[tuple[str, str], set[str]]:
+    """(unit, algorithm) -> the health flags of the selected runs behind it (and the average)."""
+    out: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for s in selected:
+        for u in units:
+            if s.dataset == u.dataset and s.test_env in u.test_envs and \
+                    s.source_envs == u.source_envs:
+                out[(u.name, s.algorithm)] |= set(getattr(s, "health", ()) or ())
+                out[(AVERAGE, s.algorithm)] |= set(getattr(s, "health", ()) or ())
+    return out
+
+
 def suite_average(scores: dict[tuple[str, str], dict[int, float]], units: Sequence[Unit],
                   alg: str) -> dict[int, float]:
     """Per trial seed, the mean over every unit (trials missing a unit are left out)."""
@@ -120,7 +134,8 @@ def _difference_row(rule: str, unit: str, algorithm: str, baseline: str, a: dict
                     b: dict[int, float], power_alpha: float, detect: float | None
                     ) -> dict[str, Any]:
     test = paired_test(algorithm, baseline, a, b)
-    mean, lo, hi = t_interval(test.diffs)
+    interval = paired_difference(test.diffs)
+    mean, lo, hi = interval.mean, interval.low, interval.high
     sd = float(np.std(test.diffs, ddof=1)) if test.n >= 2 else None
     return {"rule": rule, "unit": unit, "algorithm": algorithm, "baseline": baseline,
             "n_pairs": test.n, "diff": mean, "ci_low": lo, "ci_high": hi,
@@ -141,12 +156,17 @@ def compare_records(records: Sequence[dict[str, Any]], algorithm: str, baselines
     algorithms = [algorithm, *baselines]
     alg_rows, diff_rows, verdict_rows = [], [], []
     names = [u.name for u in units] + ([AVERAGE] if len(units) > 1 else [])
+    health = sweep_health(records)
+    seen_flags: set[str] = set()
     for rule in rules:
         selected = [s for s in select(records, rule, strict=False) if s.algorithm in algorithms]
         if not selected:
             result.notes.append(f"rule {rule}: nothing to select from (its scores are missing "
                                 "from the records, or no trial has finished)")
             continue
+        annotate(health, {rule: selected})
+        flags = _flags_by_unit(selected, units)
+        seen_flags |= {f for fs in flags.values() for f in fs}
         scores = unit_scores(selected, units)
         if len(units) > 1:
             for alg in algorithms:
@@ -156,7 +176,8 @@ def compare_records(records: Sequence[dict[str, Any]], algorithm: str, baselines
                 values = list(scores.get((unit, alg), {}).values())
                 mean, lo, hi = t_interval(values)
                 alg_rows.append({"rule": rule, "unit": unit, "algorithm": alg, "mean": mean,
-                                 "ci_low": lo, "ci_high": hi, "n_trials": len(values)})
+                                 "ci_low": lo, "ci_high": hi, "n_trials": len(values),
+                                 "health": marks(flags.get((unit, alg), ()))})
         n_units = len(units)
         for baseline in baselines:
             rows = [_difference_row(rule, u.name, algorithm, baseline,
@@ -183,6 +204,9 @@ def compare_records(records: Sequence[dict[str, Any]], algorithm: str, baselines
                 "units_better": sum(r["verdict"] == BETTER for r in per_unit),
                 "units_worse": sum(r["verdict"] == WORSE for r in per_unit),
                 "units": n_units})
+    if seen_flags:
+        result.notes.append(legend(seen_flags) + " A verdict involving flagged runs compares "
+                            "unhealthy training: see `shiftbench collect --health` on the store.")
     result.frames = {"algorithms": pd.DataFrame(alg_rows), "differences": pd.DataFrame(diff_rows),
                      "verdicts": pd.DataFrame(verdict_rows)}
     return result
@@ -226,7 +250,9 @@ def display_tables(comparison: Comparison) -> list[tuple[str, list[str], list[li
         for alg in dict.fromkeys(sub["algorithm"]):
             cells = {r["unit"]: r for _, r in sub[sub["algorithm"] == alg].iterrows()}
             n = max(int(r["n_trials"]) for r in cells.values())
-            rows.append([alg] + [_interval(cells[u]) for u in units] + [str(n)])
+            rows.append([alg] + [_interval(cells[u]) + (f" {cells[u]['health']}"
+                                                        if cells[u]["health"] else "")
+                                 for u in units] + [str(n)])
         out.append((f"[{rule}] {title}: accuracy %, mean [95% CI] over trial seeds",
                     ["algorithm", *units, "trials"], rows))
         diffs = frames["differences"]

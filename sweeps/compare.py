@@ -26,7 +26,7 @@ from shiftbench.sweeps.jobs import Job, enumerate_jobs
 from shiftbench.sweeps.spec import SweepSpec
 from shiftbench.sweeps.state import job_state
 from shiftbench.sweeps.suites import Suite
-from shiftbench.trial_record import TrialDir
+from shiftbench.trial_dir import TrialDir
 
 STEP_COSTS = Path(__file__).resolve().parent / "step_costs.json"
 SAMPLE = 20  # finished trials read per (dataset, algorithm) for the cost estimate
