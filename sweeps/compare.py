@@ -121,7 +121,8 @@ def estimate_costs(plan: Plan) -> dict[tuple[str, str], tuple[float, str]]:
 
 
 def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f}" if seconds < 36_000 else f"{seconds / 3600:,.0f}"
+    hours = seconds / 3600
+    return f"{hours:.2g}" if hours < 10 else f"{hours:,.0f}"
 
 
 def plan_table(plan: Plan) -> str:

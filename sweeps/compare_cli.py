@@ -115,8 +115,9 @@ def compare(algorithm: str, against: Sequence[str] | None = None, suite: str = "
     plan = make_plan(chosen, algorithm, list(against or chosen.baselines), output_dir,
                      data_dir, tuple(imports))
     units = units_of(plan)
-    echo(chosen.describe() + (f"\n  budget changed from the suite's: {', '.join(chosen.overridden())}"
-                              if chosen.overridden() else ""))
+    changed = chosen.overridden()
+    echo(chosen.describe(plan.spec.trial.precision)
+         + (f"\n  budget changed from the suite's: {', '.join(changed)}" if changed else ""))
     echo(f"{algorithm} against {', '.join(plan.baselines)}; store {plan.store}")
     if dry_run:
         echo(job_listing(plan, None if list_jobs else MAX_LISTED))
@@ -150,7 +151,7 @@ def compare(algorithm: str, against: Sequence[str] | None = None, suite: str = "
              f"{len(launched.failed)}")
     records = read_plan_records(plan)
     comparison = compare_records(records, algorithm, plan.baselines, units, rules, alpha, detect)
-    not_done = sum(j.dir.joinpath("done").exists() is False for j in plan.jobs)
+    not_done = sum(not (j.dir / "done").exists() for j in plan.jobs)
     if not_done:
         comparison.notes.append(f"{not_done} of {len(plan.jobs)} jobs are not done (failed, "
                                 "running elsewhere or interrupted); the tables use the trials "

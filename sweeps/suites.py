@@ -27,7 +27,7 @@ and their identities then come from `shiftbench.sweeps.jobs` like any sweep's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
@@ -89,14 +89,21 @@ class Suite:
             from shiftbench.demo import auto_precision
 
             precision = auto_precision()
-        return SweepSpec(
+        spec = SweepSpec(
             datasets=list(self.datasets), algorithms=list(algorithms), task=self.task,
             tasks=list(self.tasks), n_hparams=self.n_hparams, n_trials=self.n_trials,
             steps=self.steps, checkpoint_freq=self.checkpoint_freq,
             single_test_envs=self.single_test_envs, protocol=self.protocol,
             precision=precision, hparams=dict(self.hparams))
+        # paired trials: at one trial seed every algorithm draws the same batches (issue 22)
+        if "seeding" in {f.name for f in fields(SweepSpec)}:
+            spec.seeding = "paired"
+        elif hasattr(spec.trial, "seeding"):
+            spec.trial.seeding = "paired"
+        return spec
 
-    def describe(self) -> str:
+    def describe(self, precision: str | None = None) -> str:
+        """Two lines for the top of a comparison (`precision`: what "auto" resolved to)."""
         where = (f"tasks {', '.join(self.tasks)} on {', '.join(self.datasets)}" if self.tasks
                  else f"{', '.join(self.datasets)}, "
                       + ("single held-out domains" if self.single_test_envs
@@ -106,7 +113,7 @@ class Suite:
                  if self.hparams else "")
         return (f"{self.label}: {self.description}\n  {where}; setting {self.task}, protocol "
                 f"{self.protocol}; {self.n_hparams} hparam configuration(s) x {self.n_trials} "
-                f"trial seeds, steps {steps}, precision {self.precision}{fixed}; rules "
+                f"trial seeds, steps {steps}, precision {precision or self.precision}{fixed}; rules "
                 f"{', '.join(self.rules)}")
 
 

@@ -125,6 +125,22 @@ def test_domainbed_full_dry_run_lists_the_jobs_with_cost_and_published_rows(tmp_
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
+def test_da_suite_units_are_its_tasks_and_tllib_rows_apply(tmp_path, capsys):
+    from shiftbench.sweeps.compare import make_plan
+    from shiftbench.sweeps.compare_cli import units_of
+    from shiftbench.sweeps.suites import get_suite
+
+    plan = make_plan(get_suite("digits-da"), "DeepCORAL", ["ERM"], tmp_path)
+    assert [u.name for u in units_of(plan)] == ["mnist→mnist_m", "synth→mnist", "mnist→lowres",
+                                                "lowres→mnist"]
+    assert len(plan.jobs) == 2 * 4 * 3 * 3  # algorithms x tasks x configurations x seeds
+    assert main(["compare", "--algorithm", "CDAN", "--against", "ERM", "DANN", "--suite",
+                 "office31-da", "--dry-run", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "TLlib Office31" in out and "published, not re-run" in out
+    assert "93.8" in out  # CDAN A→W in TLlib's table
+
+
 def test_list_suites(capsys):
     assert main(["list", "suites"]) == 0
     out = capsys.readouterr().out
