@@ -133,8 +133,10 @@ def featurizer_stages(featurizer: nn.Module) -> list[nn.Module]:
     intermediate features that style methods (MixStyle, SagNet) act on."""
     stages = getattr(featurizer, "stages", None)
     if stages is None:
-        raise TypeError(f"featurizer {type(featurizer).__name__} does not expose stages(); "
-                        "MixStyle and SagNet need a network cut into stages")
+        from shiftbench.errors import IncompatibleBackbone
+
+        raise IncompatibleBackbone(f"featurizer {type(featurizer).__name__} does not expose "
+                                   "stages(); MixStyle and SagNet need a network cut into stages")
     return stages()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftbench.errors import ShiftbenchError
+from shiftbench.errors import IncompatibleBackbone, ShiftbenchError
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -220,7 +220,7 @@ class TimmBackbone(FrozenBatchNormMixin, nn.Module):
         SagNet), for the timm families laid out as a stem and four stages: ResNet-style
         (`conv1` ... `layer4`), ConvNeXt-style (`stem`, `stages`) and RegNet-style (`stem`,
         `s1` ... `s4`). Running them in order is checked once against `forward`; other models
-        (ViT, ...) raise TypeError."""
+        (ViT, ...) raise IncompatibleBackbone (a ShiftbenchError and a TypeError)."""
         n = self.network
         head = _Head(n, self.dropout)
         if all(hasattr(n, a) for a in ("conv1", "bn1", "act1", "maxpool", "layer4")):
@@ -235,8 +235,10 @@ class TimmBackbone(FrozenBatchNormMixin, nn.Module):
             stages = [nn.Sequential(n.stem, n.s1), n.s2, n.s3,
                       nn.Sequential(n.s4, n.final_conv, head)]
         else:
-            raise TypeError(f"backbone {self.model_name} is not cut into stages here (ResNet-, "
-                            "ConvNeXt- and RegNet-style timm models are); MixStyle and SagNet need one")
+            raise IncompatibleBackbone(
+                f"backbone {self.model_name} is not cut into stages here (ResNet-, ConvNeXt- and "
+                "RegNet-style timm models are, e.g. resnet50, convnext_tiny, regnety_016); "
+                "MixStyle and SagNet need one")
         if not getattr(self, "_stages_checked", False):
             self._check_stages(stages)
         return stages
@@ -252,6 +254,6 @@ class TimmBackbone(FrozenBatchNormMixin, nn.Module):
             same = y.shape == self(x).shape and torch.allclose(y, self(x), atol=1e-4, rtol=1e-4)
         self.train(was_training)
         if not same:
-            raise TypeError(f"backbone {self.model_name}: its stages do not reproduce its forward "
-                            "pass; MixStyle and SagNet cannot use it")
+            raise IncompatibleBackbone(f"backbone {self.model_name}: its stages do not reproduce "
+                                       "its forward pass; MixStyle and SagNet cannot use it")
         self._stages_checked = True

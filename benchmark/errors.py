@@ -35,6 +35,31 @@ class UnknownNameError(ShiftbenchError, KeyError):
         return self.args[0]
 
 
+class IncompatibleBackbone(ShiftbenchError, TypeError):
+    """The chosen network lacks what the algorithm needs (stages for MixStyle/SagNet, ...)."""
+
+
+class UnreadableImage(ShiftbenchError):
+    """An image file that cannot be decoded; the message names the file. Raised in a DataLoader
+    worker, it comes back wrapped (torch re-raises it with the worker's traceback as its
+    message): the wrapped form is reduced to this error's own message."""
+
+    def __init__(self, message: str):
+        if message.startswith(f"Caught {type(self).__name__}"):
+            mine = [ln for ln in message.splitlines() if f"{type(self).__name__}: " in ln]
+            if mine:
+                message = mine[-1].split(f"{type(self).__name__}: ", 1)[1]
+        super().__init__(message)
+
+
+def image_error(path: object, error: BaseException) -> UnreadableImage:
+    return UnreadableImage(f"cannot read image {path} ({type(error).__name__}: {error}); "
+                           "replace or delete that file")
+
+
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)  # PIL's decoding failures
+
+
 class TrainingDiverged(ShiftbenchError):
     """A loss became NaN or infinite; the trial is recorded as failed."""
 

@@ -35,6 +35,8 @@ from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.seeds import seed_hash
 from shiftbench.trial_record import trial_options
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32 (torch.finfo(torch.float32).max)
+
 PROTOCOLS = trial_options()["protocol"].declaration.choices
 
 # DomainBed's `algorithms.ALGORITHMS` (current main): the names `--protocol domainbed` applies to.
@@ -334,6 +336,9 @@ def _check_value(name: str, value: Any, hp: HParam) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             raise ShiftbenchError(f"hparam {name!r} must be finite, got {value!r}")
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:  # parameters are float32
+            raise ShiftbenchError(f"hparam {name!r} must lie within float32's range "
+                                  f"(|x| <= {FLOAT32_MAX:.4g}), got {value!r}")
         if (hp.low is not None and value < hp.low) or (hp.high is not None and value > hp.high):
             lo = "-inf" if hp.low is None else f"{hp.low:g}"
             hi = "inf" if hp.high is None else f"{hp.high:g}"

@@ -63,8 +63,10 @@ def train(spec: TrialSpec, log: Callable[[str], None] | None = None, progress: b
         raise StorageError(store.dir, e) from e
     try:
         return _run(spec, store, log, progress, callbacks)
-    except (TrainingDiverged, StorageError, KeyboardInterrupt):
-        raise  # diverged: `failed` already written; storage / Ctrl-C: resumable, not failed
+    except (TrainingDiverged, StorageError, KeyboardInterrupt, BrokenPipeError):
+        # diverged: `failed` already written; storage / Ctrl-C / a closed stdout (`| head`):
+        # resumable, not failed
+        raise
     except ShiftbenchError as e:
         # Bad input found while building the trial (a missing data directory...): leave no
         # trace in a directory this call created; elsewhere (a sweep's job) mark the job failed.
@@ -148,8 +150,17 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
                 window[k].append(v)
         minibatches = [tuple(t.to(device, non_blocking=True) for t in s.next()) for s in labeled]
         unlabeled = [s.next()[0].to(device, non_blocking=True) for s in unlabeled_streams] or None
-        with autocast(trial):
-            values = algorithm.train_step(minibatches, unlabeled)
+        try:
+            with autocast(trial):
+                values = algorithm.train_step(minibatches, unlabeled)
+        except RuntimeError as e:  # a float64 scalar (lr x ...) past float32's range
+            if "overflow" not in str(e):
+                raise
+            store.mark_failed({"error": f"numeric overflow: {e}", "step": step,
+                               "time": time.time()})
+            raise TrainingDiverged(f"training diverged at step {step}: {e} (an hparam such as "
+                                   "lr too large for float32?); recorded in "
+                                   f"{store.failed}") from None
         bad = {k: v for k, v in values.items() if not _is_finite(v)}
         if bad:
             store.mark_failed({"error": "non-finite loss", "step": step,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from shiftbench.datasets.base import DATASETS, MultiDomainDataset, TensorDomain
-from shiftbench.errors import ShiftbenchError
+from shiftbench.errors import IMAGE_ERRORS, ShiftbenchError, image_error
 
 
 def _decode(path: str, size: tuple[int, int] | None) -> np.ndarray:
@@ -25,8 +25,8 @@ def _decode(path: str, size: tuple[int, int] | None) -> np.ndarray:
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.BILINEAR)
             return np.array(image)
-    except OSError as e:
-        raise ShiftbenchError(f"cannot read image {path}: {e}") from e
+    except (*IMAGE_ERRORS, Image.DecompressionBombError) as e:
+        raise image_error(path, e) from e
 
 
 def register_image_folder(name: str, root: str | os.PathLike,

@@ -30,7 +30,7 @@ from shiftbench.datasets.base import (
 from shiftbench.datasets.lookup import count_images
 from shiftbench.datasets.lookup import images as _images
 from shiftbench.datasets.lookup import subdirs as _subdirs
-from shiftbench.errors import ShiftbenchError
+from shiftbench.errors import IMAGE_ERRORS, ShiftbenchError, image_error
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -102,8 +102,8 @@ class ImageFolderDomain(Dataset):
         try:
             with Image.open(path) as im:
                 image = im.convert("RGB")
-        except OSError as e:
-            raise ShiftbenchError(f"cannot read image {path}: {e}") from e
+        except (*IMAGE_ERRORS, Image.DecompressionBombError) as e:
+            raise image_error(path, e) from e
         return self.transform(image), label
 
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from shiftbench.datasets.augment import augment_batch, eval_batch, hue_mode
 from shiftbench.datasets.base import CollatedBatch
 from shiftbench.datasets.cache_files import atomic_output, load_json, save_json
-from shiftbench.errors import ShiftbenchError
+from shiftbench.errors import IMAGE_ERRORS, ShiftbenchError, image_error
 from shiftbench.paths import cache_dir
 
 CACHE_VERSION = 2  # 2: pixels stored channels-last, [N, size, size, 3]
@@ -112,8 +112,8 @@ class _Decode(Dataset):
         try:
             with Image.open(path) as im:
                 image = im.convert("RGB")
-        except OSError as e:
-            raise ShiftbenchError(f"cannot read image {path}: {e}") from e
+        except (*IMAGE_ERRORS, Image.DecompressionBombError) as e:
+            raise image_error(path, e) from e
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.BILINEAR)
         return torch.from_numpy(np.asarray(image).copy())

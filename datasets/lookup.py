@@ -61,12 +61,21 @@ def images(path: Path) -> list[Path]:
 def count_images(path: Path, domain_folders: Sequence[str] | None, subpath: str = ""
                  ) -> dict[str, int] | None:
     """Images per domain folder of a dataset folder (`domain_folders`, or every sub-folder),
-    each under `<domain>/<subpath>`; None when the dataset folder is absent."""
+    each under `<domain>/<subpath>`; None when the dataset folder is absent. Counted as the
+    loaders read them (`shiftbench.datasets.folder.scan_domain`): the images of each class
+    folder, a class folder that is a symbolic link included."""
     if not path.is_dir():
         return None
     folders = [f for f in domain_folders if (path / f).is_dir()] if domain_folders \
         else subdirs(path)
-    return {f: len(images(path / f / subpath)) for f in folders}
+    return {f: domain_image_count(path / f / subpath) for f in folders}
+
+
+def domain_image_count(domain: Path) -> int:
+    """The images of `<domain>/<class>/...` over its class folders (as `scan_domain` finds)."""
+    if not domain.is_dir():
+        return 0
+    return sum(len(images(domain / c)) for c in subdirs(domain))
 
 
 # --------------------------------------------------------------------------------------------

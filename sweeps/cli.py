@@ -245,8 +245,10 @@ def run_launch(jobs: list[Job], ns: argparse.Namespace, states: dict[str, JobSta
     for line in result.info:
         print(line)
     if ns.launcher not in ("dry-run", "dry_run", "dummy", "slurm") or options.wait:
-        print(f"launched {result.launched}, succeeded {result.succeeded}, "
-              f"failed {len(result.failed)}")
+        elsewhere = (f", {result.elsewhere} done or running by another launcher (not run here)"
+                     if result.elsewhere else "")
+        print(f"launched {result.launched}, succeeded {result.succeeded} (trained here)"
+              f"{elsewhere}, failed {len(result.failed)}")
     if result.interrupted:
         return 130
     return 1 if result.failed else 0

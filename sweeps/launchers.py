@@ -85,7 +85,8 @@ class LaunchOptions:
 @dataclass
 class LaunchResult:
     launched: int = 0
-    succeeded: int = 0
+    succeeded: int = 0  # trained (or resumed to the end) by this launch's workers
+    elsewhere: int = 0  # ended at once: another launcher had done or was running the job
     failed: list[Job] = field(default_factory=list)
     interrupted: bool = False
     info: list[str] = field(default_factory=list)
@@ -104,6 +105,18 @@ def _tail(path: Path, n: int = 1) -> str:
     except OSError:
         return ""
     return " | ".join(lines[-n:])
+
+
+def _trained_by(job: Job, pid: int, started: float) -> bool:
+    """Whether the worker `pid` started at `started` trained the job (it logs an attempt when it
+    does; a worker that found the job done or locked by another launcher exits 0 without)."""
+    import socket
+
+    from shiftbench.sweeps.state import read_attempts
+
+    host = socket.gethostname()
+    return any(a.get("pid") == pid and a.get("host") == host and a.get("time", 0) >= started - 1
+               for a in read_attempts(job.dir))
 
 
 def _catch_sigint() -> Any:
@@ -125,7 +138,7 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
 
     result = LaunchResult()
     pending = deque(jobs)
-    running: dict[int, tuple[subprocess.Popen, Job]] = {}
+    running: dict[int, tuple[Any, Job, float]] = {}
     base_env = dict(os.environ)  # read at launch: a forked job gets it too
     base_env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                      "OPENBLAS_NUM_THREADS": str(threads)})
@@ -151,16 +164,18 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
             with open(job.dir / OUT_FILE, "ab") as out, open(job.dir / ERR_FILE, "ab") as err:
                 proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                         env=env, start_new_session=True)
-        running[slot] = (proc, job)
+        running[slot] = (proc, job, time.time())
         result.launched += 1
 
     def reap() -> None:
-        for slot, (proc, job) in list(running.items()):
+        for slot, (proc, job, started) in list(running.items()):
             code = proc.poll()
             if code is None:
                 continue
             del running[slot]
-            if code == 0:
+            if code == 0 and not _trained_by(job, proc.pid, started):
+                result.elsewhere += 1
+            elif code == 0:
                 result.succeeded += 1
             else:
                 result.failed.append(job)
@@ -182,13 +197,13 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
                 time.sleep(options.poll_interval)
     except KeyboardInterrupt:
         result.interrupted = True
-        for proc, _ in running.values():
+        for proc, _, _ in running.values():
             try:
                 proc.send_signal(signal.SIGINT)
             except ProcessLookupError:
                 pass
         deadline = time.time() + 30
-        for proc, _ in running.values():
+        for proc, _, _ in running.values():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:

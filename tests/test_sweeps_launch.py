@@ -93,6 +93,14 @@ def test_two_concurrent_launchers_run_each_job_once(tmp_path):
         assert len(read_attempts(job.dir)) == 1, job.dir  # trained by exactly one worker
         steps = [r["step"] for r in _records(job.dir)]
         assert steps == sorted(set(steps)) and steps[-1] == 2
+    # Each launcher reports what its own workers trained: together, each job once.
+    import re
+
+    summaries = [re.search(r"launched (\d+), succeeded (\d+) \(trained here\)(?:, (\d+) done "
+                           r"or running by another launcher)?", o) for o in outputs]
+    assert all(summaries), outputs
+    assert sum(int(m.group(2)) for m in summaries) == 3, outputs
+    assert all(int(m.group(1)) == int(m.group(2)) + int(m.group(3) or 0) for m in summaries)
     # A third launch finds nothing to do.
     assert main(["sweep", "launch", *SWEEP, "--output-dir", str(out), "--n-trials", "1",
                  "--steps", "3", "--skip-confirmation"]) == 0
