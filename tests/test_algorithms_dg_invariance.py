@@ -138,38 +138,19 @@ def test_per_domain_forward_under_the_domainbed_protocol(name):
         assert sizes == expected
 
 
-def _domainbed_icdf(risks, alpha):
-    """DomainBed's Nonparametric().icdf, written out: sorted data, Gauss-optimal bandwidth,
-    bracket from the Normal icdf at the extreme points, 32 halvings of a [lo, hi] list."""
-    data = torch.sort(risks).values
-    bw = 1.06 * torch.std(data, unbiased=True) * len(data) ** -0.2
-    q = torch.tensor(alpha, dtype=torch.float64)
-    bounds = [torch.distributions.Normal(data[0], bw).icdf(q),
-              torch.distributions.Normal(data[-1], bw).icdf(q)]
-    k = 0.5 * sum(bounds)
-    for _ in range(32):
-        cdf = torch.mean(torch.distributions.Normal(data, bw).cdf(k.repeat(len(data), 1).T))
-        bounds[int(cdf > q)] = k
-        nxt = 0.5 * sum(bounds)
-        if nxt == k:
-            break
-        k = nxt
-    return k
-
-
-def test_eqrm_domainbed_kde_equals_domainbeds_value_and_gradient():
+def test_eqrm_kde_and_domainbeds_kde_agree_in_value_not_in_gradient():
+    """`kde` (exact implicit-function gradient) and `kde_domainbed` (DomainBed's bisection,
+    differentiated through the bracket ends) estimate the same quantile. `kde_domainbed`'s value
+    and gradient against DomainBed's own output: test_domainbed_parity.py."""
     from shiftbench.algorithms.dg_invariance import kde_quantile_domainbed
 
     risks = torch.tensor([0.3, 0.9, 0.5, 1.7, 0.4], requires_grad=True)
-    q, ref = kde_quantile_domainbed(risks, 0.75), _domainbed_icdf(risks, 0.75)
+    q = kde_quantile_domainbed(risks, 0.75)
     assert q.dtype == torch.float64  # DomainBed's alpha buffer is float64
-    assert math.isclose(q.item(), ref.item(), rel_tol=1e-12)
     assert math.isclose(q.item(), kde_quantile(risks.double(), 0.75).item(), rel_tol=1e-6)
     (g,) = torch.autograd.grad(q, risks)
-    (g_ref,) = torch.autograd.grad(ref, risks)
-    assert torch.allclose(g, g_ref, rtol=1e-9)
     (g_ift,) = torch.autograd.grad(kde_quantile(risks, 0.75), risks)
-    assert not torch.allclose(g.float(), g_ift, rtol=1e-3)  # "kde" takes the exact gradient
+    assert not torch.allclose(g.float(), g_ift, rtol=1e-3)
 
 
 def test_eqrm_domainbed_burnin_is_a_float_draw_as_domainbed():
