@@ -333,7 +333,8 @@ def check_sbatch_value(name: str, value: Any) -> str:
 
 
 def check_slurm_available() -> None:
-    """submitit importable and Slurm's `sbatch` on PATH, else an error naming what is missing."""
+    """submitit importable and Slurm's `sbatch` and `srun` on PATH, else an error naming what
+    is missing."""
     import shutil
 
     missing = []
@@ -345,6 +346,9 @@ def check_slurm_available() -> None:
     if shutil.which("sbatch") is None:
         missing.append("Slurm's sbatch command (not found on PATH: this machine is not a Slurm "
                        "submit host, or Slurm's bin folder is not on PATH)")
+    if shutil.which("srun") is None:  # submitit refuses to start without it
+        missing.append("Slurm's srun command (not found on PATH; submitit starts every task "
+                       "through srun)")
     if missing:
         raise ShiftbenchError("the slurm launcher needs " + " and ".join(missing)
                               + "; use --launcher local to run the sweep on this machine")

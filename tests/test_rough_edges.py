@@ -64,16 +64,39 @@ def test_slurm_without_slurm_names_what_is_missing(tmp_path, capsys, monkeypatch
     assert code == 2 and "the Python package submitit" in err and "sbatch" in err
 
 
+def fake_slurm_client(tmp_path, sbatch_body: str):
+    """A folder with stand-ins for Slurm's sbatch (running `sbatch_body`) and srun."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", sbatch_body), ("srun", "exit 1")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def test_slurm_without_srun_names_it(tmp_path, capsys, monkeypatch):
+    """submitit cannot start without srun: a host with sbatch only gets a clear error."""
+    pytest.importorskip("submitit")
+    from shiftbench.cli import main
+
+    bin_dir = fake_slurm_client(tmp_path, "exit 1")
+    (bin_dir / "srun").unlink()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    code = main(["sweep", "launch", *SWEEP, "--output-dir", str(tmp_path / "s"), "--launcher",
+                 "slurm"])
+    err = capsys.readouterr().err
+    assert code == 2 and "srun command (not found on PATH" in err and "Traceback" not in err
+    assert "sbatch command" not in err
+
+
 def test_slurm_that_refuses_the_submission_gives_its_reason(tmp_path, capsys, monkeypatch):
     pytest.importorskip("submitit")
     from shiftbench.cli import main
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    sbatch = bin_dir / "sbatch"  # a Slurm client whose controller is down
-    sbatch.write_text("#!/bin/sh\necho 'sbatch: error: Unable to contact slurm controller' >&2\n"
-                      "exit 1\n")
-    sbatch.chmod(0o755)
+    # a Slurm client whose controller is down: its own sbatch and srun, whether or not this
+    # machine has Slurm installed (another test may have installed and started one)
+    bin_dir = fake_slurm_client(tmp_path, "echo 'sbatch: error: Unable to contact slurm "
+                                          "controller' >&2\nexit 1")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     code = main(["sweep", "launch", *SWEEP, "--output-dir", str(tmp_path / "s"), "--launcher",
                  "slurm"])
