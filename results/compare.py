@@ -219,6 +219,8 @@ def compare_records(records: Sequence[dict[str, Any]], algorithm: str, baselines
 def _num(x: Any, digits: int = 1, signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
+    if round(x, digits) == 0:
+        x = 0.0  # no "-0.0"
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
