@@ -298,4 +298,6 @@ def get_source(name: str) -> Source:
     providers = [s for s in SOURCES.values() if name in s.datasets]
     if len(providers) == 1:
         return providers[0]
+    if providers:  # a dataset built from several sources (GTA5Cityscapes): all of them
+        return Source(name, "", parts=tuple(s.name for s in providers), datasets=(name,))
     raise UnknownNameError("downloadable dataset", name, SOURCES)

@@ -178,3 +178,10 @@ def test_imagenet_weights_download_verified_into_the_pretrained_folder(tmp_path,
     assert (folder / remote.filename).read_bytes() == data
     net = networks.Featurizer((3, 64, 64), {"resnet18": True, "pretrained": True})
     assert net.n_outputs == 512
+
+
+def test_a_dataset_of_two_sources_names_both(tmp_path, capsys):
+    assert main(["data", "download", "GTA5Cityscapes", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "2 of 2 downloads failed" in err and "GTA5:" in err and "Cityscapes:" in err
+    assert "needs a login" in err
