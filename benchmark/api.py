@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
     `loggers` as `sweep launch --logger` (files in each job's folder)."""
     from shiftbench.results.reading import read_sweep
     from shiftbench.sweeps import worker
-    from shiftbench.sweeps.jobs import enumerate_jobs
+    from shiftbench.sweeps.jobs import enumerate_jobs, resolve_seeding
     from shiftbench.sweeps.spec import SweepSpec
     from shiftbench.trial_record import ERR_FILE, OUT_FILE
 
@@ -81,7 +82,10 @@ def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
         raise ShiftbenchError(f"run_sweep: {e}; valid arguments: "
                               + ", ".join(f.name for f in fields(SweepSpec))) from None
     sweep_spec.validate()
-    jobs = enumerate_jobs(sweep_spec, output_dir, data_dir=data_dir)
+    seeding, note = resolve_seeding(sweep_spec, output_dir, data_dir)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    jobs = enumerate_jobs(sweep_spec, output_dir, data_dir=data_dir, seeding=seeding)
     if loggers:
         import dataclasses
 

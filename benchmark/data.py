@@ -2,10 +2,13 @@
 
 Training batches are a pure function of `(seed, role, environment, step)`: the indices of step t
 are drawn with replacement (as DomainBed's InfiniteDataLoader) from a generator seeded by
-`seed_hash(seed, role, env, t)`. A resumed trial therefore draws exactly the batches an
-uninterrupted one would, with no loader state to save. In-memory environments (`TensorDomain`)
-are batched by indexing tensors; other datasets go through a DataLoader whose workers decode
-the same indices.
+`seed_hash(seed, role, env, t)`, and so are the random augmentation draws of that batch (torch's
+generator is seeded with `seed_hash(seed, role, env, t, "augment")` while the batch is loaded,
+in whichever loader worker loads it). A resumed trial therefore draws exactly the batches an
+uninterrupted one would, with no loader state to save, and two algorithms given the same `seed`
+(a sweep's paired seeding) train on identical batches, augmentation included, whatever else
+they draw from torch's generator. In-memory environments (`TensorDomain`) are batched by
+indexing tensors; other datasets go through a DataLoader whose workers decode the same indices.
 """
 
 from __future__ import annotations
@@ -38,6 +41,39 @@ def collate(batch):
     return default_collate(batch)
 
 
+class StepIndices(list):
+    """A batch's dataset indices, carrying the seed of its augmentation draws."""
+
+    def __init__(self, indices: list[int], seed: int):
+        super().__init__(indices)
+        self.seed = seed
+
+
+class SeededBatches(Dataset):
+    """`dataset` loaded a batch at a time with torch's generator seeded by the batch's
+    `StepIndices.seed` (and restored afterwards), so its random augmentations depend on the
+    batch alone."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        return self.dataset[i]
+
+    def __getitems__(self, indices: list[int]):
+        with torch.random.fork_rng(devices=[]):
+            seed = getattr(indices, "seed", None)
+            if seed is not None:
+                torch.manual_seed(seed)
+            getitems = getattr(self.dataset, "__getitems__", None)
+            if getitems is not None:
+                return getitems(list(indices))
+            return [self.dataset[i] for i in indices]
+
+
 class _StepSampler(Sampler):
     """Yields the index list of each step from `start_step` on (for DataLoader workers)."""
 
@@ -51,7 +87,8 @@ class _StepSampler(Sampler):
         while True:
             pick = step_indices(len(self.split), self.batch_size, self.seed, self.role, self.env,
                                 step)
-            yield self.split[pick].tolist()
+            yield StepIndices(self.split[pick].tolist(),
+                              seed_hash(self.seed, self.role, self.env, step, "augment"))
             step += 1
 
 
@@ -68,7 +105,7 @@ class BatchStream:
         self._iter = None
         if not isinstance(dataset, TensorDomain):
             workers = default_num_workers() if num_workers is None else num_workers
-            loader = DataLoader(dataset, batch_sampler=_StepSampler(
+            loader = DataLoader(SeededBatches(dataset), batch_sampler=_StepSampler(
                 split, batch_size, seed, role, env, start_step), num_workers=workers,
                 collate_fn=collate, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
             self._iter = iter(loader)

@@ -20,7 +20,7 @@ from dataclasses import fields
 from shiftbench.errors import ShiftbenchError
 from shiftbench.options import add_flags
 from shiftbench.sweeps.gpus import parse_gpu_count, parse_gpu_ids
-from shiftbench.sweeps.jobs import Job, enumerate_jobs
+from shiftbench.sweeps.jobs import Job, enumerate_jobs, resolve_seeding
 from shiftbench.sweeps.launchers import (
     LAUNCHERS,
     LaunchOptions,
@@ -60,6 +60,10 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_flag("single_test_envs"), action="store_true", default=None,
                    help="hold out single environments only (no pairs for leave-one-out)")
     add_flags(p, sweep_options().values(), sweep=True)  # the trial options every job gets
+    p.add_argument(*_flag("seeding"), default=None, metavar="{paired,domainbed}",
+                   help="how each job's seed is derived: paired (the shiftbench protocol's "
+                        "default: one trial seed gives every algorithm the same batches and "
+                        "initialisation) or domainbed (per algorithm and hparams seed)")
     p.add_argument(*_flag("source_envs"), nargs="+", default=None, metavar="ENV",
                    help="environments trained on, in every dataset (default: all but the held-out "
                         "ones); held-out sets are then each other environment")
@@ -132,7 +136,10 @@ def spec_from_args(ns: argparse.Namespace, check_hparams: bool = True) -> SweepS
 
 def sweep_jobs(ns: argparse.Namespace, check_hparams: bool = True) -> tuple[SweepSpec, list[Job]]:
     spec = spec_from_args(ns, check_hparams)
-    return spec, enumerate_jobs(spec, ns.output_dir, ns.data_dir, ns.imports)
+    seeding, note = resolve_seeding(spec, ns.output_dir, ns.data_dir, ns.imports)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return spec, enumerate_jobs(spec, ns.output_dir, ns.data_dir, ns.imports, seeding=seeding)
 
 
 def job_states(jobs: list[Job]) -> dict[str, JobState]:

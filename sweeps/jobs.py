@@ -2,8 +2,18 @@
 
 Enumeration: datasets x algorithms x test-environment sets x hparam seeds x grid points x trial
 seeds. Hparam seed k resolves to the same configuration in every trial (the trainer draws it from
-`hparams_seed` alone); `seed` (initialisation, sampling) is derived from the job's other
-coordinates, as in DomainBed.
+`hparams_seed` alone).
+
+Seeding (`SEEDINGS`, the spec's `seeding`). A job's `seed` fixes its initialisation, its batch
+order and its augmentation draws. `paired` (the shiftbench protocol's default) derives it from
+the dataset, the held-out and source environments and the trial seed only, so at one trial seed
+every algorithm and every hyperparameter configuration draws the same batches (at equal batch
+size) from the same splits and starts from the same initial weights where the networks agree:
+differences between algorithms at one trial seed are paired (common random numbers).
+`domainbed` (the domainbed protocol's default) hashes the algorithm and the hparams seed in as
+well, as DomainBed does, so every job draws its own. Sweeps made before paired seeding used
+`domainbed`'s formula under both protocols: `resolve_seeding` recognises such an output
+directory and continues it with the seeds it was made with.
 
 Identity (`job_identity`, `job_hash`): the hash decides a job's directory, `<output-dir>/<hash>`, so
 it must change exactly when the job's *result* would; both are `shiftbench.trial_record`'s
@@ -25,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shiftbench.errors import ShiftbenchError
 from shiftbench.seeds import seed_hash
 from shiftbench.setting import get_setting
 from shiftbench.sweeps.facts import dataset_facts
@@ -46,6 +57,55 @@ TrainArgs = TrialSpec
 WORKER_MODULE = "shiftbench.sweeps.worker"
 __all__ = ["CORE_IDENTITY_KEYS", "NOT_IDENTITY_KEYS", "Job", "enumerate_jobs", "job_hash",
            "job_identity", "make_job"]
+
+
+SEEDINGS = ("paired", "domainbed")
+PROTOCOL_SEEDING = {"shiftbench": "paired", "domainbed": "domainbed"}
+
+
+def spec_seeding(spec: SweepSpec) -> str:
+    """The spec's seeding: given, else its protocol's."""
+    return spec.seeding or PROTOCOL_SEEDING.get(spec.trial.protocol, "paired")
+
+
+def job_seed(seeding: str, dataset: str, algorithm: str, test_envs: Any, sources: Any,
+             hparams_seed: int, trial_seed: int) -> int:
+    """A job's `seed` under `seeding` (see the module docstring)."""
+    if seeding == "paired":
+        return seed_hash("paired", dataset, list(test_envs),
+                         None if sources is None else list(sources), trial_seed)
+    if seeding == "domainbed":  # DomainBed's sweep: seed_hash(dataset, algorithm, ...)
+        return seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed)
+    raise ShiftbenchError(f"unknown seeding {seeding!r}; valid: {', '.join(SEEDINGS)}")
+
+
+def resolve_seeding(spec: SweepSpec, output_dir: str | Path, data_dir: str | None = None,
+                    imports: tuple[str, ...] | list[str] = ()) -> tuple[str, str | None]:
+    """The seeding to enumerate `spec` with in `output_dir`, and a note when it is not the
+    default. A spec without `seeding` whose jobs already exist in `output_dir` under the other
+    seeding only (a sweep made before paired seeding) continues with that one; a directory
+    holding jobs of both is refused, naming the choice to make."""
+    chosen = spec_seeding(spec)
+    if spec.seeding is not None or not Path(output_dir).is_dir():
+        return chosen, None
+    other = next(s for s in SEEDINGS if s != chosen)
+
+    def existing(seeding: str) -> int:
+        jobs = enumerate_jobs(spec, output_dir, data_dir, imports, seeding=seeding)
+        return sum(j.dir.is_dir() for j in jobs)
+
+    mine, theirs = existing(chosen), existing(other)
+    if not theirs:
+        return chosen, None
+    if mine:
+        raise ShiftbenchError(
+            f"{output_dir} holds jobs of this sweep under both seedings ({mine} {chosen}, "
+            f"{theirs} {other}); set seeding = \"{chosen}\" or \"{other}\" in the spec "
+            "(--seeding) to say which to continue")
+    return other, (f"{output_dir}: continuing a sweep made with {other} seeding ({theirs} "
+                   f"job(s) found); its trials are {'not ' if other == 'domainbed' else ''}"
+                   f"paired across algorithms. Pass --seeding {chosen} to start the {chosen} "
+                   "jobs beside them instead")
 
 
 def job_identity(args: TrialSpec) -> dict[str, Any]:
@@ -137,8 +197,11 @@ def make_job(args: TrialSpec, output_dir: str | Path, imports: tuple[str, ...] =
 
 
 def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None = None,
-                   imports: tuple[str, ...] | list[str] = ()) -> list[Job]:
-    """Every job of a validated spec, in a deterministic order, without duplicates."""
+                   imports: tuple[str, ...] | list[str] = (), seeding: str | None = None
+                   ) -> list[Job]:
+    """Every job of a validated spec, in a deterministic order, without duplicates; `seeding`
+    overrides the spec's (`spec_seeding`)."""
+    seeding = seeding or spec_seeding(spec)
     jobs: dict[str, Job] = {}
     setting = get_setting(spec.task)
     units = sweep_units(spec)
@@ -158,8 +221,8 @@ def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None
                             test_envs=list(test_envs), task=spec.task,
                             hparams=json.dumps(overrides, sort_keys=True) if overrides else None,
                             hparams_seed=hparams_seed, trial_seed=trial_seed,
-                            seed=seed_hash(dataset, algorithm, test_envs, hparams_seed,
-                                           trial_seed),
+                            seed=job_seed(seeding, dataset, algorithm, test_envs, sources,
+                                          hparams_seed, trial_seed),
                             steps=steps, source_envs=None if sources is None else list(sources),
                             data_dir=data_dir)
                         job = make_job(args, output_dir, tuple(imports))

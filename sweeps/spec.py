@@ -13,6 +13,8 @@ hparam grids/fixed values and named test-environment sets::
     steps = 300                 # any trial option declared with sweep=True (`sweep_options()`:
     checkpoint_freq = 100       # steps, precision, protocol, ...), given to every job it applies to
     precision = "bf16"
+    seeding = "paired"          # paired (the shiftbench protocol's default) | domainbed (the
+                                # domainbed protocol's): how each job's `seed` is derived
 
     [hparams]                   # fixed values for every algorithm (like --hparams)
     batch_size = 32
@@ -59,7 +61,7 @@ except ModuleNotFoundError:  # Python 3.10
 # The sweep's own keys; with the trial options (`sweep_options()`), every key a spec may hold.
 SWEEP_KEYS = ("datasets", "algorithms", "task", "n_hparams", "n_hparams_from", "n_trials",
               "single_test_envs", "hparams", "test_envs", "source_envs", "algorithm",
-              "hparams_preset", "tasks")
+              "hparams_preset", "tasks", "seeding")
 TOP_LEVEL_KEYS = SWEEP_KEYS + tuple(sweep_options())
 ALGORITHM_KEYS = ("fixed", "grid")
 
@@ -84,6 +86,7 @@ class SweepSpec:
     n_trials: int = 3
     single_test_envs: bool = False
     hparams_preset: str | None = None  # a name in shiftbench.presets.PRESETS
+    seeding: str | None = None  # paired | domainbed; None: the protocol's (sweeps.jobs.SEEDINGS)
     hparams: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
@@ -148,6 +151,10 @@ class SweepSpec:
 
         self.task = get_setting(self.task).name
         check_values(sweep_options(), {n: getattr(self.trial, n) for n in sweep_options()})
+        from shiftbench.sweeps.jobs import SEEDINGS
+
+        if self.seeding is not None and self.seeding not in SEEDINGS:
+            raise UnknownNameError("seeding", self.seeding, SEEDINGS)
         if self.tasks:
             from shiftbench.sweeps.tasks import suite_tasks
 
@@ -293,6 +300,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "datasets": list, "algorithms": list, "task": str, "n_hparams": int, "n_hparams_from": int,
     "n_trials": int, "single_test_envs": bool, "hparams": dict, "test_envs": dict,
     "source_envs": dict, "algorithm": dict, "hparams_preset": str, "tasks": list,
+    "seeding": str,
     **{name: o.kind for name, o in sweep_options().items()},
 }
 

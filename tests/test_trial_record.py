@@ -14,7 +14,7 @@ from shiftbench.errors import ShiftbenchError
 from shiftbench.loop import TIMING_KEYS
 from shiftbench.results.reading import read_sweep
 from shiftbench.sweeps import worker
-from shiftbench.sweeps.jobs import enumerate_jobs
+from shiftbench.sweeps.jobs import enumerate_jobs, resolve_seeding
 from shiftbench.sweeps.spec import SweepSpec, load_spec
 from shiftbench.sweeps.state import job_state
 from shiftbench.trainer import TrainArgs, normalize, train
@@ -35,8 +35,14 @@ QUIET = {"log": lambda msg: None, "progress": False}
 def test_hashes_of_a_sweep_made_before_are_unchanged():
     expected = json.loads((R1 / "hashes.json").read_text())
     for name in ("dg", "uda", "tta_bf16"):
-        jobs = enumerate_jobs(load_spec(R1 / f"{name}.toml"), "/elsewhere")
+        # made before paired seeding: DomainBed's per-algorithm seeds give the same hashes
+        jobs = enumerate_jobs(load_spec(R1 / f"{name}.toml"), "/elsewhere", seeding="domainbed")
         assert {j.hash: identity(j.args) for j in jobs} == expected[name], name
+        # a new sweep of the same spec pairs its trials: only the seeds (hence hashes) differ
+        paired = enumerate_jobs(load_spec(R1 / f"{name}.toml"), "/elsewhere")
+        assert not {j.hash for j in paired} & set(expected[name])
+        assert sorted(json.dumps({**identity(j.args), "seed": 0}, sort_keys=True) for j in paired) \
+            == sorted(json.dumps({**i, "seed": 0}, sort_keys=True) for i in expected[name].values())
     # the bf16/episodic jobs hash those values, the others do not carry them
     assert all(i["precision"] == "bf16" and i["tta_mode"] == "episodic"
                for i in expected["tta_bf16"].values())
@@ -69,7 +75,10 @@ def _stable(records, hparams_keys):
 def test_old_sweep_resumes_to_the_uninterrupted_records(tmp_path):
     work = tmp_path / "uda"
     shutil.copytree(R1 / "uda", work)
-    jobs = enumerate_jobs(load_spec(R1 / "uda.toml"), work)
+    spec = load_spec(R1 / "uda.toml")
+    seeding, note = resolve_seeding(spec, work)  # recognised: continued with its own seeds
+    assert seeding == "domainbed" and "not paired" in note
+    jobs = enumerate_jobs(spec, work, seeding=seeding)
     assert [job_state(j.dir).state for j in jobs] == ["done", "incomplete"]
     assert "resumable" in job_state(jobs[1].dir).detail
     done_before = (jobs[0].dir / "results.jsonl").read_bytes()
