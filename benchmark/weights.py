@@ -116,5 +116,10 @@ def check_weights(hparams: Mapping[str, Any], input_shape: tuple[int, ...]) -> N
     raises the error a trial would, without allocating or writing anything."""
     from shiftbench.networks import Featurizer
 
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            Featurizer(tuple(input_shape), hparams)
+    except ShiftbenchError:
+        raise
+    except (RuntimeError, NotImplementedError):  # a model whose construction needs real values
         Featurizer(tuple(input_shape), hparams)
