@@ -58,6 +58,7 @@ def counting(jobs, options):
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     from shiftbench.algorithms import base
+    from shiftbench.sweeps.launchers import LAUNCHERS
 
     (tmp_path / "my_algorithms.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -70,6 +71,7 @@ def plugin(tmp_path, monkeypatch):
         base.ALGORITHM_REGISTRY._items.pop(name, None)
         if name in base.ALGORITHMS:
             base.ALGORITHMS.remove(name)
+    LAUNCHERS._items.pop("counting", None)
     sys.modules.pop("my_algorithms", None)
 
 
