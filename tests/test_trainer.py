@@ -260,6 +260,6 @@ def test_bf16_precision_is_recorded_deterministic_and_learns(tmp_path):
     assert stable_records(tmp_path / "a") == stable_records(tmp_path / "b")
     assert a[-1]["loss"] != f[-1]["loss"]  # autocast really changed the arithmetic
     assert a[-1]["env1_out_acc"] > 0.5 and abs(a[-1]["env1_out_acc"] - f[-1]["env1_out_acc"]) < 0.2
-    with pytest.raises(ShiftbenchError, match="fp16.*fp32, bf16"):
+    with pytest.raises(ShiftbenchError, match="fp16.*bf16, fp32"):
         train(_args(tmp_path, "bad", precision="fp16"), **QUIET)
     assert not (tmp_path / "bad").exists()
