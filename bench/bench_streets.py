@@ -1,4 +1,5 @@
-"""SyntheticStreets generation time and the small segmentation network's per-step cost.
+"""SyntheticStreets (v1, or v2 with `--version 2`) generation time and the small segmentation
+network's per-step cost.
 
 Measures, `--repeats` times each, with one thread: the CPU seconds (`time.process_time`, robust
 to other load) and wall seconds to render one domain of `--images` images, and the CPU
@@ -6,7 +7,7 @@ milliseconds of one SegSourceOnly / SegDACS training step (batch 8, bf16 autocas
 prediction of 32 images. Prints one JSON line per measurement and a summary of medians with the
 load average.
 
-Usage: OMP_NUM_THREADS=1 python bench/bench_streets.py [--images 600] [--repeats 3]
+Usage: OMP_NUM_THREADS=1 python bench/bench_streets.py [--version 2] [--images 600] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ def timed(fn) -> tuple[float, float]:
 
 def main() -> None:
     from shiftbench.algorithms import create_algorithm
-    from shiftbench.datasets.streets import generate
+    from shiftbench.datasets import streets, streets_v2
 
     p = argparse.ArgumentParser()
+    p.add_argument("--version", type=int, choices=(1, 2), default=1)
     p.add_argument("--images", type=int, default=600)
     p.add_argument("--repeats", type=int, default=3)
     ns = p.parse_args()
     torch.set_num_threads(1)
+    generate = streets.generate if ns.version == 1 else streets_v2.generate
     out: dict[str, list[float]] = {}
     for r in range(ns.repeats):
         for env in ("game", "real", "virtual"):
@@ -58,6 +61,7 @@ def main() -> None:
                     out.setdefault("predict32_cpu_ms", []).append(1000 * cpu)
     summary = {k: round(statistics.median(v), 3) for k, v in out.items()}
     summary["loadavg_1min"] = os.getloadavg()[0]
+    summary["version"] = ns.version
     print("SUMMARY " + json.dumps(summary))
 
 

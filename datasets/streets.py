@@ -30,8 +30,6 @@ of the generation version, seed, size and count.
 
 from __future__ import annotations
 
-import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +38,9 @@ import torch
 
 from shiftbench.datasets.base import register_dataset
 from shiftbench.datasets.segmentation import IGNORE_INDEX, LabelMapDomain, SegmentationDataset
+from shiftbench.datasets.streets_cache import build_cached
 from shiftbench.errors import ShiftbenchError
-from shiftbench.paths import atomic_write_bytes, cache_dir
+from shiftbench.paths import cache_dir
 
 GENERATION_VERSION = 1
 GENERATION_SEED = 0
@@ -292,25 +291,8 @@ def cache_path(n: int, seed: int) -> Path:
 def build_streets(n: int = N_PER_DOMAIN, seed: int = GENERATION_SEED, use_cache: bool = True
                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Every environment as {name: (uint8 [n, 3, H, W], uint8 [n, H, W])}, cached on disk."""
-    path = cache_path(n, seed)
-    if use_cache and path.is_file():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            return {k: (d["x"], d["y"]) for k, d in data.items()}
-        except Exception:
-            os.replace(path, path.with_suffix(".corrupt"))
-    envs = {}
-    for env in ENVIRONMENTS:
-        x, y = generate(env, n, seed)
-        envs[env] = (torch.from_numpy(x), torch.from_numpy(y))
-    if use_cache:
-        buffer = io.BytesIO()
-        torch.save({k: {"x": x, "y": y} for k, (x, y) in envs.items()}, buffer)
-        try:
-            atomic_write_bytes(path, buffer.getvalue())
-        except (OSError, ShiftbenchError):
-            pass  # a read-only cache only costs regeneration time
-    return envs
+    return build_cached(cache_path(n, seed).name, lambda env: generate(env, n, seed), ENVIRONMENTS,
+                        use_cache)
 
 
 @register_dataset

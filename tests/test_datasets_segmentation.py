@@ -201,3 +201,51 @@ def test_png16_roundtrip_and_pillow_filters(tmp_path):
     (tmp_path / "c.png").write_bytes(b"not a png")
     with pytest.raises(ShiftbenchError, match="not a PNG"):
         read_png16(tmp_path / "c.png")
+
+
+def test_streets_v2_is_deterministic_and_its_own_version(tmp_path, monkeypatch):
+    from shiftbench.datasets.streets_v2 import build_streets_v2
+    from shiftbench.datasets.streets_v2 import generate as generate_v2
+
+    x1, y1 = generate_v2("real", 8, seed=3)
+    x2, y2 = generate_v2("real", 8, seed=3)
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    assert x1.shape == (8, 3, 64, 128) and y1.shape == (8, 64, 128)
+    assert not np.array_equal(y1, generate("real", 8, seed=3)[1])  # not v1's scenes
+    monkeypatch.setenv("SHIFTBENCH_CACHE", str(tmp_path))
+    build_streets(n=2, seed=1)
+    build_streets_v2(n=2, seed=1)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["SyntheticStreets-v1-s1-n2-64x128.pt", "SyntheticStreets-v2-s1-n2-64x128.pt"]
+    assert get_dataset_class("SyntheticStreetsV2").CLASSES == CLASSES
+
+
+def test_streets_v2_domains_differ_in_structure_and_keep_rare_classes_visible():
+    from shiftbench.datasets.streets_v2 import WORLDS
+    from shiftbench.datasets.streets_v2 import generate as generate_v2
+
+    share, present, horizon = {}, {}, {}
+    for env in ENVIRONMENTS:
+        _, y = generate_v2(env, 30, seed=1)
+        share[env] = np.bincount(y.ravel(), minlength=256)[: len(CLASSES)] / y.size
+        present[env] = np.array([(y == k).any(axis=(1, 2)).mean() for k in range(len(CLASSES))])
+        sky = (y == CLASSES.index("sky")).mean(axis=(0, 2))
+        horizon[env] = sky.nonzero()[0].max()
+    pole, sign, person = (CLASSES.index(c) for c in ("pole", "traffic_sign", "person"))
+    for env in ENVIRONMENTS:  # every rare class is in most images and covers a visible share
+        assert (present[env][[pole, sign, person]] >= 0.5).all(), (env, present[env])
+        assert (share[env][[pole, sign, person]] >= 0.0015).all(), (env, share[env])
+    # structure: the virtual camera looks down (horizon high), wide plazas, no terrain
+    assert horizon["virtual"] < horizon["real"] and horizon["virtual"] < horizon["game"]
+    s = {c: CLASSES.index(c) for c in ("sidewalk", "building", "vegetation", "terrain", "person")}
+    plaza = share["virtual"][s["sidewalk"]]
+    assert plaza > 2 * max(share["game"][s["sidewalk"]], share["real"][s["sidewalk"]])
+    assert share["virtual"][s["terrain"]] == 0 < share["real"][s["terrain"]]
+    # the game world: towers at the kerb; the real one: low houses and trees, more people
+    assert share["game"][s["building"]] > 1.5 * share["real"][s["building"]]
+    assert share["real"][s["vegetation"]] > 2 * share["game"][s["vegetation"]]
+    assert share["real"][s["person"]] > 1.5 * share["game"][s["person"]]
+    # and the generators differ in what they are told to draw, not only in colours
+    game, real = WORLDS["game"], WORLDS["real"]
+    assert game.building_texture != real.building_texture and game.sign_shape != real.sign_shape
+    assert game.focal[1] < real.focal[0] and game.parked != real.parked
