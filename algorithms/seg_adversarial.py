@@ -96,13 +96,14 @@ class _OutputSpaceAdversarial(SegAlgorithm):
     def update(self, minibatches, unlabeled=None):
         if not unlabeled:
             raise ShiftbenchError(f"{type(self).__name__} needs unlabeled target batches (--task uda)")
-        hp, size = self.hparams, self.input_shape[1:]
+        hp = self.hparams
         xs, ys = self.source_batch(minibatches)
         xt = torch.cat(list(unlabeled))
         out_s, out_t = self.network.forward_all(xs), self.network.forward_all(xt)
         seg = seg_loss(out_s.logits, ys) + hp["seg_weight_aux"] * seg_loss(out_s.aux, ys)
-        maps_s = [self.disc_input(upsample(o, size)) for o in (out_s.logits, out_s.aux)]
-        maps_t = [self.disc_input(upsample(o, size)) for o in (out_t.logits, out_t.aux)]
+        # each domain's maps at its own input size (source and target sizes may differ)
+        maps_s = [self.disc_input(upsample(o, xs.shape[-2:])) for o in (out_s.logits, out_s.aux)]
+        maps_t = [self.disc_input(upsample(o, xt.shape[-2:])) for o in (out_t.logits, out_t.aux)]
         self.discriminators.requires_grad_(False)
         adv = [_bce(d(m), 0.0) for d, m in zip(self.discriminators, maps_t)]  # fool: target -> source
         loss = seg + hp["adv_weight"] * adv[0] + hp["adv_weight_aux"] * adv[1]
@@ -168,9 +169,10 @@ class SegMinEnt(SegAlgorithm):
             raise ShiftbenchError("SegMinEnt needs unlabeled target batches (--task uda)")
         hp = self.hparams
         xs, ys = self.source_batch(minibatches)
-        out_s, out_t = self.network.forward_all(xs), self.network.forward_all(torch.cat(list(unlabeled)))
+        xt = torch.cat(list(unlabeled))
+        out_s, out_t = self.network.forward_all(xs), self.network.forward_all(xt)
         seg = seg_loss(out_s.logits, ys) + hp["seg_weight_aux"] * seg_loss(out_s.aux, ys)
-        k, size = math.log(self.num_classes), self.input_shape[1:]
+        k, size = math.log(self.num_classes), xt.shape[-2:]
         ent = pixel_entropy(upsample(out_t.logits, size)).mean() / k
         ent_aux = pixel_entropy(upsample(out_t.aux, size)).mean() / k
         loss = seg + hp["ent_weight"] * ent + hp["ent_weight_aux"] * ent_aux

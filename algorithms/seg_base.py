@@ -18,6 +18,7 @@ from torch import nn
 
 from shiftbench.algorithms.base import Algorithm, register_algorithm
 from shiftbench.algorithms.base import step as gradient_step
+from shiftbench.datasets.road_protocol import PROTOCOL_HPARAMS
 from shiftbench.datasets.segmentation import IGNORE_INDEX
 from shiftbench.hparams_registry import DatasetInfo, HParam, LogUniform
 from shiftbench.seg_networks import SEG_NETWORKS, SegNetwork, upsample
@@ -64,6 +65,8 @@ class SegAlgorithm(Algorithm):
         "momentum": HParam(0.9, None, low=0.0, high=1.0),
         "weight_decay": HParam(5e-4, None, low=0.0),
         "poly_power": HParam(0.9, None, low=0.0, help="poly learning-rate decay exponent"),
+        "poly_steps": HParam(0, None, low=0, help="poly decay horizon in steps (0 = the run's)"),
+        **PROTOCOL_HPARAMS,  # the real benchmarks' data protocol (crops, sizes, splits)
         "batch_size": lambda ds: HParam(2 if _real_size(ds) else 8, None, low=1,
                                         help="images per domain per step"),
         # classification-only hparams of the base class do not apply
@@ -94,9 +97,11 @@ class SegAlgorithm(Algorithm):
                                weight_decay=hp["weight_decay"])
 
     def set_lr(self, optimizer: torch.optim.Optimizer, base: float | None = None) -> float:
-        """Apply the poly schedule at the current progress to `optimizer`; returns the lr."""
-        lr = poly_lr(self.hparams["lr"] if base is None else base, self.progress,
-                     self.hparams["poly_power"])
+        """Apply the poly schedule at the current progress to `optimizer` (over `poly_steps`
+        when set, e.g. AdaptSegNet's 250k-step decay stopped at 150k); returns the lr."""
+        horizon = int(self.hparams.get("poly_steps") or 0)
+        progress = min(1.0, float(self.num_updates) / horizon) if horizon else self.progress
+        lr = poly_lr(self.hparams["lr"] if base is None else base, progress, self.hparams["poly_power"])
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr

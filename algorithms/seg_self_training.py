@@ -193,7 +193,9 @@ class SegCBST(RoundSelfTraining, SegAlgorithm):
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """The snapshot's pixel probabilities at input size (times the spatial prior)."""
         p = F.softmax(upsample(self.snapshot.forward_all(x).logits.float(), x.shape[-2:]), dim=1)
-        return p * self.spatial_prior()[None] if self.SPATIAL_PRIOR else p
+        if not self.SPATIAL_PRIOR:
+            return p
+        return p * upsample(self.spatial_prior()[None], p.shape[-2:])
 
     def label_round(self, k, target_batches):
         conf, pred = [], []
@@ -224,8 +226,12 @@ class SegCBST(RoundSelfTraining, SegAlgorithm):
         xs, ys = self.source_batch(minibatches)
         if self.SPATIAL_PRIOR:
             valid = ys != IGNORE_INDEX
-            self.prior_counts += F.one_hot(ys.clamp_max(self.num_classes - 1), self.num_classes).permute(
+            counts = F.one_hot(ys.clamp_max(self.num_classes - 1), self.num_classes).permute(
                 0, 3, 1, 2).mul(valid[:, None]).sum(0).to(self.prior_counts.dtype)
+            if counts.shape[-2:] != self.prior_counts.shape[-2:]:  # source crops: rescale
+                counts = F.interpolate(counts[None], size=self.prior_counts.shape[-2:], mode="bilinear",
+                                       align_corners=False)[0]
+            self.prior_counts += counts
         if not self.pseudo_labelling(unlabeled):
             loss = seg_loss(self.network.forward_all(xs).logits, ys)
             self.step(loss)
@@ -233,9 +239,14 @@ class SegCBST(RoundSelfTraining, SegAlgorithm):
         xt = torch.cat(list(unlabeled))
         with torch.no_grad():
             probs = self.scores(xt)
-        logits = upsample(self.network.forward_all(torch.cat([xs, xt])).logits, xs.shape[-2:])
-        src = F.cross_entropy(logits[: len(xs)], ys, ignore_index=IGNORE_INDEX, reduction="sum")
-        tgt, count, extra, stats = self.target_loss(logits[len(xs):], probs, xt)
+        if xs.shape[-2:] == xt.shape[-2:]:  # one forward pass (shared BatchNorm statistics)
+            logits = upsample(self.network.forward_all(torch.cat([xs, xt])).logits, xs.shape[-2:])
+            logits_s, logits_t = logits[: len(xs)], logits[len(xs):]
+        else:  # source and target sizes differ (e.g. GTA5 1280x720, Cityscapes 1024x512)
+            logits_s = upsample(self.network.forward_all(xs).logits, xs.shape[-2:])
+            logits_t = upsample(self.network.forward_all(xt).logits, xt.shape[-2:])
+        src = F.cross_entropy(logits_s, ys, ignore_index=IGNORE_INDEX, reduction="sum")
+        tgt, count, extra, stats = self.target_loss(logits_t, probs, xt)
         loss = (src + tgt) / ((ys != IGNORE_INDEX).sum() + count).clamp_min(1) + extra
         self.step(loss)
         return {"loss": loss.item(), **stats}

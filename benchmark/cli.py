@@ -123,10 +123,12 @@ def cmd_train(ns: argparse.Namespace) -> int:
     hparams = ns.hparams
     if ns.hparams_preset:
         from shiftbench.hparams_registry import parse_overrides
-        from shiftbench.presets import with_preset
+        from shiftbench.presets import PRESETS, with_preset
 
         hparams = json.dumps(with_preset(ns.hparams_preset, ns.algorithm, ns.dataset,
                                          parse_overrides(ns.hparams)), sort_keys=True)
+        if ns.steps is None:  # the paper's iterations, unless --steps says otherwise
+            ns.steps = PRESETS[ns.hparams_preset].steps
     args = spec_from_flags(ns, task=task,
                            hparams=merge_backbone_flags(hparams, ns.backbone, ns.weights))
     from shiftbench.loggers import make_loggers

@@ -14,6 +14,14 @@ values and grids) are applied on top of the preset.
   set to 0.01 and annealed; every domain classifier width (`disc_width`) to 100 and, where the
   depth is an hparam, to one hidden layer. Algorithms that bring their own head keep it (SHOT's
   256-d bottleneck and weight-normalised classifier, MME's cosine classifier).
+* `dacs_gta5`, `dacs_synthia`, `adaptsegnet_gta5`, `adaptsegnet_synthia` - the road-scene
+  segmentation recipes of DACS (Tranheden et al., WACV 2021) and AdaptSegNet (Tsai et al., CVPR
+  2018) as their released code runs them: DeepLab-v2 with SGD 2.5e-4 (head 10x), momentum 0.9,
+  weight decay 5e-4, poly 0.9; the data protocol of `shiftbench.datasets.road_protocol` (source
+  and target resize, crops, no flips, Cityscapes train as the unlabeled target and its 500 val
+  images as the test split); each method's own loss weights where the algorithm declares them;
+  `steps` is the paper's number of iterations (`shiftbench train`'s default under the preset).
+  Initial weights come from a local file (`--weights`, e.g. the COCO DeepLab-v2 both start from).
 """
 
 from __future__ import annotations
@@ -34,6 +42,22 @@ class Preset:
     required: Mapping[str, Any]
     optional: Mapping[str, Any] = field(default_factory=dict)
     task_type: str = "classification"
+    applies_to: str = "images of at most 32x32 (the network hparam)"
+    steps: int | None = None  # the paper's iterations: `train`'s default --steps under the preset
+
+
+def _road(source_size: str, **recipe: Any) -> dict[str, Any]:
+    """The DeepLab-v2 optimisation every road-scene paper shares, with one paper's data recipe."""
+    return {"seg_network": "deeplabv2", "lr": 2.5e-4, "momentum": 0.9, "weight_decay": 5e-4,
+            "poly_power": 0.9, "source_size": source_size, "target_size": "1024x512",
+            "random_flip": False, "target_split": "official", **recipe}
+
+
+_DACS = {"dacs_weight": 1.0, "dacs_ema": 0.99, "dacs_threshold": 0.968, "dacs_jitter": 0.25,
+         "dacs_teacher_bn": "train"}
+_ADAPTSEGNET = {"adv_weight": 1e-3, "adv_weight_aux": 2e-4, "seg_weight_aux": 0.1, "lr_d": 1e-4,
+                "disc_width": 64}
+_ROAD_SETS = "GTA5Cityscapes / SynthiaCityscapes16 / SynthiaCityscapes13 (road-scene datasets)"
 
 
 PRESETS: dict[str, Preset] = {
@@ -53,6 +77,34 @@ PRESETS: dict[str, Preset] = {
             "grl_gamma": 10.0, "lr_target": 0.01,
         },
     ),
+    # DACS (Tranheden et al., WACV 2021; vikolss/DACS configUDA.json, trainUDA.py): source resized
+    # to 1280x720 (SYNTHIA 1280x760), Cityscapes train to 1024x512, random 512x512 crops of both,
+    # no flip, batch 2 + 2, 250k iterations, poly 0.9 over them; evaluation on the 500 val images
+    # at 512x1024 with the labels resized (evaluateUDA.py).
+    "dacs_gta5": Preset(
+        description="DACS's GTA5 -> Cityscapes recipe (DeepLab-v2, 512x512 crops, batch 2, 250k it.)",
+        required=_road("1280x720", crop_size="512x512", batch_size=2, poly_steps=0,
+                       eval_labels="input"),
+        optional=_DACS, task_type="segmentation", applies_to=_ROAD_SETS, steps=250000),
+    "dacs_synthia": Preset(
+        description="DACS's SYNTHIA -> Cityscapes recipe (as dacs_gta5, SYNTHIA at 1280x760)",
+        required=_road("1280x760", crop_size="512x512", batch_size=2, poly_steps=0,
+                       eval_labels="input"),
+        optional=_DACS, task_type="segmentation", applies_to=_ROAD_SETS, steps=250000),
+    # AdaptSegNet (Tsai et al., CVPR 2018; wasidennis/AdaptSegNet train_gta2cityscapes_multi.py):
+    # source 1280x720 (SYNTHIA 1280x760), target 1024x512, no crop, no flip, batch 1 + 1, poly
+    # decay over 250k iterations stopped at 150k; evaluation on the 500 val images with the
+    # predictions upsampled to the full 2048x1024 labels (evaluate_cityscapes.py).
+    "adaptsegnet_gta5": Preset(
+        description="AdaptSegNet's GTA5 -> Cityscapes recipe (full images, batch 1, 150k of 250k it.)",
+        required=_road("1280x720", crop_size="none", batch_size=1, poly_steps=250000,
+                       eval_labels="full"),
+        optional=_ADAPTSEGNET, task_type="segmentation", applies_to=_ROAD_SETS, steps=150000),
+    "adaptsegnet_synthia": Preset(
+        description="AdaptSegNet's SYNTHIA -> Cityscapes recipe (as adaptsegnet_gta5, 1280x760)",
+        required=_road("1280x760", crop_size="none", batch_size=1, poly_steps=250000,
+                       eval_labels="full"),
+        optional=_ADAPTSEGNET, task_type="segmentation", applies_to=_ROAD_SETS, steps=150000),
 }
 
 
@@ -64,7 +116,9 @@ def preset_hparams(name: str, algorithm: str, dataset: str | Any) -> dict[str, A
         raise UnknownNameError("hparams preset", name, PRESETS)
     preset = PRESETS[name]
     from shiftbench.algorithms import get_algorithm_class
+    from shiftbench.algorithms.base import algorithm_for_task_type
 
+    algorithm = algorithm_for_task_type(algorithm, preset.task_type)  # DACS -> SegDACS
     task_types = get_algorithm_class(algorithm).TASK_TYPES
     if preset.task_type not in task_types:
         raise ShiftbenchError(
@@ -78,7 +132,7 @@ def preset_hparams(name: str, algorithm: str, dataset: str | Any) -> dict[str, A
         raise ShiftbenchError(
             f"hparams preset {name!r} does not apply to {algorithm} on {info.name} (input shape "
             f"{info.input_shape}): it sets {', '.join(missing)}, which that configuration does "
-            "not have (the network hparam exists for images of at most 32x32)")
+            f"not have (the preset is for {preset.applies_to})")
     values = dict(preset.required)
     values.update({k: v for k, v in preset.optional.items() if k in space})
     return values

@@ -107,3 +107,21 @@ def make_splits(
         splits.append(EnvSplits(*(torch.as_tensor(a, dtype=torch.long)
                                   for a in (in_, out, uda, lab, lab_val))))
     return splits
+
+
+def apply_fixed_splits(splits: list[EnvSplits], environments: Sequence, test_envs: Sequence[int],
+                       task: str | Setting = DG) -> list[EnvSplits]:
+    """Replace the seeded splits of a test environment that brings its own (an environment's
+    `fixed_splits(unlabeled_target)` returning {"in", "out", "uda"} index arrays, e.g.
+    Cityscapes' official train / val under `target_split=official`)."""
+    setting = get_setting(task)
+    for i in test_envs:
+        own = getattr(environments[i], "fixed_splits", None)
+        fixed = own(setting.unlabeled_target) if own is not None else None
+        if fixed is None:
+            continue
+        if setting.few_shot_target:
+            raise ShiftbenchError(f"environment {i} brings its own splits (e.g. target_split="
+                                  f"official), which --task {setting} (labeled target shots) cannot use")
+        splits[i] = EnvSplits(*(torch.as_tensor(fixed[k], dtype=torch.long) for k in ("in", "out", "uda")))
+    return splits

@@ -25,7 +25,7 @@ from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import DatasetInfo, check_protocol, resolve_hparams
 from shiftbench.seeds import seed_everything
 from shiftbench.setting import Setting, get_setting
-from shiftbench.splits import EnvSplits, make_splits
+from shiftbench.splits import EnvSplits, apply_fixed_splits, make_splits
 from shiftbench.trial_record import TrialSpec, validate_options
 
 _NORMALIZED = "_shiftbench_normalized"
@@ -172,6 +172,7 @@ def build_trial(spec: TrialSpec) -> Trial:
     splits = make_splits(env_labels, spec.test_envs, spec.trial_seed, spec.holdout_fraction,
                          spec.setting, spec.resolved_uda_fraction(), spec.target_shots,
                          dataset.num_classes)
+    splits = apply_fixed_splits(splits, dataset.datasets, spec.test_envs, spec.setting)
     train_envs = (list(spec.source_envs) if spec.source_envs is not None
                   else [i for i in range(len(dataset)) if i not in spec.test_envs])
     unused_envs = [i for i in range(len(dataset)) if i not in train_envs and i not in spec.test_envs]

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from shiftbench.datasets.base import register_dataset
@@ -69,12 +68,21 @@ CITYSCAPES_TO_TRAIN19 = {lid: train for _, lid, train in CITYSCAPES_LABELS if tr
 
 
 class SegmentationFiles(Dataset):
-    """(image, label) file pairs decoded on access, resized to `size` = (H, W)."""
+    """(image, label) file pairs decoded on access.
+
+    Evaluation items are resized to `size` = (H, W) (labels too unless `full_labels`); training
+    items (`train[i]` true) follow the protocol (`shiftbench.datasets.road_protocol`): resized
+    to `train_size` (default `size`), then randomly cropped to `crop` and flipped when `flip`."""
 
     def __init__(self, pairs: Sequence[tuple[Path, Path]], table: np.ndarray, size: tuple[int, int],
-                 read_label, name: str = ""):
+                 read_label, name: str = "", train: Sequence[bool] | None = None,
+                 train_size: tuple[int, int] | None = None, crop: tuple[int, int] | None = None,
+                 flip: bool = False, full_labels: bool = False):
         self.pairs, self.table, self.size, self.read_label = list(pairs), table, size, read_label
         self.name = name
+        self.train = np.zeros(len(self.pairs), bool) if train is None else np.asarray(train, bool)
+        self.train_size, self.crop, self.flip, self.full_labels = train_size or size, crop, flip, full_labels
+        self.fixed: dict[str, np.ndarray] | None = None  # official splits, see `fixed_splits`
         # the engine's splits need only the number of examples
         self.targets = np.zeros(len(self.pairs), np.int64)
 
@@ -84,17 +92,31 @@ class SegmentationFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image
 
+        from shiftbench.datasets.road_protocol import random_crop_flip, resize_pair
+
         image_path, label_path = self.pairs[i]
         with Image.open(image_path) as im:
             x = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy())
         raw = self.read_label(label_path)
         y = torch.from_numpy(self.table[raw.astype(np.int64).clip(0, 255)])
         x = x.permute(2, 0, 1).float().div_(255)
-        if tuple(x.shape[1:]) != self.size:
-            x = F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False)[0]
-        if tuple(y.shape) != self.size:
-            y = F.interpolate(y[None, None].float(), size=self.size, mode="nearest")[0, 0].byte()
+        if self.train[i]:
+            x, y = resize_pair(x, y, self.train_size)
+            x, y = random_crop_flip(x, y, self.crop, self.flip)
+        else:
+            x, _ = resize_pair(x, y[:1, :1], self.size)
+            if not self.full_labels:
+                _, y = resize_pair(x[:, :1, :1], y, self.size)
         return x, y.long()
+
+    def fixed_splits(self, unlabeled_target: bool) -> dict[str, np.ndarray] | None:
+        """The environment's own splits when it is a test environment (the engine's hook), or
+        None for the seeded ones: `in` = the evaluation images, `uda` = the training images when
+        the setting has an unlabeled target split, `out` empty."""
+        if self.fixed is None:
+            return None
+        return {"in": self.fixed["val"], "out": np.zeros(0, np.int64),
+                "uda": self.fixed["train"] if unlabeled_target else np.zeros(0, np.int64)}
 
 
 def read_label_ids(path: Path) -> np.ndarray:
@@ -163,26 +185,46 @@ def _check_pairs(pairs, what: str):
 
 class _RoadScenes(SegmentationDataset):
     """Two-domain real benchmark under `--data-dir`: `<root>/<SOURCE_DIR>` and
-    `<root>/cityscapes`."""
+    `<root>/cityscapes`, read under the protocol hparams of `road_protocol`."""
 
     INPUT_SHAPE = (3, 512, 1024)
     N_STEPS = 40001
     CHECKPOINT_FREQ = 2000
     N_WORKERS = None
     SOURCE_DIR = ""
+    ROAD_PROTOCOL = True
 
     def __init__(self, root, test_envs, hparams):
+        from shiftbench.datasets.road_protocol import parse_size
+
         super().__init__(root, test_envs, hparams)
         if not root:
             raise ShiftbenchError(f"{type(self).__name__} needs --data-dir holding {self.SOURCE_DIR}/ "
                                   "and cityscapes/")
         base, size = Path(root), tuple(self.INPUT_SHAPE[1:])
+        hp = {"source_size": "input", "target_size": "input", "crop_size": "none", "random_flip": False,
+              "target_split": "seeded", "eval_labels": "input", **dict(hparams or {})}
+        crop, flip = parse_size(hp["crop_size"], "crop_size"), bool(hp["random_flip"])
+        official = hp["target_split"] == "official"
         source_pairs, source_table, reader = self.source(base / self.SOURCE_DIR)
         city_table = label_table(CITYSCAPES_TO_TRAIN19, self.CLASSES)
+        train_pairs = cityscapes_pairs(base / "cityscapes", ("train",))
+        val_pairs = cityscapes_pairs(base / "cityscapes", ("val",))
+        n_train = len(train_pairs)
+        city = SegmentationFiles(
+            train_pairs + val_pairs, city_table, size, read_label_ids, "cityscapes",
+            train=[official and i < n_train for i in range(n_train + len(val_pairs))],
+            train_size=parse_size(hp["target_size"], "target_size"), crop=crop, flip=flip,
+            full_labels=hp["eval_labels"] == "full")
+        if official:
+            city.fixed = {"train": np.arange(n_train), "val": np.arange(n_train, len(city))}
         self.datasets = [
-            SegmentationFiles(source_pairs, source_table, size, reader, self.ENVIRONMENTS[0]),
-            SegmentationFiles(cityscapes_pairs(base / "cityscapes"), city_table, size,
-                              read_label_ids, "cityscapes"),
+            SegmentationFiles(source_pairs, source_table, size, reader, self.ENVIRONMENTS[0],
+                              train=[crop is not None or hp["source_size"] != "input" or flip]
+                              * len(source_pairs),
+                              train_size=parse_size(hp["source_size"], "source_size"), crop=crop,
+                              flip=flip),
+            city,
         ]
 
     def source(self, path: Path):

@@ -95,7 +95,8 @@ def test_preset_values_and_precedence():
         preset_hparams("dann_digit", "ERM", DIGITS)
     with pytest.raises(ShiftbenchError, match="network"):
         preset_hparams("dann_digits", "ERM", DatasetInfo("V", (8,), 3))
-    assert set(PRESETS) == {"dann_digits"}
+    assert set(PRESETS) == {"dann_digits", "dacs_gta5", "dacs_synthia", "adaptsegnet_gta5",
+                            "adaptsegnet_synthia"}
 
 
 def test_annealing_is_ganins_schedule():
