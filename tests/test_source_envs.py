@@ -4,6 +4,7 @@ evaluated and recorded, never trained on; target labels reach only settings enti
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from shiftbench.trainer import TrainArgs, train
 
 QUIET = {"log": lambda msg: None, "progress": False}
 MARK = 7  # feature 7 of every input holds its domain's index (NaN for the poisoned domain)
+INDEX = 6  # feature 6 holds the example's index within its domain
 
 
 class Marked(MultiDomainDataset):
@@ -38,6 +40,7 @@ class Marked(MultiDomainDataset):
             y = torch.arange(60) % 3
             x = torch.randn((60, 8), generator=g) + y[:, None]
             x[:, MARK] = float(e)
+            x[:, INDEX] = torch.arange(60, dtype=torch.float)
             if e == 2:
                 x[:] = float("nan")
             self.datasets.append(TensorDomain(x, y, name=self.ENVIRONMENTS[e]))
@@ -179,3 +182,105 @@ def test_sweep_toml_source_envs_and_protocol(tmp_path, registered):
     path.write_text('datasets = ["Marked"]\n[source_envs]\nMarked = "b"\n')
     with pytest.raises(SpecError, match="line 3"):
         load_spec(path, validate=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Round hooks: what `on_round(target_batches)` receives is checked like what `update` receives.
+
+ROUND_ALGORITHMS = {  # every round-based uda algorithm, with hparams that make a round happen
+    "CBST": {"cbst_source_fraction": 0.5, "cbst_rounds": 2},
+    "CRST": {"cbst_source_fraction": 0.5, "cbst_rounds": 2},
+    "TPLD": {"cbst_source_fraction": 0.5, "cbst_rounds": 2, "tpld_hard_rounds": 1},
+    "SHOT": {"shot_source_fraction": 0.5, "shot_rounds": 2},
+    "AdaBN": {},
+}
+
+
+def _round_spy(monkeypatch, name: str) -> tuple[list[dict], dict]:
+    """Patch `name`'s `on_round` to record the domain marks, example indices and finiteness of
+    every batch its `target_batches()` yields (then run the real hook on the same batches), and
+    capture the trial the trainer builds (its splits say what the hook may see)."""
+    from shiftbench import trial as trial_module
+    from shiftbench.algorithms import get_algorithm_class
+
+    cls = get_algorithm_class(name)
+    real_hook = cls.on_round
+    calls: list[dict] = []
+
+    def on_round(self, target_batches):
+        seen = {"marks": set(), "indices": [], "finite": True, "tensors": True}
+
+        def recorded():
+            for x in target_batches():
+                seen["tensors"] &= isinstance(x, torch.Tensor)
+                if isinstance(x, torch.Tensor):
+                    seen["finite"] &= bool(torch.isfinite(x).all())
+                    seen["marks"] |= set(x[:, MARK].tolist())
+                    seen["indices"] += x[:, INDEX].long().tolist()
+                yield x
+
+        out = real_hook(self, recorded)
+        calls.append(seen)
+        return out
+
+    monkeypatch.setattr(cls, "on_round", on_round)
+    built: dict = {}
+    real_build = trial_module.build_trial
+
+    def build(spec):
+        built["trial"] = real_build(spec)
+        return built["trial"]
+
+    monkeypatch.setattr(trial_module, "build_trial", build)
+    return calls, built
+
+
+def check_round_inputs(calls: list[dict], trial) -> None:
+    """The hook saw only the unlabeled target split, all of it, as input tensors: no source or
+    unused domain, no held-out target example, no labels."""
+    used = [c for c in calls if c["indices"]]
+    assert used, "no round hook iterated over the target batches"
+    uda = sorted(trial.splits[1].uda.tolist())
+    for call in used:
+        assert call["tensors"], "a round hook received something other than input tensors"
+        assert call["finite"], "an input of the poisoned domain reached a round hook"
+        assert call["marks"] == {1.0}, f"round hook saw domains {sorted(call['marks'])}"
+        # the whole split, each example as often as the others (AdaBN passes once per BN layer)
+        counts = Counter(call["indices"])
+        assert sorted(counts) == uda and len(set(counts.values())) == 1, \
+            "round hook saw other examples than the uda split"
+
+
+@pytest.mark.parametrize("name", sorted(ROUND_ALGORITHMS))
+def test_round_hooks_see_only_the_unlabeled_target(tmp_path, registered, monkeypatch, name):
+    calls, built = _round_spy(monkeypatch, name)
+    hparams = {"batch_size": 8, "mlp_width": 16, **ROUND_ALGORITHMS[name]}
+    train(_args(tmp_path, algorithm=name, task="uda", steps=6, hparams=json.dumps(hparams)),
+          **QUIET)
+    check_round_inputs(calls, built["trial"])
+
+
+@pytest.mark.parametrize("leak", ["source domain", "unused domain", "held-out target", "labels"])
+def test_a_leak_in_the_round_hook_supply_is_caught(tmp_path, registered, monkeypatch, leak):
+    """The check above fails on a leak planted where round hooks get their batches."""
+    from shiftbench import loop
+    from shiftbench.data import eval_batches
+
+    def leaky(trial, batch_size):
+        yield from loop_target_batches(trial, batch_size)
+        env, split = {"source domain": (0, "in_"), "unused domain": (3, "in_"),
+                      "held-out target": (1, "in_"), "labels": (1, "uda")}[leak]
+        for x, y in eval_batches(trial.dataset[env], getattr(trial.splits[env], split), 256):
+            yield (x, y) if leak == "labels" else x
+
+    loop_target_batches = loop._target_batches
+    monkeypatch.setattr(loop, "_target_batches", leaky)
+    calls, built = _round_spy(monkeypatch, "CBST")
+    hparams = {"batch_size": 8, "mlp_width": 16, **ROUND_ALGORITHMS["CBST"]}
+    try:
+        train(_args(tmp_path, algorithm="CBST", task="uda", steps=6, hparams=json.dumps(hparams)),
+              **QUIET)
+    except Exception:  # noqa: BLE001 - a leak the algorithm chokes on is caught as well
+        return
+    with pytest.raises(AssertionError):
+        check_round_inputs(calls, built["trial"])
