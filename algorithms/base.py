@@ -147,6 +147,12 @@ class Algorithm(nn.Module):
         "mlp_depth": _only_vector(HParam(3, Choice([3, 4, 5]), low=2)),
         "mlp_dropout": _only_vector(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
         "network": lambda ds: _small_network(ds, domainbed=False),
+        "network_init": _only_small(HParam("torch", None, choices=("torch", "he"), variant=True,
+                                           help=("dann_digits network: PyTorch's default "
+                                                 "initialisation or He's (ReLU) for its conv "
+                                                 "and hidden head layers"))),
+        "input_center": _only_small(HParam(False, None, variant=True, help=(
+            "dann_digits network: map [0, 1] inputs to [-1, 1] (TLlib's digits normalisation)"))),
         "optimizer": HParam("adam", None, choices=OPTIMIZERS, variant=True, help=(
             "optimizer of make_optimizer: adam (DomainBed) or sgd (momentum `momentum`)")),
         "momentum": HParam(0.9, None, low=0.0, high=1.0, help="SGD momentum (optimizer sgd)"),

@@ -63,7 +63,8 @@ def classifier_head(n_inputs: int, n_outputs: int, hparams: Mapping[str, Any]) -
     """The label head the hparams prescribe: `networks.Classifier` with `nonlinear_classifier`
     and the hidden widths of the `network` (`networks.head_hidden`)."""
     return networks.Classifier(n_inputs, n_outputs, hparams["nonlinear_classifier"],
-                               hidden=networks.head_hidden(hparams))
+                               hidden=networks.head_hidden(hparams),
+                               init=str(hparams.get("network_init", "torch")))
 
 
 def entropy(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -131,6 +131,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
             ns.steps = PRESETS[ns.hparams_preset].steps
     args = spec_from_flags(ns, task=task,
                            hparams=merge_backbone_flags(hparams, ns.backbone, ns.weights))
+    if args.da_mode is None:  # the preset's mode (dann_digits: transductive)
+        from shiftbench.presets import default_da_mode
+
+        args.da_mode = default_da_mode(ns.hparams_preset, task)
     from shiftbench.loggers import make_loggers
 
     records = train(args, progress=ns.progress,

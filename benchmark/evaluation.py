@@ -59,8 +59,21 @@ def evaluator_for(task_type: str) -> Evaluator:
 
 
 def evaluate(trial: Trial) -> dict[str, float]:
-    """The record entries of the current model, by the dataset's task type's evaluator."""
-    return evaluator_for(task_type_of(trial.dataset))(trial)
+    """The record entries of the current model, by the dataset's task type's evaluator.
+
+    In the transductive mode a test environment's `in` split is its `uda` split (the same
+    tensor): it is scored once, and each `env{t}_uda_<metric>` that every split has (those of
+    `out`) is also recorded as `env{t}_in_<metric>`."""
+    scores = evaluator_for(task_type_of(trial.dataset))(trial)
+    for i in trial.args.test_envs:
+        if trial.splits[i].in_ is not trial.splits[i].uda:
+            continue
+        prefix = f"env{i}_out_"
+        for key in [k for k in scores if k.startswith(prefix)]:
+            metric = key[len(prefix):]
+            if f"env{i}_uda_{metric}" in scores:
+                scores[f"env{i}_in_{metric}"] = scores[f"env{i}_uda_{metric}"]
+    return scores
 
 
 def scored_splits(trial: Trial) -> Iterator[tuple[int, Any, str, torch.Tensor, bool]]:
@@ -75,6 +88,8 @@ def scored_splits(trial: Trial) -> Iterator[tuple[int, Any, str, torch.Tensor, b
                 continue
             if split_name == "in" and is_source and args.eval_splits == "selection":
                 continue  # no selection rule reads a training domain's training split
+            if split_name == "in" and idx is trial.splits[i].uda:
+                continue  # transductive: `in` is the `uda` split, scored once (`evaluate`)
             adapt = is_test and trial.setting.adapts_at_test and split_name in ("in", "out")
             yield i, env, split_name, idx, adapt
 

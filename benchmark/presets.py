@@ -8,12 +8,16 @@ values and grids) are applied on top of the preset.
   Networks (JMLR 2016, section 5.2.2 and Fig. 4a): the network `dann_digits` (two 5x5 conv blocks
   with 32 and 48 channels and 2x2 max-pooling, label head 100-100, domain classifier with one
   hidden layer of 100), SGD with momentum 0.9, learning rate mu_p = 0.01 / (1 + 10 p)^0.75 and
-  batches of 64 source + 64 target examples; the adversarial weight follows
+  batches of 64 source + 64 target examples, He initialisation and inputs centred to [-1, 1]
+  (`network_init`, `input_center`; the paper states neither: without them source-only training
+  stalls at chance on the coloured domains, docs/reproductions.md); the adversarial weight follows
   lambda_p = 2 / (1 + exp(-10 p)) - 1 (DANN, CDANN, CDAN(+E), BSP: their own schedules with
   gamma = 10). Every learning rate an algorithm declares (`lr`, `lr_g`, `lr_d`, `lr_target`) is
   set to 0.01 and annealed; every domain classifier width (`disc_width`) to 100 and, where the
   depth is an hparam, to one hidden layer. Algorithms that bring their own head keep it (SHOT's
-  256-d bottleneck and weight-normalised classifier, MME's cosine classifier).
+  256-d bottleneck and weight-normalised classifier, MME's cosine classifier). In uda/ssda its
+  trials are transductive by default (`da_mode`, shiftbench.splits): the algorithm adapts on the
+  whole target domain and is tested on it, as the paper reports MNIST-M.
 * `dacs_gta5`, `dacs_synthia`, `adaptsegnet_gta5`, `adaptsegnet_synthia` - the road-scene
   segmentation recipes of DACS (Tranheden et al., WACV 2021) and AdaptSegNet (Tsai et al., CVPR
   2018) as their released code runs them: DeepLab-v2 with SGD 2.5e-4 (head 10x), momentum 0.9,
@@ -42,6 +46,8 @@ class Preset:
     required: Mapping[str, Any]
     optional: Mapping[str, Any] = field(default_factory=dict)
     task_type: str = "classification"
+    # the trial's `da_mode` when the preset is used in a uda/ssda setting and none is given
+    da_mode: str = "inductive"
     applies_to: str = "images of at most 32x32 (the network hparam)"
     steps: int | None = None  # the paper's iterations: `train`'s default --steps under the preset
 
@@ -65,7 +71,7 @@ PRESETS: dict[str, Preset] = {
         description="DANN paper's MNIST network and SGD protocol (Ganin et al., JMLR 2016)",
         required={"network": "dann_digits", "optimizer": "sgd", "momentum": 0.9, "lr": 0.01,
                   "lr_schedule": "dann", "weight_decay": 0.0, "batch_size": 64,
-                  "nonlinear_classifier": False},
+                  "nonlinear_classifier": False, "network_init": "he", "input_center": True},
         optional={
             # DANN / CDANN: the paper's reversal scheme with its own SGD switch
             "dann_scheme": "reversal", "dann_optimizer": "sgd", "lambda": 1.0,
@@ -76,6 +82,7 @@ PRESETS: dict[str, Preset] = {
             # CDAN, CDAN+E, BSP: the same lambda schedule; ADDA, GAM: SGD-sized target lr
             "grl_gamma": 10.0, "lr_target": 0.01,
         },
+        da_mode="transductive",  # as the paper: adapt on, and report on, the whole target
     ),
     # DACS (Tranheden et al., WACV 2021; vikolss/DACS configUDA.json, trainUDA.py): source resized
     # to 1280x720 (SYNTHIA 1280x760), Cityscapes train to 1024x512, random 512x512 crops of both,
@@ -136,6 +143,24 @@ def preset_hparams(name: str, algorithm: str, dataset: str | Any) -> dict[str, A
     values = dict(preset.required)
     values.update({k: v for k, v in preset.optional.items() if k in space})
     return values
+
+
+def default_da_mode(preset: str | None, task: str, from_suite: bool = False) -> str:
+    """The `da_mode` a trial gets when none is given: transductive for a uda/ssda trial of a DA
+    task suite (`from_suite`) or of a preset that says so, inductive otherwise (also where
+    the mode does not apply)."""
+    from shiftbench.setting import get_setting
+    from shiftbench.trial_record import INDUCTIVE, TRANSDUCTIVE
+
+    if not get_setting(task).unlabeled_target:
+        return INDUCTIVE
+    if from_suite:
+        return TRANSDUCTIVE
+    if preset is None:
+        return INDUCTIVE
+    if preset not in PRESETS:
+        raise UnknownNameError("hparams preset", preset, PRESETS)
+    return PRESETS[preset].da_mode
 
 
 def with_preset(name: str | None, algorithm: str, dataset: str | Any,

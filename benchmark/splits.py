@@ -11,6 +11,14 @@ those, are drawn from what then remains with `seed_hash(trial_seed, i, "val_shot
 `lab_val`: the labeled target validation split of the few-label `target` selection rule (never
 given to the algorithm). Test accuracy is always measured on what is left of `in`, so it never
 includes an example the algorithm saw or that selection validated on.
+
+That is the **inductive** mode (`da_mode="inductive"`, the default of a plain trial). The
+**transductive** mode (`transductive=True`; the default of the DA task suites and presets) is how
+DA papers run: the algorithm adapts on the whole target domain and is tested on those same
+images. For each test environment `uda` is then every index not in `lab`/`lab_val`, and `in` *is*
+that same tensor (so `env{t}_in_acc`, what selection reports, equals `env{t}_uda_acc`); `out` is
+drawn exactly as in the inductive mode (the same examples at a trial seed) and stays the labeled
+target validation split of the oracle rule, although the algorithm saw those images unlabeled.
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ def make_splits(
     uda_holdout_fraction: float = 0.0,
     target_shots: int = 0,
     num_classes: int = 0,
+    transductive: bool = False,
 ) -> list[EnvSplits]:
     """The splits of every environment; identical for every algorithm given the same seeds."""
     setting = get_setting(task)
@@ -104,22 +113,35 @@ def make_splits(
             lab_val = few_shot_indices(labels, in_, target_shots, num_classes,
                                        seed_hash(trial_seed, i, "val_shots"))
             in_ = np.setdiff1d(in_, lab_val)
+        if i in test_envs and transductive:
+            if not setting.unlabeled_target:
+                raise ShiftbenchError(f"the transductive mode needs an unlabeled target split; "
+                                      f"--task {setting} has none")
+            whole = np.setdiff1d(keys, np.concatenate([lab, lab_val]))
+            t = torch.as_tensor(whole, dtype=torch.long)
+            splits.append(EnvSplits(t, torch.as_tensor(out, dtype=torch.long), t,
+                                    *(torch.as_tensor(a, dtype=torch.long) for a in (lab, lab_val))))
+            continue
         splits.append(EnvSplits(*(torch.as_tensor(a, dtype=torch.long)
                                   for a in (in_, out, uda, lab, lab_val))))
     return splits
 
 
 def apply_fixed_splits(splits: list[EnvSplits], environments: Sequence, test_envs: Sequence[int],
-                       task: str | Setting = DG) -> list[EnvSplits]:
+                       task: str | Setting = DG, transductive: bool = False) -> list[EnvSplits]:
     """Replace the seeded splits of a test environment that brings its own (an environment's
     `fixed_splits(unlabeled_target)` returning {"in", "out", "uda"} index arrays, e.g.
-    Cityscapes' official train / val under `target_split=official`)."""
+    Cityscapes' official train / val under `target_split=official`); those have their own test
+    split, so the transductive mode refuses them."""
     setting = get_setting(task)
     for i in test_envs:
         own = getattr(environments[i], "fixed_splits", None)
         fixed = own(setting.unlabeled_target) if own is not None else None
         if fixed is None:
             continue
+        if transductive:
+            raise ShiftbenchError(f"environment {i} brings its own test split (e.g. target_split="
+                                  "official): use --da-mode inductive")
         if setting.few_shot_target:
             raise ShiftbenchError(f"environment {i} brings its own splits (e.g. target_split="
                                   f"official), which --task {setting} (labeled target shots) cannot use")

@@ -26,7 +26,7 @@ from shiftbench.hparams_registry import DatasetInfo, check_protocol, resolve_hpa
 from shiftbench.seeds import seed_everything
 from shiftbench.setting import Setting, get_setting
 from shiftbench.splits import EnvSplits, apply_fixed_splits, make_splits
-from shiftbench.trial_record import TrialSpec, validate_options
+from shiftbench.trial_record import INDUCTIVE, TrialSpec, validate_options
 
 _NORMALIZED = "_shiftbench_normalized"
 
@@ -75,6 +75,18 @@ def normalize(spec: TrialSpec) -> TrialSpec:
             names = ", ".join(f"{i} ({dataset_cls.ENVIRONMENTS[i]})" for i in both)
             raise ShiftbenchError(f"environment(s) {names} given in both --source-envs "
                                   f"{source_envs} and --test-envs {test_envs}")
+    da_mode = spec.da_mode
+    if spec.transductive:
+        if not setting.unlabeled_target:
+            raise ShiftbenchError(
+                f"--da-mode transductive needs a setting with an unlabeled target split (uda, "
+                f"ssda); --task {setting.name} has none: use --da-mode inductive")
+        if spec.uda_holdout_fraction is not None:
+            raise ShiftbenchError(
+                f"--uda-holdout-fraction {spec.uda_holdout_fraction} applies to --da-mode "
+                "inductive; --da-mode transductive adapts on the whole target domain")
+    elif setting.unlabeled_target:
+        da_mode = INDUCTIVE  # records say which mode produced them
     if spec.image_cache and not dataset_cls.IMAGE_CACHE:
         from shiftbench.datasets.folder import IMAGE_FOLDER_DATASETS
 
@@ -91,7 +103,8 @@ def normalize(spec: TrialSpec) -> TrialSpec:
         check_weights(hparams, tuple(dataset_cls.INPUT_SHAPE))
         weights_sha256 = file_sha256(hparams["weights"])
     out = dataclasses.replace(spec, task=setting.name, protocol=protocol, test_envs=test_envs,
-                              source_envs=source_envs, weights_sha256=weights_sha256)
+                              source_envs=source_envs, weights_sha256=weights_sha256,
+                              da_mode=da_mode)
     setattr(out, _NORMALIZED, True)
     return out
 
@@ -171,8 +184,9 @@ def build_trial(spec: TrialSpec) -> Trial:
     env_labels = [_labels_of(env) for env in dataset.datasets]
     splits = make_splits(env_labels, spec.test_envs, spec.trial_seed, spec.holdout_fraction,
                          spec.setting, spec.resolved_uda_fraction(), spec.target_shots,
-                         dataset.num_classes)
-    splits = apply_fixed_splits(splits, dataset.datasets, spec.test_envs, spec.setting)
+                         dataset.num_classes, transductive=spec.transductive)
+    splits = apply_fixed_splits(splits, dataset.datasets, spec.test_envs, spec.setting,
+                                transductive=spec.transductive)
     train_envs = (list(spec.source_envs) if spec.source_envs is not None
                   else [i for i in range(len(dataset)) if i not in spec.test_envs])
     unused_envs = [i for i in range(len(dataset)) if i not in train_envs and i not in spec.test_envs]

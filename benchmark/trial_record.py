@@ -78,6 +78,14 @@ def _canonical_hparams(value: Any) -> Any:
     return canonical_hparams(value)
 
 
+INDUCTIVE, TRANSDUCTIVE = "inductive", "transductive"  # the `da_mode` values
+
+
+def _canonical_da_mode(value: Any) -> Any:
+    """Unset (None) and `inductive` are one trial: records made before the option are inductive."""
+    return None if value == INDUCTIVE else value
+
+
 @dataclass
 class TrialSpec:
     """Every input of one trial. `shiftbench.trial.normalize` checks and canonicalises it once.
@@ -140,6 +148,12 @@ class TrialSpec:
     source_envs: list[int] | None = option(
         None, "environments trained on, by index or name (default: every environment not in "
         "--test-envs); the others are evaluated but never trained on", environments=True)
+    da_mode: str | None = option(
+        None, "uda/ssda: transductive (adapt on the whole target domain and test on those "
+        "images, as DA papers) or inductive (adapt on part of it, test on the rest); default: "
+        "transductive with a DA preset (dann_digits) or task suite (sweep --tasks), else "
+        "inductive", choices=(INDUCTIVE, TRANSDUCTIVE), sweep=True, recorded=True,
+        in_settings=lambda setting: setting.unlabeled_target, canonical=_canonical_da_mode)
     weights_sha256: str | None = option(
         None, "SHA-256 of the `weights` hparam's file, set by `normalize` and by sweep jobs (a "
         "changed file: a new trial)", flag=False)
@@ -152,6 +166,11 @@ class TrialSpec:
     def resets_adaptation_per_batch(self) -> bool:
         """Test-time adaptation restarts from the trained model after every batch (episodic)."""
         return self.tta_mode == "episodic"
+
+    @property
+    def transductive(self) -> bool:
+        """The algorithm adapts on the whole target domain and is tested on it (`da_mode`)."""
+        return self.da_mode == TRANSDUCTIVE
 
     def resolved_uda_fraction(self) -> float:
         if self.uda_holdout_fraction is not None:
@@ -281,9 +300,15 @@ _LEGACY_CHECKPOINT_FIELDS = (
 def legacy_checkpoint_identity(spec: TrialSpec) -> dict[str, Any]:
     """What checkpoints written before this module stored as their identity (all fields but the
     paths), so that they stay resumable."""
+    options = trial_options()
+
+    def changed(name: str, value: Any) -> bool:
+        canonical = options[name].declaration.canonical
+        return (canonical(value) if canonical else value) != _DEFAULTS[name]
+
     return {name: value for name, value in spec.to_dict().items()
             if name in _LEGACY_CHECKPOINT_FIELDS
-            or (name not in NOT_IDENTITY_KEYS and value != _DEFAULTS[name])}
+            or (name not in NOT_IDENTITY_KEYS and changed(name, value))}
 
 
 def same_identity(stored: Mapping[str, Any], spec: TrialSpec) -> bool:

@@ -8,6 +8,12 @@ a `--tasks` suite), one held-out target each. For every selection rule and setti
 * **inductive**: accuracy on the target's held-out split, which the algorithm never saw
   (`env{t}_in_acc`).
 
+Records of the transductive mode (`args.da_mode`, shiftbench.splits: the algorithm adapted on
+the whole target domain) give only the first, over the whole target domain; records of the
+inductive mode give both, the first over the part of the target they adapted on. The two modes
+are never mixed: `check_one_da_mode` refuses records of both in one (task, dataset), which
+`collect` calls before building any table.
+
 Both numbers come from the same checkpoint, the one the rule (named in the table's caption)
 selected in each trial. A cell is the mean ± standard error over trial seeds; `Avg` averages
 the tasks within each trial seed first (only seeds with every task), then over seeds.
@@ -23,6 +29,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from shiftbench.errors import ShiftbenchError
 from shiftbench.results.builders import union
 from shiftbench.results.names import order_algorithms
 from shiftbench.results.selection import Selected, get_selection_rule
@@ -68,6 +75,26 @@ def _record_at(records_by_run: dict, s: Selected) -> dict[str, Any] | None:
                                s.source_envs, s.hparams_seed, s.step))
 
 
+def da_mode_of(record: dict[str, Any]) -> str:
+    """The record's `da_mode` (records written before it existed are inductive)."""
+    return str(record["args"].get("da_mode") or "inductive")
+
+
+def check_one_da_mode(records: list[dict[str, Any]]) -> None:
+    """Refuse records of both DA modes for one (task, dataset): their target accuracies measure
+    different things (the whole domain adapted on vs a held-out part), so no table may mix them."""
+    modes: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in records:
+        modes[(r["args"]["task"], r["args"]["dataset"])][da_mode_of(r)] += 1
+    for (task, dataset), counts in sorted(modes.items()):
+        if len(counts) > 1:
+            found = ", ".join(f"{n} record(s) of da_mode {m}" for m, n in sorted(counts.items()))
+            raise ShiftbenchError(
+                f"{dataset} ({task}): the records mix DA modes ({found}); a table never mixes "
+                "transductive and inductive accuracies: collect each mode from its own "
+                "--input-dir")
+
+
 def _cell(values: list[float], ddof: int) -> Cell:
     mean, err = mean_and_error([100 * v for v in values], ddof)
     return Cell(mean, err, len(values), [100 * v for v in values])
@@ -95,6 +122,7 @@ def da_task_tables(records: list[dict[str, Any]], rules: list[str],
             lambda: {"transductive": defaultdict(lambda: defaultdict(dict)),
                      "inductive": defaultdict(lambda: defaultdict(dict))})
         tasks: dict[tuple[str, str], dict[str, tuple]] = defaultdict(dict)  # label -> task
+        whole: dict[tuple[str, str], bool] = {}  # transductive mode: `in` is the whole target
         # (task, dataset) -> algorithm -> task label -> trial -> health flags of the selected run
         health: dict[tuple[str, str], dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
         for s in selected.get(rule, []):
@@ -105,8 +133,12 @@ def da_task_tables(records: list[dict[str, Any]], rules: list[str],
             group = values[(s.task, s.dataset)]
             tasks[(s.task, s.dataset)][label] = (task_key(record, s.source_envs, s.test_env),
                                                  tuple(s.source_envs), s.test_env)
-            group["inductive"][s.algorithm][label][s.trial_seed] = s.test_acc
             health[(s.task, s.dataset)][s.algorithm][label][s.trial_seed] = tuple(s.health)
+            whole[(s.task, s.dataset)] = da_mode_of(record) == "transductive"
+            if whole[(s.task, s.dataset)]:  # the selected test accuracy is the whole target's
+                group["transductive"][s.algorithm][label][s.trial_seed] = s.test_acc
+                continue
+            group["inductive"][s.algorithm][label][s.trial_seed] = s.test_acc
             uda = record.get(f"env{s.test_env}_uda_acc")
             if isinstance(uda, (int, float)):
                 group["transductive"][s.algorithm][label][s.trial_seed] = float(uda)
@@ -117,13 +149,14 @@ def da_task_tables(records: list[dict[str, Any]], rules: list[str],
                 if not by_alg:
                     continue
                 tables.append(_table(rule, setting, dataset, split, labels, by_alg, ddof,
-                                     health[(setting, dataset)]))
+                                     health[(setting, dataset)], whole[(setting, dataset)]))
     return tables
 
 
 def _table(rule: str, setting: str, dataset: str, split: str, labels: list[str],
            by_alg: dict[str, dict[str, dict[int, float]]], ddof: int,
-           health: dict[str, dict[str, dict[int, tuple[str, ...]]]]) -> Table:
+           health: dict[str, dict[str, dict[int, tuple[str, ...]]]],
+           whole_target: bool = False) -> Table:
     algorithms = order_algorithms(list(by_alg))
     rows = []
     for alg in algorithms:
@@ -140,15 +173,19 @@ def _table(rule: str, setting: str, dataset: str, split: str, labels: list[str],
         cells[-1].health = union(health[alg][label].get(t, ()) for label in labels
                                  for t in trials)
         rows.append(cells)
-    where = ("the unlabeled target split the algorithm adapted to (transductive)"
-             if split == "transductive" else
+    where = ("the whole target domain, which the algorithm adapted to unlabeled (transductive "
+             "mode)" if whole_target else
+             "the unlabeled part of the target domain the algorithm adapted to (transductive; "
+             "inductive-mode trials)" if split == "transductive" else
              "the target's held-out split, never seen in training (inductive)")
     title_rule = get_selection_rule(rule).TITLE
     named = title_rule if f"({rule})" in title_rule else f"{title_rule} ({rule})"
     notes = [f"Model selection: {named}. Accuracy (%) on {where}; mean ± sample standard "
              f"error over trial seeds; {AVERAGE} averages the tasks within each trial seed "
              "(seeds with every task), then over seeds."]
-    return Table(KIND, f"{dataset} ({setting}), {split} target accuracy, selection: {title_rule}",
+    scope = ", whole target domain" if whole_target else ""
+    return Table(KIND, f"{dataset} ({setting}), {split} target accuracy{scope}, selection: "
+                 f"{title_rule}",
                  rule, setting, dataset, labels + [AVERAGE], algorithms, rows, notes)
 
 

@@ -75,6 +75,9 @@ def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None 
     Every run's health is checked (`results.health`) and marked on the cells of flagged
     trials; `health=True` adds the health table (every flagged run) first."""
     records = as_records(data)
+    from shiftbench.results.da_tables import check_one_da_mode
+
+    check_one_da_mode(records)  # transductive and inductive accuracies never share a table
     summary = data.summary() if isinstance(data, Sweep) else {"records": len(records)}
     notes = []
     if rules is None:

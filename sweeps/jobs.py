@@ -209,6 +209,8 @@ def enumerate_jobs(spec: SweepSpec, output_dir: str | Path, data_dir: str | None
         facts = dataset_facts(dataset)
         # the options that apply to this setting and dataset; the others at their defaults
         template = restricted(spec.trial, setting, facts)
+        if setting.unlabeled_target and template.da_mode is None:
+            template = dataclasses.replace(template, da_mode=spec.resolved_da_mode())
         steps = template.steps or facts.n_steps  # concrete, so it is hashed
         for algorithm, (_, sources, test_envs) in ((a, u) for a in spec.algorithms
                                                    for u in units if u[0] == dataset):

@@ -15,6 +15,7 @@ hparam grids/fixed values and named test-environment sets::
     precision = "bf16"
     seeding = "paired"          # paired (the shiftbench protocol's default) | domainbed (the
                                 # domainbed protocol's): how each job's `seed` is derived
+    da_mode = "inductive"       # uda/ssda (default: transductive with `tasks` or a DA preset)
 
     [hparams]                   # fixed values for every algorithm (like --hparams)
     batch_size = 32
@@ -122,6 +123,15 @@ class SweepSpec:
                 names.append(suite.dataset)
         return names
 
+    def resolved_da_mode(self) -> str:
+        """The jobs' `da_mode`: the one given, or its default, transductive for a uda/ssda sweep
+        over named task suites or with a preset that says so (`presets.default_da_mode`)."""
+        if self.trial.da_mode is not None:
+            return self.trial.da_mode
+        from shiftbench.presets import default_da_mode
+
+        return default_da_mode(self.hparams_preset, self.task, from_suite=bool(self.tasks))
+
     def grid_points(self, algorithm: str) -> list[dict[str, Any]]:
         """The hparam overrides of each job of `algorithm` (one empty dict without a grid)."""
         grid = self.grid.get(algorithm, {})
@@ -155,6 +165,14 @@ class SweepSpec:
 
         if self.seeding is not None and self.seeding not in SEEDINGS:
             raise UnknownNameError("seeding", self.seeding, SEEDINGS)
+        if self.trial.transductive and not get_setting(self.task).unlabeled_target:
+            raise SpecError(f"da_mode transductive needs a task with an unlabeled target (uda, "
+                            f"ssda), not {self.task!r}")
+        if (get_setting(self.task).unlabeled_target and self.resolved_da_mode() == "transductive"
+                and self.trial.uda_holdout_fraction is not None):
+            raise SpecError("uda_holdout_fraction applies to da_mode inductive; the transductive "
+                            "mode (the default with tasks or a DA preset) adapts on the whole "
+                            "target domain")
         if self.tasks:
             from shiftbench.sweeps.tasks import suite_tasks
 

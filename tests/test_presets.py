@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from shiftbench import networks
-from shiftbench.algorithms import get_algorithm_class, list_algorithms
+from shiftbench.algorithms import components, get_algorithm_class, list_algorithms
 from shiftbench.algorithms.base import anneal_learning_rates, make_optimizer
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.hparams_registry import DatasetInfo, resolve_hparams
@@ -158,3 +158,26 @@ def test_sweep_spec_preset(tmp_path):
     path.write_text('datasets = ["Debug28"]\nhparams_preset = "dan"\n')
     with pytest.raises(SpecError, match="dann_digits"):
         load_spec(path)
+
+
+def test_dann_digits_preset_initialises_for_relu_and_centres_inputs():
+    # PyTorch's default init and [0, 1] inputs left SGD on the ln 10 plateau (synth: 11 % after
+    # 1,000 steps); the preset draws He's initialisation and centres the inputs.
+    hp = preset_hparams("dann_digits", "ERM", DIGITS)
+    assert hp["network_init"] == "he" and hp["input_center"] is True
+    torch.manual_seed(0)
+    net = networks.Featurizer((3, 28, 28), {**hp, "network": "dann_digits"})
+    conv = net.net[0]
+    fan_in = 3 * 5 * 5
+    assert abs(conv.weight.std().item() - (2 / fan_in) ** 0.5) < 0.02
+    assert torch.count_nonzero(conv.bias) == 0
+    # a constant mid-grey image is 0 after centring: every feature is 0 (zero biases)
+    assert torch.count_nonzero(net(torch.full((1, 3, 28, 28), 0.5))) == 0
+    head = components.classifier_head(768, 10, {**hp, "network": "dann_digits"})
+    assert torch.count_nonzero(head[0].bias) == 0 and torch.count_nonzero(head[-1].bias) > 0
+    # the defaults stay PyTorch's (old records keep their meaning)
+    torch.manual_seed(0)
+    plain = networks.Featurizer((3, 28, 28), {"network": "dann_digits"})
+    assert torch.count_nonzero(plain.net[0].bias) > 0 and not plain.center
+    with pytest.raises(UnknownNameError, match="network_init"):
+        networks.DANNDigitsCNN((3, 28, 28), init="xavier")

@@ -66,7 +66,7 @@ def _stable(records, hparams_keys):
         r = {k: v for k, v in r.items() if k not in TIMING_KEYS}
         r["args"] = {k: v for k, v in r["args"].items()
                      if k not in ("output_dir", "protocol", "source_envs", "image_cache",
-                                  "weights_sha256")}
+                                  "weights_sha256", "da_mode")}
         r["hparams"] = {k: v for k, v in r["hparams"].items() if k in hparams_keys}
         out.append(r)
     return out
@@ -95,6 +95,7 @@ def test_old_sweep_resumes_to_the_uninterrupted_records(tmp_path):
     assert _stable(resumed, keys) == _stable(reference, keys)
     assert resumed[-1]["args"]["protocol"] == "shiftbench" and resumed[-1]["args"]["source_envs"] is None
     assert resumed[-1]["args"]["image_cache"] is False
+    assert resumed[-1]["args"]["da_mode"] == "inductive"  # the mode those trials ran in
     assert job_state(jobs[1].dir).state == "done"
 
 
