@@ -46,8 +46,9 @@ class Preset:
     required: Mapping[str, Any]
     optional: Mapping[str, Any] = field(default_factory=dict)
     task_type: str = "classification"
-    # the trial's `da_mode` when the preset is used in a uda/ssda setting and none is given
-    da_mode: str = "inductive"
+    # the trial's `da_mode` in a uda/ssda setting when none is given (None: the default without
+    # a preset, transductive in a task suite, else inductive)
+    da_mode: str | None = None
     applies_to: str = "images of at most 32x32 (the network hparam)"
     steps: int | None = None  # the paper's iterations: `train`'s default --steps under the preset
 
@@ -92,12 +93,12 @@ PRESETS: dict[str, Preset] = {
         description="DACS's GTA5 -> Cityscapes recipe (DeepLab-v2, 512x512 crops, batch 2, 250k it.)",
         required=_road("1280x720", crop_size="512x512", batch_size=2, poly_steps=0,
                        eval_labels="input"),
-        optional=_DACS, task_type="segmentation", applies_to=_ROAD_SETS, steps=250000),
+        optional=_DACS, task_type="segmentation", applies_to=_ROAD_SETS, da_mode="inductive", steps=250000),
     "dacs_synthia": Preset(
         description="DACS's SYNTHIA -> Cityscapes recipe (as dacs_gta5, SYNTHIA at 1280x760)",
         required=_road("1280x760", crop_size="512x512", batch_size=2, poly_steps=0,
                        eval_labels="input"),
-        optional=_DACS, task_type="segmentation", applies_to=_ROAD_SETS, steps=250000),
+        optional=_DACS, task_type="segmentation", applies_to=_ROAD_SETS, da_mode="inductive", steps=250000),
     # AdaptSegNet (Tsai et al., CVPR 2018; wasidennis/AdaptSegNet train_gta2cityscapes_multi.py):
     # source 1280x720 (SYNTHIA 1280x760), target 1024x512, no crop, no flip, batch 1 + 1, poly
     # decay over 250k iterations stopped at 150k; evaluation on the 500 val images with the
@@ -106,12 +107,14 @@ PRESETS: dict[str, Preset] = {
         description="AdaptSegNet's GTA5 -> Cityscapes recipe (full images, batch 1, 150k of 250k it.)",
         required=_road("1280x720", crop_size="none", batch_size=1, poly_steps=250000,
                        eval_labels="full"),
-        optional=_ADAPTSEGNET, task_type="segmentation", applies_to=_ROAD_SETS, steps=150000),
+        optional=_ADAPTSEGNET, task_type="segmentation", applies_to=_ROAD_SETS, da_mode="inductive",
+        steps=150000),
     "adaptsegnet_synthia": Preset(
         description="AdaptSegNet's SYNTHIA -> Cityscapes recipe (as adaptsegnet_gta5, 1280x760)",
         required=_road("1280x760", crop_size="none", batch_size=1, poly_steps=250000,
                        eval_labels="full"),
-        optional=_ADAPTSEGNET, task_type="segmentation", applies_to=_ROAD_SETS, steps=150000),
+        optional=_ADAPTSEGNET, task_type="segmentation", applies_to=_ROAD_SETS, da_mode="inductive",
+        steps=150000),
 }
 
 
@@ -146,21 +149,21 @@ def preset_hparams(name: str, algorithm: str, dataset: str | Any) -> dict[str, A
 
 
 def default_da_mode(preset: str | None, task: str, from_suite: bool = False) -> str:
-    """The `da_mode` a trial gets when none is given: transductive for a uda/ssda trial of a DA
-    task suite (`from_suite`) or of a preset that says so, inductive otherwise (also where
+    """The `da_mode` a trial gets when none is given: a uda/ssda trial gets its preset's mode
+    (dann_digits: transductive; the road-scene recipes, whose test split is Cityscapes val:
+    inductive), else transductive in a DA task suite (`from_suite`), else inductive (also where
     the mode does not apply)."""
     from shiftbench.setting import get_setting
     from shiftbench.trial_record import INDUCTIVE, TRANSDUCTIVE
 
     if not get_setting(task).unlabeled_target:
         return INDUCTIVE
-    if from_suite:
-        return TRANSDUCTIVE
-    if preset is None:
-        return INDUCTIVE
-    if preset not in PRESETS:
-        raise UnknownNameError("hparams preset", preset, PRESETS)
-    return PRESETS[preset].da_mode
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UnknownNameError("hparams preset", preset, PRESETS)
+        if PRESETS[preset].da_mode is not None:  # e.g. the road-scene recipes' official test split
+            return PRESETS[preset].da_mode
+    return TRANSDUCTIVE if from_suite else INDUCTIVE
 
 
 def with_preset(name: str | None, algorithm: str, dataset: str | Any,

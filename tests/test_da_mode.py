@@ -143,3 +143,8 @@ def test_a_transductive_trial_scores_the_whole_target_once(tmp_path):
     assert last["args"]["da_mode"] == "transductive"
     assert last["env1_in_acc"] == last["env1_uda_acc"]
     assert "env1_in_entropy" not in last  # only the accuracy-like keys every split has
+
+
+def test_a_preset_with_its_own_test_split_stays_inductive_in_a_suite():
+    assert default_da_mode("dacs_gta5", "uda", from_suite=True) == "inductive"
+    assert default_da_mode("dann_digits", "uda", from_suite=True) == "transductive"
