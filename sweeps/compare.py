@@ -44,6 +44,7 @@ class Plan:
     jobs: list[Job]
     states: dict[str, str]  # job hash -> done | running | incomplete | failed | not_launched
     cost_per_step: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def to_run(self) -> list[Job]:
@@ -77,6 +78,14 @@ def make_plan(suite: Suite, algorithm: str, baselines: list[str], store: str | P
     states = {j.hash: job_state(j.dir).state for j in jobs}
     plan = Plan(suite, algorithm, list(baselines), spec, Path(store), jobs, states)
     plan.cost_per_step = estimate_costs(plan)
+    if Path(store).is_dir():  # trials of an unpaired sweep of the same job set are not reused
+        unpaired = [j for j in enumerate_jobs(spec, store, data_dir, all_imports,
+                                              seeding="domainbed") if j.hash not in states]
+        found = sum(j.dir.is_dir() for j in unpaired)
+        if found:
+            plan.notes.append(f"{found} trial(s) of this job set in {store} were run with "
+                              "unpaired (domainbed) seeds; compare runs paired trials and does "
+                              "not reuse them")
     return plan
 
 

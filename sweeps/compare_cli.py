@@ -123,6 +123,8 @@ def compare(algorithm: str, against: Sequence[str] | None = None, suite: str = "
         echo(job_listing(plan, None if list_jobs else MAX_LISTED))
     echo(plan_table(plan))
     echo(cost_note(plan))
+    for note in plan.notes:
+        echo(f"note: {note}")
     result = CompareResult(plan)
     extra, published, notes = published_extra(plan, units, rules)
     if dry_run:

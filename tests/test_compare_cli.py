@@ -143,6 +143,25 @@ def test_da_suite_units_are_its_tasks_and_tllib_rows_apply(tmp_path, capsys):
     assert "93.8" in out  # CDAN A→W in TLlib's table
 
 
+def test_compare_runs_paired_trials_and_names_unpaired_ones_it_cannot_reuse(tmp_path):
+    from shiftbench.sweeps.compare import make_plan
+    from shiftbench.sweeps.jobs import enumerate_jobs
+    from shiftbench.sweeps.suites import get_suite
+
+    suite = get_suite("digits-dg").with_budget(n_trials=2, n_hparams=1, steps=3)
+    plan = make_plan(suite, "CORAL", ["ERM"], tmp_path)
+    seeds = {}
+    for job in plan.jobs:  # paired: one seed per (held-out set, trial seed), whatever algorithm
+        seeds.setdefault((tuple(job.args.test_envs), job.args.trial_seed), set()).add(
+            job.args.seed)
+    assert all(len(s) == 1 for s in seeds.values()) and len(seeds) == 8
+    for job in enumerate_jobs(plan.spec, tmp_path, seeding="domainbed")[:3]:
+        job.dir.mkdir(parents=True)
+    plan = make_plan(suite, "CORAL", ["ERM"], tmp_path)
+    assert len(plan.to_run) == 16
+    assert "3 trial(s) of this job set" in plan.notes[0] and "unpaired" in plan.notes[0]
+
+
 def test_list_suites(capsys):
     assert main(["list", "suites"]) == 0
     out = capsys.readouterr().out
