@@ -79,7 +79,9 @@ class CCSA(ERM):
         for gi, (a0, a1) in enumerate(groups):
             for b0, b1 in groups[gi + 1:]:
                 i, j, s = ccsa_pairs(y[a0:a1], y[b0:b1], self.hparams["ccsa_neg_per_pos"])
-                ia.append(i + a0), ib.append(j + b0), same.append(s)
+                ia.append(i + a0)
+                ib.append(j + b0)
+                same.append(s)
         if ia:
             ia, ib, same = torch.cat(ia), torch.cat(ib), torch.cat(same)
         else:  # a single domain: nothing to pair

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -187,9 +188,7 @@ def mlflow_uri(output_dir: str | os.PathLike) -> str:
     file store `mlruns/` (which MLflow 3 serves only with `MLFLOW_ALLOW_FILE_STORE=true`,
     set here for this process)."""
     folder = Path(output_dir).resolve()
-    try:
-        import sqlalchemy  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("sqlalchemy") is None:
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         return (folder / "mlruns").as_uri()
     return f"sqlite:///{folder / 'mlflow.db'}"

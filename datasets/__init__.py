@@ -10,7 +10,18 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what static tools see; at run time `__getattr__` below imports them
+    from shiftbench.datasets.base import (
+        DATASETS,
+        MultiDomainDataset,
+        TensorDomain,
+        get_dataset_class,
+        list_datasets,
+        num_environments,
+        register_dataset,
+    )
 
 __all__ = [
     "DATASETS",
