@@ -164,6 +164,7 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
         bad = {k: v for k, v in values.items() if not _is_finite(v)}
         if bad:
             store.mark_failed({"error": "non-finite loss", "step": step,
+                               "health": {"flags": ["diverged"]},
                                "values": {k: str(v) for k, v in values.items()},
                                "time": time.time()})
             raise TrainingDiverged(
@@ -197,6 +198,8 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
                 record["adaptation_start"] = adaptation_start
             if trial.unused_envs:
                 record["unused_envs"] = trial.unused_envs
+            if step == trial.n_steps - 1:  # the run's health, as the collector will judge it
+                record["health"] = _health_summary(store.read_records() + [record])
             record.update(recorded_options(spec))
             store.append_record(record)
             n_records += 1
@@ -216,15 +219,20 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
     return records
 
 
-def _log_health(records: list[dict[str, Any]], log) -> None:
-    """Say so when the finished run is flagged unhealthy (shiftbench.results.health)."""
+def _health_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """`{"flags": [...], "details": {flag: what tripped it}}` of a finished run's records
+    (shiftbench.results.health; `collect` recomputes it, so later thresholds apply to old runs)."""
     from shiftbench.results.health import run_health
 
-    if not records:
-        return
     health = run_health(records, status="done")
-    for flag in health.flags:
-        log(f"warning: run health: {flag}: {health.details[flag]}")
+    return {"flags": list(health.flags), "details": dict(health.details)}
+
+
+def _log_health(records: list[dict[str, Any]], log) -> None:
+    """Say so when the finished run is flagged unhealthy."""
+    if records and isinstance(records[-1].get("health"), dict):
+        for flag, detail in records[-1]["health"].get("details", {}).items():
+            log(f"warning: run health: {flag}: {detail}")
 
 
 def _target_batches(trial: Trial, batch_size: int):

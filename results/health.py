@@ -14,8 +14,9 @@ docs/results.md and tested on crafted records in tests/test_results_health.py):
   is the first of `CLASSIFICATION_LOSS_KEYS` recorded, else `loss` when no other loss term
   is recorded (so composite objectives are not mistaken for a cross-entropy). C is the
   record's `num_classes`, else the dataset's. Not checked on segmentation records.
-* **collapsed** — on some held-out environment t, test accuracy at the last checkpoint is at
-  least `COLLAPSE_DROP` below the run's best checkpoint. A diagnostic for the reader: it is
+* **collapsed** — on some held-out environment t, test accuracy (`env{t}_in_acc`, else the
+  unlabeled target split's `env{t}_uda_acc`) at the last checkpoint is at least
+  `COLLAPSE_DROP` below the run's best checkpoint. A diagnostic for the reader: it is
   never an input to selection (which cannot see test accuracy).
 * **selected before adaptation** — a selection rule chose a checkpoint of a phased algorithm
   from before its adaptation (`results.phases`); per rule, since each rule selects its own.
@@ -228,6 +229,8 @@ def _check_collapse(health: RunHealth, records: Sequence[dict[str, Any]]) -> Non
     metric = "miou" if _is_segmentation(records[-1]) else "acc"
     for t in health.test_envs:
         key = f"env{t}_in_{metric}"
+        if not any(key in r for r in records):  # no held-out split: the adapted-to one
+            key = f"env{t}_uda_{metric}"
         curve = [(r["step"], r[key]) for r in records if _number(r.get(key)) and math.isfinite(r[key])]
         if len(curve) < 2:
             continue

@@ -240,6 +240,8 @@ def test_trainer_records_adaptation_start_and_selection_honours_it(tmp_path, alg
     assert [r["step"] for r in records] == list(range(8))
     assert {r["adaptation_start"] for r in records} == {4}  # round(0.5 x 8)
     assert {r["num_classes"] for r in records} == {3}
+    assert "health" not in records[-2] and set(records[-1]["health"]) == {"flags", "details"}
+    assert records[-1]["health"]["flags"] == H.run_health(records, status="done").flags
     for rule in list_selection_rules():
         for s in select(records, rule, strict=False):
             assert s.step > 4, (rule, s.step)
@@ -248,3 +250,15 @@ def test_trainer_records_adaptation_start_and_selection_honours_it(tmp_path, alg
                           hparams='{"batch_size": 8, "mlp_width": 16}'),
                 log=lambda msg: None, progress=False)
     assert "adaptation_start" not in erm[-1]  # no phases: no constraint
+
+
+def test_trainer_writes_the_health_of_a_run_that_does_not_learn(tmp_path):
+    from shiftbench.trainer import TrainArgs, train
+
+    logged = []
+    records = train(TrainArgs(dataset="DebugVector", algorithm="ERM", test_envs=[0], steps=3,
+                              output_dir=str(tmp_path / "o"),
+                              hparams='{"batch_size": 8, "mlp_width": 16, "lr": 0.0}'),
+                    log=logged.append, progress=False)
+    assert records[-1]["health"]["flags"] == [H.NOT_LEARNING]  # lr 0: the untrained network
+    assert any(m.startswith("warning: run health: not learning") for m in logged)
