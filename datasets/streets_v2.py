@@ -19,7 +19,7 @@ world:
   flat panels, flat foliage, crosswalks; pastel flat shading; no terrain class.
 
 Objects are world-sized so that the rare classes cover several pixels (poles 0.35-0.5 m, signs
-1.1-1.6 m, people 0.6-0.8 m wide, placed from 3 m on) and every class is learnable at 64x128.
+1.4-2.0 m, people 0.6-0.8 m wide, placed from 3 m on) and every class is learnable at 64x128.
 Deterministic from `GENERATION_SEED`, vectorised over images (numpy), 600 images per domain,
 cached atomically under `shiftbench.paths.cache_dir()` with the generation version in the key.
 """
@@ -118,7 +118,7 @@ WORLDS = {
         sidewalk=(1.5, 3.0), curve=0.004, setback=(1.0, 4.0), side_kinds=(0.10, 0.50, 0.40),
         building_height=(6.0, 14.0), car_slots=8, p_car=0.55, car_size=(1.75, 1.45, 0.45),
         parked=True, person_slots=8, p_person=0.5, person_scale=(0.95, 1.1), pole_slots=5,
-        p_pole=0.6, p_sign=0.5, sign_shape="round", building_texture="windows",
+        p_pole=0.6, p_sign=0.75, sign_shape="round", building_texture="windows",
         vegetation_texture="speckle", road_texture="patched", clouds=True, terrain=True, hood=True,
         palette={ROAD: (0.40, 0.41, 0.44), SIDEWALK: (0.56, 0.54, 0.56), BUILDING: (0.52, 0.50, 0.48),
                  VEGETATION: (0.30, 0.40, 0.22), TERRAIN: (0.47, 0.47, 0.32), SKY: (0.72, 0.76, 0.82),
@@ -284,7 +284,7 @@ def render(world: World, n: int, rng: np.random.Generator) -> tuple[np.ndarray, 
         mask, _, _ = box(x, _col(rng.uniform(0.35, 0.5, n)), z, 0.0, pole_h)
         canvas.draw(mask & present, z, POLE, pal[POLE] * (1 - 0.3 * (v > hz)[..., None]))
         sign = present & _col(rng.random(n) < world.p_sign)
-        size = _col(rng.uniform(1.1, 1.6, n))
+        size = _col(rng.uniform(1.4, 2.0, n))
         mask, su, sv = box(x - side * 0.3, size, z - 0.05, pole_h - size - 0.1, pole_h - 0.1)
         if world.sign_shape == "round":
             shape = (su - 0.5) ** 2 + (sv - 0.5) ** 2 <= 0.25
