@@ -124,8 +124,9 @@ def load_deeplab_weights(net: nn.Module, path: str) -> bool:
     classifier, `module.` of DataParallel). Tensors that match a parameter by name and shape are
     copied, the rest skipped, as the released scripts' copy loop does (so the 21-class COCO
     head is left at its initialisation); a file that fills no backbone tensor is an error.
-    Returns True for a released (Caffe-converted) DeepLab file, whose input is BGR in 0-255
-    minus the Caffe mean."""
+    Returns True for a released (Caffe-converted) DeepLab file - neither torchvision's ImageNet
+    ResNet (which has `fc`) nor a state of ours (which has the input buffers) - whose input is
+    BGR in 0-255 minus the Caffe mean (both DACS's resnet101COCO and AdaptSegNet's init)."""
     file = Path(path)
     if not file.is_file():
         raise ShiftbenchError(f"--weights {path}: no such file")
@@ -150,7 +151,8 @@ def load_deeplab_weights(net: nn.Module, path: str) -> bool:
         raise ShiftbenchError(f"--weights {path}: no tensor matches the DeepLab-v2 ResNet-101 "
                               f"backbone (first keys: {', '.join(list(state)[:3])})")
     net.load_state_dict(loaded, strict=False)
-    return any(k.startswith(("Scale.", "layer5.", "module.layer5.")) for k in state)
+    # torchvision's ImageNet file has the fc head; our own states carry the input buffers
+    return not any(k.endswith(("fc.weight", "channels")) for k in state)
 
 
 class DeepLabV2(_Seg):
@@ -163,7 +165,8 @@ class DeepLabV2(_Seg):
     output). Initial weights: ImageNet (`resnet101_weights_path`) or a local file (`weights`:
     a DeepLab / ResNet state dict, e.g. the COCO-pretrained DeepLab-v2 DACS and AdaptSegNet
     start from; keys of the released nets, `layer5`/`layer6` classifiers, are mapped, and such
-    a file switches the input to its BGR 0-255 Caffe-mean form)."""
+    a file switches the input to its BGR 0-255 Caffe-mean form and layer2's stride to the first
+    1x1 conv, as the released nets are built)."""
 
     def __init__(self, in_channels: int, num_classes: int, pretrained: bool = True,
                  weights: str | None = None):
@@ -188,6 +191,8 @@ class DeepLabV2(_Seg):
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
         self.register_buffer("channels", torch.tensor([0, 1, 2]))
         if weights and load_deeplab_weights(self, weights):  # the Caffe DeepLab's input
+            # and its ResNet v1: layer2's stride sits on the first 1x1 conv, not on the 3x3
+            self.layer2[0].conv1.stride, self.layer2[0].conv2.stride = (2, 2), (1, 1)
             self.channels.copy_(torch.tensor([2, 1, 0]))
             self.mean.copy_(torch.tensor(CAFFE_BGR_MEAN).view(1, 3, 1, 1) / 255)
             self.std.fill_(1 / 255)

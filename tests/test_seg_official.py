@@ -178,6 +178,8 @@ def test_released_deeplab_weights_are_mapped_and_switch_to_caffe_input(tmp_path)
             self.classifier = nn.Module()
             self.classifier.branches = nn.ModuleList([nn.Conv2d(4, 19, 3)])
 
+    torch.save({"conv1.weight": torch.full((4, 3, 3, 3), 0.25)}, tmp_path / "coco.pth")
+    assert load_deeplab_weights(Tiny(), str(tmp_path / "coco.pth")) is True  # resnet101COCO's keys
     released = {"Scale.conv1.weight": torch.full((4, 3, 3, 3), 0.5),
                 "Scale.bn1.running_mean": torch.full((4,), 2.0),
                 "Scale.layer1.0.weight": torch.full((4, 4, 1, 1), 3.0),
@@ -188,7 +190,8 @@ def test_released_deeplab_weights_are_mapped_and_switch_to_caffe_input(tmp_path)
     assert load_deeplab_weights(net, str(tmp_path / "coco.pth")) is True
     assert (net.stem[0].weight == 0.5).all() and (net.stem[1].running_mean == 2).all()
     assert (net.layer1[0].weight == 3).all() and torch.equal(net.classifier.branches[0].weight, head)
-    torch.save({"conv1.weight": torch.ones(4, 3, 3, 3)}, tmp_path / "imagenet.pth")
+    torch.save({"conv1.weight": torch.ones(4, 3, 3, 3), "fc.weight": torch.ones(2, 4)},
+               tmp_path / "imagenet.pth")
     assert load_deeplab_weights(net, str(tmp_path / "imagenet.pth")) is False
     assert (net.stem[0].weight == 1).all()
     torch.save({"fc.weight": torch.ones(2, 2)}, tmp_path / "other.pth")
