@@ -148,7 +148,8 @@ def leaderboard(data, rules: Sequence[str] | None = None, baseline: str | None =
     """Every leaderboard table as a pandas DataFrame, keyed by the table's title.
 
     `what`: "mean" (accuracies in %), "err" (their standard errors), "n" (trials), "p_value"
-    (paired test against `baseline`) or "display" (the strings `collect` prints)."""
+    (paired test against `baseline`), "display" (the strings `collect` prints) or "health" (the
+    health flags of each cell's trials)."""
     return {t.title: t.to_frame(what) for t in tables(data, rules, baseline)}
 
 

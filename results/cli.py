@@ -82,8 +82,11 @@ def cmd_collect(ns: argparse.Namespace) -> int:
     if not sweep.records:
         raise ShiftbenchError(f"no records found under {ns.input_dir}")
     collection_health = None
-    if fmt == "domainbed":
+    if fmt == "domainbed":  # DomainBed's text, byte for byte: the health line goes to stderr
+        from shiftbench.results.health import sweep_health
+
         text = domainbed_format(sweep, rules, latex=ns.latex)
+        collection_health = sweep_health(sweep.records, sweep.jobs)
     else:
         baseline = "ERM" if ns.baseline is None else ns.baseline
         if baseline.lower() == "none":
@@ -100,7 +103,7 @@ def cmd_collect(ns: argparse.Namespace) -> int:
             text = render_headline(collection)
         else:
             text = render(collection, fmt)
-    if fmt == "csv" and collection_health is not None:  # CSV holds cells only
+    if fmt in ("csv", "domainbed") and collection_health is not None:  # no room in the output
         print(collection_health.summary_line(), file=sys.stderr)
     if ns.output:
         path = Path(ns.output)

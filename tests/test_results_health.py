@@ -224,6 +224,9 @@ def test_cli_health(tmp_path, capsys):
     assert main(["collect", "--input-dir", str(tmp_path), "--quiet", "--format", "csv"]) == 0
     captured = capsys.readouterr()
     assert "Health: 2 of 12 runs flagged" in captured.err and "Health" not in captured.out
+    assert main(["collect", "--input-dir", str(tmp_path), "--quiet", "--format", "domainbed"]) == 0
+    captured = capsys.readouterr()
+    assert "Health: 2 of 12 runs flagged" in captured.err and "Health" not in captured.out
 
 
 @pytest.mark.parametrize("algorithm, hparams", [
