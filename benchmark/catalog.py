@@ -17,6 +17,7 @@ looked up in the real registry instead.
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib.metadata
@@ -47,6 +48,9 @@ class AlgorithmEntry:
     summary: str
     hparams: dict[str, Any]  # every declared hparam (bases included) -> default, or UNKNOWN
     task_types: tuple[str, ...]  # the dataset task types it trains on
+    # `PHASES = PhaseSchedule(source_fraction, rounds, by_progress=...)` as (source_fraction,
+    # rounds, by_progress), None for algorithms without phases (read by results.phases)
+    phases: Any = None
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,28 @@ def _build_algorithms(modules: dict[str, Path]) -> dict[str, AlgorithmEntry]:
         out[cls.registered_as] = AlgorithmEntry(
             cls.registered_as, cls.module, tuple(settings) if settings is not UNKNOWN else UNKNOWN,
             src.attribute(cls, "PAPER", ""), summary(cls.node), src.merged_dict(cls, "HPARAMS"),
-            tuple(task_types) if task_types is not UNKNOWN else UNKNOWN)
+            tuple(task_types) if task_types is not UNKNOWN else UNKNOWN, _phases(src, cls))
     return out
+
+
+def _phases(src: SourceReader, cls: ReaderClass) -> Any:
+    """The `PhaseSchedule(...)` arguments of the class's `PHASES` (see `AlgorithmEntry.phases`)."""
+    found = src.class_attribute(cls, "PHASES")
+    if found is None:
+        return None
+    owner, expr = found
+    if not (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name)
+            and expr.func.id == "PhaseSchedule"):
+        return UNKNOWN
+    try:
+        args = [src.value(owner.module, a, owner) for a in expr.args]
+        keywords = {k.arg: src.value(owner.module, k.value, owner) for k in expr.keywords}
+    except Exception:  # noqa: BLE001 - not literal
+        return UNKNOWN
+    names = ("source_fraction", "rounds", "by_progress")
+    values = {**dict(zip(names, args)), **keywords}
+    return (values.get("source_fraction", UNKNOWN), values.get("rounds"),
+            bool(values.get("by_progress", False)))
 
 
 def _build_datasets(modules: dict[str, Path]) -> dict[str, DatasetEntry]:

@@ -30,6 +30,9 @@ def test_algorithm_index_matches_registry(registries):
         assert entry.module == cls.__module__
         assert entry.settings == tuple(cls.SETTINGS) and entry.paper == cls.PAPER, name
         assert entry.task_types == tuple(cls.TASK_TYPES), name
+        phases = getattr(cls, "PHASES", None)
+        assert entry.phases == (None if phases is None else (
+            phases.source_fraction, phases.rounds, phases.by_progress)), name
         space = cls.hparam_space(ds)
         known = {k: v for k, v in entry.hparams.items() if v is not catalog.UNKNOWN}
         for k, default in known.items():

@@ -145,8 +145,21 @@ def test_no_selected_checkpoint_precedes_adaptation():
             assert s.step > 50, (rule, s.step)
     # iid picks the best adapted checkpoint (step 51), not the source model at step 50
     assert select(records, "iid")[0].step == 51
-    unphased = [{k: v for k, v in r.items() if k != "adaptation_start"} for r in records]
-    assert select(unphased, "iid")[0].step == 50  # without the declaration: the source model
+    unphased = [{k: v for k, v in r.items() if k != "adaptation_start"}
+                | {"args": {**r["args"], "algorithm": "ERM"}} for r in records]
+    assert select(unphased, "iid")[0].step == 50  # no phases: every checkpoint is a candidate
+
+
+def test_old_records_get_the_declared_adaptation_start():
+    """Records written before `adaptation_start` was recorded: SHOT's declaration (catalog) and
+    the record's own hparams and budget give it (round(0.5 x 100) = 50)."""
+    old = [{k: v for k, v in r.items() if k != "adaptation_start"}
+           | {"hparams": {**r["hparams"], "shot_source_fraction": 0.5}} for r in phased(start=50)]
+    assert select(old, "iid")[0].step == 51
+    assert H.run_health(old).adaptation_start == 50
+    for r in old:
+        r["hparams"]["shot_source_fraction"] = 0.3  # another configuration: from step 30 on
+    assert select(old, "iid")[0].step == 50
 
 
 def test_selected_before_adaptation_flag():
@@ -265,3 +278,23 @@ def test_trainer_writes_the_health_of_a_run_that_does_not_learn(tmp_path):
                     log=logged.append, progress=False)
     assert records[-1]["health"]["flags"] == [H.NOT_LEARNING]  # lr 0: the untrained network
     assert any(m.startswith("warning: run health: not learning") for m in logged)
+
+
+def test_declared_start_equals_the_algorithms_own():
+    """results.phases computes, without torch, what each phased algorithm's PhaseSchedule does."""
+    from types import SimpleNamespace
+
+    from shiftbench.algorithms import ALGORITHMS, get_algorithm_class
+    from shiftbench.results.phases import declared_start
+
+    phased = [a for a in ALGORITHMS if getattr(get_algorithm_class(a), "PHASES", None)]
+    assert {"SHOT", "ADDA", "GAM", "CBST", "CRST", "TPLD"} <= set(phased)
+    for name in phased:
+        schedule = get_algorithm_class(name).PHASES
+        for total in (1, 7, 100, 500, 999):
+            for fraction in (0.0, 0.3, 0.5, 0.55, 1.0):
+                alg = SimpleNamespace(hparams={schedule.source_fraction: fraction},
+                                      total_steps=total)
+                record = {"args": {"algorithm": name}, "n_steps": total,
+                          "hparams": {schedule.source_fraction: fraction}}
+                assert declared_start(record) == schedule.start(alg), (name, total, fraction)
