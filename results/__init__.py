@@ -4,6 +4,7 @@
     frame = load_records("sweep_output")            # one row per record (pandas)
     board = leaderboard("sweep_output")             # one row per setting and algorithm (pandas)
     print(render(collect(read_sweep("sweep_output")), "markdown"))
+    report = sweep_health(read_sweep("sweep_output").records)  # run health (results.health)
 """
 
 from shiftbench.results import (
@@ -11,6 +12,7 @@ from shiftbench.results import (
     seg_tables,  # noqa: E402,F401  (registers the segmentation tables)
 )
 from shiftbench.results.headline import leaderboard
+from shiftbench.results.health import run_health, sweep_health
 from shiftbench.results.reading import load_records, read_sweep
 from shiftbench.results.selection import (
     SELECTION_RULES,
@@ -35,5 +37,7 @@ __all__ = [
     "read_sweep",
     "register_selection_rule",
     "render",
+    "run_health",
     "select",
+    "sweep_health",
 ]
