@@ -99,7 +99,7 @@ def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
         # the job's output goes where a launched job's goes: out.txt and err.txt in its folder
         with open(job.dir / OUT_FILE, "a") as out, open(job.dir / ERR_FILE, "a") as err, \
                 contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = worker.run(job.command()[3:])  # the argv after `python -m <worker>`
+            code = worker.run(job.worker_args())
         if code == 130:
             raise KeyboardInterrupt
         if code != 0:

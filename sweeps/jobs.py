@@ -147,8 +147,13 @@ class Job:
 
     def command(self, python: str | None = None, threads: int | None = None) -> list[str]:
         """The worker's argv (no shell involved; run `prepare` first); `command_str` quotes it."""
-        argv = [python or sys.executable, "-m", WORKER_MODULE, str(self.spec_file)]
-        return argv + self._run_options(threads)
+        return [python or sys.executable, "-m", WORKER_MODULE, *self.worker_args(threads)]
+
+    def worker_args(self, threads: int | None = None) -> list[str]:
+        """The worker's arguments (`command()` after `python -m <worker module>`): what a
+        launcher passes to `shiftbench.sweeps.worker.run` / `main_exit` to run the job in a
+        process it made itself."""
+        return [str(self.spec_file), *self._run_options(threads)]
 
     def _run_options(self, threads: int | None) -> list[str]:
         """Options that change how a job runs, not what it computes (imports, loggers, threads)."""

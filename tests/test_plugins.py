@@ -67,7 +67,7 @@ PLUGIN = textwrap.dedent('''
         """Run the jobs one after the other in this process, through the sweep worker."""
         from shiftbench.sweeps import worker
 
-        codes = [worker.run(job.command()[3:]) for job in jobs]
+        codes = [worker.run(job.worker_args()) for job in jobs]
         return LaunchResult(launched=len(jobs), succeeded=codes.count(0),
                             failed=[j for j, c in zip(jobs, codes) if c != 0])
 ''')
