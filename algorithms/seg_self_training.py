@@ -101,6 +101,11 @@ class SegDACS(SegAlgorithm):
         hp = self.hparams
         xs, ys = self.source_batch(minibatches)
         xt = torch.cat(list(unlabeled))
+        if xs.shape[-2:] != xt.shape[-2:]:
+            raise ShiftbenchError(
+                f"SegDACS mixes source and target images pixel by pixel, but they differ in size "
+                f"({tuple(xs.shape[-2:])} vs {tuple(xt.shape[-2:])}); give both one size, e.g. "
+                "crop_size (the dacs_gta5 preset crops both to 512x512)")
         sup = seg_loss(self.network.forward_all(xs).logits, ys)
         self.teacher.train(hp["dacs_teacher_bn"] == "train")
         with torch.no_grad():

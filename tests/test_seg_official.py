@@ -62,6 +62,15 @@ def test_dacs_teacher_batchnorm_mode(mode):
     assert torch.allclose(out, batch_stats, atol=1e-4) is (mode == "train")
 
 
+def test_dacs_refuses_source_and_target_of_different_sizes():
+    from shiftbench.errors import ShiftbenchError
+
+    alg = _build("SegDACS")
+    xs, ys = _data(0)
+    with pytest.raises(ShiftbenchError, match=r"differ in size .*crop_size"):
+        alg.train_step([(xs, ys)], [torch.rand(4, 3, 16, 32)])
+
+
 def test_dacs_strong_augmentation_is_decided_once_per_iteration():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 3, 16, 32, generator=g)
