@@ -54,7 +54,7 @@ from shiftbench.algorithms.base import (
     step,
 )
 from shiftbench.algorithms.components import Discriminator, classifier_head, dann_schedule, grad_reverse
-from shiftbench.hparams_registry import Choice, HParam, IntLogUniform, LogUniform
+from shiftbench.hparams import Choice, HParam, IntLogUniform, LogUniform
 
 SCHEMES = ("reversal", "alternating")
 OPTIMIZERS = ("adam", "sgd")

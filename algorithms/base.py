@@ -21,7 +21,7 @@ None.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
-from shiftbench.hparams_registry import (
+from shiftbench.hparams import (
     Choice,
     DatasetInfo,
     HParam,
@@ -426,21 +426,9 @@ def create_algorithm(
     ds = dataset if isinstance(dataset, DatasetInfo) else DatasetInfo(
         dataset or "custom", tuple(input_shape), int(num_classes))
     if isinstance(dataset, str):
-        from shiftbench.hparams_registry import dataset_info
+        from shiftbench.hparams import dataset_info
 
         ds = dataset_info(dataset)
     full = {k: hp.default for k, hp in cls.hparam_space(ds, protocol).items()}
     full.update(hparams or {})
     return cls(input_shape, num_classes, num_domains, full, setting=setting, total_steps=total_steps)
-
-
-def iter_modules_to_import() -> Iterator[str]:
-    import pkgutil
-
-    import shiftbench.algorithms as pkg
-
-    names = [i.name for i in pkgutil.iter_modules(pkg.__path__)
-             if not i.name.startswith("_") and i.name != "base"]
-    # ERM first: it is the reference row of every table.
-    for name in sorted(names, key=lambda n: (n != "erm", n)):
-        yield f"{pkg.__name__}.{name}"

@@ -26,7 +26,7 @@ import torch
 
 from shiftbench.algorithms.base import concat_minibatches, cross_entropy, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import Choice, HParam, Uniform
+from shiftbench.hparams import Choice, HParam, Uniform
 
 
 def ccsa_pairs(y_a: torch.Tensor, y_b: torch.Tensor, neg_per_pos: int

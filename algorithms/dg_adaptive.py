@@ -20,7 +20,7 @@ from torch import nn
 
 from shiftbench.algorithms.base import make_optimizer, register_algorithm
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import DatasetInfo, HParam, IntLogUniform
+from shiftbench.hparams import DatasetInfo, HParam, IntLogUniform
 
 
 class ContextNet(nn.Sequential):

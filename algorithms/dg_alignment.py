@@ -16,7 +16,7 @@ import torch
 from shiftbench.algorithms.base import cross_entropy, register_algorithm, step
 from shiftbench.algorithms.components import mmd_gaussian
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import HParam, LogUniform
+from shiftbench.hparams import HParam, LogUniform
 
 
 def mean_cov_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

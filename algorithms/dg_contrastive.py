@@ -28,7 +28,7 @@ from torch import nn
 
 from shiftbench.algorithms.base import cross_entropy, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import Choice, HParam
+from shiftbench.hparams import Choice, HParam
 
 BASE_TEMPERATURE = 0.07
 

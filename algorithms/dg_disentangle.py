@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from shiftbench import networks
 from shiftbench.algorithms.base import Algorithm, register_algorithm, step
-from shiftbench.hparams_registry import Choice, HParam
+from shiftbench.hparams import Choice, HParam
 
 
 def supcon_lambda_loss(features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,

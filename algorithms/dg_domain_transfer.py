@@ -18,7 +18,7 @@ from shiftbench.algorithms.base import (
     step,
 )
 from shiftbench.algorithms.components import classifier_head
-from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
+from shiftbench.hparams import Choice, HParam, LogUniform, Uniform
 
 
 @register_algorithm

@@ -12,7 +12,7 @@ from torch import autograd
 
 from shiftbench.algorithms.base import cross_entropy, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import HParam, LogUniform, Uniform
+from shiftbench.hparams import HParam, LogUniform, Uniform
 
 
 def domain_gradients(alg: ERM, minibatches, create_graph: bool = False):

@@ -17,7 +17,7 @@ import torch
 from shiftbench.algorithms.base import cross_entropy, make_optimizer, register_algorithm, step
 from shiftbench.algorithms.dg_invariance import irm_penalty
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import HParam, IntLogUniform, LogUniform
+from shiftbench.hparams import HParam, IntLogUniform, LogUniform
 
 
 def feature_variance(features: torch.Tensor) -> torch.Tensor:

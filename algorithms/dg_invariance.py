@@ -15,7 +15,7 @@ from torch import autograd
 from shiftbench.algorithms.base import cross_entropy, make_optimizer, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import HParam, IntLogUniform, LogUniform, Uniform
+from shiftbench.hparams import HParam, IntLogUniform, LogUniform, Uniform
 
 
 def annealed_weight(alg: ERM, anneal_iters: int, weight: float, lr: float | None = None) -> float:

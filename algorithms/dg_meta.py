@@ -12,7 +12,7 @@ from shiftbench.algorithms.base import Algorithm, cross_entropy, make_optimizer,
 from shiftbench.algorithms.components import classifier_head
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import Choice, HParam, LogUniform
+from shiftbench.hparams import Choice, HParam, LogUniform
 
 
 @register_algorithm

@@ -7,7 +7,7 @@ import torch
 
 from shiftbench.algorithms.base import cross_entropy, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import HParam, LogUniform
+from shiftbench.hparams import HParam, LogUniform
 
 
 def random_domain_pairs(minibatches):

@@ -13,7 +13,7 @@ from torch import nn
 
 from shiftbench.algorithms.base import concat_minibatches, cross_entropy, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import HParam, LogUniform, Uniform
+from shiftbench.hparams import HParam, LogUniform, Uniform
 
 
 class _OneStep(ERM):

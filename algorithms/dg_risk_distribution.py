@@ -18,7 +18,7 @@ import torch
 
 from shiftbench.algorithms.base import cross_entropy, make_optimizer, register_algorithm, step
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import DatasetInfo, HParam, IntLogUniform, IntUniform, Uniform
+from shiftbench.hparams import DatasetInfo, HParam, IntLogUniform, IntUniform, Uniform
 
 GAMMAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
 

@@ -8,7 +8,7 @@ from shiftbench.algorithms.base import register_algorithm, step
 from shiftbench.algorithms.dg_invariance import PER_DOMAIN_FORWARD, domain_risks
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import HParam, LogUniform
+from shiftbench.hparams import HParam, LogUniform
 
 
 @register_algorithm

@@ -24,7 +24,7 @@ from torch import autograd, nn
 
 from shiftbench import networks
 from shiftbench.algorithms.base import Algorithm, concat_minibatches, make_optimizer, register_algorithm, step
-from shiftbench.hparams_registry import HParam, IntLogUniform, LogUniform
+from shiftbench.hparams import HParam, IntLogUniform, LogUniform
 
 HEAD_STEPS, HEAD_LR, NEUMANN_STEPS, NEUMANN_BOUND = 30, 0.1, 10, 10.0
 

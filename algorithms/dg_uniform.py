@@ -27,7 +27,7 @@ from shiftbench.algorithms.base import (
     step,
 )
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import Choice, DatasetInfo, HParam, LogUniform, Uniform
+from shiftbench.hparams import Choice, DatasetInfo, HParam, LogUniform, Uniform
 
 ACTIVATIONS = {"tanh": (nn.Tanh, -1.0, 1.0), "relu": (nn.ReLU, 0.0, 1.0), "sigmoid": (nn.Sigmoid, 0.0, 1.0)}
 

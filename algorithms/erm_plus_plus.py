@@ -37,7 +37,7 @@ from shiftbench.algorithms.base import (
     step,
 )
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import HParam, LogUniform
+from shiftbench.hparams import HParam, LogUniform
 
 
 class LARS(torch.optim.Optimizer):

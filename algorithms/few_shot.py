@@ -20,7 +20,7 @@ from shiftbench.algorithms.base import (
     step,
 )
 from shiftbench.algorithms.components import grad_reverse
-from shiftbench.hparams_registry import Choice, HParam, LogUniform
+from shiftbench.hparams import Choice, HParam, LogUniform
 
 
 class CosineClassifier(nn.Module):

@@ -28,7 +28,7 @@ from shiftbench.algorithms.base import (
 )
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import HParam, IntUniform, LogUniform, Uniform
+from shiftbench.hparams import HParam, IntUniform, LogUniform, Uniform
 
 
 def per_sample_grads(head: torch.nn.Module, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from shiftbench.algorithms.base import cross_entropy, register_algorithm, step
 from shiftbench.algorithms.components import featurizer_stages
 from shiftbench.algorithms.erm import ERM
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import Choice, HParam
+from shiftbench.hparams import Choice, HParam
 
 MIXING = ("random", "crossdomain")
 

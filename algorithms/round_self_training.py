@@ -29,7 +29,7 @@ from shiftbench.algorithms.components import (  # noqa: F401 - phase_start, roun
     round_due,
 )
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
+from shiftbench.hparams import Choice, HParam, LogUniform, Uniform
 
 
 def class_balanced_thresholds(conf: torch.Tensor, pred: torch.Tensor, num_classes: int,

@@ -52,7 +52,7 @@ from shiftbench.algorithms.base import (
     step,
 )
 from shiftbench.algorithms.components import featurizer_stages
-from shiftbench.hparams_registry import Choice, HParam, LogUniform
+from shiftbench.hparams import Choice, HParam, LogUniform
 
 EPS = 1e-5
 ADV_PARAMS = ("norm", "all")

@@ -22,7 +22,7 @@ from shiftbench.algorithms.seg_base import SegAlgorithm, pixel_entropy, seg_loss
 from shiftbench.algorithms.test_time import using_batch_statistics
 from shiftbench.algorithms.uda_normalization import weight_drift
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import Choice, DatasetInfo, HParam, LogUniform
+from shiftbench.hparams import Choice, DatasetInfo, HParam, LogUniform
 from shiftbench.seg_networks import upsample
 
 

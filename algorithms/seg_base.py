@@ -20,7 +20,7 @@ from shiftbench.algorithms.base import Algorithm, register_algorithm
 from shiftbench.algorithms.base import step as gradient_step
 from shiftbench.datasets.road_protocol import PROTOCOL_HPARAMS
 from shiftbench.datasets.segmentation import IGNORE_INDEX
-from shiftbench.hparams_registry import DatasetInfo, HParam, LogUniform
+from shiftbench.hparams import DatasetInfo, HParam, LogUniform
 from shiftbench.seg_networks import SEG_NETWORKS, SegNetwork, upsample
 
 

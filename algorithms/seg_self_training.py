@@ -42,7 +42,7 @@ from shiftbench.algorithms.seg_base import SegAlgorithm, seg_loss
 from shiftbench.algorithms.self_training import DACS_HPARAMS, ema_warmup_decay
 from shiftbench.datasets.segmentation import IGNORE_INDEX
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import Choice, HParam, LogUniform
+from shiftbench.hparams import Choice, HParam, LogUniform
 from shiftbench.seg_networks import upsample
 
 # ---- DACS ---------------------------------------------------------------------------------

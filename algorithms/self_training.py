@@ -18,7 +18,7 @@ from shiftbench.algorithms import augment
 from shiftbench.algorithms.base import concat_minibatches, cross_entropy, register_algorithm, step
 from shiftbench.algorithms.components import EMA
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
+from shiftbench.hparams import Choice, HParam, LogUniform, Uniform
 
 
 def linear_ramp(progress: float, start: float, end: float) -> float:

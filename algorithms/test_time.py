@@ -28,7 +28,7 @@ from shiftbench.algorithms.base import (
 )
 from shiftbench.algorithms.components import PhaseSchedule, entropy
 from shiftbench.algorithms.erm import ERM
-from shiftbench.hparams_registry import Choice, HParam, LogUniform
+from shiftbench.hparams import Choice, HParam, LogUniform
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

@@ -33,7 +33,7 @@ from shiftbench.algorithms.components import (
     entropy,
 )
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import Choice, HParam, LogUniform
+from shiftbench.hparams import Choice, HParam, LogUniform
 
 
 def multilinear_map(f: torch.Tensor, g: torch.Tensor, rf: torch.Tensor | None = None,

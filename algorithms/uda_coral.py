@@ -18,7 +18,7 @@ from shiftbench.algorithms.base import (
     step,
 )
 from shiftbench.algorithms.components import classifier_head, coral_distance
-from shiftbench.hparams_registry import HParam
+from shiftbench.hparams import HParam
 
 
 @register_algorithm

@@ -26,7 +26,7 @@ from shiftbench.algorithms.base import (
 )
 from shiftbench.algorithms.components import classifier_head, dann_schedule, entropy, grad_reverse
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import Choice, HParam, LogUniform, Uniform
+from shiftbench.hparams import Choice, HParam, LogUniform, Uniform
 
 MMD_ESTIMATORS = ("quadratic", "linear")
 

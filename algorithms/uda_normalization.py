@@ -27,7 +27,7 @@ from shiftbench.algorithms.base import (
 )
 from shiftbench.algorithms.components import Discriminator, PhaseSchedule, classifier_head
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import Choice, HParam, LogUniform
+from shiftbench.hparams import Choice, HParam, LogUniform
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 SOURCE_BN_MOMENTUM = 0.1  # PyTorch's default: the running statistics an ordinary BN network keeps

@@ -67,7 +67,7 @@ def merge_backbone_flags(hparams: str | None, backbone: str | None, weights: str
     """`--hparams` JSON with `--backbone` / `--weights` merged in (the flags win)."""
     import json
 
-    from shiftbench.hparams_registry import parse_overrides
+    from shiftbench.hparams import parse_overrides
 
     if backbone is None and weights is None:
         return hparams

@@ -374,3 +374,15 @@ def Classifier(in_features: int, out_features: int, nonlinear: bool = False,  # 
             nn.Linear(in_features // 4, out_features),
         )
     return nn.Linear(in_features, out_features)
+
+
+def check_weights(hparams: Mapping[str, Any], input_shape: tuple[int, ...]) -> None:
+    """Build the featurizer `hparams` select on the meta device, loading its `weights` file:
+    raises the error a trial would, without allocating or writing anything."""
+    try:
+        with torch.device("meta"):
+            Featurizer(tuple(input_shape), hparams)
+    except ShiftbenchError:
+        raise
+    except (RuntimeError, NotImplementedError):  # a model whose construction needs real values
+        Featurizer(tuple(input_shape), hparams)

@@ -59,7 +59,7 @@ def _batches(shape, num_classes: int, n_domains: int, setting, bs: int = 6, seed
 
 
 def _build(cls: type, setting, kind: str):
-    from shiftbench.hparams_registry import DatasetInfo
+    from shiftbench.hparams import DatasetInfo
 
     torch.manual_seed(0)
     shape, num_classes = SHAPES[kind]

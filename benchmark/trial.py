@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from shiftbench.algorithms import Algorithm, get_algorithm_class, list_algorithms
+from shiftbench.algorithms import Algorithm, create_algorithm, get_algorithm_class, list_algorithms
 from shiftbench.algorithms.base import algorithm_for_task_type
 from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets.base import MultiDomainDataset
@@ -29,6 +29,7 @@ from shiftbench.splits import EnvSplits, apply_fixed_splits, make_splits
 from shiftbench.trial_record import INDUCTIVE, TrialSpec, validate_options
 
 _NORMALIZED = "_shiftbench_normalized"
+_HPARAMS = "_shiftbench_hparams"  # the hparams `normalize` resolved (not a field: not identity)
 
 
 def is_normalized(spec: TrialSpec) -> bool:
@@ -97,8 +98,8 @@ def normalize(spec: TrialSpec) -> TrialSpec:
                               spec.hparams_seed, spec.hparams, protocol=protocol)
     weights_sha256 = None
     if hparams.get("weights"):  # a file that does not fit is refused here, before any write
+        from shiftbench.networks import check_weights
         from shiftbench.trial_record import file_sha256
-        from shiftbench.weights import check_weights
 
         check_weights(hparams, tuple(dataset_cls.INPUT_SHAPE))
         weights_sha256 = file_sha256(hparams["weights"])
@@ -106,6 +107,7 @@ def normalize(spec: TrialSpec) -> TrialSpec:
                               source_envs=source_envs, weights_sha256=weights_sha256,
                               da_mode=da_mode)
     setattr(out, _NORMALIZED, True)
+    setattr(out, _HPARAMS, hparams)  # resolved once: build_trial uses them
     return out
 
 
@@ -175,8 +177,7 @@ def build_trial(spec: TrialSpec) -> Trial:
     """Data, splits, hparams and the algorithm of a trial (nothing trained yet)."""
     spec = normalize(spec)
     dataset_cls = get_dataset_class(spec.dataset)
-    hparams = resolve_hparams(spec.algorithm, dataset_info(spec.dataset, dataset_cls),
-                              spec.hparams_seed, spec.hparams, protocol=spec.protocol)
+    hparams = dict(getattr(spec, _HPARAMS))
     seed_everything(spec.seed)
     options = {"image_cache": True} if spec.image_cache else {}
     dataset = dataset_cls(spec.data_dir, spec.test_envs, hparams, **options)
@@ -195,8 +196,9 @@ def build_trial(spec: TrialSpec) -> Trial:
             raise ShiftbenchError(f"training environment {i} ({dataset.environments[i]}) is empty")
     device = pick_device(spec.device)
     n_steps = spec.steps or dataset.N_STEPS
-    algorithm = get_algorithm_class(spec.algorithm)(
-        dataset.input_shape, dataset.num_classes, len(train_envs), hparams, setting=spec.setting,
+    algorithm = create_algorithm(
+        spec.algorithm, dataset.input_shape, dataset.num_classes, len(train_envs), hparams,
+        dataset_info(spec.dataset, dataset_cls), spec.protocol, setting=spec.setting,
         total_steps=n_steps).to(device)
     return Trial(spec, dataset, splits, hparams, algorithm, device, n_steps,
                  spec.checkpoint_freq or dataset.CHECKPOINT_FREQ, train_envs, unused_envs)

@@ -12,10 +12,10 @@ else, except the classifier (`head`, e.g. `fc` for torchvision ResNets, timm's
 features. A mismatch is a `ShiftbenchError` naming the missing, unexpected and wrong-shaped keys
 (BatchNorm's `num_batches_tracked` counters may be absent, as in torchvision's own files).
 
-`check_weights(hparams, input_shape)` builds the featurizer on the `meta` device (no memory, no
-computation) and loads the file into it, so `shiftbench.trial.normalize` refuses a bad file before
-a trial writes anything. The file's content hash (`file_sha256`) is part of the trial identity
-(`TrialSpec.weights_sha256`).
+`shiftbench.networks.check_weights(hparams, input_shape)` builds the featurizer on the `meta`
+device (no memory, no computation) and loads the file into it, so `shiftbench.trial.normalize`
+refuses a bad file before a trial writes anything. The file's content hash (`file_sha256`) is
+part of the trial identity (`TrialSpec.weights_sha256`).
 """
 
 from __future__ import annotations
@@ -109,17 +109,3 @@ def load_backbone(network: nn.Module, state: Mapping[str, torch.Tensor], head: I
             f"({', '.join(head) or 'none'}) is ignored")
     if not any(t.is_meta for t in network.state_dict().values()):  # meta: only checked
         network.load_state_dict(given, strict=False)
-
-
-def check_weights(hparams: Mapping[str, Any], input_shape: tuple[int, ...]) -> None:
-    """Build the featurizer `hparams` select on the meta device, loading its `weights` file:
-    raises the error a trial would, without allocating or writing anything."""
-    from shiftbench.networks import Featurizer
-
-    try:
-        with torch.device("meta"):
-            Featurizer(tuple(input_shape), hparams)
-    except ShiftbenchError:
-        raise
-    except (RuntimeError, NotImplementedError):  # a model whose construction needs real values
-        Featurizer(tuple(input_shape), hparams)

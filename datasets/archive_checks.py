@@ -22,7 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from shiftbench.datasets.lookup import subdirs
-from shiftbench.errors import StorageError
+from shiftbench.errors import ShiftbenchError, StorageError
+
+
+class DownloadError(ShiftbenchError):
+    """A file could not be fetched or failed verification."""
 
 
 class DownloadLock:
@@ -69,8 +73,6 @@ def staging_name(source: str) -> str:
 
 def check_tar_end(tf: tarfile.TarFile, path: Path) -> None:
     """`tf` (read to its last member) ends with an end-of-archive block, else a clear error."""
-    from shiftbench.datasets.download import DownloadError
-
     try:
         tf.fileobj.seek(tf.offset)
         marker = tf.fileobj.read(tarfile.BLOCKSIZE)
@@ -86,8 +88,6 @@ def check_tar_end(tf: tarfile.TarFile, path: Path) -> None:
 
 def check_classes(out: Path, name: str, classes: int, subpath: str = "") -> None:
     """Each domain folder of `out` holds `classes` class folders (under `subpath`)."""
-    from shiftbench.datasets.download import DownloadError
-
     problems = []
     for domain in subdirs(out):
         base = out / domain / subpath

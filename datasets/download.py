@@ -47,12 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shiftbench.datasets.archive_checks import (
+    DownloadError,
     DownloadLock,
     check_classes,
     check_tar_end,
     staging_name,
 )
-from shiftbench.errors import ShiftbenchError, StorageError
+from shiftbench.errors import StorageError
 
 BASE_URL_ENV = "SHIFTBENCH_DOWNLOAD_BASE_URL"
 # Write errors of the local disk (stop at once: retrying cannot help; the .part file is kept).
@@ -60,10 +61,6 @@ LOCAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 DOWNLOADS = ".downloads"
 MARKER = ".shiftbench-download.json"
 CHUNK = 1 << 20
-
-
-class DownloadError(ShiftbenchError):
-    """A file could not be fetched or failed verification."""
 
 
 @dataclass(frozen=True)

@@ -333,6 +333,3 @@ class SVIRO(MultipleEnvironmentImageFolder):
 IMAGE_FOLDER_DATASETS = (PACS, VLCS, OfficeHome, TerraIncognita, DomainNet, Office31,
                          OfficeCaltech, VisDA, SVIRO)
 
-
-# Users' own data (`register_image_folder`, `register_arrays`) live in shiftbench.datasets.custom.
-from shiftbench.datasets.custom import register_arrays, register_image_folder  # noqa: E402,F401

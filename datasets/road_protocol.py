@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import DatasetInfo, HParam
+from shiftbench.hparams import DatasetInfo, HParam
 
 
 def parse_size(value: str, name: str) -> tuple[int, int] | None:

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from shiftbench.hparams import DOMAINBED_ALGORITHMS  # noqa: F401 (DomainBed's row order too)
+
 # DomainBed's environment names for datasets we may not have registered.
 DOMAINBED_ENVIRONMENTS = {
     "Debug28": ["0", "1", "2"], "Debug224": ["0", "1", "2"],
@@ -24,11 +26,6 @@ DOMAINBED_ENVIRONMENTS = {
        for kind in ("O2O", "M2M") for level in ("easy", "medium", "hard")},
 }
 # DomainBed's row and table order (its ALGORITHMS and DATASETS lists), for --format domainbed.
-DOMAINBED_ALGORITHMS = (
-    "ERM", "ERMPlusPlus", "Fish", "IRM", "GroupDRO", "Mixup", "MLDG", "CORAL", "MMD", "DANN",
-    "CDANN", "MTL", "SagNet", "ARM", "VREx", "RSC", "SD", "ANDMask", "SANDMask", "IGA", "SelfReg",
-    "Fishr", "TRM", "IB_ERM", "IB_IRM", "CAD", "CondCAD", "Transfer", "CausIRL_CORAL",
-    "CausIRL_MMD", "EQRM", "RDM", "ADRMX", "URM")
 DOMAINBED_DATASETS = tuple(DOMAINBED_ENVIRONMENTS)
 
 

@@ -39,7 +39,7 @@ from shiftbench.errors import ShiftbenchError
 from shiftbench.seeds import seed_hash
 from shiftbench.setting import get_setting
 from shiftbench.sweeps.facts import dataset_facts
-from shiftbench.sweeps.spec import SweepSpec, sweep_units
+from shiftbench.sweeps.spec import SEEDINGS, SweepSpec, sweep_units
 from shiftbench.trial_record import (
     CORE_IDENTITY_KEYS,
     JOB_FILE,
@@ -59,7 +59,6 @@ __all__ = ["CORE_IDENTITY_KEYS", "NOT_IDENTITY_KEYS", "Job", "enumerate_jobs", "
            "job_identity", "make_job"]
 
 
-SEEDINGS = ("paired", "domainbed")
 PROTOCOL_SEEDING = {"shiftbench": "paired", "domainbed": "domainbed"}
 
 

@@ -65,6 +65,7 @@ SWEEP_KEYS = ("datasets", "algorithms", "task", "n_hparams", "n_hparams_from", "
               "hparams_preset", "tasks", "seeding")
 TOP_LEVEL_KEYS = SWEEP_KEYS + tuple(sweep_options())
 ALGORITHM_KEYS = ("fixed", "grid")
+SEEDINGS = ("paired", "domainbed")  # how a job's seed is derived (`shiftbench.sweeps.jobs`)
 
 
 class SpecError(ShiftbenchError):
@@ -87,7 +88,7 @@ class SweepSpec:
     n_trials: int = 3
     single_test_envs: bool = False
     hparams_preset: str | None = None  # a name in shiftbench.presets.PRESETS
-    seeding: str | None = None  # paired | domainbed; None: the protocol's (sweeps.jobs.SEEDINGS)
+    seeding: str | None = None  # paired | domainbed; None: the protocol's (SEEDINGS)
     hparams: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
@@ -161,8 +162,6 @@ class SweepSpec:
 
         self.task = get_setting(self.task).name
         check_values(sweep_options(), {n: getattr(self.trial, n) for n in sweep_options()})
-        from shiftbench.sweeps.jobs import SEEDINGS
-
         if self.seeding is not None and self.seeding not in SEEDINGS:
             raise UnknownNameError("seeding", self.seeding, SEEDINGS)
         if self.trial.transductive and not get_setting(self.task).unlabeled_target:

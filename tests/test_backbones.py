@@ -13,7 +13,7 @@ import torch
 from shiftbench import networks
 from shiftbench.backbones import TimmBackbone
 from shiftbench.cli import main
-from shiftbench.datasets.folder import register_arrays
+from shiftbench.datasets.custom import register_arrays
 from shiftbench.errors import ShiftbenchError
 
 timm = pytest.importorskip("timm")

@@ -114,7 +114,7 @@ def test_user_image_folders(tmp_path, monkeypatch, capsys, case, expected):
                 _png(root / d / c / f"{k}.png", size=(8, 8) if case == "sizes" and d == "d1" else (12, 10))
     dataset = f"User{uuid.uuid4().hex[:6]}"
     module = _plugin(tmp_path, monkeypatch, f"""
-        from shiftbench.datasets.folder import register_image_folder
+        from shiftbench.datasets.custom import register_image_folder
         register_image_folder({dataset!r}, {str(root)!r})
     """)
     out = tmp_path / "run"
@@ -135,7 +135,7 @@ def test_mixed_image_modes_are_converted_to_rgb(tmp_path, monkeypatch, capsys):
                      value=30 + 100 * ci)
     dataset = f"User{uuid.uuid4().hex[:6]}"
     module = _plugin(tmp_path, monkeypatch, f"""
-        from shiftbench.datasets.folder import register_image_folder
+        from shiftbench.datasets.custom import register_image_folder
         register_image_folder({dataset!r}, {str(root)!r})
     """)
     out = tmp_path / "run"

@@ -14,7 +14,7 @@ import torchvision
 
 from shiftbench import networks
 from shiftbench.cli import main
-from shiftbench.datasets.folder import register_arrays
+from shiftbench.datasets.custom import register_arrays
 from shiftbench.errors import ShiftbenchError
 from shiftbench.trainer import TrainArgs, normalize
 from shiftbench.trial_record import spec_hash
