@@ -39,8 +39,8 @@ from shiftbench.hparams import (
     check_protocol,
 )
 from shiftbench.networks import SMALL_NETWORKS
-from shiftbench.registry import Registry
-from shiftbench.setting import Setting, all_settings, get_setting
+from shiftbench.registry import NamesView, Registry
+from shiftbench.setting import Setting, all_settings, check_supports, get_setting
 
 # Views of the registered settings (shiftbench.setting), by name.
 SETTINGS = {s.name: s.description for s in all_settings()}
@@ -187,11 +187,7 @@ class Algorithm(nn.Module):
     ):
         super().__init__()
         self.setting = get_setting(self.SETTINGS[0] if setting is None else setting)
-        if self.setting.name not in self.SETTINGS:
-            raise ShiftbenchError(
-                f"algorithm {type(self).__name__} does not support --task {self.setting.name}; "
-                f"it supports: {', '.join(self.SETTINGS)}"
-            )
+        check_supports(type(self).__name__, self.SETTINGS, self.setting.name)
         self.input_shape = tuple(input_shape)
         self.num_classes = int(num_classes)
         self.num_domains = int(num_domains)
@@ -357,7 +353,7 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # Registry
 
 ALGORITHM_REGISTRY: Registry[type[Algorithm]] = Registry("algorithm", "shiftbench.algorithms")
-ALGORITHMS: list[str] = []  # DomainBed-compatible list of names, in registration order
+ALGORITHMS = NamesView(ALGORITHM_REGISTRY)  # DomainBed's list of names: a live view, in order
 
 
 def register_algorithm(cls: type[Algorithm] | None = None, *, name: str | None = None):
@@ -373,8 +369,6 @@ def register_algorithm(cls: type[Algorithm] | None = None, *, name: str | None =
             )
         key = name or c.__name__
         ALGORITHM_REGISTRY.register(key)(c)
-        if key not in ALGORITHMS:
-            ALGORITHMS.append(key)
         return c
 
     return decorator(cls) if cls is not None else decorator

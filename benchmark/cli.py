@@ -21,7 +21,7 @@ from typing import Any
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.options import add_flags, flag_names
 from shiftbench.setting import ALIASES as TASK_ALIASES
-from shiftbench.setting import setting_names
+from shiftbench.setting import check_supports, setting_names
 from shiftbench.trial_record import TrialSpec, trial_options
 
 # Subcommand -> (module that registers it, one-line help shown by `shiftbench --help`).
@@ -98,10 +98,8 @@ def check_names(algorithm: str | None = None, dataset: str | None = None, task: 
     index = catalog.algorithm_index()
     if algorithm not in index:
         raise UnknownNameError("algorithm", algorithm, index)
-    settings = index[algorithm].settings
-    if task is not None and task in SETTINGS_ORDER and task not in settings:
-        raise ShiftbenchError(f"algorithm {algorithm} does not support --task {task}; "
-                              f"it supports: {', '.join(settings)}")
+    if task is not None and task in SETTINGS_ORDER:
+        check_supports(algorithm, index[algorithm].settings, task)
 
 
 def cmd_train(ns: argparse.Namespace) -> int:

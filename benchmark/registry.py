@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import importlib
 import importlib.metadata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
@@ -65,6 +66,19 @@ class Registry(Generic[T]):
 
         return decorator
 
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Registry[T]]:
+        """Undo at exit whatever is registered inside, plug-ins loaded from entry points included
+        (which are looked up afresh inside): for tests and temporary registrations."""
+        items, loaded = dict(self._items), self._entry_points_loaded
+        self._entry_points_loaded = self.entry_point_group is None
+        try:
+            yield self
+        finally:
+            self._items.clear()
+            self._items.update(items)
+            self._entry_points_loaded = loaded
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]
@@ -86,3 +100,25 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return list(self._items.items())
+
+
+class NamesView(Sequence[str]):
+    """A registry's names, live and read-only, in registration order (a list-like view)."""
+
+    def __init__(self, registry: Registry):
+        self._registry = registry
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return list(self._registry)[index]
+
+    def __len__(self) -> int:
+        return len(self._registry)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._registry))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._registry
+
+    def __repr__(self) -> str:
+        return repr(list(self._registry))

@@ -23,9 +23,10 @@ module imports nothing heavy (no torch), so specs and records can use it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shiftbench.errors import UnknownNameError
+from shiftbench.errors import ShiftbenchError, UnknownNameError
 
 SOURCE_LABELED = "source_labeled"
 TARGET_UNLABELED = "target_unlabeled"
@@ -132,3 +133,17 @@ def setting_names() -> tuple[str, ...]:
 
 def all_settings() -> tuple[Setting, ...]:
     return tuple(_SETTINGS.values())
+
+
+def check_supports(algorithm: str, supported: Sequence[str], setting: str,
+                   alternatives: Sequence[str] = ()) -> None:
+    """The one check that an algorithm declaring `supported` settings runs in `setting` (made by
+    the CLI from the catalog, by `normalize`, by a sweep spec and by `Algorithm` itself); the
+    error names what it supports and, when given, the algorithms that run in `setting`."""
+    if setting in supported:
+        return
+    message = (f"algorithm {algorithm} does not support --task {setting}; it supports: "
+               f"{', '.join(supported)}")
+    if alternatives:
+        message += f". Algorithms for {setting}: {', '.join(alternatives)}"
+    raise ShiftbenchError(message)

@@ -1,9 +1,17 @@
-"""Conformance checks for plug-in authors (as scikit-learn's `check_estimator`).
+"""Conformance checks for plug-in authors (as scikit-learn's `check_estimator` and
+`parametrize_with_checks`).
 
-    from shiftbench.testing import check_algorithm, check_dataset
+    from shiftbench.testing import check_algorithm, check_dataset, parametrize_with_checks
 
     check_algorithm(MyAlgorithm)   # every setting it declares, vector and image inputs, CPU
     check_dataset(MyDataset, data_dir="/data")
+
+    @parametrize_with_checks([MyAlgorithm, MyDataset])   # one pytest item per named check
+    def test_conformance(check):
+        check()
+
+`algorithm_checks(cls)` / `dataset_checks(cls)` list the named checks (`Check.id`, e.g.
+`MyAlgorithm:predict[uda-vector]`).
 
 `check_algorithm` constructs the algorithm for each setting it declares (`SETTINGS`), runs two
 updates on tiny random data shaped as that setting's batches, and checks that the losses are
@@ -20,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,11 +52,9 @@ def _registered(registry, obj: type) -> Iterator[str]:
     name = obj.__name__
     if name in registry:
         raise AssertionError(f"another {registry.kind} is registered as {name!r}")
-    registry._items[name] = obj
-    try:
+    with registry.scratch():
+        registry.register(name)(obj)
         yield name
-    finally:
-        registry._items.pop(name, None)
 
 
 def _batches(shape, num_classes: int, n_domains: int, setting, bs: int = 6, seed: int = 0):
@@ -71,20 +79,48 @@ def _build(cls: type, setting, kind: str):
     return cls(shape, num_classes, 2, hparams, setting=setting, total_steps=10), shape, num_classes
 
 
-def check_update_predict_state(cls: type, setting: str, kind: str = "vector") -> None:
-    """Two updates, deterministic side-effect-free predict, state round trip, adapt."""
+def _updated(cls: type, setting, kind: str):
+    """A fresh instance after two updates on tiny data, with the values the updates returned."""
+    alg, shape, num_classes = _build(cls, setting, kind)
+    values = [alg.train_step(*_batches(shape, num_classes, 2, setting, seed=step))
+              for step in range(2)]
+    return alg, values, shape, num_classes
+
+
+@functools.lru_cache(maxsize=1)  # the checks of one (class, setting, kind) share one run
+def _updated_once(cls: type, setting_name: str, kind: str):
+    return _updated(cls, get_setting(setting_name), kind)
+
+
+def _trained(cls: type, setting, kind: str):
+    """A copy of the shared instance after two updates (each check may change its copy)."""
+    alg, _, shape, num_classes = _updated_once(cls, setting.name, kind)
+    return copy.deepcopy(alg), shape, num_classes
+
+
+def _probe(shape) -> torch.Tensor:
+    return torch.randn((5, *shape), generator=torch.Generator().manual_seed(9))
+
+
+def check_update(cls: type, setting: str, kind: str = "vector") -> None:
+    """Two updates return dicts of finite float losses and are counted."""
     setting = get_setting(setting)
     where = f"{cls.__name__} ({setting.name}, {kind} inputs)"
-    alg, shape, num_classes = _build(cls, setting, kind)
-    for step in range(2):
-        minibatches, unlabeled = _batches(shape, num_classes, 2, setting, seed=step)
-        values = alg.train_step(minibatches, unlabeled)
+    alg, updates, _, _ = _updated(cls, setting, kind)
+    for values in updates:
         assert isinstance(values, dict), f"{where}: update must return a dict, got {values!r}"
         for k, v in values.items():
             assert isinstance(k, str) and isinstance(v, float) and math.isfinite(v), \
                 f"{where}: update returned {k!r}={v!r}; values must be finite floats"
     assert int(alg.num_updates) == 2, f"{where}: train_step must count its updates"
-    x = torch.randn((5, *shape), generator=torch.Generator().manual_seed(9))
+
+
+def check_predict(cls: type, setting: str, kind: str = "vector") -> None:
+    """`predict` in eval mode: the right shape, deterministic, and leaves the state alone."""
+    setting = get_setting(setting)
+    where = f"{cls.__name__} ({setting.name}, {kind} inputs)"
+    alg, shape, num_classes = _trained(cls, setting, kind)
+    x = _probe(shape)
     alg.eval()
     before = copy.deepcopy(alg.state_dict())
     with torch.no_grad():
@@ -95,16 +131,48 @@ def check_update_predict_state(cls: type, setting: str, kind: str = "vector") ->
     assert torch.equal(logits, again), f"{where}: predict must be deterministic in eval mode"
     after = alg.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), f"{where}: predict changed the state"
+
+
+def check_full_state(cls: type, setting: str, kind: str = "vector") -> None:
+    """`full_state()` (model + optimizers) loaded into a fresh instance predicts the same."""
+    setting = get_setting(setting)
+    where = f"{cls.__name__} ({setting.name}, {kind} inputs)"
+    alg, shape, _ = _trained(cls, setting, kind)
+    x = _probe(shape)
+    alg.eval()
+    with torch.no_grad():
+        logits = alg.predict(x)
     fresh, _, _ = _build(cls, setting, kind)
     fresh.load_full_state(copy.deepcopy(alg.full_state()))
     fresh.eval()
     with torch.no_grad():
         assert torch.allclose(fresh.predict(x), logits), \
             f"{where}: full_state() does not round-trip into a fresh instance"
-    if setting.adapts_at_test:
-        adapted = alg.adapt(x)
-        assert adapted.shape == (5, num_classes), f"{where}: adapt returned {tuple(adapted.shape)}"
-        alg.reset_adaptation()
+
+
+def check_adapt(cls: type, setting: str, kind: str = "vector") -> None:
+    """Where the setting adapts at test time: `adapt` gives logits, `reset_adaptation` works."""
+    setting = get_setting(setting)
+    where = f"{cls.__name__} ({setting.name}, {kind} inputs)"
+    alg, shape, num_classes = _trained(cls, setting, kind)
+    alg.eval()
+    adapted = alg.adapt(_probe(shape))
+    assert adapted.shape == (5, num_classes), f"{where}: adapt returned {tuple(adapted.shape)}"
+    alg.reset_adaptation()
+
+
+def check_update_predict_state(cls: type, setting: str, kind: str = "vector") -> None:
+    """`check_update`, `check_predict`, `check_full_state` and (where it applies) `check_adapt`."""
+    for check in (check_update, check_predict, check_full_state):
+        check(cls, setting, kind)
+    if get_setting(setting).adapts_at_test:
+        check_adapt(cls, setting, kind)
+
+
+def check_documented(cls: type) -> None:
+    """The algorithm cites its paper (`PAPER`) and has a docstring."""
+    assert cls.PAPER, f"{cls.__name__} must cite its paper (PAPER)"
+    assert cls.__doc__ and len(cls.__doc__.strip()) > 20, f"{cls.__name__} needs a docstring"
 
 
 def check_through_trainer(cls: type, setting: str, output_dir: str | None = None) -> list[dict]:
@@ -114,8 +182,7 @@ def check_through_trainer(cls: type, setting: str, output_dir: str | None = None
 
     setting = get_setting(setting)
     where = f"{cls.__name__} ({setting.name}, through the trainer)"
-    assert cls.PAPER, f"{cls.__name__} must cite its paper (PAPER)"
-    assert cls.__doc__ and len(cls.__doc__.strip()) > 20, f"{cls.__name__} needs a docstring"
+    check_documented(cls)
     with _registered(ALGORITHM_REGISTRY, cls) as name, _directory(output_dir) as out:
         records = train(TrainArgs(dataset="DebugVector", algorithm=name, test_envs=[0],
                                   task=setting.name, steps=3, checkpoint_freq=2, output_dir=out,
@@ -142,21 +209,53 @@ def _directory(path: str | None) -> Iterator[str]:
         yield f"{tmp}/trial"
 
 
+@dataclass(frozen=True)
+class Check:
+    """One named conformance check of one class; call it to run it (raises `AssertionError`)."""
+
+    subject: str  # the class's name
+    name: str  # e.g. "predict[uda-vector]"
+    run: Callable[[], Any]
+
+    def __call__(self) -> Any:
+        return self.run()
+
+    @property
+    def id(self) -> str:
+        return f"{self.subject}:{self.name}"
+
+
+def algorithm_checks(cls: type, settings: Sequence[str] | None = None,
+                     kinds: Sequence[str] = tuple(SHAPES), through_trainer: bool = True
+                     ) -> list[Check]:
+    """The named checks of an algorithm class, in each of `settings` (default: all it declares)
+    and for each input kind; classification algorithms (other task types bring their own)."""
+    name = cls.__name__
+    checks = [Check(name, "documented", functools.partial(check_documented, cls))]
+    for setting in settings or cls.SETTINGS:
+        if setting not in cls.SETTINGS:
+            raise ValueError(f"{name} does not declare setting {setting!r}")
+        steps = [check_update, check_predict, check_full_state]
+        if get_setting(setting).adapts_at_test:
+            steps.append(check_adapt)
+        for kind in kinds:
+            checks += [Check(name, f"{f.__name__.removeprefix('check_')}[{setting}-{kind}]",
+                             functools.partial(f, cls, setting, kind)) for f in steps]
+        if through_trainer:
+            checks.append(Check(name, f"through_trainer[{setting}]",
+                                functools.partial(check_through_trainer, cls, setting)))
+    return checks
+
+
 def check_algorithm(cls: type, settings: Sequence[str] | None = None,
                     kinds: Sequence[str] = tuple(SHAPES), through_trainer: bool = True) -> None:
-    """Every check above, in each of `settings` (default: all the algorithm declares)."""
-    for setting in settings or cls.SETTINGS:
-        assert setting in cls.SETTINGS, f"{cls.__name__} does not declare setting {setting!r}"
-        for kind in kinds:
-            check_update_predict_state(cls, setting, kind)
-        if through_trainer:
-            check_through_trainer(cls, setting)
+    """Every check of `algorithm_checks`, one after the other."""
+    for check in algorithm_checks(cls, settings, kinds, through_trainer):
+        check()
 
 
-def check_dataset(cls: type, data_dir: str | None = None, hparams: dict[str, Any] | None = None,
-                  through_trainer: bool = True) -> None:
-    """Build the dataset and check what the trainer relies on; then train ERM for 2 steps."""
-    from shiftbench.datasets import DATASETS
+def check_dataset_declaration(cls: type) -> None:
+    """What the class declares: environments, classes, input shape, step counts, env_index."""
     from shiftbench.datasets.base import MultiDomainDataset
 
     name = cls.__name__
@@ -167,6 +266,13 @@ def check_dataset(cls: type, data_dir: str | None = None, hparams: dict[str, Any
     assert cls.N_STEPS >= 1 and cls.CHECKPOINT_FREQ >= 1, f"{name}: N_STEPS, CHECKPOINT_FREQ >= 1"
     for i, env in enumerate(cls.ENVIRONMENTS):
         assert cls.env_index(env) == i and cls.env_index(i) == i, f"{name}: env_index({env!r})"
+
+
+def check_dataset_environments(cls: type, data_dir: str | None = None,
+                               hparams: dict[str, Any] | None = None) -> None:
+    """The built dataset has its declared environments, none empty, with inputs of
+    `INPUT_SHAPE` (float) and labels in range."""
+    name = cls.__name__
     dataset = cls(data_dir, [0], dict(hparams or {"data_augmentation": False}))
     assert len(dataset.datasets) == len(cls.ENVIRONMENTS), \
         f"{name} built {len(dataset.datasets)} environments, declares {len(cls.ENVIRONMENTS)}"
@@ -178,13 +284,65 @@ def check_dataset(cls: type, data_dir: str | None = None, hparams: dict[str, Any
                 f"{name}/{env_name}[{i}]: input shape {tuple(x.shape)} != INPUT_SHAPE {cls.INPUT_SHAPE}"
             assert x.dtype.is_floating_point, f"{name}/{env_name}[{i}]: inputs must be float"
             assert 0 <= int(y) < cls.NUM_CLASSES, f"{name}/{env_name}[{i}]: label {int(y)} out of range"
-    if through_trainer:
-        from shiftbench.trainer import TrainArgs, train
 
-        with _registered(DATASETS, cls) as key, _directory(None) as out:
-            records = train(TrainArgs(dataset=key, algorithm="ERM", test_envs=[0], steps=2,
-                                      checkpoint_freq=1, output_dir=out, data_dir=data_dir,
-                                      hparams='{"batch_size": 4}'),
-                            log=lambda m: None, progress=False)
-        assert [r["step"] for r in records] == [0, 1], f"{name}: records at {records}"
-        assert 0.0 <= records[-1]["env0_in_acc"] <= 1.0, f"{name}: {records[-1]}"
+
+def check_dataset_through_trainer(cls: type, data_dir: str | None = None) -> None:
+    """ERM trains on the dataset for 2 steps through the trainer."""
+    from shiftbench.datasets import DATASETS
+    from shiftbench.trainer import TrainArgs, train
+
+    name = cls.__name__
+    with _registered(DATASETS, cls) as key, _directory(None) as out:
+        records = train(TrainArgs(dataset=key, algorithm="ERM", test_envs=[0], steps=2,
+                                  checkpoint_freq=1, output_dir=out, data_dir=data_dir,
+                                  hparams='{"batch_size": 4}'),
+                        log=lambda m: None, progress=False)
+    assert [r["step"] for r in records] == [0, 1], f"{name}: records at {records}"
+    assert 0.0 <= records[-1]["env0_in_acc"] <= 1.0, f"{name}: {records[-1]}"
+
+
+def dataset_checks(cls: type, data_dir: str | None = None, hparams: dict[str, Any] | None = None,
+                   through_trainer: bool = True) -> list[Check]:
+    """The named checks of a dataset class."""
+    name = cls.__name__
+    checks = [Check(name, "declaration", functools.partial(check_dataset_declaration, cls)),
+              Check(name, "environments", functools.partial(check_dataset_environments, cls,
+                                                            data_dir, hparams))]
+    if through_trainer:
+        checks.append(Check(name, "through_trainer",
+                            functools.partial(check_dataset_through_trainer, cls, data_dir)))
+    return checks
+
+
+def check_dataset(cls: type, data_dir: str | None = None, hparams: dict[str, Any] | None = None,
+                  through_trainer: bool = True) -> None:
+    """Every check of `dataset_checks`, one after the other."""
+    for check in dataset_checks(cls, data_dir, hparams, through_trainer):
+        check()
+
+
+def checks_of(classes: Iterable[type], through_trainer: bool = True) -> list[Check]:
+    """The checks of several algorithm and dataset classes."""
+    from shiftbench.algorithms.base import Algorithm
+
+    out: list[Check] = []
+    for cls in classes:
+        out += (algorithm_checks(cls, through_trainer=through_trainer)
+                if issubclass(cls, Algorithm) else dataset_checks(cls, through_trainer=through_trainer))
+    return out
+
+
+def parametrize_with_checks(classes: Iterable[type], through_trainer: bool = True):
+    """A pytest decorator with one test item per named check of each class (as scikit-learn's
+    `parametrize_with_checks`)::
+
+        from shiftbench.testing import parametrize_with_checks
+
+        @parametrize_with_checks([MyAlgorithm, MyDataset])
+        def test_shiftbench_conformance(check):
+            check()
+    """
+    import pytest
+
+    checks = checks_of(classes, through_trainer)
+    return pytest.mark.parametrize("check", checks, ids=[c.id for c in checks])

@@ -24,7 +24,7 @@ from shiftbench.datasets.segmentation import task_type_of
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams_registry import DatasetInfo, check_protocol, resolve_hparams
 from shiftbench.seeds import seed_everything
-from shiftbench.setting import Setting, get_setting
+from shiftbench.setting import Setting, check_supports, get_setting
 from shiftbench.splits import EnvSplits, apply_fixed_splits, make_splits
 from shiftbench.trial_record import INDUCTIVE, TrialSpec, validate_options
 
@@ -49,10 +49,8 @@ def normalize(spec: TrialSpec) -> TrialSpec:
     setting = get_setting(spec.task)
     protocol = check_protocol(spec.protocol)
     if setting.name not in algorithm_cls.SETTINGS:
-        raise ShiftbenchError(
-            f"algorithm {spec.algorithm} does not support --task {setting.name}; it supports: "
-            f"{', '.join(algorithm_cls.SETTINGS)}. Algorithms for {setting.name}: "
-            + ", ".join(list_algorithms(setting=setting.name)))
+        check_supports(spec.algorithm, algorithm_cls.SETTINGS, setting.name,
+                       list_algorithms(setting=setting.name))
     if task_type not in algorithm_cls.TASK_TYPES:
         raise ShiftbenchError(
             f"algorithm {spec.algorithm} trains on {'/'.join(algorithm_cls.TASK_TYPES)} datasets, "

@@ -50,7 +50,7 @@ from typing import Any
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.options import check_values
-from shiftbench.setting import DG
+from shiftbench.setting import DG, check_supports
 from shiftbench.sweeps.facts import dataset_facts
 from shiftbench.trial_record import TrialSpec, sweep_options
 
@@ -189,9 +189,7 @@ class SweepSpec:
         for name in self.algorithms:
             facts = algorithm_facts(name)
             if self.task not in facts.settings:
-                raise SpecError(f"algorithm {name} does not support task {self.task!r} (it "
-                                f"supports {', '.join(facts.settings)}); algorithms for "
-                                f"{self.task}: {', '.join(algorithm_names(self.task))}")
+                check_supports(name, facts.settings, self.task, algorithm_names(self.task))
         for name in list(self.fixed) + list(self.grid):
             if name not in self.algorithms:
                 raise SpecError(f"hparams are given for algorithm {name!r}, which is not in the "

@@ -14,9 +14,11 @@ from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets.debug import DebugVector
 from shiftbench.testing import (
     SHAPES,
+    algorithm_checks,
     check_dataset,
     check_through_trainer,
     check_update_predict_state,
+    parametrize_with_checks,
 )
 
 CASES = [(name, setting) for name, cls in ALGORITHM_REGISTRY.items() for setting in cls.SETTINGS
@@ -78,3 +80,20 @@ def test_checks_catch_broken_plugins():
     with pytest.raises(AssertionError, match=r"LabelOutOfRange/1\[59\]: label 3 out of range"):
         check_dataset(LabelOutOfRange, through_trainer=False)
     assert "NondeterministicPredict" not in ALGORITHM_REGISTRY
+
+
+@parametrize_with_checks([ERM, DebugVector])
+def test_named_checks_as_a_user_suite_runs_them(check):
+    check()
+
+
+def test_named_checks_fail_one_by_one():
+    checks = {c.name: c for c in algorithm_checks(NondeterministicPredict, settings=["dg"],
+                                                  kinds=["vector"], through_trainer=False)}
+    assert list(checks) == ["documented", "update[dg-vector]", "predict[dg-vector]",
+                            "full_state[dg-vector]"]
+    checks["update[dg-vector]"]()
+    checks["documented"]()
+    with pytest.raises(AssertionError, match="predict must be deterministic"):
+        checks["predict[dg-vector]"]()
+    assert checks["predict[dg-vector]"].id == "NondeterministicPredict:predict[dg-vector]"

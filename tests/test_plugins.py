@@ -4,6 +4,7 @@ sys.path), found by name without --import, and passes the public conformance che
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import textwrap
@@ -86,15 +87,12 @@ def installed(tmp_path, monkeypatch):
         f"[{group}]\nplugin = sb_plugin_pkg\n\n"
         for group in ("shiftbench.algorithms", "shiftbench.datasets", "shiftbench.launchers")))
     monkeypatch.syspath_prepend(str(site))
-    for registry in (ALGORITHM_REGISTRY, DATASETS, AVAILABILITY, LAUNCHERS):
-        monkeypatch.setattr(registry, "_entry_points_loaded", False)
-    yield
-    for registry, key in ((ALGORITHM_REGISTRY, "PluginERM"), (DATASETS, "PluginData"),
-                          (AVAILABILITY, "PluginData"), (LAUNCHERS, "plugin_serial")):
-        registry._items.pop(key, None)
-    if "PluginERM" in ALGORITHMS:
-        ALGORITHMS.remove("PluginERM")
+    with contextlib.ExitStack() as stack:  # each registry looks the entry points up afresh
+        for registry in (ALGORITHM_REGISTRY, DATASETS, AVAILABILITY, LAUNCHERS):
+            stack.enter_context(registry.scratch())
+        yield
     sys.modules.pop("sb_plugin_pkg", None)
+    assert "PluginERM" not in ALGORITHMS
 
 
 def test_plugins_of_each_kind_are_found_by_name_and_conform(installed, tmp_path, capsys):

@@ -62,17 +62,9 @@ def test_entry_point_plugins_load_on_first_unknown_name(tmp_path, monkeypatch):
         "class PluggedData(Debug28):\n"
         "    '''A dataset from an installed plug-in.'''\n"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(ALGORITHM_REGISTRY, "_entry_points_loaded", False)
-    monkeypatch.setattr(DATASETS, "_entry_points_loaded", False)
-    try:
+    with ALGORITHM_REGISTRY.scratch(), DATASETS.scratch():  # entry points looked up afresh
         assert get_algorithm_class("PluggedERM").__name__ == "PluggedERM"
         assert get_dataset_class("PluggedData").__name__ == "PluggedData"
-    finally:
-        for reg, key in ((ALGORITHM_REGISTRY, "PluggedERM"), (DATASETS, "PluggedData")):
-            reg._items.pop(key, None)
-        for mod in ("sb_test_alg_plugin", "sb_test_data_plugin"):
-            sys.modules.pop(mod, None)
-        from shiftbench.algorithms import ALGORITHMS
-
-        if "PluggedERM" in ALGORITHMS:
-            ALGORITHMS.remove("PluggedERM")
+    for mod in ("sb_test_alg_plugin", "sb_test_data_plugin"):
+        sys.modules.pop(mod, None)
+    assert "PluggedERM" not in ALGORITHM_REGISTRY and "PluggedData" not in DATASETS

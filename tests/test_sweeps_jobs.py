@@ -127,7 +127,7 @@ def test_bad_flags_name_the_value():
         _spec(datasets=["Debug28"], algorithms=["ERM"], n_trials=0)
     with pytest.raises(ShiftbenchError, match="no datasets given"):
         _spec(algorithms=["ERM"])
-    with pytest.raises(ShiftbenchError, match="does not support task 'tta'"):
+    with pytest.raises(ShiftbenchError, match="does not support --task tta"):
         _spec(datasets=["Debug28"], algorithms=["ERM"], task="tta")
 
 
