@@ -101,3 +101,12 @@ def test_no_import_cycles_but_the_known_ones():
 
 def test_the_graph_walk_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == {frozenset("abc")}
+
+
+def test_every_module_is_in_the_architecture_map():
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    sections = doc.split("### `")[1:]
+    listed = {section.split("/`")[0]: section for section in sections}
+    missing = [f"{path.parent.name}/{path.name}" for path in modules().values()
+               if f"| `{path.name}` |" not in listed.get(path.parent.name, "")]
+    assert not missing, f"modules missing from docs/architecture.md: {missing}"
