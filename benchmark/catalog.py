@@ -35,6 +35,8 @@ from shiftbench.source_reader import UNKNOWN, ReaderClass, SourceReader, summary
 ALGORITHM_PACKAGE = "shiftbench.algorithms"
 DATASET_PACKAGES = ("shiftbench.datasets",)
 EXTRA_DATASET_MODULES = ("shiftbench.demo_data",)  # registered on import by the demo
+# modules outside the algorithm package whose dicts algorithm classes splat into their HPARAMS
+EXTRA_ALGORITHM_MODULES = ("shiftbench.datasets.road_protocol",)
 # Where a dataset's files are and where they come from (read by `shiftbench data list`).
 FILE_ATTRIBUTES = ("DATA_SUBDIR", "DOMAIN_FOLDERS", "DOMAIN_SUBPATH", "URL", "LICENSE", "FOLDER")
 
@@ -212,6 +214,8 @@ def algorithm_index() -> dict[str, AlgorithmEntry]:
     """Every built-in algorithm, in registration order (ERM first, as the package imports them)."""
     modules = _package_modules(ALGORITHM_PACKAGE)
     ordered = dict(sorted(modules.items(), key=lambda kv: (not kv[0].endswith(".erm"), kv[0])))
+    for module in EXTRA_ALGORITHM_MODULES:
+        ordered.update(_module_file(module))
     return _cached("algorithms", ordered, _build_algorithms)
 
 
