@@ -2,7 +2,7 @@
 
 DEV estimates the target risk from labeled *source validation* examples, each loss weighted by
 the density ratio w(x) = p_target(x) / p_source(x) of its features, estimated by a domain
-classifier trained on source and target features (`shiftbench.results.validators.dev_risk`
+classifier trained on source and target features (`shiftbench.scores.dev_risk`
 does the estimation). At each checkpoint the trainer passes the model and the splits here:
 
 * features: the algorithm's `featurizer` output when it has one (the embedding DEV is defined
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from shiftbench.data import eval_batches
 from shiftbench.seeds import seed_hash
+from shiftbench.trial_record import record_key
 
 DEV_MAX_EXAMPLES = 1000
 
@@ -61,7 +62,7 @@ def dev_score(algorithm: torch.nn.Module, datasets: Sequence, splits: Sequence, 
               Sequence[int], target_env: int, trial_seed: int, device: torch.device,
               batch_size: int = 128) -> dict[str, float]:
     """`{env{t}_uda_dev: risk}` for target `target_env` (empty when a split is missing)."""
-    from shiftbench.results.validators import dev_risk
+    from shiftbench.scores import dev_risk
 
     target = _subset(splits[target_env].uda, DEV_MAX_EXAMPLES,
                      seed_hash(trial_seed, target_env, "dev"))
@@ -81,4 +82,4 @@ def dev_score(algorithm: torch.nn.Module, datasets: Sequence, splits: Sequence, 
     tgt_feats = _pass(algorithm, datasets[target_env], target, device, batch_size, False)[0]
     risk = dev_risk(np.concatenate(src_feats), tgt_feats, np.concatenate(val_feats),
                     np.concatenate(val_losses), seed=trial_seed)
-    return {f"env{target_env}_uda_dev": risk} if np.isfinite(risk) else {}
+    return {record_key(target_env, "uda", "dev"): risk} if np.isfinite(risk) else {}

@@ -31,6 +31,7 @@ from shiftbench.errors import UnknownNameError
 from shiftbench.seeds import seed_hash
 from shiftbench.splits import UNLABELED_SPLIT
 from shiftbench.trial import Trial, autocast
+from shiftbench.trial_record import record_key
 
 Evaluator = Callable[[Trial], dict[str, float]]
 _EVALUATORS: dict[str, Evaluator] = {}
@@ -68,11 +69,11 @@ def evaluate(trial: Trial) -> dict[str, float]:
     for i in trial.args.test_envs:
         if trial.splits[i].in_ is not trial.splits[i].uda:
             continue
-        prefix = f"env{i}_out_"
+        prefix = record_key(i, "out", "")  # "env{i}_out_"
         for key in [k for k in scores if k.startswith(prefix)]:
             metric = key[len(prefix):]
-            if f"env{i}_uda_{metric}" in scores:
-                scores[f"env{i}_in_{metric}"] = scores[f"env{i}_uda_{metric}"]
+            if record_key(i, "uda", metric) in scores:
+                scores[record_key(i, "in", metric)] = scores[record_key(i, "uda", metric)]
     return scores
 
 
@@ -125,7 +126,7 @@ def evaluate_classification(trial: Trial) -> dict[str, float]:
         if adapt:
             for logits, y in adaptation_stream(trial, env, idx, i, split_name):
                 correct += accuracy_counts(logits, y.to(trial.device))
-            accs[f"env{i}_{split_name}_acc"] = correct / len(idx)
+            accs[record_key(i, split_name)] = correct / len(idx)
             continue
         kept = []
         keep_logits = i in trial.args.test_envs and split_name == UNLABELED_SPLIT
@@ -135,7 +136,7 @@ def evaluate_classification(trial: Trial) -> dict[str, float]:
                 correct += accuracy_counts(logits, y.to(trial.device))
                 if keep_logits:
                     kept.append(logits.float().cpu())
-        accs[f"env{i}_{split_name}_acc"] = correct / len(idx)
+        accs[record_key(i, split_name)] = correct / len(idx)
         if kept:
             accs.update(unsupervised_scores(trial, i, torch.cat(kept)))
             with torch.inference_mode(), autocast(trial):  # the `dev` rule's risk
@@ -149,13 +150,13 @@ def unsupervised_scores(trial: Trial, env_i: int, logits: torch.Tensor) -> dict[
     """Label-free scores of the predictions on the unlabeled target split (for the `entropy`,
     `im` and `snd` selection rules). Entropies use every example; SND compares all pairs, so it
     sees at most `SND_MAX_EXAMPLES`, the same subset at every checkpoint of a trial."""
-    from shiftbench.results.validators import marginal_entropy, prediction_entropy, validator_scores
+    from shiftbench.scores import marginal_entropy, prediction_entropy, validator_scores
 
     subset = logits
     if len(logits) > SND_MAX_EXAMPLES:
         g = torch.Generator().manual_seed(seed_hash(trial.args.trial_seed, env_i, "snd"))
         subset = logits[torch.randperm(len(logits), generator=g)[:SND_MAX_EXAMPLES]]
     scores = validator_scores(env_i, subset)
-    scores[f"env{env_i}_uda_entropy"] = prediction_entropy(logits)
-    scores[f"env{env_i}_uda_marginal_entropy"] = marginal_entropy(logits)
+    scores[record_key(env_i, "uda", "entropy")] = prediction_entropy(logits)
+    scores[record_key(env_i, "uda", "marginal_entropy")] = marginal_entropy(logits)
     return scores

@@ -355,6 +355,17 @@ def read_job_file(path: str | os.PathLike) -> TrialSpec:
     return TrialSpec.from_dict(document["args"])
 
 
+# --------------------------------------------------------------------------------------------
+# Record keys: a record's scores are `env{i}_{split}_{metric}` (DomainBed's `env0_out_acc`, and
+# ours: `env1_uda_entropy`, `env2_in_miou`, `env2_in_iou_<class>`, ...). Writers and readers build
+# and count them with these helpers only.
+
+
+def record_key(env: int, split: str, metric: str = "acc") -> str:
+    """The key of environment `env`'s `split` ("in", "out", "uda", "lab", ...) score `metric`."""
+    return f"env{env}_{split}_{metric}"
+
+
 def trial_key(args: Mapping[str, Any]) -> str:
     """A string that is equal for two records' `args` exactly when they are the same trial."""
     return json.dumps(identity(args), sort_keys=True, default=str)

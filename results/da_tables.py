@@ -36,6 +36,7 @@ from shiftbench.results.selection import Selected, get_selection_rule
 from shiftbench.results.stats import mean_and_error
 from shiftbench.results.table_model import Cell, Table
 from shiftbench.results.tables import register_table_builder
+from shiftbench.trial_record import record_key
 
 KIND = "da_tasks"
 AVERAGE = "Avg"
@@ -139,7 +140,7 @@ def da_task_tables(records: list[dict[str, Any]], rules: list[str],
                 group["transductive"][s.algorithm][label][s.trial_seed] = s.test_acc
                 continue
             group["inductive"][s.algorithm][label][s.trial_seed] = s.test_acc
-            uda = record.get(f"env{s.test_env}_uda_acc")
+            uda = record.get(record_key(s.test_env, "uda"))
             if isinstance(uda, (int, float)):
                 group["transductive"][s.algorithm][label][s.trial_seed] = float(uda)
         for (setting, dataset), group in sorted(values.items()):

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shiftbench.results.phases import adaptation_start
+from shiftbench.trial_record import record_key
 
 DIVERGED = "diverged"
 NOT_LEARNING = "not learning"
@@ -159,13 +160,13 @@ def source_validation(record: Mapping[str, Any]) -> float | None:
     """Mean `env{i}_out_acc` over the run's source domains (None if any is missing)."""
     a = record["args"]
     n = 0
-    while f"env{n}_out_acc" in record or f"env{n}_in_acc" in record:
+    while record_key(n, "out") in record or record_key(n, "in") in record:
         n += 1
     sources = a.get("source_envs")
     unused = set(record.get("unused_envs") or ())
     if sources is None:
         sources = [i for i in range(n) if i not in a["test_envs"] and i not in unused]
-    accs = [record.get(f"env{i}_out_acc") for i in sources]
+    accs = [record.get(record_key(i, "out")) for i in sources]
     if not accs or not all(_number(x) and math.isfinite(x) for x in accs):
         return None
     return sum(accs) / len(accs)
@@ -228,9 +229,9 @@ def _check_learning(health: RunHealth, last: Mapping[str, Any]) -> None:
 def _check_collapse(health: RunHealth, records: Sequence[dict[str, Any]]) -> None:
     metric = "miou" if _is_segmentation(records[-1]) else "acc"
     for t in health.test_envs:
-        key = f"env{t}_in_{metric}"
+        key = record_key(t, "in", metric)
         if not any(key in r for r in records):  # no held-out split: the adapted-to one
-            key = f"env{t}_uda_{metric}"
+            key = record_key(t, "uda", metric)
         curve = [(r["step"], r[key]) for r in records if _number(r.get(key)) and math.isfinite(r[key])]
         if len(curve) < 2:
             continue

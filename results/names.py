@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from shiftbench.hparams import DOMAINBED_ALGORITHMS  # noqa: F401 (DomainBed's row order too)
+from shiftbench.trial_record import record_key
 
 # DomainBed's environment names for datasets we may not have registered.
 DOMAINBED_ENVIRONMENTS = {
@@ -53,7 +54,7 @@ def environment_names(dataset: str, records: Sequence[dict[str, Any]] = (),
     n = 0
     for r in records:
         if r["args"]["dataset"] == dataset:
-            while f"env{n}_out_acc" in r or f"env{n}_in_acc" in r:
+            while record_key(n, "out") in r or record_key(n, "in") in r:
                 n += 1
     return [str(i) for i in range(n)]
 

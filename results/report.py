@@ -21,6 +21,7 @@ from typing import Any
 from shiftbench.results.names import environment_names, order_algorithms
 from shiftbench.results.selection import get_selection_rule, group_records
 from shiftbench.results.table_model import Collection, Table
+from shiftbench.trial_record import record_key
 
 MAX_FIGURES = 60  # keep reports of huge sweeps readable and small
 MAX_HPARAMS = 6
@@ -120,7 +121,7 @@ def learning_curves(collection: Collection, rule: str, task: str, dataset: str, 
     for ax, env in zip(axes, envs):
         for s in (s for s in selected if s.test_env == env):
             run = runs.get((task, dataset, s.algorithm, env, s.trial_seed, s.hparams_seed), [])
-            pts = [(r["step"], 100 * r[f"env{env}_in_acc"]) for r in run if f"env{env}_in_acc" in r]
+            pts = [(r["step"], 100 * r[record_key(env, "in")]) for r in run if record_key(env, "in") in r]
             if not pts:
                 continue
             ax.plot(*zip(*pts), color=colors[s.algorithm], alpha=0.8,

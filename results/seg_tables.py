@@ -25,6 +25,7 @@ from shiftbench.results.selection import Selected, get_selection_rule, select
 from shiftbench.results.stats import mean_and_error
 from shiftbench.results.table_model import Cell, Table
 from shiftbench.results.tables import register_table_builder
+from shiftbench.trial_record import record_key
 
 MIOU, IOU = "seg_miou", "seg_iou"
 
@@ -109,7 +110,7 @@ def _miou_table(rule, title, task, dataset, by_label, ddof) -> Table:
     algorithms = order_algorithms(sorted({a for v in by_label.values() for a in v}))
     rows = []
     for alg in algorithms:
-        per = {lab: {t: rt[0][f"env{rt[1]}_in_acc"] for t, rt in by_label[lab].get(alg, {}).items()}
+        per = {lab: {t: rt[0][record_key(rt[1], "in")] for t, rt in by_label[lab].get(alg, {}).items()}
                for lab in labels}
         flags = {lab: {t: rt[2] for t, rt in by_label[lab].get(alg, {}).items()} for lab in labels}
         cells = [_cell(list(per[lab].values()), ddof) for lab in labels]
@@ -132,7 +133,7 @@ def _iou_table(rule, title, task, dataset, label, by_alg, ddof) -> Table:
     keys: set[str] = set()
     for trials in by_alg.values():
         for r, t, _ in trials.values():
-            prefix = f"env{t}_in_iou_"
+            prefix = record_key(t, "in", "iou_")
             keys |= {k[len(prefix):] for k in r if k.startswith(prefix)}
     classes = _class_order(dataset, keys)
     rows = []
@@ -140,7 +141,7 @@ def _iou_table(rule, title, task, dataset, label, by_alg, ddof) -> Table:
         trials = list(by_alg[alg].values())
         cells = [_cell([r[f"env{t}_in_iou_{c}"] for r, t, _ in trials if f"env{t}_in_iou_{c}" in r],
                        ddof) for c in classes]
-        cells.append(_cell([r[f"env{t}_in_acc"] for r, t, _ in trials], ddof))
+        cells.append(_cell([r[record_key(t, "in")] for r, t, _ in trials], ddof))
         for cell in cells:
             cell.health = union(h for _, _, h in trials)
         rows.append(cells)

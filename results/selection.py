@@ -52,6 +52,7 @@ from shiftbench.registry import Registry
 from shiftbench.results.phases import adapted_only
 from shiftbench.results.reading import Sweep, as_records
 from shiftbench.setting import all_settings, setting_names
+from shiftbench.trial_record import record_key
 
 SELECTION_RULES: Registry[type[SelectionRule]] = Registry("selection rule")
 ALL_TASKS = setting_names()
@@ -169,7 +170,7 @@ class CheckpointRule(SelectionRule):
             if self.SKIP_INITIAL and r.get("step") == 0:
                 continue
             val = self.val_score(r, test_env)
-            test = r.get(f"env{test_env}_in_acc")
+            test = r.get(record_key(test_env, "in"))
             if not (_finite(val) and _finite(test)):
                 continue
             if best is None or val > best.val_acc:
@@ -189,9 +190,9 @@ class IIDAccuracySelectionMethod(CheckpointRule):
         accs = []
         sources = record["args"].get("source_envs")
         i = 0
-        while f"env{i}_out_acc" in record:
+        while record_key(i, "out") in record:
             if i != test_env and (sources is None or i in sources):
-                accs.append(record[f"env{i}_out_acc"])
+                accs.append(record[record_key(i, "out")])
             i += 1
         if not accs or not all(_finite(a) for a in accs):
             return None
@@ -211,7 +212,7 @@ class LeaveOneOutSelectionMethod(SelectionRule):
             return None
         test_record = singles[0]
         n_envs = 0
-        while f"env{n_envs}_out_acc" in test_record:
+        while record_key(n_envs, "out") in test_record:
             n_envs += 1
         val: dict[int, float] = {}
         for r in records:
@@ -219,11 +220,11 @@ class LeaveOneOutSelectionMethod(SelectionRule):
             if len(envs) != 2 or test_env not in envs:
                 continue
             v = envs[0] if envs[1] == test_env else envs[1]
-            acc = r.get(f"env{v}_in_acc")
+            acc = r.get(record_key(v, "in"))
             if _finite(acc):
                 val[v] = acc
         others = [v for v in range(n_envs) if v != test_env]
-        test = test_record.get(f"env{test_env}_in_acc")
+        test = test_record.get(record_key(test_env, "in"))
         if n_envs < 2 or any(v not in val for v in others) or not _finite(test):
             return None
         return RunChoice(sum(val[v] for v in others) / len(others), float(test),
@@ -253,7 +254,7 @@ class OracleSelectionMethod(SelectionRule):
         if not singles:
             return None
         last = singles[-1]
-        val, test = last.get(f"env{test_env}_out_acc"), last.get(f"env{test_env}_in_acc")
+        val, test = last.get(record_key(test_env, "out")), last.get(record_key(test_env, "in"))
         if not (_finite(val) and _finite(test)):
             return None
         return RunChoice(float(val), float(test), last["step"], last)
@@ -304,8 +305,8 @@ class InfoMaxSelection(CheckpointRule):
     SKIP_INITIAL = True
 
     def val_score(self, record, test_env):
-        marginal = record.get(f"env{test_env}_uda_marginal_entropy")
-        cond = record.get(f"env{test_env}_uda_entropy")
+        marginal = record.get(record_key(test_env, "uda", "marginal_entropy"))
+        cond = record.get(record_key(test_env, "uda", "entropy"))
         if not (_finite(marginal) and _finite(cond)):
             return None
         return marginal - cond

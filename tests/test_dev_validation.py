@@ -11,7 +11,7 @@ import torch
 from shiftbench.datasets.base import TensorDomain
 from shiftbench.dev_validation import dev_score, embed
 from shiftbench.results.selection import select
-from shiftbench.results.validators import dev_risk
+from shiftbench.scores import dev_risk
 from shiftbench.splits import make_splits
 from shiftbench.trainer import TrainArgs, train
 

@@ -110,3 +110,19 @@ def test_every_module_is_in_the_architecture_map():
     missing = [f"{path.parent.name}/{path.name}" for path in modules().values()
                if f"| `{path.name}` |" not in listed.get(path.parent.name, "")]
     assert not missing, f"modules missing from docs/architecture.md: {missing}"
+
+
+# Training's own modules: none imports the collector (shiftbench.results), except the run-health
+# checks the loop writes into the last record (to move into the engine).
+TRAINING = ("shiftbench.loop", "shiftbench.trial", "shiftbench.evaluation",
+            "shiftbench.seg_evaluation", "shiftbench.dev_validation", "shiftbench.scores",
+            "shiftbench.checkpoints", "shiftbench.data", "shiftbench.splits")
+TRAINING_READS_RESULTS = {("shiftbench.loop", "shiftbench.results.health")}
+
+
+def test_training_does_not_import_the_collector():
+    known = modules()
+    found = {(name, target) for name in TRAINING
+             for target in imports_of(name, known[name], known)
+             if target.startswith("shiftbench.results")}
+    assert found == TRAINING_READS_RESULTS, found

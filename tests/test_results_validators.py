@@ -10,7 +10,7 @@ import torch
 from results_helpers import make_record
 
 from shiftbench.results.selection import select
-from shiftbench.results.validators import (
+from shiftbench.scores import (
     dev_risk,
     information_maximization,
     marginal_entropy,

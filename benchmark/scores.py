@@ -1,4 +1,4 @@
-"""Unsupervised validation scores on the unlabeled target split, for the uda selection rules.
+"""Label-free scores of predictions on the unlabeled target split, for the uda selection rules.
 
 The trainer calls `validator_scores` at each checkpoint for a held-out environment t and stores
 the returned keys in the record; the rules `entropy`, `im`, `snd` and `dev` of
@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from shiftbench.trial_record import record_key
 
 SND_TEMPERATURE = 0.05
 
@@ -97,11 +99,11 @@ def validator_scores(env: int, target_logits: torch.Tensor, *,
                      source_val_features: np.ndarray | None = None,
                      source_val_losses: np.ndarray | None = None) -> dict[str, float]:
     """The record keys for held-out environment `env` (DEV only when its inputs are given)."""
-    scores = {f"env{env}_uda_entropy": prediction_entropy(target_logits),
-              f"env{env}_uda_marginal_entropy": marginal_entropy(target_logits)}
+    scores = {record_key(env, "uda", "entropy"): prediction_entropy(target_logits),
+              record_key(env, "uda", "marginal_entropy"): marginal_entropy(target_logits)}
     if len(target_logits) >= 2:
-        scores[f"env{env}_uda_snd"] = soft_neighborhood_density(target_logits)
+        scores[record_key(env, "uda", "snd")] = soft_neighborhood_density(target_logits)
     dev_inputs = (source_features, target_features, source_val_features, source_val_losses)
     if all(v is not None for v in dev_inputs):
-        scores[f"env{env}_uda_dev"] = dev_risk(*dev_inputs)
+        scores[record_key(env, "uda", "dev")] = dev_risk(*dev_inputs)
     return scores
