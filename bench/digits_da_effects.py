@@ -56,9 +56,10 @@ def per_seed(collection, task: tuple[int, int]) -> dict[str, dict[str, dict[int,
     return out
 
 
-def source_val(record: dict, test_env: int) -> float | None:
-    vals = [v for k, v in record.items() if k.endswith("_out_acc") and k.startswith("env")
-            and k != f"env{test_env}_out_acc" and isinstance(v, float)]
+def source_val(record: dict) -> float | None:
+    """Mean validation accuracy (%) of the record's source domains."""
+    vals = [record.get(f"env{i}_out_acc") for i in record["args"].get("source_envs") or ()]
+    vals = [v for v in vals if isinstance(v, float)]
     return None if not vals else 100 * sum(vals) / len(vals)
 
 
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     by_step = {}
     for r in records:
         a = r["args"]
-        by_step[(a["algorithm"], int(a["trial_seed"]), r["step"])] = r
+        by_step[(a["algorithm"], int(a["trial_seed"]), tuple(a.get("source_envs") or ()),
+                 r["step"])] = r
 
     print(f"### Per trial: {envs[source]} → {envs[target]}\n")
     print("| algorithm | seed | iid step | iid target | source val | last target | flags |")
@@ -84,10 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     for alg in sorted(chosen["iid"], key=str.lower):
         for seed, s in sorted(chosen["iid"][alg].items()):
             last = chosen["oracle"][alg].get(seed)
-            rec = by_step.get((alg, seed, s.step), {})
+            rec = by_step.get((alg, seed, (source,), s.step), {"args": {}})
             flags = sorted(set(s.health) | set(last.health if last else ()))
             print(f"| {alg} | {seed} | {s.step} | {100 * s.test_acc:.1f} | "
-                  f"{_fmt(source_val(rec, target))} | "
+                  f"{_fmt(source_val(rec))} | "
                   f"{_fmt(100 * last.test_acc if last else None)} | {', '.join(flags) or '—'} |")
 
     for rule, title in RULES.items():
