@@ -106,7 +106,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     task = TASK_ALIASES.get(ns.task, ns.task)
     check_names(ns.algorithm, ns.dataset, task, ns.imports, ns.test_envs)
     if ns.hparams:
-        from shiftbench.hparams_registry import parse_overrides
+        from shiftbench.hparams import parse_overrides
 
         parse_overrides(ns.hparams)  # malformed JSON is reported before torch loads
 
@@ -120,7 +120,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         torch.set_num_threads(ns.threads)
     hparams = ns.hparams
     if ns.hparams_preset:
-        from shiftbench.hparams_registry import parse_overrides
+        from shiftbench.hparams import parse_overrides
         from shiftbench.presets import PRESETS, with_preset
 
         hparams = json.dumps(with_preset(ns.hparams_preset, ns.algorithm, ns.dataset,
@@ -172,7 +172,7 @@ def _algorithm_blocks(ns: argparse.Namespace) -> tuple[list[dict], str]:
     import textwrap
 
     from shiftbench.algorithms import Algorithm, get_algorithm_class, list_algorithms
-    from shiftbench.hparams_registry import DatasetInfo, dataset_info
+    from shiftbench.hparams import DatasetInfo, dataset_info
 
     ds = dataset_info(ns.dataset) if ns.dataset else DatasetInfo("RotatedMNIST", (1, 28, 28), 10)
     base_keys = set(Algorithm.hparam_space(ds))

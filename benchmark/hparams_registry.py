@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams import (  # noqa: F401 (the declarations, importable from here too)
+from shiftbench.hparams import (
     DOMAINBED_ALGORITHMS,
     FLOAT32_MAX,
     PROTOCOLS,
@@ -48,6 +48,14 @@ from shiftbench.hparams import (  # noqa: F401 (the declarations, importable fro
     validate_overrides,
 )
 from shiftbench.seeds import seed_hash
+
+# The declarations (shiftbench.hparams) are importable from here too, as from DomainBed's module.
+__all__ = [
+    "Choice", "DOMAINBED_ALGORITHMS", "DatasetInfo", "Distribution", "FLOAT32_MAX", "HParam",
+    "IntLogUniform", "IntUniform", "LogUniform", "PROTOCOLS", "Uniform", "check_choices",
+    "check_protocol", "dataset_info", "default_hparams", "hparam_space", "parse_overrides",
+    "random_hparams", "resolve_hparams", "validate_overrides",
+]
 
 
 def hparam_space(

@@ -127,7 +127,8 @@ PRESETS: dict[str, Preset] = {
 
 def preset_hparams(name: str, algorithm: str, dataset: str | Any) -> dict[str, Any]:
     """The overrides preset `name` sets for `algorithm` on `dataset` (name or DatasetInfo)."""
-    from shiftbench.hparams_registry import dataset_info, hparam_space
+    from shiftbench.hparams import dataset_info
+    from shiftbench.hparams_registry import hparam_space
 
     if name not in PRESETS:
         raise UnknownNameError("hparams preset", name, PRESETS)

@@ -22,7 +22,8 @@ from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets.base import MultiDomainDataset
 from shiftbench.datasets.segmentation import task_type_of
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams_registry import DatasetInfo, check_protocol, resolve_hparams
+from shiftbench.hparams import DatasetInfo, check_protocol
+from shiftbench.hparams_registry import resolve_hparams
 from shiftbench.seeds import seed_everything
 from shiftbench.setting import Setting, check_supports, get_setting
 from shiftbench.splits import EnvSplits, apply_fixed_splits, make_splits

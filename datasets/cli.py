@@ -66,7 +66,8 @@ def source_table() -> list[dict[str, Any]]:
 
 def cmd_download(ns: argparse.Namespace) -> int:
     """Download, verify and unpack the named datasets into --data-dir."""
-    from shiftbench.datasets.download import DownloadError, base_url, install
+    from shiftbench.datasets.archive_checks import DownloadError
+    from shiftbench.datasets.download import base_url, install
     from shiftbench.datasets.sources import SOURCES, get_source
 
     if not ns.names:

@@ -18,8 +18,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from shiftbench.datasets.archive_checks import DownloadError
 from shiftbench.datasets.download import (
-    DownloadError,
     Remote,
     Source,
     find_folder_with,

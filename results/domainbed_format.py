@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from shiftbench.hparams import DOMAINBED_ALGORITHMS
 from shiftbench.results.builders import index_selected, sorted_values
 from shiftbench.results.names import (
-    DOMAINBED_ALGORITHMS,
     DOMAINBED_DATASETS,
     environment_names,
     ordered,

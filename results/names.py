@@ -10,7 +10,6 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from shiftbench.hparams import DOMAINBED_ALGORITHMS  # noqa: F401 (DomainBed's row order too)
 from shiftbench.trial_record import record_key
 
 # DomainBed's environment names for datasets we may not have registered.

@@ -71,7 +71,8 @@ def progress_start(total_steps: int, fraction: float) -> int:
 @functools.cache
 def _catalog_phases(algorithm: str) -> tuple | None:
     try:
-        from shiftbench.catalog import UNKNOWN, algorithm_index
+        from shiftbench.catalog import algorithm_index
+        from shiftbench.source_reader import UNKNOWN
 
         entry = algorithm_index().get(algorithm)
     except Exception:  # noqa: BLE001 - no catalog: no declared phases

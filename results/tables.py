@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from shiftbench.errors import ShiftbenchError
+from shiftbench.hparams import DOMAINBED_ALGORITHMS
 from shiftbench.results.builders import build_budget_tables, build_rule_tables, sorted_values
 from shiftbench.results.domainbed_format import domainbed_format
 from shiftbench.results.health import annotate, health_table, sweep_health
 from shiftbench.results.health import legend as health_legend
 from shiftbench.results.names import (
-    DOMAINBED_ALGORITHMS,
     DOMAINBED_DATASETS,
     DOMAINBED_ENVIRONMENTS,
     environment_names,

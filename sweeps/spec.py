@@ -206,7 +206,8 @@ class SweepSpec:
                     raise SpecError(f"grid value of {algorithm}.{hp} must be a non-empty list, "
                                     f"got {values!r}")
         for dataset in self.sweep_datasets() if check_hparams else ():
-            from shiftbench.hparams_registry import hparam_space, validate_overrides
+            from shiftbench.hparams import validate_overrides
+            from shiftbench.hparams_registry import hparam_space
 
             for algorithm in self.algorithms:
                 space = hparam_space(algorithm, dataset, self.trial.protocol)
