@@ -214,8 +214,9 @@ def algorithm_index() -> dict[str, AlgorithmEntry]:
     """Every built-in algorithm, in registration order (ERM first, as the package imports them)."""
     modules = _package_modules(ALGORITHM_PACKAGE)
     ordered = dict(sorted(modules.items(), key=lambda kv: (not kv[0].endswith(".erm"), kv[0])))
-    for module in EXTRA_ALGORITHM_MODULES:
-        ordered.update(_module_file(module))
+    for module in EXTRA_ALGORITHM_MODULES:  # found without importing their package
+        package = module.rpartition(".")[0]
+        ordered.update({m: f for m, f in _package_modules(package).items() if m == module})
     return _cached("algorithms", ordered, _build_algorithms)
 
 
