@@ -19,11 +19,14 @@ import contextlib
 import json
 import os
 import sys
+import textwrap
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from shiftbench.errors import ShiftbenchError
+from shiftbench.progress import duration
 
 __all__ = ["run_trial", "run_sweep", "load_records", "records_frame", "tables", "leaderboard",
            "headline", "compare", "plot_curves", "plot_leaderboard"]
@@ -31,14 +34,16 @@ __all__ = ["run_trial", "run_sweep", "load_records", "records_frame", "tables", 
 
 def run_trial(dataset: str, algorithm: str = "ERM", *, output_dir: str | os.PathLike,
               test_envs: Sequence[int | str] = (0,), hparams: Mapping[str, Any] | None = None,
-              progress: bool = False, quiet: bool = True, loggers: Sequence[str] = (),
+              progress: bool | None = None, quiet: bool = True, loggers: Sequence[str] = (),
               callbacks: Sequence[Any] = (), **args: Any) -> list[dict[str, Any]]:
     """Train one trial (as `shiftbench train`) and return its records, one per checkpoint.
 
     `args` are the other fields of `shiftbench.trainer.TrainArgs` (task, steps, seed,
     trial_seed, hparams_seed, data_dir, checkpoint_freq, precision, image_cache, ...). Rerunning
-    with the same arguments resumes or returns the finished trial's records. `quiet=False` prints the
-    per-checkpoint log `shiftbench train` prints. `loggers` as `--logger` (csv, tensorboard,
+    with the same arguments resumes or returns the finished trial's records. Progress goes to
+    stderr: a bar on a terminal, else (a notebook, a log file) a line every 30 s and one when
+    evaluating; `progress=False` turns it off. `quiet=False` also prints the per-checkpoint table
+    `shiftbench train` prints. `loggers` as `--logger` (csv, tensorboard,
     wandb, mlflow); `callbacks`: your own objects with any of `start(spec, hparams)`,
     `step(step, losses)`, `checkpoint(record)`, `end(records)`."""
     from shiftbench.loggers import make_loggers
@@ -59,7 +64,7 @@ def run_trial(dataset: str, algorithm: str = "ERM", *, output_dir: str | os.Path
 
 def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
               algorithms: Sequence[str] = ("ERM",), data_dir: str | None = None,
-              loggers: Sequence[str] = (), **spec: Any):
+              loggers: Sequence[str] = (), progress: bool = True, **spec: Any):
     """Run a sweep in this process, one job after another, and return it read back
     (`shiftbench.results.reading.Sweep`).
 
@@ -67,7 +72,8 @@ def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
     n_hparams, steps, single_test_envs, hparams, test_envs, ...). Each job runs through the
     sweep worker, as `shiftbench sweep launch` runs it (same directories, hashes, locks and
     attempt logs), so a sweep started here can be resumed or extended from the command line.
-    `loggers` as `sweep launch --logger` (files in each job's folder)."""
+    `loggers` as `sweep launch --logger` (files in each job's folder). `progress`: a line on
+    stderr as each job starts and ends (the jobs' own output goes to their folders)."""
     from shiftbench.results.reading import read_sweep
     from shiftbench.sweeps import worker
     from shiftbench.sweeps.jobs import enumerate_jobs, resolve_seeding
@@ -94,7 +100,12 @@ def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
         make_loggers(loggers, output_dir)  # a missing package fails before any job runs
         jobs = [dataclasses.replace(j, loggers=tuple(loggers)) for j in jobs]
     failed = []
-    for job in jobs:
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
+    start = time.monotonic()
+    for i, job in enumerate(jobs, 1):
+        a = job.args
+        say(f"job {i}/{len(jobs)}: {a.algorithm} on {a.dataset} ({a.task}), held out "
+            f"{a.test_envs}, trial {a.trial_seed} ...")
         job.prepare()
         # the job's output goes where a launched job's goes: out.txt and err.txt in its folder
         with open(job.dir / OUT_FILE, "a") as out, open(job.dir / ERR_FILE, "a") as err, \
@@ -104,6 +115,10 @@ def run_sweep(output_dir: str | os.PathLike, *, datasets: Sequence[str],
             raise KeyboardInterrupt
         if code != 0:
             failed.append(f"{job.describe()} (exit {code}, {job.dir})")
+        elapsed = time.monotonic() - start
+        say(f"job {i}/{len(jobs)} {'done' if code == 0 else f'FAILED (exit {code})'}; "
+            f"{duration(elapsed)} so far"
+            + (f", ETA {duration(elapsed / i * (len(jobs) - i))}" if i < len(jobs) else ""))
     if failed:
         raise ShiftbenchError(f"{len(failed)} of {len(jobs)} jobs failed:\n" + "\n".join(failed))
     return read_sweep(output_dir)
@@ -186,8 +201,9 @@ def compare(algorithm: str, against: Sequence[str] | None = None, suite: str = "
 
 
 def plot_curves(data, metric: str = "acc", split: str = "out", ax=None):
-    """Accuracy over training steps: one line per trial and environment (`env<i>_<split>_<metric>`),
-    held-out environments drawn solid, training ones dashed. Returns the matplotlib Figure."""
+    """Accuracy (%) over training steps: one line per trial and environment
+    (`env<i>_<split>_<metric>`), held-out environments drawn solid, training ones dashed.
+    Returns the matplotlib Figure."""
     import matplotlib.pyplot as plt
 
     records = _records(data)
@@ -208,11 +224,12 @@ def plot_curves(data, metric: str = "acc", split: str = "out", ax=None):
         test_envs = set(rs[0]["args"]["test_envs"])
         for name in sorted(k for k in rs[0] if k.startswith("env") and k.endswith(suffix)):
             env = int(name[3:-len(suffix)])
-            ax.plot([r["step"] for r in rs], [r.get(name) for r in rs],
+            ax.plot([r["step"] for r in rs],
+                    [100 * r[name] if isinstance(r.get(name), (int, float)) else None for r in rs],
                     linestyle="-" if env in test_envs else "--",
                     label=f"{key} env{env}{' (test)' if env in test_envs else ''}")
     ax.set_xlabel("step")
-    ax.set_ylabel(f"{split} {metric}")
+    ax.set_ylabel(f"{split} {'accuracy' if metric == 'acc' else metric} (%)")
     ax.legend(fontsize="x-small")
     fig.tight_layout()
     return fig
@@ -248,7 +265,10 @@ def plot_leaderboard(data, title: str | None = None, rules: Sequence[str] | None
                yerr=err.loc[row].to_numpy(dtype=float), label=str(row), capsize=2)
     ax.set_xticks(x + width * (len(mean.index) - 1) / 2, [str(c) for c in mean.columns],
                   rotation=30, ha="right")
-    ax.set_title(table.title, fontsize="small")
+    # wrapped to the axes' width, so that a long table title is not cut off
+    chars = max(20, int(ax.get_position().width * fig.get_figwidth() * 13))
+    ax.set_title(textwrap.fill(table.title, chars), fontsize="small")
+    ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize="x-small")
     fig.tight_layout()
     return fig

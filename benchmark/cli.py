@@ -14,6 +14,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -73,11 +74,20 @@ def spec_from_flags(ns: argparse.Namespace, **values: Any) -> TrialSpec:
 
 
 def import_user_modules(modules: Sequence[str]) -> None:
+    """Import each module, finding it in the current folder first (as `python -m` does)."""
+    if modules:
+        here = os.getcwd()
+        if here not in sys.path and "" not in sys.path:
+            sys.path.insert(0, here)
     for name in modules:
         try:
             importlib.import_module(name)
         except ImportError as e:
-            raise ShiftbenchError(f"--import {name}: cannot import it ({e})") from e
+            where = ""
+            if isinstance(e, ModuleNotFoundError) and e.name in (name, name.split(".")[0]):
+                searched = [p or os.getcwd() for p in sys.path if not p.endswith(".zip")]
+                where = f"; searched the current folder and the Python path: {', '.join(searched)}"
+            raise ShiftbenchError(f"--import {name}: cannot import it ({e}){where}") from e
 
 
 def check_names(algorithm: str | None = None, dataset: str | None = None, task: str | None = None,

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from shiftbench.errors import ShiftbenchError
+from shiftbench.progress import fit
 from shiftbench.setting import SDA, setting_names
 
 # The demo's algorithms, in table order; the first supported setting of each is used.
@@ -34,6 +35,8 @@ DEMO_BATCH_SIZE = 16
 DEMO_CNN_WIDTH = 32  # half of DomainBed's small CNN (64-128-128-128): cheaper steps
 DEMO_DATASET = "DigitsDemo"
 DEMO_MODULE = "shiftbench.demo_data"
+# What the defaults cost (measured; figures and machine in docs/benchmarks.md).
+DEMO_COST = "About 4 minutes on 2 idle cores (TBD CPU-minutes)."
 
 
 def plan(algorithms: tuple[str, ...] | list[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -173,21 +176,28 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         jobs += enumerate_jobs(spec, out / "sweep", imports=(DEMO_MODULE,))
     envs = ns.held_out or importlib.import_module(DEMO_MODULE).DigitsDemo.ENVIRONMENTS
     cores = usable_cores()
-    print(f"shiftbench demo: {len(jobs)} trials = "
-          + " + ".join(f"{task}: {', '.join(names)}" for task, names in by_task.items())
-          + f"\n  x {len(envs)} held-out domains ({', '.join(envs)}) x {ns.n_trials} trial seeds, "
-          f"on Digits downsampled to {DEMO_SIZE}x{DEMO_SIZE} px, {DEMO_PER_DOMAIN} images per "
-          f"domain,\n  {ns.steps} steps of batch {ns.batch_size} per domain for every algorithm "
-          f"(the same budget), {n_evals} evaluations per trial,\n  DomainBed's small CNN at "
-          f"width {ns.cnn_width} ({ns.cnn_width}-{2 * ns.cnn_width}-{2 * ns.cnn_width}-"
-          f"{2 * ns.cnn_width} channels; DomainBed: 64), {precision} precision, default hparams"
-          + (f" but lr {ns.lr:g}" if ns.lr is not None else "")
-          + f";\n  {cores} CPU core(s), {min(cores, len(jobs))} trials at a time.\n"
-          f"  Sized to finish in under 5 minutes on 2 idle cores (docs/sweeps.md); --steps/--n-trials/"
-          f"--algorithms/--cnn-width change that. Output: {out}")
+    header = [
+        f"shiftbench demo: {len(jobs)} trials = "
+        + " + ".join(f"{task}: {', '.join(names)}" for task, names in by_task.items())
+        + f" x {len(envs)} held-out domains ({', '.join(envs)}) x {ns.n_trials} trial seeds.",
+        f"Data: Digits downsampled to {DEMO_SIZE}x{DEMO_SIZE} px, {DEMO_PER_DOMAIN} images per "
+        f"domain. Budget, the same for every algorithm: {ns.steps} steps of batch "
+        f"{ns.batch_size} per domain, {n_evals} evaluations per trial, DomainBed's small CNN at "
+        f"width {ns.cnn_width} ({ns.cnn_width}-{2 * ns.cnn_width}-{2 * ns.cnn_width}-"
+        f"{2 * ns.cnn_width} channels; DomainBed: 64), {precision} precision, default hparams"
+        + (f" but lr {ns.lr:g}" if ns.lr is not None else "") + ".",
+        f"{cores} CPU core(s), {min(cores, len(jobs))} trials at a time. {DEMO_COST} "
+        "--steps, --n-trials, --algorithms and --cnn-width change that.",
+        f"Output: {out}"]
+    print("\n".join(fit(line) for line in header))
+    # The first run on a machine builds the Digits data cache (it says so, and how long it took)
+    # here, once, rather than in every parallel trial.
+    from shiftbench.datasets.digits import build_digits
+
+    build_digits()
     todo = [j for j in jobs if job_state(j.dir).state in ("not_launched", "incomplete")]
     if len(todo) < len(jobs):
-        print(f"  {len(jobs) - len(todo)} trial(s) already done or running here; running the rest")
+        print(f"{len(jobs) - len(todo)} trial(s) already done or running here; running the rest")
     start = time.time()
     result = get_launcher("local")(todo, LaunchOptions(n_parallel=ns.jobs, progress=ns.progress))
     for line in result.info:

@@ -15,6 +15,23 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
+BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix} [{elapsed}<{remaining}]"
+BAR_LABEL = 40  # characters of the bar's label, so that the loss and times fit in 80 columns
+
+
+def bar_columns() -> int:
+    """The width of progress bars: the terminal's, at most 80 columns."""
+    import shutil
+
+    return min(80, shutil.get_terminal_size((80, 24)).columns)
+
+
+def fit(text: str, indent: str = "  ", width: int = 80) -> str:
+    """`text` wrapped to `width` columns, continuation lines indented."""
+    import textwrap
+
+    return textwrap.fill(text, width, subsequent_indent=indent)
+
 
 def duration(seconds: float) -> str:
     """`42 s`, `3 min 05 s`, `1 h 02 min`."""
@@ -86,7 +103,7 @@ class ProgressReporter:
 
     def checkpoint(self, record: Mapping[str, Any]) -> None:
         if self.bar is not None:
-            self.bar.set_description_str(self.label, refresh=True)
+            self.bar.set_description_str(self._bar_label(), refresh=True)
 
     def end(self, summary: Any = None) -> None:
         if self.bar is not None:
@@ -114,13 +131,19 @@ class ProgressReporter:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, initial=done - 1, desc=self.label, unit="step",
-                            file=self.stream, dynamic_ncols=True, leave=False)
+            # at most 80 columns, the loss before the times (what gets cut when space runs out)
+            self.bar = tqdm(total=self.total, initial=done - 1, desc=self._bar_label(), unit="step",
+                            file=self.stream, ncols=bar_columns(), leave=False, bar_format=BAR_FORMAT)
         self.bar.update(done - self.bar.n)
         if loss:
             self.bar.set_postfix_str(loss, refresh=False)
         if evaluating:
-            self.bar.set_description_str(f"{self.label}: evaluating", refresh=True)
+            self.bar.set_description_str(self._bar_label("evaluating"), refresh=True)
+
+    def _bar_label(self, suffix: str = "") -> str:
+        room = BAR_LABEL - len(suffix) - (2 if suffix else 0)
+        label = self.label if len(self.label) <= room else self.label[:room - 1] + "~"
+        return f"{label}: {suffix}" if suffix else label
 
     def _evaluates_after(self, step: int) -> bool:
         last = self.total is not None and step == self.total - 1
@@ -157,3 +180,55 @@ def _loss_text(losses: Mapping[str, float] | None) -> str:
         return f"{key} {float(losses[key]):.4g}"
     except (TypeError, ValueError):
         return ""
+
+
+class JobLines:
+    """A sweep's progress as plain lines (output that is not a terminal): the tqdm calls the
+    launchers use (`update`, `set_postfix`, `write`, `close`), one line at most every `interval`
+    seconds and at the end."""
+
+    def __init__(self, total: int, desc: str, stream: TextIO | None = None, interval: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total, self.desc, self.n = total, desc, 0
+        self.stream, self.interval, self.clock = stream or sys.stderr, interval, clock
+        self.t0 = self.last = clock()
+        self.postfix: dict[str, Any] = {}
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        if self.n >= self.total or now - self.last >= self.interval:
+            self.last = now
+            elapsed = now - self.t0
+            eta = (f", ETA {duration(elapsed * (self.total - self.n) / self.n)}"
+                   if 0 < self.n < self.total else "")
+            extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+            self.write(f"{self.desc}: {self.n}/{self.total} jobs ended in {duration(elapsed)}"
+                       f"{eta}{extra}")
+
+    def set_postfix(self, refresh: bool = False, **values: Any) -> None:
+        self.postfix = values
+
+    def write(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> JobLines:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def jobs_progress(total: int, desc: str, enabled: bool = True, stream: TextIO | None = None) -> Any:
+    """A bar of jobs (at most 80 columns) on a terminal, plain `JobLines` otherwise; a silent
+    bar when not `enabled` (its `write` still prints)."""
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    if enabled and not stream.isatty():
+        return JobLines(total, desc, stream)
+    return tqdm(total=total, desc=desc, unit="job", disable=not enabled, ncols=bar_columns(),
+                file=stream)

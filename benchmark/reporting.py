@@ -42,11 +42,12 @@ def notify(callbacks: Sequence[Any], event: str, *values: Any) -> None:
 
 
 class TableLog:
-    """One row per checkpoint (accuracies first), with a header whenever the columns change;
-    written through the progress bar when there is one."""
+    """One row per checkpoint (accuracies first), at most `width` columns: the columns that do
+    not fit continue on an indented line; the header is repeated whenever the columns change.
+    Written through the progress bar when there is one."""
 
-    def __init__(self, log: Callable[[str], None], bar: Any = None):
-        self.log, self.bar, self.last_header = log, bar, None
+    def __init__(self, log: Callable[[str], None], bar: Any = None, width: int = 80):
+        self.log, self.bar, self.width, self.last_header = log, bar, width, None
 
     def checkpoint(self, record: dict[str, Any]) -> None:
         def main(k: str) -> bool:
@@ -55,15 +56,48 @@ class TableLog:
         keys = ["step"] + sorted(k for k in record if main(k)) + sorted(
             k for k, v in record.items() if isinstance(v, float) and not main(k)
             and "_iou_" not in k and k not in ("epoch", "wall_time", "cpu_time", "mem_gb"))
-        header = "  ".join(f"{k:>12.12}" for k in keys)
-        row = "  ".join(f"{record[k]:>12.4f}" if isinstance(record[k], float)
-                        else f"{record[k]:>12}" for k in keys)
-        for line in ([header] if header != self.last_header else []) + [row]:
+        names = [column_name(k) for k in keys]
+        values = [f"{record[k]:.4f}" if isinstance(record[k], float) else str(record[k])
+                  for k in keys]
+        widths = [max(len(n), len(v), 6) for n, v in zip(names, values)]
+        header, row = band_lines(names, widths, self.width), band_lines(values, widths, self.width)
+        lines = row
+        if header != self.last_header:
+            test_envs = (record.get("args") or {}).get("test_envs")
+            legend = ("in<i>/out<i>: accuracy on environment i's in/out split"
+                      + (f"; held out: {', '.join(map(str, test_envs))}" if test_envs else ""))
+            lines = ([legend] if any(main(k) for k in keys) else []) + header + row
+        for line in lines:
             if self.bar is not None:
                 self.bar.write(line)
             else:
                 self.log(line)
         self.last_header = header
+
+
+SHORT_NAMES = {"step_time": "s/step", "eval_time": "eval s"}
+
+
+def column_name(key: str) -> str:
+    """`env0_in_acc` -> `in0`, `env2_out_miou` -> `out2 mIoU`, `step_time` -> `s/step`."""
+    parts = key.split("_")
+    if len(parts) == 3 and parts[0].startswith("env") and parts[0][3:].isdigit():
+        return f"{parts[1]}{parts[0][3:]}" + (" mIoU" if parts[2] == "miou" else "")
+    return SHORT_NAMES.get(key, key if len(key) <= 12 else key[:11] + "~")
+
+
+def band_lines(cells: Sequence[str], widths: Sequence[int], width: int) -> list[str]:
+    """Right-aligned cells two spaces apart, wrapped into lines of at most `width` columns
+    (continuation lines indented by two spaces)."""
+    lines, line = [], ""
+    for cell, w in zip(cells, widths):
+        piece = f"{cell:>{w}}"
+        if line and len(line) + 2 + w > width:
+            lines.append(line)
+            line = "  " + piece
+        else:
+            line = f"{line}  {piece}" if line else piece
+    return lines + [line]
 
 
 def default_callbacks(spec: Any, n_steps: int, start_step: int, log: Callable[[str], None],

@@ -23,9 +23,13 @@ without reading any source.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +44,7 @@ from shiftbench.errors import ShiftbenchError
 from shiftbench.paths import cache_dir
 
 GENERATION_VERSION = 1
+Domains = dict[str, tuple[torch.Tensor, torch.Tensor]]
 SIZE = 28
 # scikit-image's bundled colour photos (no download needed); missing ones are skipped.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
@@ -333,11 +338,56 @@ def build_digits(env_names: tuple[str, ...] | None = None, use_cache: bool = Tru
     The cache file is named by a hash of the sources' content; `source_fingerprint` finds it
     without reading the sources when none of their files has changed since it was written."""
     fingerprint = source_fingerprint() if use_cache else None
-    if fingerprint is not None:
-        key = _read_index().get(fingerprint)
-        cached = _load_cached(_cache_path(key)) if isinstance(key, str) else None
+    cached = _load_indexed(fingerprint)
+    if cached is not None:
+        return cached
+    if not use_cache:
+        return _generate()[1]
+    # Parallel jobs (a sweep's first trials) build it once: the others wait for the lock, then
+    # load what the first one wrote.
+    with _build_lock():
+        cached = _load_indexed(fingerprint)
         if cached is not None:
             return cached
+        start = time.monotonic()
+        print(f"building the Digits data cache in {cache_dir()} (once per machine; a few seconds "
+              "of CPU) ...", file=sys.stderr, flush=True)
+        key, envs, reused = _generate(cached_ok=True)
+        if reused or save_tensors(_cache_path(key), {k: {"x": x, "y": y}
+                                                     for k, (x, y) in envs.items()}):
+            _remember(fingerprint, key)
+        print(f"Digits data cache ready ({time.monotonic() - start:.0f} s)", file=sys.stderr,
+              flush=True)
+        return envs
+
+
+def _load_indexed(fingerprint: str | None) -> Domains | None:
+    """The cache the fingerprint's index entry names, if it loads."""
+    if fingerprint is None:
+        return None
+    key = _read_index().get(fingerprint)
+    return _load_cached(_cache_path(key)) if isinstance(key, str) else None
+
+
+@contextmanager
+def _build_lock() -> Iterator[None]:
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / f"Digits-v{GENERATION_VERSION}.lock", "a")  # noqa: SIM115
+    except OSError:  # a read-only cache folder: no lock, every process builds its own
+        yield
+        return
+    with lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _generate(cached_ok: bool = False) -> tuple[str, Domains, bool]:
+    """(content key, domains, whether they were read from the content key's cache file)."""
     mx, my = mnist_source()
     photos = photo_source()
     fonts = font_files()
@@ -347,21 +397,17 @@ def build_digits(env_names: tuple[str, ...] | None = None, use_cache: bool = Tru
     parts += [name.encode() + p.tobytes() for name, p in photos]
     parts += [p.read_bytes() for p in fonts]
     key = _source_key(parts)
-    path = _cache_path(key)
-    if use_cache:
-        cached = _load_cached(path)
+    if cached_ok:
+        cached = _load_cached(_cache_path(key))
         if cached is not None:
-            _remember(fingerprint, key)
-            return cached
+            return key, cached, True
     envs = {
         "mnist": make_mnist(mx, my, torch.Generator().manual_seed(1)),
         "mnist_m": make_mnist_m(mx, my, photos, torch.Generator().manual_seed(2)),
         "synth": make_synth(fonts, N_SYNTH, torch.Generator().manual_seed(3)),
         "lowres": make_lowres(lx, ly, torch.Generator().manual_seed(4)),
     }
-    if use_cache and save_tensors(path, {k: {"x": x, "y": y} for k, (x, y) in envs.items()}):
-        _remember(fingerprint, key)
-    return envs
+    return key, envs, False
 
 
 @register_dataset

@@ -131,9 +131,20 @@ def headline_table(collection: Collection, task: str) -> list[str]:
     """One setting's leaderboard as text lines (title, table, what the numbers are)."""
     from tabulate import tabulate
 
+    found = headline_grid(collection, task)
+    if found is None:
+        return []
+    title, headers, grid = found
+    return ["", *textwrap.wrap(title, 80, break_on_hyphens=False),
+            tabulate(grid, headers=headers, tablefmt="simple", disable_numparse=True)]
+
+
+def headline_grid(collection: Collection, task: str) -> tuple[str, list[str], list[list[str]]] | None:
+    """One setting's leaderboard as (title, column headers, rows of cell strings): what the
+    terminal and the HTML report both show. None when the setting has no headline."""
     rows = _rows(collection, task)
     if not rows:
-        return []
+        return None
     rule = rows[0]["rule"]
     fixed = {"setting", "rule", "algorithm", "dataset", "avg", "avg_se", "n_trials", "diff",
              "p_value", "n_pairs", "health", "diff_se"}
@@ -161,8 +172,7 @@ def headline_table(collection: Collection, task: str) -> list[str]:
     title = (f"{SETTING_NAMES.get(task, task)} ({task}){on}, {trials} trial(s); model selection: "
              f"{collection.titles.get(rule, rule)}")
     headers = ["Algorithm", *columns, "Avg"] + ([f"vs {base}"] if base else [])
-    return ["", *textwrap.wrap(title, 80, break_on_hyphens=False),
-            tabulate(grid, headers=headers, tablefmt="simple", disable_numparse=True)]
+    return title, headers, grid
 
 
 def legend(collection: Collection) -> str:
@@ -223,7 +233,8 @@ def render_headline(collection: Collection, full_tables: str | None = None,
     from shiftbench.results.renderers import summary_lines
 
     s = collection.summary
-    out = [summary_lines(collection)[0] if "jobs" not in s else summary_lines(collection)[1]]
+    first = summary_lines(collection)[0] if "jobs" not in s else summary_lines(collection)[1]
+    out = textwrap.wrap(first, width, break_on_hyphens=False)
     if collection.health is not None:
         out += textwrap.wrap(collection.health.summary_line(), width, break_on_hyphens=False)
     from shiftbench.results.renderers import text_table

@@ -153,10 +153,16 @@ def _iou_table(rule, title, task, dataset, label, by_alg, ddof) -> Table:
 
 
 def headline_lines(collection: Any) -> list[str]:
+    """The mIoU and per-class IoU tables of each setting under its headline rule, as text."""
+    from shiftbench.results.renderers import text_table
+
+    return [line for t in headline_seg_tables(collection) for line in text_table(t)]
+
+
+def headline_seg_tables(collection: Any) -> list[Any]:
     """The mIoU and per-class IoU tables of each setting under its headline rule (the
     `PRIMARY_RULES` of results/headline.py, else iid, else the first rule with tables)."""
     from shiftbench.results.headline import FALLBACK_RULES, PRIMARY_RULES
-    from shiftbench.results.renderers import text_table
 
     seg = [t for t in collection.tables if t.kind in (MIOU, IOU)]
     out = []
@@ -165,9 +171,7 @@ def headline_lines(collection: Any) -> list[str]:
         preferred = [PRIMARY_RULES.get(task), "iid", *FALLBACK_RULES]
         rule = next((r for r in preferred if r in have), have[0] if have else None)
         for kind in (MIOU, IOU):
-            for t in seg:
-                if t.task == task and t.rule == rule and t.kind == kind:
-                    out += text_table(t)
+            out += [t for t in seg if t.task == task and t.rule == rule and t.kind == kind]
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import textwrap
 from collections import Counter, defaultdict
 from dataclasses import fields
 
@@ -159,7 +160,9 @@ def status_table(jobs: list[Job], states: dict[str, JobState]) -> str:
         rows.append([dataset, algorithm] + [c[s] for s in STATES] + [sum(c.values())])
         total.update(c)
     rows.append(["total", ""] + [total[s] for s in STATES] + [sum(total.values())])
-    table = tabulate(rows, headers=["dataset", "algorithm", *STATES, "jobs"], tablefmt="simple")
+    # two-line headers ("not / launched") keep the table within 80 columns
+    table = tabulate(rows, headers=["dataset", "algorithm", *(s.replace("_", "\n") for s in STATES),
+                                    "jobs"], tablefmt="simple")
     n, done = len(jobs), total["done"]
     width = 40
     filled = int(width * done / n) if n else width
@@ -168,7 +171,7 @@ def status_table(jobs: list[Job], states: dict[str, JobState]) -> str:
     if mean is not None and done < n:
         bar += (f"; a done trial took {mean:.0f} s on average, so about {mean * (n - done):.0f} "
                 "s of trial time remain (divide by the jobs run at once)")
-    return table + "\n" + bar
+    return table + "\n" + textwrap.fill(bar, 80, subsequent_indent="  ")
 
 
 def mean_trial_seconds(done_jobs: list[Job], sample: int = 50) -> float | None:
@@ -224,9 +227,17 @@ def check_launch(name: str, options: LaunchOptions) -> None:
 
 
 def _list(jobs: list[Job], states: dict[str, JobState]) -> None:
+    """One line per job (at most 80 columns); hparams shared by every job are said once."""
+    shared = {j.args.hparams for j in jobs}
+    if len(shared) == 1 and None not in shared:
+        print(textwrap.fill(f"  hparams of every job: {shared.pop()}", 80, subsequent_indent="    "))
+        shared = set()
     for job in jobs[:MAX_LISTED]:
-        st = states[job.hash]
-        print(f"  {st.state:<12} {job.hash[:12]}  {job.describe()}")
+        a = job.args
+        text = (f"  {states[job.hash].state:<12} {job.hash[:12]}  {a.dataset} {a.algorithm} "
+                f"{a.task} test_envs={a.test_envs} trial {a.trial_seed} hparams {a.hparams_seed}"
+                + (f" {a.hparams}" if shared and a.hparams else ""))
+        print(textwrap.fill(text, 80, subsequent_indent=" " * 29))
     if len(jobs) > MAX_LISTED:
         print(f"  ... and {len(jobs) - MAX_LISTED} more")
 
@@ -295,8 +306,11 @@ def cmd_status(ns: argparse.Namespace) -> int:
         for job in jobs:
             st = states[job.hash]
             if st.state != "done":
-                print(f"{st.state:<12} {job.hash}  {job.describe()}" +
-                      (f"\n             {st.detail}" if st.detail else ""))
+                print(textwrap.fill(f"{st.state:<12} {job.hash}  {job.describe()}", 80,
+                                    subsequent_indent=" " * 13))
+                if st.detail:
+                    print(textwrap.fill(st.detail, 80, initial_indent=" " * 13,
+                                        subsequent_indent=" " * 13))
     return 0
 
 
@@ -342,7 +356,8 @@ def cmd_rerun_failed(ns: argparse.Namespace) -> int:
     states = job_states(jobs)
     failed = [j for j in jobs if states[j.hash].state == "failed"]
     for job in failed[:MAX_LISTED]:
-        print(f"  failed: {job.describe()}: {states[job.hash].detail}")
+        print(textwrap.fill(f"  failed: {job.describe()}: {states[job.hash].detail}", 80,
+                            subsequent_indent="    "))
     if failed and ns.from_scratch:
         if not confirm(f"Delete the {len(failed)} failed job(s)' checkpoints and records?",
                        ns.skip_confirmation):

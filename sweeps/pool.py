@@ -54,7 +54,7 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
     """Run jobs as subprocesses, one per slot at a time (a slot = extra environment variables).
 
     Ctrl-C forwards SIGINT to the running jobs, which stop at once and stay resumable."""
-    from tqdm import tqdm
+    from shiftbench.progress import fit, jobs_progress
 
     result = LaunchResult()
     pending = deque(jobs)
@@ -62,8 +62,7 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
     base_env = dict(os.environ)  # read at launch: a forked job gets it too
     base_env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                      "OPENBLAS_NUM_THREADS": str(threads)})
-    bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not options.progress,
-               dynamic_ncols=True, file=sys.stderr)
+    bar = jobs_progress(len(jobs), desc, options.progress)  # plain lines off a terminal
 
     method = options.start_method
     if method not in ("forkserver", "subprocess"):
@@ -99,10 +98,10 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], threads: int,
                 result.succeeded += 1
             else:
                 result.failed.append(job)
-                bar.write(f"FAILED ({code}) {job.describe()}: {_tail(job.dir / 'err.txt')} "
-                          f"[{job.dir}]")
-            bar.update(1)
+                bar.write(fit(f"FAILED ({code}) {job.describe()}: {_tail(job.dir / 'err.txt')} "
+                              f"[{job.dir}]"))
             bar.set_postfix(running=len(running), failed=len(result.failed), refresh=False)
+            bar.update(1)
 
     # Ctrl-C must reach this loop even when the launch inherited SIGINT as ignored (started in
     # the background by a script, or by a process that ignores it): restored when the pool ends.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -125,12 +124,11 @@ def slurm_launcher(jobs: list[Job], options: LaunchOptions) -> LaunchResult:
 def wait_for_slurm(submitted: list, jobs: list[Job], result: LaunchResult,
                    options: LaunchOptions, timeout: float | None = None) -> None:
     """Poll submitit jobs until each has ended; count successes and failures."""
-    from tqdm import tqdm
+    from shiftbench.progress import fit, jobs_progress
 
     start = last_check = time.time()
     pending = dict(enumerate(submitted))
-    with tqdm(total=len(submitted), desc="slurm", unit="job", disable=not options.progress,
-              file=sys.stderr) as bar:
+    with jobs_progress(len(submitted), "slurm", options.progress) as bar:
         while pending:
             # A task's result file (success or error) appears when it ends; asking Slurm (sacct)
             # only now and then spares clusters without accounting a warning per poll.
@@ -146,7 +144,7 @@ def wait_for_slurm(submitted: list, jobs: list[Job], result: LaunchResult,
                     result.succeeded += 1
                 except Exception as e:  # noqa: BLE001 - any task failure is reported, not raised
                     result.failed.append(jobs[i])
-                    bar.write(f"FAILED {jobs[i].describe()}: {str(e).strip().splitlines()[-1:]}")
+                    bar.write(fit(f"FAILED {jobs[i].describe()}: {str(e).strip().splitlines()[-1:]}"))
             if timeout is not None and time.time() - start > timeout:
                 raise ShiftbenchError(f"slurm jobs still pending after {timeout:.0f} s")
             time.sleep(1.0)
