@@ -1,31 +1,64 @@
-"""The shell commands of README.md that call the console script, and their small versions."""
+"""The snippets of README.md, in order, and their small versions (tests/test_readme.py walks
+them; bench/time_readme.py times the shell commands at full size).
+
+A snippet is a shell line of a code block that runs the project (`.venv/bin/shiftbench ...`,
+`.venv/bin/python -m pytest ...`), a fenced Python block that starts with `# <name>.py` (a file
+the reader saves), or any other fenced Python block (code the reader runs)."""
 
 from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PREFIX = ".venv/bin/shiftbench "
+SHELL_PREFIXES = (PREFIX, ".venv/bin/python -m pytest ")
 # Tiny sizes for the walk through (tests/test_readme.py): same flags, seconds instead of minutes.
 SMALL = {
-    "--steps": "2", "--n-trials": "1", "--n-hparams": "1", "--datasets": "Debug28",
+    "--steps": "2", "--n-trials": "1", "--n-hparams": "1",
 }
 DEMO_SMALL = ["--steps", "2", "--n-trials", "1", "--held-out", "mnist", "--algorithms", "ERM"]
+# The same for the Python blocks: keyword arguments rewritten.
+PYTHON_SMALL = {"steps": "2", "n_trials": "1"}
+
+
+@dataclass
+class Snippet:
+    kind: str  # "shell", "file" or "python"
+    text: str
+    name: str = ""  # the file name of a "file" snippet
+
+
+def readme_snippets(path: Path = README) -> list[Snippet]:
+    """Every snippet, in the order of the README."""
+    out: list[Snippet] = []
+    fence: str | None = None
+    block: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if text.startswith("```"):
+            if fence is None:
+                fence, block = text[3:].strip(), []
+                continue
+            if fence == "python" and block:
+                first = block[0].strip()
+                named = re.fullmatch(r"#\s*(\w+\.py)", first)
+                out.append(Snippet("file", "\n".join(block) + "\n", named.group(1)) if named
+                           else Snippet("python", "\n".join(block) + "\n"))
+            fence = None
+            continue
+        if fence is not None:
+            block.append(line)
+        if (fence is not None or line.startswith("    ")) and text.startswith(SHELL_PREFIXES):
+            out.append(Snippet("shell", re.sub(r"\s+#.*$", "", text)))
+    return out
 
 
 def readme_commands(path: Path = README) -> list[str]:
-    """Every line of a code block (fenced or indented) that starts with `.venv/bin/shiftbench`."""
-    out, fenced = [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip().startswith("```"):
-            fenced = not fenced
-            continue
-        text = line.strip()
-        if (fenced or line.startswith("    ")) and text.startswith(PREFIX):
-            out.append(re.sub(r"\s+#.*$", "", text))
-    return out
+    """The shell lines that call the console script."""
+    return [s.text for s in readme_snippets(path) if s.kind == "shell" and s.text.startswith(PREFIX)]
 
 
 def small(command: str) -> list[str]:
@@ -44,3 +77,10 @@ def small(command: str) -> list[str]:
     if out[:1] == ["demo"]:
         out += DEMO_SMALL
     return out
+
+
+def small_python(code: str) -> str:
+    """A Python snippet with `PYTHON_SMALL` keyword arguments."""
+    for name, value in PYTHON_SMALL.items():
+        code = re.sub(rf"\b{name}=\d+", f"{name}={value}", code)
+    return code
