@@ -5,7 +5,8 @@ selection rule, the same rows and cells as `shiftbench collect` prints, `results
 was left out and why, and a table of contents. Then the plots of the headline rules (a bar chart
 per dataset: held-out environments x algorithms, error bars = standard error over trials; the
 learning curves of the selected runs, the selected checkpoint marked), every table per selection
-rule, the search budgets, and the sensitivity of test accuracy to each numeric hyperparameter that
+rule and the search budgets (folded: a click opens them, as `collect --all-tables` prints them
+on request), and the sensitivity of test accuracy to each numeric hyperparameter that
 varies (every run scored by the first rule). A table without any value is not drawn (one line says
 which and why); a section without content gets no heading. Text in figures is at least 9 pt at
 100 dpi (12 px), figures at most 11 inches wide so that the page does not shrink them. Nothing is
@@ -49,6 +50,9 @@ figure { margin: 0.5em 0 1.5em; }
 figure img { max-width: 100%; }
 nav.toc { border: 1px solid #ccc; padding: 0.3em 1em; margin: 1em 0; display: inline-block; }
 nav.toc h2 { font-size: 110%; margin: 0.3em 0; }
+details > summary { cursor: pointer; }
+details > summary > h2 { display: inline; }
+details { margin: 1em 0; }
 """
 
 
@@ -74,7 +78,7 @@ def _grid(n: int, panel: tuple[float, float]):
     """A figure of `n` panels, at most `PANELS_PER_ROW` per row; (figure, flat list of axes)."""
     cols = min(n, PANELS_PER_ROW)
     rows = math.ceil(n / cols)
-    fig = _figure()(figsize=(min(MAX_WIDTH, panel[0] * cols), panel[1] * rows))
+    fig = _figure()(figsize=(min(MAX_WIDTH, panel[0] * cols), panel[1] * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -222,19 +226,23 @@ class _Page:
     """Sections with headings and ids, and the table of contents built from them."""
 
     def __init__(self) -> None:
-        self.sections: list[tuple[str, str, list[str]]] = []
+        self.sections: list[tuple[str, str, list[str], bool]] = []
 
-    def add(self, title: str, parts: list[str]) -> None:
+    def add(self, title: str, parts: list[str], folded: bool = False) -> None:
+        """A section; `folded` ones open on a click (as `collect` prints them on request)."""
         if parts:  # no empty headings
-            self.sections.append((f"s{len(self.sections) + 1}", title, parts))
+            self.sections.append((f"s{len(self.sections) + 1}", title, parts, folded))
 
     def render(self) -> list[str]:
         """The first section (the headline), the table of contents, the other sections."""
-        toc = "".join(f'<li><a href="#{i}">{html.escape(t)}</a></li>' for i, t, _ in self.sections)
+        toc = "".join(f'<li><a href="#{sid}">{html.escape(title)}</a>'
+                      + (" (folded)" if folded else "") + "</li>"
+                      for sid, title, _, folded in self.sections)
         out = []
-        for i, (sid, title, parts) in enumerate(self.sections):
-            out.append(f'<h2 id="{sid}">{html.escape(title)}</h2>')
-            out += parts
+        for i, (sid, title, parts, folded) in enumerate(self.sections):
+            heading = f'<h2 id="{sid}">{html.escape(title)}</h2>'
+            out += ([f"<details><summary>{heading}</summary>", *parts, "</details>"] if folded
+                    else [heading, *parts])
             if i == 0:
                 out.append(f'<nav class="toc"><h2>Contents</h2><ol>{toc}</ol></nav>')
         return out
@@ -331,9 +339,9 @@ def render_html(collection: Collection) -> str:
             n_figures += 1
     page.add("Plots (headline selection rules)", plots)
     for rule, tables in rule_sections:
-        page.add(f"Model selection: {collection.titles[rule]}", tables)
+        page.add(f"Model selection: {collection.titles[rule]}", tables, folded=True)
     page.add("Search budgets", [table_html(t) for t in collection.tables
-                                if t.kind == "budget" and has_values(t)])
+                                if t.kind == "budget" and has_values(t)], folded=True)
     page.add("Hyperparameter sensitivity", _sensitivity_parts(collection, n_figures))
     parts += page.render()
     parts.append("</body></html>")
