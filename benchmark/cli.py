@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,7 +148,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     records = train(args, progress=ns.progress,
                     callbacks=make_loggers(getattr(ns, "loggers", []), args.output_dir))
-    print("final: " + summarize(records, args.test_envs), flush=True)
+    print(textwrap.fill("final: " + summarize(records, args.test_envs), 80,
+                        subsequent_indent="  "), flush=True)
     return 0
 
 

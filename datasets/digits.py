@@ -42,6 +42,7 @@ from shiftbench.datasets.cache_files import load_json, load_tensors, save_json, 
 from shiftbench.datasets.lookup import N_SYNTH, find_opencv_digits
 from shiftbench.errors import ShiftbenchError
 from shiftbench.paths import cache_dir
+from shiftbench.progress import fit
 
 GENERATION_VERSION = 1
 Domains = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -331,8 +332,7 @@ def _remember(fingerprint: str | None, key: str) -> None:
         save_json(cache_dir() / INDEX_NAME, index)  # read-only cache: the slow check next time
 
 
-def build_digits(env_names: tuple[str, ...] | None = None, use_cache: bool = True,
-                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def build_digits(env_names: tuple[str, ...] | None = None, use_cache: bool = True) -> Domains:
     """Every Digits domain as {name: (x uint8 [N, 3, 28, 28], y int64 [N])}, cached on disk.
 
     The cache file is named by a hash of the sources' content; `source_fingerprint` finds it
@@ -350,8 +350,8 @@ def build_digits(env_names: tuple[str, ...] | None = None, use_cache: bool = Tru
         if cached is not None:
             return cached
         start = time.monotonic()
-        print(f"building the Digits data cache in {cache_dir()} (once per machine; a few seconds "
-              "of CPU) ...", file=sys.stderr, flush=True)
+        print(fit(f"building the Digits data cache (once per machine, about 10 s of CPU) in "
+                  f"{cache_dir()} ..."), file=sys.stderr, flush=True)
         key, envs, reused = _generate(cached_ok=True)
         if reused or save_tensors(_cache_path(key), {k: {"x": x, "y": y}
                                                      for k, (x, y) in envs.items()}):

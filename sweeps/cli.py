@@ -149,8 +149,6 @@ def job_states(jobs: list[Job]) -> dict[str, JobState]:
 
 def status_table(jobs: list[Job], states: dict[str, JobState]) -> str:
     """Counts per dataset/algorithm and state, with a total row and a progress bar."""
-    from tabulate import tabulate
-
     counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for job in jobs:
         counts[(job.args.dataset, job.args.algorithm)][states[job.hash].state] += 1
@@ -161,8 +159,15 @@ def status_table(jobs: list[Job], states: dict[str, JobState]) -> str:
         total.update(c)
     rows.append(["total", ""] + [total[s] for s in STATES] + [sum(total.values())])
     # two-line headers ("not / launched") keep the table within 80 columns
-    table = tabulate(rows, headers=["dataset", "algorithm", *(s.replace("_", "\n") for s in STATES),
-                                    "jobs"], tablefmt="simple")
+    names = ["dataset", "algorithm", *STATES, "jobs"]
+    head = [[n.split("_")[0] if "_" in n else "" for n in names],
+            [n.split("_", 1)[-1] for n in names]]
+    body = [[str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in head + body) for i in range(len(names))]
+    grid = head + [["-" * w for w in widths]] + body
+    table = "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+                       for r in grid)
     n, done = len(jobs), total["done"]
     width = 40
     filled = int(width * done / n) if n else width
@@ -234,10 +239,10 @@ def _list(jobs: list[Job], states: dict[str, JobState]) -> None:
         shared = set()
     for job in jobs[:MAX_LISTED]:
         a = job.args
-        text = (f"  {states[job.hash].state:<12} {job.hash[:12]}  {a.dataset} {a.algorithm} "
+        text = (f"  {states[job.hash].state:<12} {job.hash[:8]}  {a.dataset} {a.algorithm} "
                 f"{a.task} test_envs={a.test_envs} trial {a.trial_seed} hparams {a.hparams_seed}"
                 + (f" {a.hparams}" if shared and a.hparams else ""))
-        print(textwrap.fill(text, 80, subsequent_indent=" " * 29))
+        print(textwrap.fill(text, 80, subsequent_indent=" " * 25))
     if len(jobs) > MAX_LISTED:
         print(f"  ... and {len(jobs) - MAX_LISTED} more")
 

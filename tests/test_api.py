@@ -25,7 +25,7 @@ def test_example_notebook_runs(tmp_path, monkeypatch):
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code_cells[0].metadata.get("tags", [])
     exec(compile(code_cells[0].source, "parameters", "exec"), namespace)  # noqa: S102
-    namespace.update(DATASET="DebugVector", STEPS=3, N_TRIALS=2)
+    namespace.update(DATASET="DebugVector", STEPS=3, N_TRIALS=2, HPARAMS={})
     for i, cell in enumerate(code_cells[1:], 1):
         exec(compile(cell.source, f"cell {i}", "exec"), namespace)  # noqa: S102
     frames = namespace["frames"]
@@ -37,6 +37,22 @@ def test_example_notebook_runs(tmp_path, monkeypatch):
     headline = namespace["board"]
     assert isinstance(headline, pd.DataFrame) and set(headline["algorithm"]) == {"ERM", "IRM"}
     assert (tmp_path / "notebook_out" / "sweep").is_dir()
+
+
+def test_example_notebook_ships_with_the_outputs_of_a_run():
+    """Executed in order (nbconvert), every code cell has its outputs: the leaderboards as
+    tables, the figures as PNG, the progress lines on stderr."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    assert all(c.outputs for c in code[1:]), "a code cell without stored output"
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("text/html" in o.get("data", {}) for o in outputs)  # DataFrames
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # both figures
+    stderr = "".join(o.text for o in outputs if o.get("name") == "stderr")
+    assert "job 1/" in stderr and "finished ERM" in stderr  # progress, visible by default
 
 
 def test_api_records_tables_and_errors(tmp_path):

@@ -1,6 +1,7 @@
 """README.md's snippets run as written, in order, in a fresh folder, with tiny sizes
 (`readme_commands.SMALL`): the shell commands through the installed console script, the files
-it asks you to save, the Python blocks, and the plug-in author's own pytest. bench/time_readme.py
+it asks you to save, the Python blocks, and the plug-in author's own pytest; everything the
+commands print fits 80 columns, in plain lines (the output is a pipe). bench/time_readme.py
 times them at full size. Also: its plug-in example is a real method, and CI runs its test command."""
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def test_every_readme_snippet_runs_in_order(tmp_path):
         proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=env,
                               stdin=subprocess.DEVNULL, timeout=900)
         assert proc.returncode == 0, (snippet.text, proc.stdout[-2000:], proc.stderr[-2000:])
+        if snippet.kind == "shell" and "pytest" not in snippet.text:  # what shiftbench prints
+            for stream in (proc.stdout, proc.stderr):
+                assert "\r" not in stream, (snippet.text, "a redrawn bar in piped output")
+                long = [line for line in stream.splitlines() if len(line) > 80
+                        and "Warning" not in line]  # a library's warning is not ours to wrap
+                assert not long, (snippet.text, long)
         if argv[-3:-1] == ["--input-dir", "out/sweep"]:
             assert "vs ERM" in proc.stdout
     out = tmp_path / "out"
@@ -126,7 +133,7 @@ def test_readme_plugin_applies_label_smoothing(readme_module):
         return alg.update(batch)["loss"], logits
 
     erm, logits = first_loss("ERM")
-    assert cls.__name__ == "LabelSmoothingERM" and default_hparams(cls.__name__, "DigitsDemo")["smoothing"] == 0.1
+    assert default_hparams(cls.__name__, "DigitsDemo")["smoothing"] == 0.1
     plain, _ = first_loss("LabelSmoothingERM", smoothing=0.0)
     smoothed, _ = first_loss("LabelSmoothingERM", smoothing=0.2)
     y = torch.cat([y for _, y in batch])
