@@ -36,7 +36,8 @@ DEMO_CNN_WIDTH = 32  # half of DomainBed's small CNN (64-128-128-128): cheaper s
 DEMO_DATASET = "DigitsDemo"
 DEMO_MODULE = "shiftbench.demo_data"
 # What the defaults cost (measured; figures and machine in docs/benchmarks.md).
-DEMO_COST = "About 4 minutes on 2 idle cores (TBD CPU-minutes)."
+DEMO_COST = ("About 4 minutes on 2 idle cores, 7.7 CPU-minutes, the first run on a machine "
+             "included (docs/sweeps.md).")
 
 
 def plan(algorithms: tuple[str, ...] | list[str]) -> tuple[dict[str, list[str]], list[str]]:

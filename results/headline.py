@@ -129,14 +129,36 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 def headline_table(collection: Collection, task: str) -> list[str]:
     """One setting's leaderboard as text lines (title, table, what the numbers are)."""
-    from tabulate import tabulate
-
     found = headline_grid(collection, task)
     if found is None:
         return []
     title, headers, grid = found
-    return ["", *textwrap.wrap(title, 80, break_on_hyphens=False),
-            tabulate(grid, headers=headers, tablefmt="simple", disable_numparse=True)]
+    return ["", *textwrap.wrap(title, 80, break_on_hyphens=False), *text_grid(headers, grid)]
+
+
+def text_grid(headers: list[str], grid: list[list[str]], width: int = 80) -> list[str]:
+    """A table in at most `width` columns: the first column left-aligned, the others right-
+    aligned, two spaces apart; columns that do not fit go to further tables below, each
+    repeating the first column."""
+    widths = [max([len(h), *(len(row[i]) for row in grid)]) for i, h in enumerate(headers)]
+    bands, band = [], [0]
+    for i in range(1, len(headers)):
+        if len(band) > 1 and sum(widths[j] + 2 for j in band) + widths[i] > width:
+            bands.append(band)
+            band = [0]
+        band.append(i)
+    bands.append(band)
+
+    def line(cells: list[str], band: list[int]) -> str:
+        return "  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j])
+                         for j, c in zip(band, cells)).rstrip()
+
+    out: list[str] = []
+    for band in bands:
+        out += ([""] if out else []) + [line([headers[j] for j in band], band),
+                                        "  ".join("-" * widths[j] for j in band)]
+        out += [line([row[j] for j in band], band) for row in grid]
+    return out
 
 
 def headline_grid(collection: Collection, task: str) -> tuple[str, list[str], list[list[str]]] | None:
