@@ -28,6 +28,7 @@ from shiftbench.checkpoints import CheckpointStore, save_model
 from shiftbench.data import BatchStream, eval_batches
 from shiftbench.errors import ShiftbenchError, StorageError, TrainingDiverged
 from shiftbench.evaluation import evaluate
+from shiftbench.progress import fit
 from shiftbench.reporting import default_callbacks, notify
 from shiftbench.seeds import rng_state, set_rng_state
 from shiftbench.splits import UNLABELED_SPLIT
@@ -232,7 +233,7 @@ def _log_health(records: list[dict[str, Any]], log) -> None:
     """Say so when the finished run is flagged unhealthy."""
     if records and isinstance(records[-1].get("health"), dict):
         for flag, detail in records[-1]["health"].get("details", {}).items():
-            log(f"warning: run health: {flag}: {detail}")
+            log(fit(f"warning: run health: {flag}: {detail}"))
 
 
 def _target_batches(trial: Trial, batch_size: int):

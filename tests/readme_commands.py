@@ -2,8 +2,9 @@
 them; bench/time_readme.py times the shell commands at full size).
 
 A snippet is a shell line of a code block that runs the project (`.venv/bin/shiftbench ...`,
-`.venv/bin/python -m pytest ...`), a fenced Python block that starts with `# <name>.py` (a file
-the reader saves), or any other fenced Python block (code the reader runs)."""
+`.venv/bin/python -m pytest <file>.py`; the project's own test-suite run is not one), a fenced
+Python block that starts with `# <name>.py` (a file the reader saves), or any other fenced
+Python block (code the reader runs)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def readme_snippets(path: Path = README) -> list[Snippet]:
         if fence is not None:
             block.append(line)
         if (fence is not None or line.startswith("    ")) and text.startswith(SHELL_PREFIXES):
-            out.append(Snippet("shell", re.sub(r"\s+#.*$", "", text)))
+            if text.startswith(PREFIX) or re.search(r"\w+\.py\b", text):  # not the suite's run
+                out.append(Snippet("shell", re.sub(r"\s+#.*$", "", text)))
     return out
 
 
