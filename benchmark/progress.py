@@ -125,7 +125,7 @@ class ProgressReporter:
         if self.bar is not None:
             self.bar.write(text, file=self.stream)
         else:
-            print(text, file=self.stream, flush=True)
+            print(fit(text), file=self.stream, flush=True)
 
     def _bar_update(self, done: int, loss: str, evaluating: bool) -> None:
         if self.bar is None:
