@@ -80,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     import shiftbench.demo_data as demo_data
-    from shiftbench.demo import auto_precision
+    from shiftbench.trial_record import auto_precision
 
     demo_data.ensure_registered()
     bf16 = auto_precision() == "bf16"

@@ -22,6 +22,7 @@ from pathlib import Path
 from shiftbench.errors import ShiftbenchError
 from shiftbench.progress import fit
 from shiftbench.setting import SDA, setting_names
+from shiftbench.trial_record import auto_precision
 
 # The demo's algorithms, in table order; the first supported setting of each is used.
 DEMO_ALGORITHMS = ("ERM", "DANN", "CORAL", "SagNet", "CCSA", "DeepCORAL")
@@ -125,21 +126,6 @@ def determinism_inputs(precision: str, threads: int) -> dict[str, object]:
             "precision": precision, "threads_per_trial": threads, "cpu": model,
             "cpu_simd": simd, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "device": "cuda" if torch.cuda.is_available() else "cpu"}
-
-
-def auto_precision() -> str:
-    """bf16 where bfloat16 matmuls are native (AMX / AVX-512 BF16 CPUs, bf16-capable GPUs; the
-    gain is measured in docs/benchmarks.md), else fp32 (emulated bf16 is slower than fp32)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return "fp32"
-    return "bf16" if {"amx_bf16", "avx512_bf16"} & set(flags) else "fp32"
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:

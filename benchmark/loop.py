@@ -222,10 +222,10 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
 
 def _health_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """`{"flags": [...], "details": {flag: what tripped it}}` of a finished run's records
-    (shiftbench.results.health; `collect` recomputes it, so later thresholds apply to old runs)."""
-    from shiftbench.results.health import run_health
+    (shiftbench.health; `collect` recomputes it, so later thresholds apply to old runs)."""
+    from shiftbench.health import check_run
 
-    health = run_health(records, status="done")
+    health = check_run(records, status="done")
     return {"flags": list(health.flags), "details": dict(health.details)}
 
 

@@ -373,3 +373,20 @@ def trial_key(args: Mapping[str, Any]) -> str:
 
 def iter_specs(values: Iterable[Mapping[str, Any]]) -> list[TrialSpec]:
     return [TrialSpec.from_dict(v) for v in values]
+
+
+def auto_precision() -> str:
+    """The `precision` that `auto` (demo, suites) means here: bf16 where bfloat16 matmuls are
+    native (AMX / AVX-512 BF16 CPUs, bf16-capable GPUs; the gain is measured in
+    docs/benchmarks.md), else fp32 (emulated bf16 is slower than fp32). Imports torch only when
+    called."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return "fp32"
+    return "bf16" if {"amx_bf16", "avx512_bf16"} & set(flags) else "fp32"

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from shiftbench.results.health import FLAGS
+from shiftbench.health import FLAGS
 from shiftbench.results.names import environment_names, order_algorithms, order_datasets
 from shiftbench.results.selection import Selected, SelectionRule, get_selection_rule
 from shiftbench.results.stats import (

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from shiftbench.results.health import annotate, legend, marks, sweep_health
+from shiftbench.health import marks
+from shiftbench.results.health import annotate, legend, sweep_health
 from shiftbench.results.power import min_detectable, trials_needed
 from shiftbench.results.selection import Selected, get_selection_rule, select
 from shiftbench.results.stats import mean_and_error, paired_difference, paired_test

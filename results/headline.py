@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shiftbench.errors import ShiftbenchError
+from shiftbench.health import marks as health_marks
 from shiftbench.results.health import legend as health_legend
-from shiftbench.results.health import marks as health_marks
 from shiftbench.results.table_model import Collection, Table
 from shiftbench.setting import all_settings
 

@@ -53,7 +53,7 @@ class Cell:
     def marks(self) -> str:
         if not self.health:
             return ""
-        from shiftbench.results.health import marks
+        from shiftbench.health import marks
 
         return " " + marks(self.health)
 

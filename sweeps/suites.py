@@ -32,6 +32,7 @@ from typing import Any
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
 from shiftbench.sweeps.spec import SweepSpec
+from shiftbench.trial_record import auto_precision
 
 BUDGET_KEYS = ("steps", "n_trials", "n_hparams")
 
@@ -86,8 +87,6 @@ class Suite:
         """The sweep of `algorithms` on this suite (validated by the caller)."""
         precision = self.precision
         if precision == "auto":
-            from shiftbench.demo import auto_precision
-
             precision = auto_precision()
         spec = SweepSpec(
             datasets=list(self.datasets), algorithms=list(algorithms), task=self.task,

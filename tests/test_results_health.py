@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from shiftbench import health as E
 from shiftbench.cli import main
 from shiftbench.results import health as H
 from shiftbench.results.headline import leaderboard
@@ -46,45 +47,45 @@ def flags(records, **kw):
 
 
 def test_thresholds_are_the_documented_ones():
-    assert (H.NOT_LEARNING_MARGIN, H.LOSS_TOLERANCE, H.COLLAPSE_DROP) == (0.1, 0.05, 0.10)
+    assert (E.NOT_LEARNING_MARGIN, E.LOSS_TOLERANCE, E.COLLAPSE_DROP) == (0.1, 0.05, 0.10)
     assert flags(run()) == []
 
 
 def test_not_learning_by_source_validation():
     # chance 0.1: the threshold is 0.1 + 0.1 * 0.9 = 0.19
-    assert flags(run(last_val=0.19)) == [H.NOT_LEARNING]
-    assert flags(run(last_val=0.1)) == [H.NOT_LEARNING]
+    assert flags(run(last_val=0.19)) == [E.NOT_LEARNING]
+    assert flags(run(last_val=0.1)) == [E.NOT_LEARNING]
     assert flags(run(last_val=0.191)) == []
     health = H.run_health(run(last_val=0.089))
     assert health.source_val == pytest.approx(0.089) and health.chance == pytest.approx(0.1)
-    assert "8.9%" in health.details[H.NOT_LEARNING]
+    assert "8.9%" in health.details[E.NOT_LEARNING]
 
 
 def test_not_learning_by_loss_near_ln_c():
     ln10 = math.log(10)
     inside, outside = ln10 * 1.049, ln10 * 1.051
-    assert flags(run(loss={"loss": inside})) == [H.NOT_LEARNING]
-    assert flags(run(loss={"loss": ln10 * 0.951})) == [H.NOT_LEARNING]
+    assert flags(run(loss={"loss": inside})) == [E.NOT_LEARNING]
+    assert flags(run(loss={"loss": ln10 * 0.951})) == [E.NOT_LEARNING]
     assert flags(run(loss={"loss": outside})) == []
     # a composite objective is not read as a cross-entropy; a named classification loss is
     assert flags(run(loss={"loss": ln10, "disc_loss": 0.7})) == []
-    assert flags(run(loss={"loss": 0.1, "cls_loss": ln10, "disc_loss": 0.7})) == [H.NOT_LEARNING]
+    assert flags(run(loss={"loss": 0.1, "cls_loss": ln10, "disc_loss": 0.7})) == [E.NOT_LEARNING]
 
 
 def test_not_learning_only_at_the_end():
     unfinished = run(last_val=0.1, steps=(0, 25, 50))
     assert flags(unfinished) == []
-    assert flags(run(last_val=0.1)) == [H.NOT_LEARNING]
+    assert flags(run(last_val=0.1)) == [E.NOT_LEARNING]
     # without n_steps (DomainBed's records) the trial's status decides
     records = [{k: v for k, v in r.items() if k != "n_steps"} for r in run(last_val=0.1)]
-    assert flags(records, status="done") == [H.NOT_LEARNING]
+    assert flags(records, status="done") == [E.NOT_LEARNING]
     assert flags(records, status="incomplete") == []
 
 
 def test_num_classes_from_the_dataset_when_not_recorded():
     records = [{k: v for k, v in r.items() if k != "num_classes"} for r in run(last_val=0.4)]
-    assert H.num_classes(records[-1]) == 3  # DebugVector: chance 1/3, limit 1/3 + 0.1 x 2/3
-    assert flags(records) == [H.NOT_LEARNING]
+    assert E.num_classes(records[-1]) == 3  # DebugVector: chance 1/3, limit 1/3 + 0.1 x 2/3
+    assert flags(records) == [E.NOT_LEARNING]
     records[-1]["env1_out_acc"] = records[-1]["env2_out_acc"] = 0.401
     assert flags(records) == []
 
@@ -93,10 +94,10 @@ def test_diverged():
     records = run()
     records[1]["loss"] = float("nan")
     health = H.run_health(records)
-    assert health.flags == [H.DIVERGED] and "step 50" in health.details[H.DIVERGED]
+    assert health.flags == [E.DIVERGED] and "step 50" in health.details[E.DIVERGED]
     records[1]["loss"] = 1e30
     assert flags(records) == []
-    assert flags(run(), failure="non-finite loss") == [H.DIVERGED]
+    assert flags(run(), failure="non-finite loss") == [E.DIVERGED]
     assert flags(run(), failure="RuntimeError: out of memory") == []
 
 
@@ -108,14 +109,14 @@ def test_diverged_from_the_failed_marker(tmp_path):
     report = H.sweep_health(read_sweep(tmp_path, quiet=True).records,
                             read_sweep(tmp_path, quiet=True).jobs)
     assert sorted(h.trial_seed for h in report.flagged()) == [0]
-    assert report.counts()[H.DIVERGED] == 1
+    assert report.counts()[E.DIVERGED] == 1
 
 
 def test_collapsed():
-    assert flags(run(test_curve=(0.5, 0.6, 0.5))) == [H.COLLAPSED]
+    assert flags(run(test_curve=(0.5, 0.6, 0.5))) == [E.COLLAPSED]
     assert flags(run(test_curve=(0.5, 0.6, 0.501))) == []
     health = H.run_health(run(test_curve=(0.2, 0.9, 0.3)))
-    assert "30.0 at step 99 vs best 90.0 at step 50" in health.details[H.COLLAPSED]
+    assert "30.0 at step 99 vs best 90.0 at step 50" in health.details[E.COLLAPSED]
 
 
 def test_collapse_is_never_an_input_to_selection():
@@ -172,9 +173,9 @@ def test_selected_before_adaptation_flag():
 
     at_start, after = chosen(50), chosen(51)
     H.annotate(report, {"custom": [at_start, after]})
-    assert at_start.health == (H.BEFORE_ADAPTATION,) and after.health == ()
+    assert at_start.health == (E.BEFORE_ADAPTATION,) and after.health == ()
     run_health = next(iter(report.runs.values()))
-    assert run_health.early == {"custom": 50} and report.counts()[H.BEFORE_ADAPTATION] == 1
+    assert run_health.early == {"custom": 50} and report.counts()[E.BEFORE_ADAPTATION] == 1
 
 
 def _sweep(tmp_path):
@@ -194,15 +195,15 @@ def _sweep(tmp_path):
 def test_marks_and_footnotes_in_tables(tmp_path):
     collection = collect(_sweep(tmp_path), ["iid", "oracle"])
     dataset = next(t for t in collection.tables if t.kind == "dataset" and t.rule == "iid")
-    assert dataset.row("ERM")["0"].health == (H.NOT_LEARNING,)
+    assert dataset.row("ERM")["0"].health == (E.NOT_LEARNING,)
     assert dataset.row("ERM")["0"].display().endswith(" [n]")
-    assert dataset.row("DANN")["0"].health == (H.COLLAPSED,)
+    assert dataset.row("DANN")["0"].health == (E.COLLAPSED,)
     assert dataset.row("ERM")["1"].health == ()  # nothing selected there
     assert any("[n] not learning" in n and "[c] collapsed" in n for n in dataset.notes)
     baseline = next(t for t in collection.tables if t.kind == "baseline" and t.rule == "iid")
-    assert baseline.row("DANN")["Avg"].health == (H.NOT_LEARNING, H.COLLAPSED)
-    assert collection.health.counts() == {H.DIVERGED: 0, H.NOT_LEARNING: 1, H.COLLAPSED: 1,
-                                          H.BEFORE_ADAPTATION: 0}
+    assert baseline.row("DANN")["Avg"].health == (E.NOT_LEARNING, E.COLLAPSED)
+    assert collection.health.counts() == {E.DIVERGED: 0, E.NOT_LEARNING: 1, E.COLLAPSED: 1,
+                                          E.BEFORE_ADAPTATION: 0}
     board = leaderboard(collection)
     assert dict(zip(board["algorithm"], board["health"])) == {"ERM": "not learning",
                                                               "DANN": "collapsed"}
@@ -222,7 +223,7 @@ def test_health_summary_and_table_in_every_format(tmp_path, fmt):
     assert "source validation 10.0" in full
     if fmt == "json":
         data = json.loads(full)
-        assert data["health"]["counts"][H.NOT_LEARNING] == 1
+        assert data["health"]["counts"][E.NOT_LEARNING] == 1
         assert data["health"]["thresholds"]["collapse_drop"] == 0.1
 
 
@@ -276,7 +277,7 @@ def test_trainer_writes_the_health_of_a_run_that_does_not_learn(tmp_path):
                               output_dir=str(tmp_path / "o"),
                               hparams='{"batch_size": 8, "mlp_width": 16, "lr": 0.0}'),
                     log=logged.append, progress=False)
-    assert records[-1]["health"]["flags"] == [H.NOT_LEARNING]  # lr 0: the untrained network
+    assert records[-1]["health"]["flags"] == [E.NOT_LEARNING]  # lr 0: the untrained network
     assert any(m.startswith("warning: run health: not learning") for m in logged)
 
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from shiftbench.cli import main
-from shiftbench.demo import auto_precision, plan
+from shiftbench.demo import plan
+from shiftbench.trial_record import auto_precision
 
 
 def test_plan_groups_by_first_supported_task_and_reports_missing():
