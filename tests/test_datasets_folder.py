@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from shiftbench.datasets import custom as C
 from shiftbench.datasets import folder as F
 from shiftbench.datasets import get_dataset_class
 from shiftbench.errors import ShiftbenchError
@@ -169,7 +170,7 @@ def make_user_tree(root: Path, domains=("d0", "d1"), classes=("cat", "dog"), n=3
 def test_register_image_folder(tmp_path):
     make_user_tree(tmp_path)
     name = _name()
-    cls = F.register_image_folder(name, tmp_path)
+    cls = C.register_image_folder(name, tmp_path)
     assert get_dataset_class(name) is cls
     assert cls.ENVIRONMENTS == ("d0", "d1") and cls.CLASSES == ("cat", "dog")
     assert cls.INPUT_SHAPE == (3, 10, 12) and cls.NUM_CLASSES == 2
@@ -182,42 +183,42 @@ def test_register_image_folder(tmp_path):
 def test_register_image_folder_resizes(tmp_path):
     make_user_tree(tmp_path / "a", domains=("d0",))
     make_user_tree(tmp_path / "a", domains=("d1",), size=(30, 30))
-    cls = F.register_image_folder(_name(), tmp_path / "a", image_size=16)
+    cls = C.register_image_folder(_name(), tmp_path / "a", image_size=16)
     ds = cls(None, [0], {})
     assert ds[1].x.shape == (6, 3, 16, 16)
 
 
 def test_register_image_folder_errors(tmp_path):
     with pytest.raises(ShiftbenchError, match="not a directory"):
-        F.register_image_folder(_name(), tmp_path / "nope")
+        C.register_image_folder(_name(), tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ShiftbenchError, match="no domain folders"):
-        F.register_image_folder(_name(), tmp_path / "empty")
+        C.register_image_folder(_name(), tmp_path / "empty")
     make_user_tree(tmp_path / "mismatch" , domains=("d0",), classes=("cat", "dog"))
     make_user_tree(tmp_path / "mismatch", domains=("d1",), classes=("cat", "cow"))
     with pytest.raises(ShiftbenchError, match=r"domain 'd1'.*missing: \['dog'\].*extra: \['cow'\]"):
-        F.register_image_folder(_name(), tmp_path / "mismatch")
+        C.register_image_folder(_name(), tmp_path / "mismatch")
     make_user_tree(tmp_path / "hollow", domains=("d0",))
     (tmp_path / "hollow" / "d1" / "cat").mkdir(parents=True)
     (tmp_path / "hollow" / "d1" / "dog").mkdir(parents=True)
     with pytest.raises(ShiftbenchError, match="domain 'd1' has no images"):
-        F.register_image_folder(_name(), tmp_path / "hollow")
+        C.register_image_folder(_name(), tmp_path / "hollow")
     make_user_tree(tmp_path / "mixed", domains=("d0",))
     make_user_tree(tmp_path / "mixed", domains=("d1",), size=(8, 8))
-    cls = F.register_image_folder(_name(), tmp_path / "mixed")
+    cls = C.register_image_folder(_name(), tmp_path / "mixed")
     with pytest.raises(ShiftbenchError, match="is 8x8 but .* is 12x10; pass image_size"):
         cls(None, [0], {})
     make_user_tree(tmp_path / "bad")
     (tmp_path / "bad" / "d1" / "dog" / "1.png").write_bytes(b"xx")
-    cls = F.register_image_folder(_name(), tmp_path / "bad", image_size=8)
+    cls = C.register_image_folder(_name(), tmp_path / "bad", image_size=8)
     with pytest.raises(ShiftbenchError, match="cannot read image .*1.png"):
         cls(None, [0], {})
     name = _name()
     make_user_tree(tmp_path / "dup")
-    F.register_image_folder(name, tmp_path / "dup")
+    C.register_image_folder(name, tmp_path / "dup")
     with pytest.raises(ShiftbenchError, match="already registered"):
-        F.register_image_folder(name, tmp_path / "dup")
-    F.register_image_folder(name, tmp_path / "dup", overwrite=True)
+        C.register_image_folder(name, tmp_path / "dup")
+    C.register_image_folder(name, tmp_path / "dup", overwrite=True)
 
 
 def test_register_arrays_and_train(tmp_path):
@@ -226,7 +227,7 @@ def test_register_arrays_and_train(tmp_path):
     y = np.arange(60) % 3
     domain = np.array(["b", "a", "c"] * 20)
     name = _name()
-    cls = F.register_arrays(name, x, y, domain, steps=3, checkpoint_freq=1)
+    cls = C.register_arrays(name, x, y, domain, steps=3, checkpoint_freq=1)
     assert cls.ENVIRONMENTS == ("a", "b", "c") and cls.INPUT_SHAPE == (5,)
     ds = cls(None, [0], {})
     assert torch.allclose(ds[0].x, torch.from_numpy(x[domain == "a"]))
@@ -237,22 +238,22 @@ def test_register_arrays_and_train(tmp_path):
                  "--skip-model-save", "--threads", "1"]) == 0
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 2 and "env2_out_acc" in records[-1]
-    ordered = F.register_arrays(_name(), x, y, domain, domain_names=["c", "b", "a"])
+    ordered = C.register_arrays(_name(), x, y, domain, domain_names=["c", "b", "a"])
     assert ordered.ENVIRONMENTS == ("c", "b", "a")
 
 
 def test_register_arrays_errors():
     x, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])
     with pytest.raises(ShiftbenchError, match="lengths 4, 3, 4"):
-        F.register_arrays(_name(), x, y[:3], [0, 0, 1, 1])
+        C.register_arrays(_name(), x, y[:3], [0, 0, 1, 1])
     with pytest.raises(ShiftbenchError, match="integer labels"):
-        F.register_arrays(_name(), x, y.astype(float), [0, 0, 1, 1])
+        C.register_arrays(_name(), x, y.astype(float), [0, 0, 1, 1])
     with pytest.raises(ShiftbenchError, match=r"labels must lie in \[0, 2\)"):
-        F.register_arrays(_name(), x, np.array([0, 1, 2, 1]), [0, 0, 1, 1], num_classes=2)
+        C.register_arrays(_name(), x, np.array([0, 1, 2, 1]), [0, 0, 1, 1], num_classes=2)
     with pytest.raises(ShiftbenchError, match="domain 'z' has no examples"):
-        F.register_arrays(_name(), x, y, ["a"] * 4, domain_names=["a", "z"])
+        C.register_arrays(_name(), x, y, ["a"] * 4, domain_names=["a", "z"])
     with pytest.raises(ShiftbenchError, match=r"domain values \['b'\]"):
-        F.register_arrays(_name(), x, y, ["a", "b", "a", "a"], domain_names=["a"])
+        C.register_arrays(_name(), x, y, ["a", "b", "a", "a"], domain_names=["a"])
 
 
 def test_data_command(tmp_path, capsys):
