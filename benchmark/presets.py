@@ -162,16 +162,16 @@ def preset_hparams(name: str, algorithm: str, dataset: str | Any) -> dict[str, A
     return values
 
 
-def default_da_mode(preset: str | None, task: str, from_suite: bool = False) -> str:
+def default_da_mode(preset: str | None, task: str, from_suite: bool = False) -> str | None:
     """The `da_mode` a trial gets when none is given: a uda/ssda trial gets its preset's mode
     (dann_digits: transductive; the road-scene recipes, whose test split is Cityscapes val:
-    inductive), else transductive in a DA task suite (`from_suite`), else inductive (also where
-    the mode does not apply)."""
+    inductive), else transductive in a DA task suite (`from_suite`), else inductive; None where
+    the mode does not apply (no unlabeled target), as `train()` from Python records it."""
     from shiftbench.setting import get_setting
     from shiftbench.trial_record import INDUCTIVE, TRANSDUCTIVE
 
     if not get_setting(task).unlabeled_target:
-        return INDUCTIVE
+        return None
     if preset is not None:
         if preset not in PRESETS:
             raise UnknownNameError("hparams preset", preset, PRESETS)

@@ -124,7 +124,7 @@ class SweepSpec:
                 names.append(suite.dataset)
         return names
 
-    def resolved_da_mode(self) -> str:
+    def resolved_da_mode(self) -> str | None:
         """The jobs' `da_mode`: the one given, or its default, transductive for a uda/ssda sweep
         over named task suites or with a preset that says so (`presets.default_da_mode`)."""
         if self.trial.da_mode is not None:

@@ -76,7 +76,7 @@ def test_suites_and_da_presets_default_to_transductive():
     assert default_da_mode("dann_digits", "uda") == "transductive"
     assert default_da_mode(None, "uda") == "inductive"
     assert default_da_mode(None, "uda", from_suite=True) == "transductive"
-    assert default_da_mode("dann_digits", "dg") == "inductive"  # no target to adapt on
+    assert default_da_mode("dann_digits", "dg") is None  # no target to adapt on
     suite = SweepSpec(algorithms=["ERM"], task="uda", tasks=["digits"], n_trials=1, steps=2)
     suite.validate(check_hparams=False)
     jobs = enumerate_jobs(suite, "/tmp/unused")
