@@ -247,8 +247,17 @@ def render(style: Style, n: int, rng: np.random.Generator) -> tuple[np.ndarray, 
         shape = np.where(round_, (su - 0.5) ** 2 + (sv - 0.5) ** 2 <= 0.25, True)
         canvas.draw(mask & shape & sign, z - 0.05, SIGN,
                     pal[SIGN] * rng.uniform(0.7, 1.3, (n, 1, 1, 3)).astype(np.float32))
+    return finish(canvas, style, tint, u, v, cx, rng)
+
+
+def finish(canvas: _Canvas, look, tint: np.ndarray, u: np.ndarray, v: np.ndarray, cx: np.ndarray,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The ego car's hood (ignored in evaluation, as in Cityscapes), then lighting, colour
+    statistics, texture and the sensor model of a rendered chunk: (images uint8 NCHW, labels).
+    `look` is a v1 `Style` or a v2 `World` (the same appearance attributes)."""
+    n = canvas.z.shape[0]
     # the ego car's hood (ignored in evaluation, as in Cityscapes)
-    if style.hood:
+    if look.hood:
         hood_h = _col(rng.uniform(3.0, 7.0, n))
         mask = v > HEIGHT - hood_h * (1 - ((u - cx) / (0.75 * WIDTH)) ** 2)
         canvas.draw(mask, np.zeros((n, 1, 1), np.float32), IGNORE_INDEX, np.float32(0.12))
@@ -256,17 +265,28 @@ def render(style: Style, n: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     # lighting, colour statistics, texture and sensor model
     rgb = canvas.rgb * tint
     grey = rgb.mean(axis=-1, keepdims=True)
-    rgb = grey + style.saturation * (rgb - grey)
-    ramp = 1 + style.sun * _col(rng.choice([-1.0, 1.0], n)) * (u / WIDTH - 0.5)
-    rgb = rgb * (ramp * _col(_u(rng, style.brightness, n)))[..., None]
-    rgb = rgb * (1 + 0.4 * style.contrast * rng.standard_normal((n, HEIGHT, WIDTH, 1)).astype(np.float32))
-    if style.blur:
+    rgb = grey + look.saturation * (rgb - grey)
+    ramp = 1 + look.sun * _col(rng.choice([-1.0, 1.0], n)) * (u / WIDTH - 0.5)
+    rgb = rgb * (ramp * _col(_u(rng, look.brightness, n)))[..., None]
+    rgb = rgb * (1 + 0.4 * look.contrast * rng.standard_normal((n, HEIGHT, WIDTH, 1)).astype(np.float32))
+    if look.blur:
         padded = np.pad(rgb, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
         rgb = sum(padded[:, i:i + HEIGHT, j:j + WIDTH] for i in range(3) for j in range(3)) / 9
-    if style.noise:
-        rgb = rgb + style.noise * rng.standard_normal(rgb.shape).astype(np.float32)
+    if look.noise:
+        rgb = rgb + look.noise * rng.standard_normal(rgb.shape).astype(np.float32)
     image = np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(image), canvas.label
+
+
+def render_chunks(render_chunk, look, n: int, seed_key: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """`n` images of `look`, rendered CHUNK at a time, chunk k from the generator seeded
+    [*seed_key, k] (so the images do not depend on how many are asked for)."""
+    xs, ys = [], []
+    for k, start in enumerate(range(0, n, CHUNK)):
+        x, y = render_chunk(look, min(CHUNK, n - start), np.random.default_rng([*seed_key, k]))
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def generate(env: str, n: int = N_PER_DOMAIN, seed: int = GENERATION_SEED
@@ -275,13 +295,7 @@ def generate(env: str, n: int = N_PER_DOMAIN, seed: int = GENERATION_SEED
     if env not in STYLES:
         raise ShiftbenchError(f"unknown SyntheticStreets environment {env!r}; valid: "
                               + ", ".join(ENVIRONMENTS))
-    xs, ys = [], []
-    for k, start in enumerate(range(0, n, CHUNK)):
-        rng = np.random.default_rng([seed, ENVIRONMENTS.index(env), k])
-        x, y = render(STYLES[env], min(CHUNK, n - start), rng)
-        xs.append(x)
-        ys.append(y)
-    return np.concatenate(xs), np.concatenate(ys)
+    return render_chunks(render, STYLES[env], n, [seed, ENVIRONMENTS.index(env)])
 
 
 def cache_path(n: int, seed: int) -> Path:

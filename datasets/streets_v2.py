@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shiftbench.datasets.base import register_dataset
-from shiftbench.datasets.segmentation import IGNORE_INDEX, LabelMapDomain, SegmentationDataset
+from shiftbench.datasets.segmentation import LabelMapDomain, SegmentationDataset
 from shiftbench.datasets.streets import (
     BUILDING,
     CAR,
@@ -50,6 +50,8 @@ from shiftbench.datasets.streets import (
     _Canvas,
     _col,
     _u,
+    finish,
+    render_chunks,
 )
 from shiftbench.datasets.streets_cache import build_cached
 from shiftbench.errors import ShiftbenchError
@@ -295,24 +297,7 @@ def render(world: World, n: int, rng: np.random.Generator) -> tuple[np.ndarray, 
         border = (su < 0.12) | (su > 0.88) | (sv < 0.12) | (sv > 0.88)
         srgb = pal[SIGN] * rng.uniform(0.75, 1.25, (n, 1, 1, 3)).astype(np.float32)
         canvas.draw(mask & shape & sign, z - 0.05, SIGN, np.where(border[..., None], srgb * 0.5, srgb))
-    if world.hood:
-        hood_h = _col(rng.uniform(3.0, 7.0, n))
-        mask = v > HEIGHT - hood_h * (1 - ((u - cx) / (0.75 * WIDTH)) ** 2)
-        canvas.draw(mask, np.zeros((n, 1, 1), np.float32), IGNORE_INDEX, np.float32(0.12))
-
-    rgb = canvas.rgb * tint
-    grey = rgb.mean(axis=-1, keepdims=True)
-    rgb = grey + world.saturation * (rgb - grey)
-    ramp = 1 + world.sun * _col(rng.choice([-1.0, 1.0], n)) * (u / WIDTH - 0.5)
-    rgb = rgb * (ramp * _col(_u(rng, world.brightness, n)))[..., None]
-    rgb = rgb * (1 + 0.4 * world.contrast * rng.standard_normal((n, HEIGHT, WIDTH, 1)).astype(np.float32))
-    if world.blur:
-        padded = np.pad(rgb, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-        rgb = sum(padded[:, i:i + HEIGHT, j:j + WIDTH] for i in range(3) for j in range(3)) / 9
-    if world.noise:
-        rgb = rgb + world.noise * rng.standard_normal(rgb.shape).astype(np.float32)
-    image = np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(image), canvas.label
+    return finish(canvas, world, tint, u, v, cx, rng)
 
 
 def generate(env: str, n: int = N_PER_DOMAIN, seed: int = GENERATION_SEED
@@ -321,13 +306,8 @@ def generate(env: str, n: int = N_PER_DOMAIN, seed: int = GENERATION_SEED
     if env not in WORLDS:
         raise ShiftbenchError(f"unknown SyntheticStreetsV2 environment {env!r}; valid: "
                               + ", ".join(ENVIRONMENTS))
-    xs, ys = [], []
-    for k, start in enumerate(range(0, n, CHUNK)):
-        rng = np.random.default_rng([seed, GENERATION_VERSION, ENVIRONMENTS.index(env), k])
-        x, y = render(WORLDS[env], min(CHUNK, n - start), rng)
-        xs.append(x)
-        ys.append(y)
-    return np.concatenate(xs), np.concatenate(ys)
+    return render_chunks(render, WORLDS[env], n,
+                         [seed, GENERATION_VERSION, ENVIRONMENTS.index(env)])
 
 
 def build_streets_v2(n: int = N_PER_DOMAIN, seed: int = GENERATION_SEED, use_cache: bool = True):
