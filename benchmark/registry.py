@@ -6,6 +6,7 @@ import contextlib
 import fnmatch
 import importlib
 import importlib.metadata
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
@@ -71,10 +72,17 @@ class Registry(Generic[T]):
         """Undo at exit whatever is registered inside, plug-ins loaded from entry points included
         (which are looked up afresh inside): for tests and temporary registrations."""
         items, loaded = dict(self._items), self._entry_points_loaded
+        modules = set(sys.modules)
         self._entry_points_loaded = self.entry_point_group is None
         try:
             yield self
         finally:
+            for name, obj in self._items.items():
+                # a module first imported inside registered on import: forget it too, so that
+                # importing it again registers again (shiftbench.demo_data's DigitsDemo)
+                module = getattr(obj, "__module__", None)
+                if name not in items and module and module not in modules:
+                    sys.modules.pop(module, None)
             self._items.clear()
             self._items.update(items)
             self._entry_points_loaded = loaded

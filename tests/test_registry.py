@@ -68,3 +68,28 @@ def test_entry_point_plugins_load_on_first_unknown_name(tmp_path, monkeypatch):
     for mod in ("sb_test_alg_plugin", "sb_test_data_plugin"):
         sys.modules.pop(mod, None)
     assert "PluggedERM" not in ALGORITHM_REGISTRY and "PluggedData" not in DATASETS
+
+
+def test_a_module_first_imported_inside_scratch_registers_again_after(tmp_path, monkeypatch):
+    """scratch() forgets a module that registered inside it, so a later import registers again
+    (else a test that first imported e.g. shiftbench.demo_data would hide DigitsDemo from the
+    tests after it)."""
+    import importlib
+    import sys
+
+    from shiftbench.registry import Registry
+
+    registry: Registry = Registry("thing")
+    (tmp_path / "scratch_plugin_mod.py").write_text(
+        "import test_registry_target as t\n@t.REG.register('Thing')\nclass Thing:\n    pass\n")
+    target = type(sys)("test_registry_target")
+    target.REG = registry
+    monkeypatch.setitem(sys.modules, "test_registry_target", target)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with registry.scratch():
+        importlib.import_module("scratch_plugin_mod")
+        assert "Thing" in registry
+    assert "Thing" not in registry
+    importlib.import_module("scratch_plugin_mod")
+    assert "Thing" in registry
+    sys.modules.pop("scratch_plugin_mod", None)
