@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,20 @@ def class_balanced_thresholds(conf: torch.Tensor, pred: torch.Tensor, num_classe
         if rank > 0:
             lam[c] = values[rank - 1]
     return lam
+
+
+class TargetLoss(NamedTuple):
+    """What `target_loss` gives `update` for one target batch: `total`, the sum of the
+    per-example (per-pixel) target losses over the `count` examples counted, averaged with the
+    source loss; `extra`, added outside that average; `stats` to report; and `discriminator`,
+    the detached (easy, hard) inputs of the discriminator step that `update` takes right after
+    the network's step (TPLD's phase 2, `discriminator_step`), or None."""
+
+    total: torch.Tensor
+    count: torch.Tensor | int
+    extra: torch.Tensor | float
+    stats: dict[str, float]
+    discriminator: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def cbst_select(probs: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +120,11 @@ class RoundSelfTraining:
         self.thresholds.copy_(class_balanced_thresholds(conf, pred, self.num_classes, self.portion(k)))
         self.round_index.fill_(k)
 
+    def discriminator_step(self, easy: torch.Tensor, hard: torch.Tensor) -> None:
+        """One step of an alignment discriminator on the `discriminator` inputs a `TargetLoss`
+        carries, taken by `update` after the network's step; only TPLD returns such inputs."""
+        raise NotImplementedError(f"{type(self).__name__} has no discriminator")
+
     def pseudo_labelling(self, unlabeled) -> bool:
         """Whether this update trains on pseudo-labels: adaptation phase, a target batch at hand
         and a round's thresholds fitted."""
@@ -147,12 +167,12 @@ class CBST(RoundSelfTraining, ERM):
         """Extra round-start work of subclasses (TPLD)."""
         return {}
 
-    def target_loss(self, logits: torch.Tensor, probs: torch.Tensor, xt: torch.Tensor):
-        """(sum of the per-example target losses, number of examples counted, an extra loss
-        added outside the average, statistics)."""
+    def target_loss(self, logits: torch.Tensor, probs: torch.Tensor, xt: torch.Tensor
+                    ) -> TargetLoss:
+        """The target batch's loss terms: CE to the selected pseudo-labels."""
         labels, mask = cbst_select(probs, self.thresholds)
         ce = F.cross_entropy(logits, labels, reduction="none")
-        return (ce * mask).sum(), mask.sum(), 0.0, {}
+        return TargetLoss((ce * mask).sum(), mask.sum(), 0.0, {})
 
     def update(self, minibatches, unlabeled=None):
         x, y = concat_minibatches(minibatches)
@@ -163,14 +183,13 @@ class CBST(RoundSelfTraining, ERM):
             probs = F.softmax(self.snapshot(xt), dim=1)
         logits = self.network(torch.cat([x, xt]))
         src = F.cross_entropy(logits[: len(x)], y, reduction="sum")
-        tgt, count, extra, stats = self.target_loss(logits[len(x):], probs, xt)
-        loss = (src + tgt) / (len(x) + count) + extra
-        self._step(loss)
-        return {"loss": loss.item(), "src_loss": src.item() / len(x),
-                "selected": float(count) / len(xt), **stats}
-
-    def _step(self, loss):
+        target = self.target_loss(logits[len(x):], probs, xt)
+        loss = (src + target.total) / (len(x) + target.count) + target.extra
         step(loss, self.optimizer)
+        if target.discriminator is not None:
+            self.discriminator_step(*target.discriminator)
+        return {"loss": loss.item(), "src_loss": src.item() / len(x),
+                "selected": float(target.count) / len(xt), **target.stats}
 
 
 CRST_REGULARISERS = ("mrkld", "lrent")
@@ -205,9 +224,9 @@ class CRST(CBST):
             labels, mask = cbst_select(probs, self.thresholds)
             per = F.nll_loss(log_p, labels, reduction="none") \
                 + self.hparams["crst_mrkld_weight"] * mrkld(log_p)
-            return (per * mask).sum(), mask.sum(), 0.0, {}
+            return TargetLoss((per * mask).sum(), mask.sum(), 0.0, {})
         soft, mask = lrent_labels(probs, self.thresholds, self.hparams["crst_lrent_alpha"])
-        return (-(soft * log_p).sum(1) * mask).sum(), mask.sum(), 0.0, {}
+        return TargetLoss((-(soft * log_p).sum(1) * mask).sum(), mask.sum(), 0.0, {})
 
 
 def mrkld(log_p: torch.Tensor) -> torch.Tensor:
@@ -292,8 +311,9 @@ class TPLD(TPLDPhases, CBST):
     example score max_c p_c/lambda_c (the image score of the paper with one "pixel"); the top
     `tpld_easy_share` of the split (threshold at rank ceil(share * N)) is easy. Easy examples get
     dense labels — one-hot where confident, else (p/lambda)^gamma normalised — with L_boot; hard
-    examples are aligned to easy ones adversarially on the entropy vector I = -p * log p: D is trained
-    easy -> 1, hard -> 0 (Adam 1e-4), the network with weight `tpld_adv_weight` to make D(I_hard) -> 1.
+    examples are aligned to easy ones adversarially on the entropy vector I = -p * log p: the network
+    with weight `tpld_adv_weight` to make D(I_hard) -> 1, then (`discriminator_step`, after the
+    network's step, as ADVENT's loop) D trained easy -> 1, hard -> 0 (Adam 1e-4).
     Phase-1 voting is a departure (no official code; details from secondary descriptions).
     """
 
@@ -314,7 +334,6 @@ class TPLD(TPLDPhases, CBST):
         self.register_buffer("easy_threshold", torch.ones(()))
         self.discriminator = Discriminator(num_classes, 1, width=64, depth=3)
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=1e-4, betas=(0.9, 0.99))
-        self._pending = None
 
     def bank(self):
         n = int(self.bank_count)
@@ -362,7 +381,8 @@ class TPLD(TPLDPhases, CBST):
             target = torch.where(confident[:, None], onehot, F.one_hot(voted, self.num_classes).to(onehot))
             mask = confident | (comb >= 1)
             per = bootstrap_loss(log_p, target, norm, lam, hp["tpld_beta"])
-            return (per * mask).sum(), mask.sum(), 0.0, {"densified": mask.float().mean().item()}
+            return TargetLoss((per * mask).sum(), mask.sum(), 0.0,
+                              {"densified": mask.float().mean().item()})
         easy = norm.max(dim=1).values >= self.easy_threshold
         soft = norm.pow(hp["tpld_gamma"])
         soft = soft / soft.sum(dim=1, keepdim=True)
@@ -373,16 +393,12 @@ class TPLD(TPLDPhases, CBST):
         if bool((~easy).any()):
             d_hard = self.discriminator(info[~easy])
             adv = F.binary_cross_entropy_with_logits(d_hard, torch.ones_like(d_hard))
-        self._pending = (info[easy].detach(), info[~easy].detach())
-        return ((per * easy).sum(), easy.sum(), hp["tpld_adv_weight"] * adv,
-                {"easy": easy.float().mean().item(), "adv_g": adv.item()})
+        return TargetLoss((per * easy).sum(), easy.sum(), hp["tpld_adv_weight"] * adv,
+                          {"easy": easy.float().mean().item(), "adv_g": adv.item()},
+                          discriminator=(info[easy].detach(), info[~easy].detach()))
 
-    def _step(self, loss):
-        super()._step(loss)
-        if self._pending is None:
-            return
-        easy, hard = self._pending
-        self._pending = None
+    def discriminator_step(self, easy, hard):
+        """D on the entropy vectors: BCE(D(I_easy), 1) + BCE(D(I_hard), 0), averaged."""
         d_easy, d_hard = self.discriminator(easy), self.discriminator(hard)
         d_loss = (F.binary_cross_entropy_with_logits(d_easy, torch.ones_like(d_easy), reduction="sum")
                   + F.binary_cross_entropy_with_logits(d_hard, torch.zeros_like(d_hard), reduction="sum"))

@@ -26,6 +26,7 @@ from shiftbench.algorithms.base import step as gradient_step
 from shiftbench.algorithms.components import EMA
 from shiftbench.algorithms.round_self_training import (
     RoundSelfTraining,
+    TargetLoss,
     TPLDPhases,
     bootstrap_loss,
     lrent_labels,
@@ -220,12 +221,12 @@ class SegCBST(RoundSelfTraining, SegAlgorithm):
     def lam(self) -> torch.Tensor:
         return self.thresholds.view(1, -1, 1, 1)
 
-    def target_loss(self, logits, probs, xt):
-        """(sum of target pixel losses, pixels counted, extra loss, stats) for one batch."""
+    def target_loss(self, logits, probs, xt) -> TargetLoss:
+        """The target batch's loss terms, per pixel: CE to the selected pseudo-labels."""
         score, labels = (probs / self.lam()).max(dim=1)
         mask = score >= 1
         ce = F.cross_entropy(logits, labels, reduction="none")
-        return (ce * mask).sum(), mask.sum(), 0.0, {"selected": mask.float().mean().item()}
+        return TargetLoss((ce * mask).sum(), mask.sum(), 0.0, {"selected": mask.float().mean().item()})
 
     def update(self, minibatches, unlabeled=None):
         xs, ys = self.source_batch(minibatches)
@@ -251,10 +252,13 @@ class SegCBST(RoundSelfTraining, SegAlgorithm):
             logits_s = upsample(self.network.forward_all(xs).logits, xs.shape[-2:])
             logits_t = upsample(self.network.forward_all(xt).logits, xt.shape[-2:])
         src = F.cross_entropy(logits_s, ys, ignore_index=IGNORE_INDEX, reduction="sum")
-        tgt, count, extra, stats = self.target_loss(logits_t, probs, xt)
-        loss = (src + tgt) / ((ys != IGNORE_INDEX).sum() + count).clamp_min(1) + extra
+        target = self.target_loss(logits_t, probs, xt)
+        loss = (src + target.total) / ((ys != IGNORE_INDEX).sum() + target.count).clamp_min(1) \
+            + target.extra
         self.step(loss)
-        return {"loss": loss.item(), **stats}
+        if target.discriminator is not None:
+            self.discriminator_step(*target.discriminator)
+        return {"loss": loss.item(), **target.stats}
 
 
 @register_algorithm
@@ -290,8 +294,8 @@ class SegCRST(SegCBST):
         mask = score >= 1
         log_p = F.log_softmax(logits, dim=1)
         ce = F.nll_loss(log_p, labels, reduction="none")
-        return ((ce * mask).sum(), mask.sum(), self.mrkld_term(log_p, mask),
-                {"selected": mask.float().mean().item()})
+        return TargetLoss((ce * mask).sum(), mask.sum(), self.mrkld_term(log_p, mask),
+                          {"selected": mask.float().mean().item()})
 
 
 @register_algorithm(name="SegCRSTLRENT")
@@ -308,7 +312,7 @@ class SegCRSTLRENT(SegCBST):
     def target_loss(self, logits, probs, xt):
         soft, keep = lrent_labels(probs.clamp_min(1e-12), self.lam(), self.hparams["crst_lrent_alpha"])
         per = -(soft * F.log_softmax(logits, dim=1)).sum(1)
-        return (per * keep).sum(), keep.sum(), 0.0, {"selected": keep.float().mean().item()}
+        return TargetLoss((per * keep).sum(), keep.sum(), 0.0, {"selected": keep.float().mean().item()})
 
 
 def image_confidence(norm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -337,9 +341,10 @@ class SegTPLD(TPLDPhases, SegCRST):
     `tpld_easy_share` of the target split (threshold fitted at the round start); easy images get
     dense labels (confident pixels one-hot, the rest (p/lambda)^gamma normalised, gamma 2) with
     L_boot; hard images are aligned to easy ones on the self-information maps I = -p log p by a
-    patch discriminator (easy 1, hard 0; Adam 1e-4), the segmenter with weight 1e-3 pushing
-    D(I_hard) to 1. The classification `TPLD` votes with feature-space neighbours instead of a
-    window. Departures: no official code (details from the paper's description [R/A]); beta 0.9.
+    patch discriminator, the segmenter with weight 1e-3 pushing D(I_hard) to 1, then D
+    (`discriminator_step`, after the segmenter's step) trained easy 1, hard 0 (Adam 1e-4).
+    The classification `TPLD` votes with feature-space neighbours instead of a window.
+    Departures: no official code (details from the paper's description [R/A]); beta 0.9.
     """
 
     SAME_METHOD_AS = "TPLD"
@@ -379,8 +384,8 @@ class SegTPLD(TPLDPhases, SegCRST):
                                        int(hp["tpld_vote_iters"]))
             target = F.one_hot(labels, self.num_classes).permute(0, 3, 1, 2).to(norm.dtype)
             per = bootstrap_loss(log_p, target, norm, lam, hp["tpld_beta"])
-            return ((per * mask).sum(), mask.sum(), self.mrkld_term(log_p, mask),
-                    {"labelled": mask.float().mean().item()})
+            return TargetLoss((per * mask).sum(), mask.sum(), self.mrkld_term(log_p, mask),
+                              {"labelled": mask.float().mean().item()})
         easy = image_confidence(norm, self.thresholds) >= self.easy_threshold
         soft = norm.pow(hp["tpld_gamma"])
         soft = soft / soft.sum(1, keepdim=True).clamp_min(1e-12)
@@ -392,17 +397,15 @@ class SegTPLD(TPLDPhases, SegCRST):
         adv = logits.new_zeros(())
         if bool((~easy).any()):
             adv = F.binary_cross_entropy_with_logits(*_ones(self.discriminator(info[~easy])))
-        self._pending = (info[easy].detach(), info[~easy].detach())
-        return (per.sum(), per.numel(), reg + hp["tpld_adv_weight"] * adv,
-                {"easy": easy.float().mean().item(), "adv_g": adv.item()})
+        return TargetLoss(per.sum(), per.numel(), reg + hp["tpld_adv_weight"] * adv,
+                          {"easy": easy.float().mean().item(), "adv_g": adv.item()},
+                          discriminator=(info[easy].detach(), info[~easy].detach()))
 
-    def step(self, loss, optimizer=None, base_lr=None):
-        super().step(loss, optimizer, base_lr)
-        pending, self._pending = getattr(self, "_pending", None), None
-        if optimizer is not None or pending is None:
-            return
+    def discriminator_step(self, easy, hard):
+        """The patch discriminator on self-information maps: BCE(D(I_easy), 1) + BCE(D(I_hard),
+        0), averaged over its outputs (an empty set adds nothing)."""
         d_loss, n = 0.0, 0
-        for maps, label in zip(pending, (1.0, 0.0)):  # easy -> 1, hard -> 0
+        for maps, label in zip((easy, hard), (1.0, 0.0)):
             if len(maps):
                 out = self.discriminator(maps)
                 d_loss = d_loss + F.binary_cross_entropy_with_logits(out, torch.full_like(out, label),

@@ -164,6 +164,32 @@ def test_tpld_two_phases():
     assert 0 < int(alg.bank_count) <= 64
 
 
+def test_tpld_steps_its_discriminator_after_the_network_in_phase_2_only(monkeypatch):
+    from shiftbench.algorithms.round_self_training import TPLD
+
+    calls = []
+    original = TPLD.discriminator_step
+
+    def spy(self, easy, hard):
+        probe = next(self.network.parameters())
+        stepped = not torch.equal(probe, self.before)  # the network's step came first
+        calls.append((self.hard_phase(), len(easy) + len(hard), stepped,
+                      easy.requires_grad or hard.requires_grad))
+        original(self, easy, hard)
+
+    def update(self, minibatches, unlabeled=None):
+        self.before = next(self.network.parameters()).detach().clone()
+        return original_update(self, minibatches, unlabeled)
+
+    original_update = TPLD.update
+    monkeypatch.setattr(TPLD, "discriminator_step", spy)
+    monkeypatch.setattr(TPLD, "update", update)
+    _, log = _run("TPLD", steps=14, cbst_rounds=3, tpld_hard_rounds=1, tpld_bank_size=64)
+    phase2 = [v for v in log if "easy" in v]
+    assert calls and len(calls) == len(phase2)  # one step per phase-2 update, none before
+    assert all(hard and n == 16 and stepped and not grad for hard, n, stepped, grad in calls)
+
+
 @pytest.mark.parametrize("name,hp", [
     ("CBST", {"cbst_source_fraction": 0.3, "cbst_rounds": 2}),
     ("TPLD", {"cbst_source_fraction": 0.3, "cbst_rounds": 2, "tpld_hard_rounds": 1}),

@@ -118,7 +118,7 @@ def test_crst_mrkld_is_normalised_by_the_selected_target_pixels():
         logits = torch.randn(2, K, 4, 4, generator=g)
         probs = torch.full((2, K, 4, 4), 0.1)
         probs[0, 1, :2] = 0.7  # 8 pixels of image 0 pass p/lambda >= 1, class 1
-        ce_sum, count, extra, _ = alg.target_loss(logits, probs, None)
+        ce_sum, count, extra, _, _ = alg.target_loss(logits, probs, None)
         log_p = F.log_softmax(logits, 1)
         assert int(count) == 8
         assert torch.isclose(ce_sum, -log_p[0, 1, :2].sum())
