@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from shiftbench.results.formats import render
 from shiftbench.results.reading import read_sweep
-from shiftbench.results.tables import collect, render
+from shiftbench.results.tables import collect
 
 ENV_SETS = [[0], [1], [2], [3], *map(list, itertools.combinations(range(4), 2))]
 

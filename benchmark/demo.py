@@ -69,9 +69,10 @@ def report(sweep_dir: Path, out: Path) -> str | None:
     """Write every table (leaderboard.txt) and the HTML report (report.html); return the headline
     leaderboards that point to them. None if the results package is not installed."""
     try:
+        from shiftbench.results.formats import render
         from shiftbench.results.headline import render_headline
         from shiftbench.results.reading import read_sweep
-        from shiftbench.results.tables import collect, render
+        from shiftbench.results.tables import collect
     except ModuleNotFoundError:
         return None
     collection = collect(read_sweep(sweep_dir, quiet=True))

@@ -7,10 +7,7 @@
     report = sweep_health(read_sweep("sweep_output").records)  # run health (results.health)
 """
 
-from shiftbench.results import (
-    da_tables,  # noqa: E402,F401  (registers the task tables)
-    seg_tables,  # noqa: E402,F401  (registers the segmentation tables)
-)
+from shiftbench.results.formats import FORMATS, render
 from shiftbench.results.headline import leaderboard
 from shiftbench.results.health import run_health, sweep_health
 from shiftbench.results.reading import load_records, read_sweep
@@ -22,7 +19,7 @@ from shiftbench.results.selection import (
     register_selection_rule,
     select,
 )
-from shiftbench.results.tables import FORMATS, collect, domainbed_format, render
+from shiftbench.results.tables import collect, domainbed_format
 
 __all__ = [
     "FORMATS",

@@ -14,12 +14,15 @@ Per selection rule and task:
   the averages (in points) and the two-sided paired t-test p-value over the shared trial seeds.
 Once per task: the number of hyperparameter configurations each algorithm had (flagged `!`
 where it differs from the baseline's).
+
+Other modules add tables of their own with `register_table_builder` (the DA task tables, the
+segmentation tables); `tables.collect` calls every registered builder after the built-in ones.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +42,19 @@ from shiftbench.setting import DG
 
 Index = dict[tuple[str, str, str, int], dict[int, float]]
 HealthIndex = dict[tuple[str, str, str, int], dict[int, tuple[str, ...]]]
+
+# (records, rules, selected per rule, baseline, ddof) -> extra tables, appended after the built-in ones.
+TableBuilder = Callable[[Sequence[dict[str, Any]], Sequence[str], dict[str, list[Selected]], "str | None",
+                         int], list[Table]]
+TABLE_BUILDERS: list[TableBuilder] = []
+
+
+def register_table_builder(builder: TableBuilder) -> TableBuilder:
+    """Add tables to every `collect` (usable as a decorator); the builder returns [] when the
+    records are not its kind."""
+    if builder not in TABLE_BUILDERS:
+        TABLE_BUILDERS.append(builder)
+    return builder
 
 
 def accuracy_cell(fractions: Sequence[float], ddof: int) -> Cell:

@@ -58,9 +58,10 @@ def register(subparsers) -> None:
 
 def cmd_collect(ns: argparse.Namespace) -> int:
     from shiftbench.cli import import_user_modules
+    from shiftbench.results.formats import FORMATS, render
     from shiftbench.results.reading import read_sweep
     from shiftbench.results.selection import get_selection_rule
-    from shiftbench.results.tables import FORMATS, collect, domainbed_format, render
+    from shiftbench.results.tables import collect, domainbed_format
 
     import_user_modules(ns.imports)
     fmt = ns.format or ("latex" if ns.latex else "text")

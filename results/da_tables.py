@@ -30,12 +30,11 @@ from collections import defaultdict
 from typing import Any
 
 from shiftbench.errors import ShiftbenchError
-from shiftbench.results.builders import union
+from shiftbench.results.builders import register_table_builder, union
 from shiftbench.results.names import order_algorithms
 from shiftbench.results.selection import Selected, get_selection_rule
 from shiftbench.results.stats import mean_and_error
 from shiftbench.results.table_model import Cell, Table
-from shiftbench.results.tables import register_table_builder
 from shiftbench.trial_record import record_key
 
 KIND = "da_tasks"

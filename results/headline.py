@@ -16,7 +16,11 @@ from typing import TYPE_CHECKING, Any
 from shiftbench.errors import ShiftbenchError
 from shiftbench.health import marks as health_marks
 from shiftbench.results.health import legend as health_legend
+from shiftbench.results.reading import read_sweep
+from shiftbench.results.renderers import summary_lines, text_table
+from shiftbench.results.seg_tables import IOU, MIOU
 from shiftbench.results.table_model import Collection, Table
+from shiftbench.results.tables import collect
 from shiftbench.setting import all_settings
 
 if TYPE_CHECKING:
@@ -115,9 +119,6 @@ def leaderboard(data: Collection | Sweep | str | Path | Iterable[dict[str, Any]]
 def _as_collection(data: Any, baseline: str | None) -> Collection:
     if isinstance(data, Collection):
         return data
-    from shiftbench.results.reading import read_sweep
-    from shiftbench.results.tables import collect
-
     if isinstance(data, (str, Path)):
         data = read_sweep(data, quiet=True)
     return collect(data, baseline=baseline)
@@ -240,8 +241,6 @@ def omitted(collection: Collection) -> list[str]:
 def task_tables(collection: Collection) -> list[str]:
     """The source->target task tables (algorithms x tasks + Avg, results/da_tables.py) of each
     setting under its headline rule, as text lines; none when no run had explicit sources."""
-    from shiftbench.results.renderers import text_table
-
     out = []
     for table in collection.tables:
         if table.kind == "da_tasks" and table.rule == primary_rule(collection, table.task):
@@ -252,24 +251,18 @@ def task_tables(collection: Collection) -> list[str]:
 def render_headline(collection: Collection, full_tables: str | None = None,
                     report: str | None = None, width: int = 80) -> str:
     """The headline leaderboards, what was left out, and where the rest is."""
-    from shiftbench.results.renderers import summary_lines
-
     s = collection.summary
     first = summary_lines(collection)[0] if "jobs" not in s else summary_lines(collection)[1]
     out = textwrap.wrap(first, width, break_on_hyphens=False)
     if collection.health is not None:
         out += textwrap.wrap(collection.health.summary_line(), width, break_on_hyphens=False)
-    from shiftbench.results.renderers import text_table
-
     for table in collection.tables:
         if table.kind == "health":
             out += text_table(table)
     tasks = headline_tasks(collection)
     for task in tasks:
         out += headline_table(collection, task)
-    from shiftbench.results.seg_tables import headline_lines
-
-    segmentation = headline_lines(collection)
+    segmentation = seg_headline_lines(collection)
     if not tasks and not segmentation and not any(t.kind == "da_tasks" for t in collection.tables):
         out.append("No setting has results under any selection rule.")
     out += task_tables(collection)
@@ -284,3 +277,22 @@ def render_headline(collection: Collection, full_tables: str | None = None,
     for paragraph in prose:
         out += textwrap.wrap(paragraph, width, break_on_hyphens=False, break_long_words=False)
     return "\n".join(out) + "\n"
+
+
+def seg_headline_lines(collection: Collection) -> list[str]:
+    """The mIoU and per-class IoU tables of each setting under its headline rule, as text."""
+    return [line for t in headline_seg_tables(collection) for line in text_table(t)]
+
+
+def headline_seg_tables(collection: Collection) -> list[Table]:
+    """The mIoU and per-class IoU tables of each setting under its headline rule (the
+    `PRIMARY_RULES`, else iid, else the first rule with tables)."""
+    seg = [t for t in collection.tables if t.kind in (MIOU, IOU)]
+    out = []
+    for task in dict.fromkeys(t.task for t in seg):
+        have = [r for r in collection.rules if any(t.rule == r and t.task == task for t in seg)]
+        preferred = [PRIMARY_RULES.get(task), "iid", *FALLBACK_RULES]
+        rule = next((r for r in preferred if r in have), have[0] if have else None)
+        for kind in (MIOU, IOU):
+            out += [t for t in seg if t.task == task and t.rule == rule and t.kind == kind]
+    return out

@@ -1,6 +1,6 @@
 """Renderings of a `Collection`: text, Markdown, LaTeX, CSV (one line per cell) and JSON.
 
-`render` also dispatches `html` (in `results.report`) and `domainbed` (in `results.domainbed_format`).
+`results.formats.render` picks one of these, the HTML report or DomainBed's layout by name.
 """
 
 from __future__ import annotations
@@ -10,25 +10,7 @@ import io
 import json
 from typing import Any
 
-from shiftbench.errors import UnknownNameError
 from shiftbench.results.table_model import Collection, Table
-
-FORMATS = ("text", "markdown", "latex", "csv", "json", "html", "domainbed")
-
-
-def render(collection: Collection, fmt: str) -> str:
-    """The collection in one of `FORMATS`."""
-    renderers = {"text": render_text, "markdown": render_markdown, "latex": render_latex,
-                 "csv": render_csv, "json": render_json}
-    if fmt == "html":
-        from shiftbench.results.report import render_html
-        return render_html(collection)
-    if fmt == "domainbed":
-        from shiftbench.results.domainbed_format import domainbed_format
-        return domainbed_format(collection.records, collection.rules)
-    if fmt not in renderers:
-        raise UnknownNameError("output format", fmt, FORMATS)
-    return renderers[fmt](collection)
 
 
 def grid(table: Table, style: str) -> list[list[str]]:

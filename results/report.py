@@ -253,12 +253,12 @@ def headline_html(collection: Collection) -> list[str]:
     rule, the source->target task and segmentation tables, the legend, what was left out."""
     from shiftbench.results.headline import (
         headline_grid,
+        headline_seg_tables,
         headline_tasks,
         legend,
         omitted,
         primary_rule,
     )
-    from shiftbench.results.seg_tables import headline_seg_tables
 
     parts = [table_html(t) for t in collection.tables if t.kind == "health"]  # as the terminal
     tasks = headline_tasks(collection)

@@ -18,13 +18,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from shiftbench.results.builders import union
+from shiftbench.results.builders import register_table_builder, union
 from shiftbench.results.health import annotate, sweep_health
 from shiftbench.results.names import order_algorithms
 from shiftbench.results.selection import Selected, get_selection_rule, select
 from shiftbench.results.stats import mean_and_error
 from shiftbench.results.table_model import Cell, Table
-from shiftbench.results.tables import register_table_builder
 from shiftbench.trial_record import record_key
 
 MIOU, IOU = "seg_miou", "seg_iou"
@@ -150,29 +149,6 @@ def _iou_table(rule, title, task, dataset, label, by_alg, ddof) -> Table:
              "does not occur in the split (nor in the predictions)."]
     return Table(IOU, f"{dataset} ({task}) {label} per-class IoU, selection: {title}", rule, task,
                  dataset, classes + ["mIoU"], algorithms, rows, notes)
-
-
-def headline_lines(collection: Any) -> list[str]:
-    """The mIoU and per-class IoU tables of each setting under its headline rule, as text."""
-    from shiftbench.results.renderers import text_table
-
-    return [line for t in headline_seg_tables(collection) for line in text_table(t)]
-
-
-def headline_seg_tables(collection: Any) -> list[Any]:
-    """The mIoU and per-class IoU tables of each setting under its headline rule (the
-    `PRIMARY_RULES` of results/headline.py, else iid, else the first rule with tables)."""
-    from shiftbench.results.headline import FALLBACK_RULES, PRIMARY_RULES
-
-    seg = [t for t in collection.tables if t.kind in (MIOU, IOU)]
-    out = []
-    for task in dict.fromkeys(t.task for t in seg):
-        have = [r for r in collection.rules if any(t.rule == r and t.task == task for t in seg)]
-        preferred = [PRIMARY_RULES.get(task), "iid", *FALLBACK_RULES]
-        rule = next((r for r in preferred if r in have), have[0] if have else None)
-        for kind in (MIOU, IOU):
-            out += [t for t in seg if t.task == task and t.rule == rule and t.kind == kind]
-    return out
 
 
 register_table_builder(segmentation_tables)

@@ -2,19 +2,27 @@
 
 The parts, one job each: `table_model` (Cell, Table, Collection), `names` (row and column order,
 environment names), `stats` (mean +/- error, paired t-tests, ranks, budgets), `builders` (the
-tables), `renderers` (text, Markdown, LaTeX, CSV, JSON), `report` (HTML) and `domainbed_format`
-(DomainBed's collect_results layout). Other modules add tables of their own through
-`register_table_builder`.
+tables), `renderers` (text, Markdown, LaTeX, CSV, JSON), `report` (HTML), `domainbed_format`
+(DomainBed's collect_results layout) and `formats` (`render`: a collection in any of them). Other
+modules add tables of their own through `builders.register_table_builder`; the DA task tables
+(`da_tables`) and the segmentation tables (`seg_tables`) are registered on import, here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams import DOMAINBED_ALGORITHMS
-from shiftbench.results.builders import build_budget_tables, build_rule_tables, sorted_values
+from shiftbench.results.builders import (
+    TABLE_BUILDERS,
+    build_budget_tables,
+    build_rule_tables,
+    register_table_builder,
+    sorted_values,
+)
+from shiftbench.results.da_tables import check_one_da_mode
 from shiftbench.results.domainbed_format import domainbed_format
 from shiftbench.results.health import annotate, health_table, sweep_health
 from shiftbench.results.health import legend as health_legend
@@ -27,18 +35,16 @@ from shiftbench.results.names import (
 )
 from shiftbench.results.reading import Sweep, as_records
 from shiftbench.results.renderers import (
-    FORMATS,
     collection_to_dict,
     latex_escape,
-    render,
     render_csv,
     render_json,
     render_latex,
     render_markdown,
     render_text,
 )
+from shiftbench.results.seg_tables import is_segmentation
 from shiftbench.results.selection import (
-    Selected,
     applicable_rules,
     get_selection_rule,
     select,
@@ -46,19 +52,6 @@ from shiftbench.results.selection import (
 )
 from shiftbench.results.stats import DEFAULT_DDOF
 from shiftbench.results.table_model import MISSING, Cell, Collection, Table
-
-# (records, rules, selected per rule, baseline, ddof) -> extra tables, appended after the built-in ones.
-TableBuilder = Callable[[Sequence[dict[str, Any]], Sequence[str], dict[str, list[Selected]], "str | None",
-                         int], list[Table]]
-TABLE_BUILDERS: list[TableBuilder] = []
-
-
-def register_table_builder(builder: TableBuilder) -> TableBuilder:
-    """Add tables to every `collect` (usable as a decorator); the builder returns [] when the
-    records are not its kind."""
-    if builder not in TABLE_BUILDERS:
-        TABLE_BUILDERS.append(builder)
-    return builder
 
 
 def task_run_key(record: dict[str, Any]) -> tuple:
@@ -75,8 +68,6 @@ def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None 
     Every run's health is checked (`results.health`) and marked on the cells of flagged
     trials; `health=True` adds the health table (every flagged run) first."""
     records = as_records(data)
-    from shiftbench.results.da_tables import check_one_da_mode
-
     check_one_da_mode(records)  # transductive and inductive accuracies never share a table
     summary = data.summary() if isinstance(data, Sweep) else {"records": len(records)}
     notes = []
@@ -103,8 +94,6 @@ def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None 
     annotate(report, selected)
     tables: list[Table] = []
     # accuracy tables from the records that have accuracies (segmentation records get their own)
-    from shiftbench.results.seg_tables import is_segmentation
-
     # A run that left some domain out of its sources (a source->target task with `unused_envs`)
     # is reported only in the task tables: two tasks with the same target (synth->mnist and
     # lowres->mnist) must never share a per-domain cell.
@@ -128,9 +117,9 @@ def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None 
 
 
 __all__ = [
-    "DOMAINBED_ALGORITHMS", "DOMAINBED_DATASETS", "DOMAINBED_ENVIRONMENTS", "FORMATS", "MISSING",
+    "DOMAINBED_ALGORITHMS", "DOMAINBED_DATASETS", "DOMAINBED_ENVIRONMENTS", "MISSING",
     "TABLE_BUILDERS", "Cell", "Collection", "Table", "collect", "collection_to_dict",
     "domainbed_format", "environment_names", "latex_escape", "order_algorithms", "order_datasets",
-    "register_table_builder", "render", "render_csv", "render_json", "render_latex",
+    "register_table_builder", "render_csv", "render_json", "render_latex",
     "render_markdown", "render_text", "sorted_values",
 ]

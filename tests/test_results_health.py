@@ -11,10 +11,11 @@ import pytest
 from shiftbench import health as E
 from shiftbench.cli import main
 from shiftbench.results import health as H
+from shiftbench.results.formats import FORMATS, render
 from shiftbench.results.headline import leaderboard
 from shiftbench.results.reading import read_sweep
 from shiftbench.results.selection import Selected, list_selection_rules, select
-from shiftbench.results.tables import FORMATS, collect, render
+from shiftbench.results.tables import collect
 from tests.results_helpers import make_record, write_trial
 
 N_STEPS = 100

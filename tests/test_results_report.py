@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 from results_helpers import make_record
 
-from shiftbench.results.tables import collect, render
+from shiftbench.results.formats import render
+from shiftbench.results.tables import collect
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--no-first-run"]

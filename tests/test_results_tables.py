@@ -13,8 +13,9 @@ from scipy import stats as sps
 
 from shiftbench.cli import main
 from shiftbench.errors import UnknownNameError
+from shiftbench.results.formats import FORMATS, render
 from shiftbench.results.stats import mean_and_error, paired_test
-from shiftbench.results.tables import FORMATS, collect, collection_to_dict, render
+from shiftbench.results.tables import collect, collection_to_dict
 
 # Test accuracy of the single config of each (algorithm, trial) on held-out env e: ACC[alg][trial][e]
 ACC = {
