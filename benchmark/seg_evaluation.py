@@ -42,6 +42,6 @@ def evaluate_segmentation(trial: Any) -> dict[str, float]:
             with torch.inference_mode(), autocast(trial):
                 for x, y in eval_batches(env, idx, EVAL_BATCH):
                     scores.update(algorithm.predict(x.to(trial.device)).float(), y)
-        out.update(scores.results(f"env{i}_{split_name}"))
+        out.update(scores.results(i, split_name))
     algorithm.train(was_training)
     return out

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from shiftbench.datasets.segmentation import IGNORE_INDEX
+from shiftbench.trial_record import record_key
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -72,16 +73,17 @@ class SegmentationScores:
             self._prob_sum += p.sum(dim=(0, 2, 3)).double().cpu()
             self._pixels += p.shape[0] * p.shape[2] * p.shape[3]
 
-    def results(self, prefix: str) -> dict[str, float]:
-        """`{prefix}_miou`, `{prefix}_iou_<class>` (NaN-free: a class without IoU is left out)
-        and, with entropy, the `{prefix}_entropy` / `{prefix}_marginal_entropy` scores."""
+    def results(self, env: int, split: str) -> dict[str, float]:
+        """Environment `env`'s `split` scores under their record keys (`trial_record.record_key`):
+        `miou`, `iou_<class>` (NaN-free: a class without IoU is left out) and, with entropy,
+        `entropy` / `marginal_entropy`."""
         iou = iou_per_class(self.cm)
-        out = {f"{prefix}_miou": mean_iou(iou)}
+        out = {record_key(env, split, "miou"): mean_iou(iou)}
         for name, value in zip(self.names, iou.tolist()):
             if value == value:
-                out[f"{prefix}_iou_{class_key(name)}"] = value
+                out[record_key(env, split, f"iou_{class_key(name)}")] = value
         if self.entropy and self._pixels:
-            out[f"{prefix}_entropy"] = self._ent_sum / self._pixels
+            out[record_key(env, split, "entropy")] = self._ent_sum / self._pixels
             q = (self._prob_sum / self._pixels).clamp_min(1e-12)
-            out[f"{prefix}_marginal_entropy"] = float(-(q * q.log()).sum())
+            out[record_key(env, split, "marginal_entropy")] = float(-(q * q.log()).sum())
         return out

@@ -138,7 +138,7 @@ def _iou_table(rule, title, task, dataset, label, by_alg, ddof) -> Table:
     rows = []
     for alg in algorithms:
         trials = list(by_alg[alg].values())
-        cells = [_cell([r[f"env{t}_in_iou_{c}"] for r, t, _ in trials if f"env{t}_in_iou_{c}" in r],
+        cells = [_cell([r[k] for r, t, _ in trials if (k := record_key(t, "in", f"iou_{c}")) in r],
                        ddof) for c in classes]
         cells.append(_cell([r[record_key(t, "in")] for r, t, _ in trials], ddof))
         for cell in cells:

@@ -176,7 +176,7 @@ def test_miou_from_confusion_matrix():
     scores = SegmentationScores(4, ["road", "traffic light", "car", "bus"], entropy=True)
     logits = torch.nn.functional.one_hot(pred, 4).permute(0, 2, 1)[..., None].float() * 10
     scores.update(logits.permute(0, 1, 3, 2), target[:, None, :])
-    out = scores.results("env1_in")
+    out = scores.results(1, "in")
     assert out["env1_in_miou"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
     assert out["env1_in_iou_traffic_light"] == pytest.approx(2 / 3) and "env1_in_iou_bus" not in out
     assert out["env1_in_entropy"] < 0.01
