@@ -29,8 +29,10 @@ official ResNet uses BatchNorm); a featurizer without norm layers (the MLP) uses
 parameters. Vector inputs: z is a hidden layer's activation, treated as one channel whose
 statistics run over the hidden units (as DomainBed does for its pooled features).
 
-Under `--protocol domainbed` the name SagNet means DomainBed's algorithm: the variant switch
-`sag_form` is fixed to "pooled", which builds `SagNetPooled` (below), with DomainBed's search
+`sag_form` is a fixed switch (a variant, never searched) that `SagNet.__init__` reads once:
+"channel" builds the above; "pooled" builds DomainBed's form (`SagNet._update_pooled`), which is
+also registered under its own name, `SagNetPooled`. Under `--protocol domainbed` the name SagNet
+means DomainBed's algorithm: `sag_form` is fixed to "pooled", with DomainBed's search
 10^U(-2, 1) for `sag_w_adv`.
 """
 
@@ -88,7 +90,8 @@ def adversarial_style_loss(style_logits: torch.Tensor) -> torch.Tensor:
 
 @register_algorithm
 class SagNet(Algorithm):
-    """Style-agnostic network, per-channel spatial randomisation (see the module docstring)."""
+    """Style-agnostic network, per-channel spatial randomisation (see the module docstring); with
+    the fixed switch `sag_form="pooled"`, DomainBed's form (`SagNetPooled`)."""
 
     PAPER = "Nam et al., Reducing Domain Gap by Reducing Style Bias, CVPR 2021"
     HPARAMS = {
@@ -109,15 +112,15 @@ class SagNet(Algorithm):
         "sag_clip_adv": None, "sag_stage": None, "sag_adv_params": None, "sag_dropout": None,
     }
 
-    def __new__(cls, *args, **kwargs):
-        """`sag_form="pooled"` builds DomainBed's form (`SagNetPooled`) under this name."""
-        hparams = args[3] if len(args) > 3 else kwargs.get("hparams", {})
-        if cls is SagNet and hparams.get("sag_form") == "pooled":
-            cls = SagNetPooled
-        return super().__new__(cls)
-
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
+        self.pooled = self.hparams.get("sag_form", "channel") == "pooled"
+        if self.pooled:
+            self._build_pooled(input_shape, num_classes)
+        else:
+            self._build_channel(input_shape, num_classes)
+
+    def _build_channel(self, input_shape, num_classes):
         hp = self.hparams
         self.featurizer = networks.Featurizer(input_shape, hp)
         n = self.featurizer.n_outputs
@@ -149,6 +152,15 @@ class SagNet(Algorithm):
 
     def update(self, minibatches, unlabeled=None):
         x, y = concat_minibatches(minibatches)
+        return self._update_pooled(x, y) if self.pooled else self._update_channel(x, y)
+
+    def predict(self, x):
+        if self.pooled:
+            return self.classifier(self.featurizer(x))
+        return self._content_head(self._features(x))
+
+    def _update_channel(self, x, y):
+        """One forward, three gradients at the same parameters, three optimizer steps."""
         z = self._features(x)
         n = len(z)
         dev = z.device
@@ -173,8 +185,29 @@ class SagNet(Algorithm):
             opt.step()
         return {"loss": loss_c.item(), "loss_style": loss_s.item(), "loss_adv": loss_adv.item()}
 
-    def predict(self, x):
-        return self._content_head(self._features(x))
+    # ---- sag_form "pooled": DomainBed's SagNet ---------------------------------------------
+    def _build_pooled(self, input_shape, num_classes):
+        hp = self.hparams
+        self.featurizer = networks.Featurizer(input_shape, hp)
+        n = self.featurizer.n_outputs
+        self.classifier = networks.Classifier(n, num_classes, hp["nonlinear_classifier"])
+        self.style_head = networks.Classifier(n, num_classes, hp["nonlinear_classifier"])
+        self.optimizer_f = make_optimizer(self.featurizer.parameters(), hp)
+        self.optimizer_c = make_optimizer(self.classifier.parameters(), hp)
+        self.optimizer_s = make_optimizer(self.style_head.parameters(), hp)
+
+    def _style_logits(self, x):
+        return self.style_head(randomize_domainbed(self.featurizer(x), "content"))
+
+    def _update_pooled(self, x, y):
+        """Three sequential steps with fresh forwards: content, style, adversarial."""
+        loss_c = cross_entropy(self.classifier(randomize_domainbed(self.featurizer(x), "style")), y)
+        step(loss_c, self.optimizer_f, self.optimizer_c)
+        loss_s = cross_entropy(self._style_logits(x), y)
+        step(loss_s, self.optimizer_s)
+        loss_adv = self.hparams["sag_w_adv"] * -F.log_softmax(self._style_logits(x), 1).mean()
+        step(loss_adv, self.optimizer_f)
+        return {"loss": loss_c.item(), "loss_style": loss_s.item(), "loss_adv": loss_adv.item()}
 
 
 def randomize_domainbed(z: torch.Tensor, what: str) -> torch.Tensor:
@@ -201,7 +234,8 @@ class SagNetPooled(SagNet):
     dimensions, unbiased variance), linear content/style heads, and three sequential steps with
     fresh forwards: content (featurizer + head) on SR features, style head on CR features, then
     the adversarial loss w_adv * mean_k -log softmax(G_s(CR(G_f(x))))_k updating the whole
-    featurizer, no clipping. `SagNet` under `--protocol domainbed` builds this class."""
+    featurizer, no clipping (`SagNet._update_pooled`). `SagNet` with `sag_form` fixed to
+    "pooled", as under `--protocol domainbed`."""
 
     PAPER = ("Nam et al., Reducing Domain Gap by Reducing Style Bias, CVPR 2021 "
              "(DomainBed's pooled-vector variant)")
@@ -209,30 +243,3 @@ class SagNetPooled(SagNet):
                "sag_clip_adv": None, "sag_stage": None, "sag_adv_params": None, "sag_dropout": None,
                "sag_form": HParam("pooled", None, choices=("pooled",), variant=True)}
     DOMAINBED_HPARAMS = {"sag_form": HParam("pooled", None, choices=("pooled",), variant=True)}
-
-    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
-        Algorithm.__init__(self, input_shape, num_classes, num_domains, hparams, **kwargs)
-        hp = self.hparams
-        self.featurizer = networks.Featurizer(input_shape, hp)
-        n = self.featurizer.n_outputs
-        self.classifier = networks.Classifier(n, num_classes, hp["nonlinear_classifier"])
-        self.style_head = networks.Classifier(n, num_classes, hp["nonlinear_classifier"])
-        self.optimizer_f = make_optimizer(self.featurizer.parameters(), hp)
-        self.optimizer_c = make_optimizer(self.classifier.parameters(), hp)
-        self.optimizer_s = make_optimizer(self.style_head.parameters(), hp)
-
-    def _style_logits(self, x):
-        return self.style_head(randomize_domainbed(self.featurizer(x), "content"))
-
-    def update(self, minibatches, unlabeled=None):
-        x, y = concat_minibatches(minibatches)
-        loss_c = cross_entropy(self.classifier(randomize_domainbed(self.featurizer(x), "style")), y)
-        step(loss_c, self.optimizer_f, self.optimizer_c)
-        loss_s = cross_entropy(self._style_logits(x), y)
-        step(loss_s, self.optimizer_s)
-        loss_adv = self.hparams["sag_w_adv"] * -F.log_softmax(self._style_logits(x), 1).mean()
-        step(loss_adv, self.optimizer_f)
-        return {"loss": loss_c.item(), "loss_style": loss_s.item(), "loss_adv": loss_adv.item()}
-
-    def predict(self, x):
-        return self.classifier(self.featurizer(x))

@@ -133,7 +133,11 @@ def test_sagnet_under_the_domainbed_protocol_is_domainbeds_pooled_form():
     assert max(random_hparams("SagNet", ds, s)["sag_w_adv"] for s in range(1, 40)) <= 1.0
     small = DatasetInfo("Debug", (3, 16, 16), 3)
     alg = create_algorithm("SagNet", small.input_shape, 3, 2, {}, dataset=small, protocol="domainbed")
-    assert type(alg) is SagNetPooled
+    pooled = SagNetPooled(small.input_shape, 3, 2, alg.hparams | {"sag_form": "pooled"})
+    assert type(alg).__name__ == "SagNet" and alg.pooled and not hasattr(alg, "style_net")
+    assert alg.state_dict().keys() == pooled.state_dict().keys()  # DomainBed's form, by the switch
+    assert alg.optimizers().keys() == pooled.optimizers().keys() == {"optimizer_f", "optimizer_c",
+                                                                    "optimizer_s"}
     official = create_algorithm("SagNet", small.input_shape, 3, 2, {}, dataset=small)
     assert isinstance(official.classifier[0], torch.nn.Dropout) and official.classifier[0].p == 0.5
     assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in official.style_net)
