@@ -139,6 +139,10 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
                          if setting.unlabeled_target else [])
     steps_per_epoch = min(len(trial.splits[i].in_) / batch_size for i in trial.train_envs)
     round_every = algorithm.round_interval()
+    # A phased method also checkpoints its source model: the last step before adaptation begins
+    # (results.phases: `collect --source-models` reports it as the method's own source row).
+    adaptation_start = algorithm.adaptation_start()
+    source_end = adaptation_start - 1 if adaptation_start else None
     ckpt_identity = identity(spec)
     window: dict[str, list[float]] = defaultdict(list)
     notify(callbacks, "start", spec, trial.hparams)
@@ -175,7 +179,7 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
             window[k].append(float(v))
         window["step_time"].append(time.time() - step_start)
         notify(callbacks, "step", step, values)
-        if step % trial.checkpoint_freq == 0 or step == trial.n_steps - 1:
+        if step % trial.checkpoint_freq == 0 or step == trial.n_steps - 1 or step == source_end:
             eval_start = time.time()
             record: dict[str, Any] = {"args": asdict(spec), "hparams": trial.hparams, "step": step,
                                       "epoch": step / steps_per_epoch}
@@ -194,7 +198,6 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
                 "n_steps": trial.n_steps, "environments": trial.dataset.environments,
                 "num_classes": trial.dataset.num_classes,
             })
-            adaptation_start = algorithm.adaptation_start()
             if adaptation_start is not None:  # a phased method (results.phases)
                 record["adaptation_start"] = adaptation_start
             if trial.unused_envs:

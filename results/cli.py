@@ -50,6 +50,10 @@ def register(subparsers) -> None:
                    help="add the run-health table: every trial flagged diverged, not learning, "
                         "collapsed or selected before adaptation, with what tripped the flag "
                         "(a one-line health summary is always printed)")
+    p.add_argument(*_flag("source_models"), action="store_true",
+                   help="add a row '<algorithm> (source)' for each phased algorithm (SHOT, ADDA, "
+                        "CBST, ...): its own source model, from the checkpoints before its "
+                        "adaptation begins, selected by the same rules")
     p.add_argument(*_flag("quiet"), action="store_true", help="do not print reading warnings")
     p.add_argument(*_flag("import"), dest="imports", action="append", default=[],
                    metavar="MODULE", help="import a module that registers selection rules")
@@ -71,6 +75,9 @@ def cmd_collect(ns: argparse.Namespace) -> int:
                               "--format domainbed --latex for DomainBed's LaTeX layout)")
     if fmt not in FORMATS:
         raise UnknownNameError("output format", fmt, FORMATS)
+    if fmt == "domainbed" and ns.source_models:
+        raise ShiftbenchError("--source-models adds rows that DomainBed's layout does not have; "
+                              "use another --format (text, markdown, latex, csv, json, html)")
     rules = None
     if ns.selection:
         rules = [get_selection_rule(r).NAME for r in ns.selection]
@@ -96,7 +103,8 @@ def cmd_collect(ns: argparse.Namespace) -> int:
             present = {r["args"]["algorithm"] for r in sweep.records}
             if baseline not in present:
                 raise UnknownNameError("baseline algorithm", baseline, present)
-        collection = collect(sweep, rules, baseline=baseline, ddof=ns.ddof, health=ns.health)
+        collection = collect(sweep, rules, baseline=baseline, ddof=ns.ddof, health=ns.health,
+                             source_models=ns.source_models)
         collection_health = collection.health
         if headline:
             from shiftbench.results.headline import render_headline

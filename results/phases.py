@@ -1,17 +1,20 @@
 """When a phased algorithm's adaptation begins, read from its records (no algorithm import).
 
-Algorithms with a source phase before their adaptation phase (SHOT, ADDA, GAM, CBST, CRST,
-TPLD and their segmentation forms: every class that declares `PHASES`, a `PhaseSchedule`)
-record `adaptation_start` at each checkpoint: the first training step of the adaptation phase
-(`Algorithm.adaptation_start`). A checkpoint is the adapted algorithm's model when it comes
-from *after* that step (`step > adaptation_start`); the checkpoint at `adaptation_start` holds
-the source model after a single adaptation update, and earlier ones are the source model.
-Selection rules consider only adapted checkpoints of such runs (`results.selection`), so a
-number printed under SHOT comes from a SHOT model; the source model is the source-only arm's
-row (ERM). Records written before the key existed get it from the algorithm's declaration as
-the torch-free catalog reads it (`catalog.AlgorithmEntry.phases`) and the record's own hparams
-and budget (`declared_start`); records of algorithms without phases (DomainBed's among them) put
-no constraint on selection.
+Algorithms with a source phase before their adaptation phase (SHOT, ADDA, GAM, CBST, CRST, TPLD
+and their segmentation forms: every class that declares `PHASES`, a `PhaseSchedule`) record
+`adaptation_start` at each checkpoint: the first training step of the adaptation phase
+(`Algorithm.adaptation_start`). A checkpoint is the adapted algorithm's model when it comes from
+*after* that step (`step > adaptation_start`); the checkpoint at `adaptation_start` holds the
+source model after a single adaptation update, and earlier ones are the source model. Selection
+rules consider only adapted checkpoints of such runs (`results.selection`), so a number printed
+under SHOT comes from a SHOT model. The source model is reachable two ways: the source-only
+arm's row (ERM, same paired seeds), and the method's own source phase: the trainer also
+checkpoints the last step before adaptation (`adaptation_start - 1`), and `source_model_records`
+turns a run's source-phase checkpoints into the run of a row named `"<algorithm> (source)"`
+(`shiftbench collect --source-models`), selected by the same rules. Records written before the
+key existed get it from the algorithm's declaration as the torch-free catalog reads it
+(`catalog.AlgorithmEntry.phases`) and the record's own hparams and budget (`declared_start`);
+records of algorithms without phases (DomainBed's among them) put no constraint on selection.
 """
 
 from __future__ import annotations
@@ -91,3 +94,23 @@ def is_adapted(record: dict[str, Any]) -> bool:
 def adapted_only(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The checkpoints selection may choose from (see the module docstring)."""
     return [r for r in records if is_adapted(r)]
+
+
+SOURCE_SUFFIX = " (source)"
+
+
+def source_model_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each phased run's checkpoints from before its adaptation (`step < adaptation_start`),
+    re-labelled as the run of the algorithm `"<name> (source)"` with no phases of its own, so
+    every selection rule picks among the method's source models. Step 0 (the untrained network)
+    is left out; runs with no other source checkpoint contribute nothing."""
+    out = []
+    for r in records:
+        start = adaptation_start(r)
+        if start is None or not 0 < r["step"] < start:
+            continue
+        copy = {k: v for k, v in r.items() if k not in (ADAPTATION_START, "health")}
+        copy["args"] = {**r["args"], "algorithm": r["args"]["algorithm"] + SOURCE_SUFFIX}
+        copy[ADAPTATION_START] = None  # recorded as "no phases": never looked up in the catalog
+        out.append(copy)
+    return out

@@ -33,6 +33,7 @@ from shiftbench.results.names import (
     order_algorithms,
     order_datasets,
 )
+from shiftbench.results.phases import source_model_records
 from shiftbench.results.reading import Sweep, as_records
 from shiftbench.results.renderers import (
     collection_to_dict,
@@ -63,11 +64,15 @@ def task_run_key(record: dict[str, Any]) -> tuple:
 
 def collect(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None = None,
             baseline: str | None = "ERM", ddof: int = DEFAULT_DDOF,
-            health: bool = False) -> Collection:
+            health: bool = False, source_models: bool = False) -> Collection:
     """Select with every rule and build every table. `rules=None`: the applicable ones.
     Every run's health is checked (`results.health`) and marked on the cells of flagged
-    trials; `health=True` adds the health table (every flagged run) first."""
+    trials; `health=True` adds the health table (every flagged run) first. `source_models=True`
+    adds a row `"<algorithm> (source)"` per phased algorithm: its runs' checkpoints from before
+    adaptation (`results.phases.source_model_records`)."""
     records = as_records(data)
+    if source_models:
+        records = records + source_model_records(records)
     check_one_da_mode(records)  # transductive and inductive accuracies never share a table
     summary = data.summary() if isinstance(data, Sweep) else {"records": len(records)}
     notes = []
