@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from shiftbench.algorithms.base import create_algorithm
@@ -35,3 +36,18 @@ def test_coral_distance_invariants():
     assert coral_distance(x, x).item() == 0.0
     assert coral_distance(x, x + 3.0).item() < 1e-5  # covariance ignores a mean shift
     assert coral_distance(x, 2 * x).item() > 0.0
+
+
+def test_deepcoral_aligns_the_layer_its_switch_names():
+    xs, ys, xt = torch.randn(6, 5), torch.randint(0, 3, (6,)), torch.randn(6, 5) * 3 + 1
+    for layer in ("features", "logits"):
+        torch.manual_seed(0)
+        a = create_algorithm("DeepCORAL", (5,), 3, 2, {"mlp_width": 8, "coral_layer": layer},
+                             dataset=None, setting="uda", total_steps=2)
+        with torch.no_grad():
+            fs, ft = a.featurizer(xs), a.featurizer(xt)
+            if layer == "logits":
+                fs, ft = a.classifier(fs), a.classifier(ft)
+            expected = coral_distance(fs, ft).item()
+        assert fs.shape[1] == (3 if layer == "logits" else a.featurizer.n_outputs)
+        assert a.update([(xs, ys)], [xt])["coral"] == pytest.approx(expected, rel=1e-5)
