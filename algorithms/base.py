@@ -224,12 +224,17 @@ class Algorithm(nn.Module):
     def train_step(
         self, minibatches: list[tuple[torch.Tensor, torch.Tensor]], unlabeled=None
     ) -> dict[str, float]:
-        if self.hparams.get("lr_schedule", "constant") != "constant":
-            anneal_learning_rates(self.optimizers().values(), self.hparams["lr_schedule"],
-                                  self.progress)
+        if self.lr_schedule() != "constant":
+            anneal_learning_rates(self.optimizers().values(), self.lr_schedule(), self.progress)
         values = self.update(minibatches, unlabeled)
         self.num_updates += 1
         return values
+
+    def lr_schedule(self) -> str:
+        """The schedule `train_step` applies to every optimizer before each update
+        (`anneal_learning_rates`): the hparam `lr_schedule`, unless a method ties it to its own
+        optimizer switch (DANN's `dann_optimizer=sgd`)."""
+        return self.hparams.get("lr_schedule", "constant")
 
     @property
     def progress(self) -> float:
@@ -289,7 +294,13 @@ class Algorithm(nn.Module):
         self.load_state_dict(state["model"])
         optimizers = self.optimizers()
         for name, opt_state in state["optimizers"].items():
+            built = [g.get("initial_lr", g["lr"]) for g in optimizers[name].param_groups]
             optimizers[name].load_state_dict(opt_state)
+            if self.lr_schedule() != "constant":
+                # a group saved before it was first annealed (or by DANN's SGD before it used
+                # this schedule) anneals from the lr it is built with, not from its saved lr
+                for group, lr in zip(optimizers[name].param_groups, built):
+                    group.setdefault("initial_lr", lr)
         self.setting, self.total_steps = get_setting(state["task"]), int(state["total_steps"])
 
 
@@ -298,17 +309,19 @@ class Algorithm(nn.Module):
 
 
 def make_optimizer(params: Iterable[nn.Parameter], hparams: Mapping[str, Any],
-                   lr: float | None = None, weight_decay: float | None = None,
+                   lr: float | None = None, weight_decay: float | None = None, *,
+                   name: str | None = None, momentum: float | None = None,
                    **kwargs: Any) -> torch.optim.Optimizer:
     """DomainBed's optimizer, Adam with the configuration's lr and weight decay; or, with the
     hparam `optimizer` = sgd, SGD with momentum `momentum` (Adam-only keywords such as `betas`
-    are then not used)."""
-    name = hparams.get("optimizer", "adam")
+    are then not used). `lr`, `weight_decay`, `name` (adam / sgd) and `momentum` override the
+    hparams for an optimizer of its own (a discriminator's, DANN's `dann_optimizer`)."""
+    name = hparams.get("optimizer", "adam") if name is None else name
     lr = hparams["lr"] if lr is None else lr
     weight_decay = hparams["weight_decay"] if weight_decay is None else weight_decay
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(hparams["momentum"]),
-                               weight_decay=weight_decay)
+        momentum = float(hparams["momentum"]) if momentum is None else momentum
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name != "adam":
         raise UnknownNameError("optimizer", name, OPTIMIZERS)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kwargs)

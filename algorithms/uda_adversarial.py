@@ -55,10 +55,12 @@ def _domain_labels(n_source: int, n_target: int, like: torch.Tensor) -> torch.Te
     return torch.cat([like.new_ones(n_source), like.new_zeros(n_target)])
 
 
-class _GRLAdversary(GradientReversalAdversary):
-    """Shared skeleton of the gradient-reversal methods (DANN-style, one optimizer):
-    `L = CE(source) + w * BCE_weighted(D(R_lambda(T(f, logits))), domain) + extra(f_s, f_t)`.
-    Subclasses choose the discriminator input `T`, the sample weights and the extra term."""
+class BinaryDomainAdversary(GradientReversalAdversary):
+    """The skeleton (`GradientReversalAdversary.joint_step`) in CDAN's and BSP's form:
+    `L = CE(source) + adv_weight * BCE_w(D(R_lambda(T(f, logits))), domain) + extra(f_s, f_t)`
+    with one D output (source = 1, target = 0), lambda = 2 / (1 + exp(-gamma p)) - 1, and one
+    optimizer (`make_optimizer`) over every parameter. Methods choose T (`disc_input`), the
+    sample weights w and the extra term."""
 
     SETTINGS = ("uda",)
     HPARAMS = {
@@ -70,41 +72,33 @@ class _GRLAdversary(GradientReversalAdversary):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
-        self.build_networks()
-        self.build_discriminator(1, self.hparams["disc_width"], self.hparams["disc_depth"])
         self.optimizer = make_optimizer(self.parameters(), self.hparams)
 
-    def disc_input(self, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return f
+    def disc_outputs(self) -> int:
+        return 1
+
+    def reversal_coeff(self) -> float:
+        return self.grl_coeff(self.hparams["grl_gamma"])
 
     def sample_weights(self, logits: torch.Tensor) -> torch.Tensor | None:
         return None
 
-    def extra_loss(self, fs: torch.Tensor, ft: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {}
+    def disc_loss(self, u, d, y_src, logits):
+        out = self.discriminator(u)[:, 0]
+        labels = _domain_labels(len(y_src), len(out) - len(y_src), out)
+        return F.binary_cross_entropy_with_logits(out, labels, weight=self.sample_weights(logits))
 
     def update(self, minibatches, unlabeled=None):
         xs, ys = concat_minibatches(minibatches)
         if not unlabeled:
             raise ShiftbenchError(f"{type(self).__name__} needs unlabeled target batches (--task uda)")
-        xt = torch.cat(list(unlabeled))
-        f = self.featurizer(torch.cat([xs, xt]))
-        logits = self.classifier(f)
-        cls_loss = cross_entropy(logits[: len(xs)], ys)
-        lam = self.grl_coeff(self.hparams["grl_gamma"])
-        d_out = self.adversary_logits(self.disc_input(f, logits), lam)[:, 0]
-        d_loss = F.binary_cross_entropy_with_logits(
-            d_out, _domain_labels(len(xs), len(xt), d_out), weight=self.sample_weights(logits))
-        extras = self.extra_loss(f[: len(xs)], f[len(xs):])
-        loss = cls_loss + self.hparams["adv_weight"] * d_loss + sum(extras.values())
-        step(loss, self.optimizer)
-        return {"loss": loss.item(), "cls_loss": cls_loss.item(), "disc_loss": d_loss.item(),
-                "lambda": lam, **{k: v.item() for k, v in extras.items()}}
-
+        s = self.joint_step(xs, ys, torch.cat(list(unlabeled)), weight=self.hparams["adv_weight"])
+        return {"loss": s.loss.item(), "cls_loss": s.cls_loss.item(), "disc_loss": s.disc_loss.item(),
+                "lambda": s.coeff, **{k: v.item() for k, v in s.extras.items()}}
 
 
 @register_algorithm
-class CDAN(_GRLAdversary):
+class CDAN(BinaryDomainAdversary):
     """Conditional adversarial DA (Long et al., NeurIPS 2018).
 
     D sees the multilinear map `T(f, g) = vec(g f^T)` of the features f and the detached softmax
@@ -157,7 +151,7 @@ class CDANE(CDAN):
 
 
 @register_algorithm
-class BSP(_GRLAdversary):
+class BSP(BinaryDomainAdversary):
     """Batch Spectral Penalization on DANN (Chen, Wang, Long & Wang, ICML 2019).
 
     `L = CE(source) + w * BCE(D(R_lambda(f)), domain) + beta * sum_{i<=k} (s_i(F_s)^2 + s_i(F_t)^2)`

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -60,7 +61,7 @@ def test_reversal_flips_featurizer_gradient_only(name):
     for reverse in (False, True):
         alg.zero_grad(set_to_none=True)
         z = alg.featurizer(x)
-        loss = alg.disc_loss(grad_reverse(z, 1.0) if reverse else z, d, y, z[:0, :3])
+        loss = alg.disc_loss(grad_reverse(z, 1.0) if reverse else z, d, y, z[:, :3])
         loss.backward()
         grads.append(({k: p.grad.clone() for k, p in alg.featurizer.named_parameters()},
                       {k: p.grad.clone() for k, p in alg.discriminator.named_parameters()}))
@@ -163,6 +164,27 @@ def test_sgd_option_anneals_the_learning_rate():
     assert math.isclose(alg.disc_opt.param_groups[0]["lr"], 0.02 * 6 ** -0.75)
     with pytest.raises(Exception, match="dann_optimizer"):
         _make("DANN", dann_optimizer="rmsprop")
+
+
+def test_sgd_checkpoint_from_before_the_base_schedule_resumes_exactly():
+    """DANN's SGD was annealed by DANN itself until it used the base's `dann` schedule, so its
+    checkpoints keep no `initial_lr`: resumed, they anneal from lr_g / lr_d as before."""
+    mbs, _ = _data()
+    hp = {"dann_optimizer": "sgd", "lr_g": 0.01, "lr_d": 0.02}
+    ref = _make("DANN", **hp)
+    for _ in range(3):
+        ref.train_step(mbs)
+    state = copy.deepcopy(ref.full_state())
+    for opt_state in state["optimizers"].values():  # the old format
+        for group in opt_state["param_groups"]:
+            del group["initial_lr"]
+    resumed = _make("DANN", seed=1, **hp)
+    resumed.load_full_state(state)
+    for _ in range(3):
+        assert ref.train_step(mbs) == resumed.train_step(mbs)
+    assert resumed.gen_opt.param_groups[0]["initial_lr"] == 0.01
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(),
+                                                 resumed.state_dict().values()))
 
 
 def test_domainbed_protocol_gives_domainbeds_dann():
