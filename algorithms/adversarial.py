@@ -1,7 +1,8 @@
-"""Domain-adversarial feature learning: the gradient-reversal skeleton of DANN, CDANN, CDAN and
-BSP (`GradientReversalAdversary`), and DANN (Ganin et al., JMLR 2016) with its class-conditional
-variant CDANN (Li et al., ECCV 2018), in the paper's form and in DomainBed's. A discriminator D
-predicts the domain d of the features z = phi(x); phi learns to classify while making D fail:
+"""Domain-adversarial feature learning: DANN (Ganin et al., JMLR 2016) and its class-conditional
+variant CDANN (Li et al., ECCV 2018), in the paper's form and in DomainBed's, and the two skeletons
+of the adversarial methods: `GradientReversalAdversary` (DANN, CDANN, CDAN, BSP) and
+`TwoPhaseAdversary` (ADDA, GAM). A discriminator D predicts the domain d of the features
+z = phi(x); phi learns to classify while making D fail:
 
     min_{phi, w} max_D   CE(w(phi(x_s)), y_s) - lambda * L_D(D(phi(x)), d)
 """
@@ -29,7 +30,14 @@ from shiftbench.algorithms.base import (
     register_algorithm,
     step,
 )
-from shiftbench.algorithms.components import Discriminator, classifier_head, dann_schedule, grad_reverse
+from shiftbench.algorithms.components import (
+    Discriminator,
+    PhaseSchedule,
+    classifier_head,
+    dann_schedule,
+    grad_reverse,
+)
+from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams import Choice, HParam, IntLogUniform, LogUniform
 
 SCHEMES = ("reversal", "alternating")
@@ -53,8 +61,8 @@ class GradientReversalAdversary(Algorithm):
         L = CE(w(z_s), y_s) + weight * L_D(D(R_c(u)), d) + extra(z_s, z_t),   z = phi([x_s; x_t])
 
     where R_c (identity forward, -c x gradient backward) lets D descend L_D while phi ascends
-    it scaled by c. Methods give c (`reversal_coeff`, DANN's schedule through `grl_coeff`),
-    `disc_loss` and `extra_loss`, and the weight to `joint_step`."""
+    it scaled by c. Methods give D's outputs, c (`reversal_coeff`), `disc_loss` and `extra_loss`,
+    and the weight to `joint_step`."""
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
@@ -74,11 +82,8 @@ class GradientReversalAdversary(Algorithm):
         """T(z, w(z)) of the features f = z, what D reads (before the reversal layer)."""
         return f
 
-    def grl_coeff(self, gamma: float, scale: float = 1.0, scheduled: bool = True) -> float:
-        """scale * (2 / (1 + exp(-gamma p)) - 1), or scale without the schedule."""
-        return scale * (dann_schedule(self.progress, gamma) if scheduled else 1.0)
-
     def reversal_coeff(self) -> float:
+        """c, in DANN's schedule scale * (2 / (1 + exp(-gamma p)) - 1) (`dann_schedule`)."""
         raise NotImplementedError
 
     def disc_loss(self, u: torch.Tensor, d: torch.Tensor | None, y_src: torch.Tensor,
@@ -193,7 +198,8 @@ class AbstractDANN(GradientReversalAdversary):
     def reversal_coeff(self) -> float:
         """lambda * (2 / (1 + exp(-gamma p)) - 1), or lambda without the schedule."""
         hp = self.hparams
-        return self.grl_coeff(hp["schedule_gamma"], hp["lambda"], hp["lambda_schedule"])
+        return hp["lambda"] * (dann_schedule(self.progress, hp["schedule_gamma"])
+                               if hp["lambda_schedule"] else 1.0)
 
     def disc_loss(self, u, d, y_src, logits):
         """`L_D + grad_penalty * P` for D's input u = [source; target] and domain labels d: the
@@ -260,3 +266,74 @@ class CDANN(AbstractDANN):
 
     PAPER = "Li et al., Deep Domain Generalization via Conditional Invariant Adversarial Networks, ECCV 2018"
     conditional = True
+
+
+class TwoPhaseAdversary(Algorithm):
+    """A source phase, then adversarial adaptation of a copy (ADDA, GAM). Phase 1 (progress <
+    `pretrain_fraction`): the source model S learns source CE with the hparams' optimizer. At the
+    switch the adapted network T starts as a copy of its part of S (`pair`), and S stays frozen.
+    Phase 2: each step the method's `adversarial_step` moves the discriminator(s) D and T with
+    their own Adams (lr_d, lr_target; betas (beta1, 0.999)); D is moved by its own step only.
+    `predict` uses T after the switch, S before; both phases count in the budget. A method builds
+    S, T and D in `build` (S: every parameter that is not T's or D's) and names them in `pair`
+    and `adversary`; `classify(net, x)` turns S's or T's part into logits."""
+
+    SETTINGS = ("uda",)
+    PHASES = PhaseSchedule("pretrain_fraction")
+    HPARAMS = {
+        "pretrain_fraction": HParam(0.5, Choice([0.3, 0.5]), low=0.0, high=1.0,
+                                    help="share of the steps spent on source pretraining"),
+        "lr_d": HParam(2e-4, LogUniform(-4.5, -3), low=0.0, help="discriminator Adam lr"),
+        "lr_target": HParam(2e-4, LogUniform(-4.5, -3), low=0.0, help="target network Adam lr"),
+        "beta1": HParam(0.5, Choice([0.5, 0.9]), low=0.0, high=1.0, help="Adam beta1 in phase 2"),
+        "disc_width": HParam(500, Choice([500, 1024]), low=1, help="discriminator hidden width"),
+    }
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
+        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
+        self.build()
+        self.register_buffer("adapting", torch.zeros((), dtype=torch.bool))
+        hp, target, adversary = self.hparams, self.pair()[1], self.adversary()
+        held = {id(p) for p in (*target.parameters(), *adversary.parameters())}
+        betas = (float(hp["beta1"]), 0.999)
+        self.optimizer = make_optimizer([p for p in self.parameters() if id(p) not in held], hp)
+        self.target_optimizer = make_optimizer(target.parameters(), hp, lr=hp["lr_target"], betas=betas)
+        self.disc_optimizer = make_optimizer(adversary.parameters(), hp, lr=hp["lr_d"], betas=betas)
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def pair(self) -> tuple[nn.Module, nn.Module]:
+        """S's part that T copies at the switch, and T."""
+        raise NotImplementedError
+
+    def adversary(self) -> nn.Module:
+        raise NotImplementedError
+
+    def classify(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return net(x)
+
+    def adversarial_step(self, x_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def start_adaptation(self) -> None:
+        """The phase switch: T <- S's part (drift 0), then S stays frozen."""
+        source, target = self.pair()
+        target.load_state_dict(source.state_dict())
+        self.adapting.fill_(True)
+
+    def update(self, minibatches, unlabeled=None):
+        xs, ys = concat_minibatches(minibatches)
+        if not self.PHASES.adapting(self):
+            loss = cross_entropy(self.classify(self.pair()[0], xs), ys)
+            step(loss, self.optimizer)
+            return {"cls_loss": loss.item(), "phase": 1.0}
+        if not unlabeled:
+            raise ShiftbenchError(f"{type(self).__name__} needs unlabeled target batches (--task uda)")
+        values = self.adversarial_step(xs, torch.cat(list(unlabeled)))
+        self.adversary().zero_grad(set_to_none=True)  # D is only moved by its own step
+        return {**values, "phase": 2.0}
+
+    def predict(self, x):
+        source, target = self.pair()
+        return self.classify(target if self.adapting else source, x)

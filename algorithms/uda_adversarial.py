@@ -17,19 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from shiftbench import networks
-from shiftbench.algorithms.adversarial import GradientReversalAdversary
+from shiftbench.algorithms.adversarial import GradientReversalAdversary, TwoPhaseAdversary
 from shiftbench.algorithms.base import (
-    Algorithm,
     concat_minibatches,
-    cross_entropy,
     make_optimizer,
     register_algorithm,
     step,
 )
 from shiftbench.algorithms.components import (
     Discriminator,
-    PhaseSchedule,
     classifier_head,
+    dann_schedule,
     entropy,
 )
 from shiftbench.errors import ShiftbenchError
@@ -78,7 +76,7 @@ class BinaryDomainAdversary(GradientReversalAdversary):
         return 1
 
     def reversal_coeff(self) -> float:
-        return self.grl_coeff(self.hparams["grl_gamma"])
+        return dann_schedule(self.progress, self.hparams["grl_gamma"])
 
     def sample_weights(self, logits: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -178,73 +176,47 @@ class BSP(BinaryDomainAdversary):
 
 
 @register_algorithm
-class ADDA(Algorithm):
+class ADDA(TwoPhaseAdversary):
     """Adversarial Discriminative Domain Adaptation (Tzeng, Hoffman, Saenko & Darrell, CVPR 2017).
 
     Phase 1 (progress < `pretrain_fraction`): source encoder M_s and classifier C on source CE.
     Phase 2: the target encoder M_t starts as a copy of M_s; M_s and C are frozen; each step
       D-step: `min_D BCE(D(M_s(x_s)), 1) + BCE(D(M_t(x_t)), 0)`;
       M-step: `min_{M_t} BCE(D(M_t(x_t)), 1)` (inverted labels, not gradient reversal).
-    `predict = C(M_t(x))` after the switch, `C(M_s(x))` before. Both phases count in the budget.
+    `predict = C(M_t(x))` after the switch, `C(M_s(x))` before (`TwoPhaseAdversary`).
     Defaults from the paper's digits runs: D 500-500-1, Adam lr 2e-4, beta1 = 0.5 in phase 2.
     Under the `dann_digits` preset (SGD) phase 2 runs at lr 1e-3: at the preset's 0.01 the target
     encoder collapsed within 250 steps of the switch (every domain at chance; measured in
     docs/reproductions.md).
     """
 
-    SETTINGS = ("uda",)
     PAPER = "Tzeng, Hoffman, Saenko & Darrell, Adversarial Discriminative Domain Adaptation, CVPR 2017"
-    PHASES = PhaseSchedule("pretrain_fraction")
-    HPARAMS = {
-        "pretrain_fraction": HParam(0.5, Choice([0.3, 0.5]), low=0.0, high=1.0,
-                                    help="share of the steps spent on source pretraining"),
-        "lr_d": HParam(2e-4, LogUniform(-4.5, -3), low=0.0, help="discriminator Adam lr"),
-        "lr_target": HParam(2e-4, LogUniform(-4.5, -3), low=0.0, help="target encoder Adam lr"),
-        "beta1": HParam(0.5, Choice([0.5, 0.9]), low=0.0, high=1.0, help="Adam beta1 in phase 2"),
-        "disc_width": HParam(500, Choice([500, 1024]), low=1, help="discriminator hidden width"),
-    }
+    HPARAMS = {"lr_target": HParam(2e-4, LogUniform(-4.5, -3), low=0.0, help="target encoder Adam lr")}
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
-        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
+    def build(self) -> None:
         hp = self.hparams
-        self.source_encoder = networks.Featurizer(input_shape, hp)
-        self.classifier = classifier_head(self.source_encoder.n_outputs, num_classes, hp)
+        self.source_encoder = networks.Featurizer(self.input_shape, hp)
+        self.classifier = classifier_head(self.source_encoder.n_outputs, self.num_classes, hp)
         self.target_encoder = copy.deepcopy(self.source_encoder)
         self.discriminator = Discriminator(self.source_encoder.n_outputs, 1, int(hp["disc_width"]), 3)
-        self.register_buffer("adapting", torch.zeros((), dtype=torch.bool))
-        self.optimizer = make_optimizer(
-            list(self.source_encoder.parameters()) + list(self.classifier.parameters()), hp)
-        betas = (float(hp["beta1"]), 0.999)
-        self.target_optimizer = make_optimizer(self.target_encoder.parameters(), hp,
-                                               lr=hp["lr_target"], betas=betas)
-        self.disc_optimizer = make_optimizer(self.discriminator.parameters(), hp, lr=hp["lr_d"],
-                                             betas=betas)
 
-    def start_adaptation(self) -> None:
-        """The phase switch: M_t <- M_s, then M_s and C stay frozen."""
-        self.target_encoder.load_state_dict(self.source_encoder.state_dict())
-        self.adapting.fill_(True)
+    def pair(self):
+        return self.source_encoder, self.target_encoder
 
-    def update(self, minibatches, unlabeled=None):
-        xs, ys = concat_minibatches(minibatches)
-        if not self.PHASES.adapting(self):
-            loss = cross_entropy(self.classifier(self.source_encoder(xs)), ys)
-            step(loss, self.optimizer)
-            return {"cls_loss": loss.item(), "phase": 1.0}
-        if not unlabeled:
-            raise ShiftbenchError("ADDA needs unlabeled target batches (--task uda)")
+    def adversary(self):
+        return self.discriminator
+
+    def classify(self, net, x):
+        return self.classifier(net(x))
+
+    def adversarial_step(self, x_src, x_tgt):
         with torch.no_grad():
-            fs = self.source_encoder(xs)
-        ft = self.target_encoder(torch.cat(list(unlabeled)))
+            fs = self.source_encoder(x_src)
+        ft = self.target_encoder(x_tgt)
         d_out = self.discriminator(torch.cat([fs, ft.detach()]))[:, 0]
         d_loss = F.binary_cross_entropy_with_logits(d_out, _domain_labels(len(fs), len(ft), d_out))
         step(d_loss, self.disc_optimizer)
         t_out = self.discriminator(ft)[:, 0]
         m_loss = F.binary_cross_entropy_with_logits(t_out, torch.ones_like(t_out))
         step(m_loss, self.target_optimizer)
-        self.discriminator.zero_grad(set_to_none=True)  # D is only moved by its own step
-        return {"disc_loss": d_loss.item(), "target_loss": m_loss.item(), "phase": 2.0}
-
-    def predict(self, x):
-        encoder = self.target_encoder if self.adapting else self.source_encoder
-        return self.classifier(encoder(x))
+        return {"disc_loss": d_loss.item(), "target_loss": m_loss.item()}

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftbench import networks
+from shiftbench.algorithms.adversarial import TwoPhaseAdversary
 from shiftbench.algorithms.base import (
     Algorithm,
     concat_minibatches,
@@ -25,9 +26,9 @@ from shiftbench.algorithms.base import (
     register_algorithm,
     step,
 )
-from shiftbench.algorithms.components import Discriminator, PhaseSchedule, classifier_head
+from shiftbench.algorithms.components import Discriminator, classifier_head
 from shiftbench.errors import ShiftbenchError
-from shiftbench.hparams import Choice, HParam, LogUniform
+from shiftbench.hparams import HParam, LogUniform
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 SOURCE_BN_MOMENTUM = 0.1  # PyTorch's default: the running statistics an ordinary BN network keeps
@@ -167,7 +168,7 @@ def weight_drift(model: nn.Module, reference: nn.Module) -> torch.Tensor:
 
 
 @register_algorithm
-class GAM(Algorithm):
+class GAM(TwoPhaseAdversary):
     """Deep activation matching (Huang, Huang & Krahenbuhl, ECCV 2018).
 
     Phase 1 (progress < `pretrain_fraction`): source network S = C o G on source CE.
@@ -181,42 +182,31 @@ class GAM(Algorithm):
     Defaults from the authors' digits code: D 500-500-1, hidden weight 0.1, drift weight 1,
     Adam lr 2e-4 and beta1 0.5. Departure: Gaussian matching is a KL loss on the moments,
     not an on-the-fly re-normalisation of the target activations (the paper is not explicit).
-    `predict` uses T after the switch and S before.
+    `predict` uses T after the switch and S before (`TwoPhaseAdversary`).
     """
 
-    SETTINGS = ("uda",)
     PAPER = ("Huang, Huang & Krahenbuhl, Domain Transfer Through Deep Activation Matching, "
              "ECCV 2018")
-    PHASES = PhaseSchedule("pretrain_fraction")
     HPARAMS = {
-        "pretrain_fraction": HParam(0.5, Choice([0.3, 0.5]), low=0.0, high=1.0,
-                                    help="share of the steps spent on source pretraining"),
         "drift_weight": HParam(1.0, LogUniform(-2, 1), low=0.0, help="lambda of the weight drift"),
         "hidden_weight": HParam(0.1, LogUniform(-2, 0), low=0.0, help="w of the hidden layer"),
         "gauss_weight": HParam(1.0, LogUniform(-1, 1), low=0.0, help="g of the Gaussian KL"),
-        "lr_d": HParam(2e-4, LogUniform(-4.5, -3), low=0.0, help="discriminator Adam lr"),
-        "lr_target": HParam(2e-4, LogUniform(-4.5, -3), low=0.0, help="target network Adam lr"),
-        "beta1": HParam(0.5, Choice([0.5, 0.9]), low=0.0, high=1.0, help="Adam beta1 in phase 2"),
-        "disc_width": HParam(500, Choice([500, 1024]), low=1, help="discriminator hidden width"),
     }
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
-        super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)
-        hp = self.hparams
-        featurizer = networks.Featurizer(input_shape, hp)
-        classifier = classifier_head(featurizer.n_outputs, num_classes, hp)
+    def build(self) -> None:
+        featurizer = networks.Featurizer(self.input_shape, self.hparams)
+        classifier = classifier_head(featurizer.n_outputs, self.num_classes, self.hparams)
         self.source_net = nn.Sequential(featurizer, classifier)
         self.target_net = copy.deepcopy(self.source_net)
-        width = int(hp["disc_width"])
+        width = int(self.hparams["disc_width"])
         self.discriminators = nn.ModuleList(
-            [Discriminator(n, 1, width, 3) for n in (featurizer.n_outputs, num_classes)])
-        self.register_buffer("adapting", torch.zeros((), dtype=torch.bool))
-        betas = (float(hp["beta1"]), 0.999)
-        self.optimizer = make_optimizer(self.source_net.parameters(), hp)
-        self.target_optimizer = make_optimizer(self.target_net.parameters(), hp,
-                                               lr=hp["lr_target"], betas=betas)
-        self.disc_optimizer = make_optimizer(self.discriminators.parameters(), hp, lr=hp["lr_d"],
-                                             betas=betas)
+            [Discriminator(n, 1, width, 3) for n in (featurizer.n_outputs, self.num_classes)])
+
+    def pair(self):
+        return self.source_net, self.target_net
+
+    def adversary(self):
+        return self.discriminators
 
     def layer_weights(self) -> list[float]:
         return [float(self.hparams["hidden_weight"]), 1.0]
@@ -226,22 +216,10 @@ class GAM(Algorithm):
         hidden = net[0](x)
         return [hidden, net[1](hidden)]
 
-    def start_adaptation(self) -> None:
-        """The phase switch: T <- S (drift 0), then S stays frozen."""
-        self.target_net.load_state_dict(self.source_net.state_dict())
-        self.adapting.fill_(True)
-
-    def update(self, minibatches, unlabeled=None):
-        xs, ys = concat_minibatches(minibatches)
-        if not self.PHASES.adapting(self):
-            loss = cross_entropy(self.source_net(xs), ys)
-            step(loss, self.optimizer)
-            return {"cls_loss": loss.item(), "phase": 1.0}
-        if not unlabeled:
-            raise ShiftbenchError("GAM needs unlabeled target batches (--task uda)")
+    def adversarial_step(self, x_src, x_tgt):
         with torch.no_grad():
-            src = self.activations(self.source_net, xs)
-        tgt = self.activations(self.target_net, torch.cat(list(unlabeled)))
+            src = self.activations(self.source_net, x_src)
+        tgt = self.activations(self.target_net, x_tgt)
         weights = self.layer_weights()
         d_loss = sum(w * (F.binary_cross_entropy_with_logits(d(a), a.new_ones(len(a), 1))
                           + F.binary_cross_entropy_with_logits(d(b.detach()), b.new_zeros(len(b), 1)))
@@ -253,9 +231,5 @@ class GAM(Algorithm):
         drift = weight_drift(self.target_net, self.source_net)
         loss = adv + self.hparams["gauss_weight"] * gauss + self.hparams["drift_weight"] * drift
         step(loss, self.target_optimizer)
-        self.discriminators.zero_grad(set_to_none=True)  # D is only moved by its own step
         return {"disc_loss": d_loss.item(), "adv_loss": adv.item(), "gauss": gauss.item(),
-                "drift": drift.item(), "phase": 2.0}
-
-    def predict(self, x):
-        return (self.target_net if self.adapting else self.source_net)(x)
+                "drift": drift.item()}

@@ -203,3 +203,24 @@ def test_domainbed_protocol_gives_domainbeds_dann():
         assert 1 <= r["d_steps_per_g_step"] <= 7 and 10 ** -2 <= r["grad_penalty"] <= 10
     alg = create_algorithm("DANN", (6,), 3, 2, {"mlp_width": 16}, dataset=VEC, protocol="domainbed")
     assert alg.gen_opt.defaults["betas"] == (0.5, 0.9)
+
+
+@pytest.mark.parametrize("name", ["ADDA", "GAM"])
+def test_two_phase_adversaries_share_one_setup(name):
+    """S's optimizer holds every parameter but T's and D's; T and D get their own Adams."""
+    from shiftbench.algorithms.adversarial import TwoPhaseAdversary
+
+    torch.manual_seed(0)
+    hp = {"mlp_width": 8, "beta1": 0.9, "lr_d": 1e-3, "lr_target": 3e-4}
+    alg = create_algorithm(name, (5,), 3, 1, hp, dataset=None, setting="uda", total_steps=4)
+    assert isinstance(alg, TwoPhaseAdversary)
+    source, target = alg.pair()
+    held = {k: {id(p) for g in opt.param_groups for p in g["params"]}
+            for k, opt in alg.optimizers().items()}
+    assert held["target_optimizer"] == {id(p) for p in target.parameters()}
+    assert held["disc_optimizer"] == {id(p) for p in alg.adversary().parameters()}
+    assert held["optimizer"] == ({id(p) for p in alg.parameters()}
+                                 - held["target_optimizer"] - held["disc_optimizer"])
+    assert {id(p) for p in source.parameters()} <= held["optimizer"]
+    assert alg.target_optimizer.defaults["betas"] == alg.disc_optimizer.defaults["betas"] == (0.9, 0.999)
+    assert (alg.target_optimizer.defaults["lr"], alg.disc_optimizer.defaults["lr"]) == (3e-4, 1e-3)
