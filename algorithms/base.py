@@ -112,68 +112,20 @@ def _only_vector(hp: HParam) -> Callable[[DatasetInfo], HParam | None]:
     return lambda ds: hp if ds.is_vector else None
 
 
-class Algorithm(nn.Module):
-    """Base class. Subclasses set `SETTINGS`, `PAPER`, `HPARAMS` and implement `update`."""
+class AlgorithmBase(nn.Module):
+    """The contract of every algorithm, no hparams: those come with the task's base, `Algorithm`
+    (classification, DomainBed's base class) or `SegAlgorithm` (segmentation, `seg_base`)."""
 
     SETTINGS: tuple[str, ...] = ("dg",)
-    TASK_TYPES: tuple[str, ...] = ("classification",)  # the dataset task types it can train on
+    TASK_TYPES: tuple[str, ...] = ()  # the dataset task types it can train on (the task's base)
     # The registered name of the same method for another task type (e.g. SegDACS is DACS on
     # segmentation datasets): `--algorithm DACS` on a segmentation dataset resolves to it.
     # Read from the class's own body only (a subclass is another method unless it says so).
     SAME_METHOD_AS: str | None = None
     PAPER: str = ""
-    HPARAMS: Mapping[str, HParamSpec] = {
-        "lr": _lr,
-        "weight_decay": _weight_decay,
-        "batch_size": _batch_size,
-        "nonlinear_classifier": HParam(False, None, help="3-layer MLP head instead of linear"),
-        "data_augmentation": HParam(True, None, help="the dataset's training augmentation"),
-        "resnet18": _only_large(HParam(False, None, help="ResNet-18 instead of ResNet-50")),
-        "backbone": _only_large(HParam("resnet50", None, help=(
-            "featurizer for large images: resnet50 / resnet18 (DomainBed's torchvision ResNets) "
-            "or any timm model name (shiftbench.backbones)"))),
-        "weights": _only_large(HParam("", None, help="local checkpoint file for the backbone "
-                                                       "(the --weights flag); '' = pretrained")),
-        "pretrained": _only_large(HParam(True, None, help="ImageNet weights (local file/cache)")),
-        "resnet_dropout": _only_large(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
-        "freeze_bn": _only_large(HParam(False, None, help="keep BatchNorm statistics frozen")),
-        "hue": _only_large(HParam("hsv", None, choices=("hsv", "linear"), help=(
-            "colour jitter's hue shift on cached images: exact HSV (torchvision) or a linear "
-            "rotation of RGB space (faster, approximate)"))),
-        "cnn_width": _only_small(HParam(64, None, low=8, help=(
-            "channels of the small CNN's first conv layer, twice that in the others and in its "
-            "output (DomainBed: 64); a multiple of 8"))),
-        "mlp_width": _only_vector(HParam(256, IntLogUniform(6, 10), low=1)),
-        "mlp_depth": _only_vector(HParam(3, Choice([3, 4, 5]), low=2)),
-        "mlp_dropout": _only_vector(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
-        "network": lambda ds: _small_network(ds, domainbed=False),
-        "network_init": _only_small(HParam("torch", None, choices=("torch", "he"), variant=True,
-                                           help=("dann_digits network: PyTorch's default "
-                                                 "initialisation or He's (ReLU) for its conv "
-                                                 "and hidden head layers"))),
-        "input_center": _only_small(HParam(False, None, variant=True, help=(
-            "dann_digits network: map [0, 1] inputs to [-1, 1] (TLlib's digits normalisation)"))),
-        "optimizer": HParam("adam", None, choices=OPTIMIZERS, variant=True, help=(
-            "optimizer of make_optimizer: adam (DomainBed) or sgd (momentum `momentum`)")),
-        "momentum": HParam(0.9, None, low=0.0, high=1.0, help="SGD momentum (optimizer sgd)"),
-        "lr_schedule": HParam("constant", None, choices=LR_SCHEDULES, variant=True, help=(
-            "constant, or dann: every optimizer's lr annealed as lr / (1 + 10 p)^0.75 (p = "
-            "training progress; Ganin et al. 2016)")),
-    }
-    # DomainBed's values under `protocol="domainbed"`, merged over every class's `HPARAMS`
-    # (a subclass's `DOMAINBED_HPARAMS` wins over its bases'; None removes an hparam).
-    DOMAINBED_HPARAMS: Mapping[str, HParamSpec | None] = {
-        "lr": _domainbed_lr,
-        "weight_decay": _domainbed_weight_decay,
-        "batch_size": _domainbed_batch_size,
-        "network": lambda ds: _small_network(ds, domainbed=True),
-        # DomainBed main's `resnet50_augmix=True`: timm's AugMix-trained ResNet-50 (which also
-        # overrides `resnet18`, as there); `--hparams '{"backbone": "resnet50"}'` gives the
-        # torchvision ImageNet ResNet-50 of DomainBed's paper.
-        "backbone": _only_large(HParam("resnet50.ram_in1k", None, help=(
-            "DomainBed main: timm resnet50.ram_in1k (resnet50_augmix); resnet18/resnet50: "
-            "torchvision"))),
-    }
+    # DomainBed's values (protocol="domainbed"), merged over all HPARAMS; None removes an hparam
+    HPARAMS: Mapping[str, HParamSpec] = {}
+    DOMAINBED_HPARAMS: Mapping[str, HParamSpec | None] = {}
 
     def __init__(
         self,
@@ -304,6 +256,61 @@ class Algorithm(nn.Module):
         self.setting, self.total_steps = get_setting(state["task"]), int(state["total_steps"])
 
 
+class Algorithm(AlgorithmBase):
+    """Base of the classification algorithms (DomainBed's), with the hparams they all share."""
+
+    TASK_TYPES = ("classification",)
+    HPARAMS: Mapping[str, HParamSpec] = {
+        "lr": _lr,
+        "weight_decay": _weight_decay,
+        "batch_size": _batch_size,
+        "nonlinear_classifier": HParam(False, None, help="3-layer MLP head instead of linear"),
+        "data_augmentation": HParam(True, None, help="the dataset's training augmentation"),
+        "resnet18": _only_large(HParam(False, None, help="ResNet-18 instead of ResNet-50")),
+        "backbone": _only_large(HParam("resnet50", None, help=(
+            "featurizer for large images: resnet50 / resnet18 (DomainBed's torchvision ResNets) "
+            "or any timm model name (shiftbench.backbones)"))),
+        "weights": _only_large(HParam("", None, help="local checkpoint file for the backbone "
+                                                       "(the --weights flag); '' = pretrained")),
+        "pretrained": _only_large(HParam(True, None, help="ImageNet weights (local file/cache)")),
+        "resnet_dropout": _only_large(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
+        "freeze_bn": _only_large(HParam(False, None, help="keep BatchNorm statistics frozen")),
+        "hue": _only_large(HParam("hsv", None, choices=("hsv", "linear"), help=(
+            "colour jitter's hue shift on cached images: exact HSV (torchvision) or a linear "
+            "rotation of RGB space (faster, approximate)"))),
+        "cnn_width": _only_small(HParam(64, None, low=8, help=(
+            "channels of the small CNN's first conv layer, twice that in the others and in its "
+            "output (DomainBed: 64); a multiple of 8"))),
+        "mlp_width": _only_vector(HParam(256, IntLogUniform(6, 10), low=1)),
+        "mlp_depth": _only_vector(HParam(3, Choice([3, 4, 5]), low=2)),
+        "mlp_dropout": _only_vector(HParam(0.0, Choice([0.0, 0.1, 0.5]), low=0.0, high=1.0)),
+        "network": lambda ds: _small_network(ds, domainbed=False),
+        "network_init": _only_small(HParam("torch", None, choices=("torch", "he"), variant=True, help=(
+            "dann_digits network: PyTorch's default initialisation or He's (ReLU) for its conv and "
+            "hidden head layers"))),
+        "input_center": _only_small(HParam(False, None, variant=True, help=(
+            "dann_digits network: map [0, 1] inputs to [-1, 1] (TLlib's digits normalisation)"))),
+        "optimizer": HParam("adam", None, choices=OPTIMIZERS, variant=True, help=(
+            "optimizer of make_optimizer: adam (DomainBed) or sgd (momentum `momentum`)")),
+        "momentum": HParam(0.9, None, low=0.0, high=1.0, help="SGD momentum (optimizer sgd)"),
+        "lr_schedule": HParam("constant", None, choices=LR_SCHEDULES, variant=True, help=(
+            "constant, or dann: every optimizer's lr annealed as lr / (1 + 10 p)^0.75 (p = "
+            "training progress; Ganin et al. 2016)")),
+    }
+    DOMAINBED_HPARAMS: Mapping[str, HParamSpec | None] = {
+        "lr": _domainbed_lr,
+        "weight_decay": _domainbed_weight_decay,
+        "batch_size": _domainbed_batch_size,
+        "network": lambda ds: _small_network(ds, domainbed=True),
+        # DomainBed main's `resnet50_augmix=True`: timm's AugMix-trained ResNet-50 (which also
+        # overrides `resnet18`, as there); `--hparams '{"backbone": "resnet50"}'` gives the
+        # torchvision ImageNet ResNet-50 of DomainBed's paper.
+        "backbone": _only_large(HParam("resnet50.ram_in1k", None, help=(
+            "DomainBed main: timm resnet50.ram_in1k (resnet50_augmix); resnet18/resnet50: "
+            "torchvision"))),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 
@@ -365,14 +372,14 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Registry
 
-ALGORITHM_REGISTRY: Registry[type[Algorithm]] = Registry("algorithm", "shiftbench.algorithms")
+ALGORITHM_REGISTRY: Registry[type[AlgorithmBase]] = Registry("algorithm", "shiftbench.algorithms")
 ALGORITHMS = NamesView(ALGORITHM_REGISTRY)  # DomainBed's list of names: a live view, in order
 
 
-def register_algorithm(cls: type[Algorithm] | None = None, *, name: str | None = None):
+def register_algorithm(cls: type[AlgorithmBase] | None = None, *, name: str | None = None):
     """Class decorator: `@register_algorithm` or `@register_algorithm(name="MyAlg")`."""
 
-    def decorator(c: type[Algorithm]) -> type[Algorithm]:
+    def decorator(c: type[AlgorithmBase]) -> type[AlgorithmBase]:
         names = {s.name for s in all_settings()}
         unknown = [s for s in c.SETTINGS if s not in names]
         if not c.SETTINGS or unknown:
@@ -387,7 +394,7 @@ def register_algorithm(cls: type[Algorithm] | None = None, *, name: str | None =
     return decorator(cls) if cls is not None else decorator
 
 
-def get_algorithm_class(name: str) -> type[Algorithm]:
+def get_algorithm_class(name: str) -> type[AlgorithmBase]:
     return ALGORITHM_REGISTRY.lookup(name)
 
 
@@ -426,7 +433,7 @@ def create_algorithm(
     *,
     setting: str | Setting | None = None,
     total_steps: int = 0,
-) -> Algorithm:
+) -> AlgorithmBase:
     """Build a registered algorithm; missing hparams are filled with defaults for `dataset`
     under `protocol`."""
     cls = get_algorithm_class(name)

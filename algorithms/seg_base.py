@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftbench.algorithms.base import Algorithm, register_algorithm
+from shiftbench.algorithms.base import Algorithm, AlgorithmBase, register_algorithm
 from shiftbench.algorithms.base import step as gradient_step
 from shiftbench.datasets.road_protocol import PROTOCOL_HPARAMS
 from shiftbench.datasets.segmentation import IGNORE_INDEX
@@ -26,10 +26,6 @@ from shiftbench.seg_networks import SEG_NETWORKS, SegNetwork, upsample
 
 def _real_size(ds: DatasetInfo) -> bool:
     return len(ds.input_shape) == 3 and ds.input_shape[-1] >= 512
-
-
-def _none(_ds: DatasetInfo) -> None:
-    return None
 
 
 def seg_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -48,38 +44,36 @@ def poly_lr(base: float, progress: float, power: float) -> float:
     return base * max(0.0, 1.0 - progress) ** power
 
 
-class SegAlgorithm(Algorithm):
-    """Base of the segmentation algorithms: network, SGD + poly schedule, source loss."""
+class SegAlgorithm(AlgorithmBase):
+    """Base of the segmentation algorithms: network, SGD + poly schedule, source loss. Its
+    hparams are the segmentation papers' under every protocol (DomainBed has no segmentation)."""
 
     TASK_TYPES = ("segmentation",)
     SETTINGS = ("uda", "dg")
     HPARAMS = {
+        "lr": lambda ds: HParam(2.5e-4 if _real_size(ds) else 0.01,
+                                LogUniform(-4, -3) if _real_size(ds) else LogUniform(-2.5, -1.5),
+                                low=0.0, help="SGD learning rate of the backbone (head 10x)"),
+        "weight_decay": HParam(5e-4, None, low=0.0),
+        "batch_size": lambda ds: HParam(2 if _real_size(ds) else 8, None, low=1,
+                                        help="images per domain per step"),
+        "weights": HParam("", None, help="local initial weights for deeplabv2 (--weights): a "
+                          "DeepLab-v2 / ResNet-101 state dict, e.g. the COCO DeepLab-v2"),
+        "pretrained": lambda ds: HParam(True, None, help="ImageNet ResNet-101 (deeplabv2 only)"),
+        # Classification hparams that segmentation configurations have always carried (they were
+        # inherited from the classification base): no segmentation code reads them; dropping them
+        # would change the hparams of every segmentation record.
+        "hue": Algorithm.HPARAMS["hue"], "network_init": Algorithm.HPARAMS["network_init"],
+        "input_center": Algorithm.HPARAMS["input_center"],
+        "momentum": HParam(0.9, None, low=0.0, high=1.0),
         "seg_network": lambda ds: HParam("deeplabv2" if _real_size(ds) else "small", None,
                                          choices=SEG_NETWORKS, variant=True,
                                          help="small | deeplabv2 (ResNet-101, ASPP)"),
         "seg_width": HParam(8, None, low=4, help="channels of the small network's first stage"),
-        "pretrained": lambda ds: HParam(True, None, help="ImageNet ResNet-101 (deeplabv2 only)"),
-        "lr": lambda ds: HParam(2.5e-4 if _real_size(ds) else 0.01,
-                                LogUniform(-4, -3) if _real_size(ds) else LogUniform(-2.5, -1.5),
-                                low=0.0, help="SGD learning rate of the backbone (head 10x)"),
-        "momentum": HParam(0.9, None, low=0.0, high=1.0),
-        "weight_decay": HParam(5e-4, None, low=0.0),
         "poly_power": HParam(0.9, None, low=0.0, help="poly learning-rate decay exponent"),
         "poly_steps": HParam(0, None, low=0, help="poly decay horizon in steps (0 = the run's)"),
         **PROTOCOL_HPARAMS,  # the real benchmarks' data protocol (crops, sizes, splits)
-        "batch_size": lambda ds: HParam(2 if _real_size(ds) else 8, None, low=1,
-                                        help="images per domain per step"),
-        # classification-only hparams of the base class do not apply
-        "nonlinear_classifier": _none, "data_augmentation": _none, "resnet18": _none,
-        "resnet_dropout": _none, "freeze_bn": _none, "cnn_width": _none, "mlp_width": _none,
-        "mlp_depth": _none, "mlp_dropout": _none, "backbone": _none, "network": _none,
-        "weights": HParam("", None, help="local initial weights for deeplabv2 (--weights): a "
-                          "DeepLab-v2 / ResNet-101 state dict, e.g. the COCO DeepLab-v2"),
-        "optimizer": _none, "lr_schedule": _none,  # SGD with the poly schedule below
     }
-    # the segmentation papers' optimisation under every protocol (DomainBed has no segmentation)
-    DOMAINBED_HPARAMS = {"lr": HPARAMS["lr"], "weight_decay": HPARAMS["weight_decay"],
-                         "batch_size": HPARAMS["batch_size"], "network": _none}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams, **kwargs):
         super().__init__(input_shape, num_classes, num_domains, hparams, **kwargs)

@@ -325,12 +325,12 @@ def check_dataset(cls: type, data_dir: str | None = None, hparams: dict[str, Any
 
 def checks_of(classes: Iterable[type], through_trainer: bool = True) -> list[Check]:
     """The checks of several algorithm and dataset classes."""
-    from shiftbench.algorithms.base import Algorithm
+    from shiftbench.algorithms.base import AlgorithmBase
 
     out: list[Check] = []
     for cls in classes:
         out += (algorithm_checks(cls, through_trainer=through_trainer)
-                if issubclass(cls, Algorithm) else dataset_checks(cls, through_trainer=through_trainer))
+                if issubclass(cls, AlgorithmBase) else dataset_checks(cls, through_trainer=through_trainer))
     return out
 
 

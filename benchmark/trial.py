@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from shiftbench.algorithms import Algorithm, create_algorithm, get_algorithm_class, list_algorithms
+from shiftbench.algorithms import AlgorithmBase, create_algorithm, get_algorithm_class, list_algorithms
 from shiftbench.algorithms.base import algorithm_for_task_type
 from shiftbench.datasets import get_dataset_class
 from shiftbench.datasets.base import MultiDomainDataset
@@ -122,7 +122,7 @@ class Trial:
     dataset: MultiDomainDataset
     splits: list[EnvSplits]
     hparams: dict[str, Any]
-    algorithm: Algorithm
+    algorithm: AlgorithmBase
     device: torch.device
     n_steps: int
     checkpoint_freq: int
