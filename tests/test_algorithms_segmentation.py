@@ -46,6 +46,30 @@ def test_all_expected_algorithms_registered():
         assert ALGORITHM_REGISTRY.get(name).PAPER
 
 
+@pytest.mark.parametrize("shape", [SHAPE, (3, 512, 1024), (3, 32, 32)])
+def test_segmentation_spaces_un_declare_nothing(shape):
+    """The segmentation base declares its own hparams: no class of a segmentation algorithm
+    removes (None) an hparam a base declared, and the classification base's hparams reach
+    segmentation spaces only where both tasks declare them (plus three kept for records)."""
+    from shiftbench.algorithms.base import Algorithm, AlgorithmBase
+
+    ds = DatasetInfo("Tiny", shape, K)
+    assert AlgorithmBase.hparam_space(ds) == {}
+    shared = {"lr", "weight_decay", "batch_size", "momentum", "weights", "pretrained",
+              "hue", "network_init", "input_center"}
+    for name in SEG:
+        cls = ALGORITHM_REGISTRY.get(name)
+        assert not issubclass(cls, Algorithm), name
+        assert set(cls.hparam_space(ds)) & set(Algorithm.hparam_space(ds)) <= shared, name
+        declared: set[str] = set()
+        for klass in reversed(cls.__mro__):
+            for key, spec in vars(klass).get("HPARAMS", {}).items():
+                hp = spec(ds) if callable(spec) else spec
+                assert hp is not None or key not in declared, (name, klass.__name__, key)
+                if hp is not None:
+                    declared.add(key)
+
+
 @pytest.mark.parametrize("name", SEG)
 def test_train_predict_checkpoint(name):
     alg = _build(name)
