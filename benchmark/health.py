@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shiftbench.trial_record import record_key
+from shiftbench.trial_record import overrides_key, record_key
 
 DIVERGED = "diverged"
 NOT_LEARNING = "not learning"
@@ -81,6 +81,7 @@ class RunHealth:
     loss: float | None = None
     adaptation_start: int | None = None
     early: dict[str, Any] = field(default_factory=dict)  # rule -> step chosen before adaptation
+    overrides: str = ""  # the fixed hparams overrides (`trial_record.overrides_key`), "" for none
 
     @property
     def all_flags(self) -> list[str]:
@@ -90,7 +91,7 @@ class RunHealth:
     @property
     def key(self) -> tuple:
         return run_key(self.task, self.dataset, self.algorithm, self.test_envs, self.trial_seed,
-                       self.hparams_seed, self.source_envs)
+                       self.hparams_seed, self.source_envs, self.overrides)
 
     def flag(self, name: str, detail: str) -> None:
         if name not in self.flags:
@@ -112,15 +113,18 @@ class RunHealth:
 
 
 def run_key(task: str, dataset: str, algorithm: str, test_envs: Iterable[int], trial_seed: int,
-            hparams_seed: int, source_envs: Iterable[int] | None) -> tuple:
+            hparams_seed: int, source_envs: Iterable[int] | None, overrides: str = "") -> tuple:
+    """One run: a trial's group fields plus its configuration (hparams seed and fixed
+    overrides, `trial_record.config_key`), so a sweep's grid points are separate runs."""
     return (task, dataset, algorithm, tuple(sorted(int(e) for e in test_envs)), int(trial_seed),
-            int(hparams_seed), None if source_envs is None else tuple(sorted(int(e) for e in source_envs)))
+            int(hparams_seed), None if source_envs is None else tuple(sorted(int(e) for e in source_envs)),
+            overrides)
 
 
 def record_run_key(record: Mapping[str, Any]) -> tuple:
     a = record["args"]
     return run_key(a["task"], a["dataset"], a["algorithm"], a["test_envs"], a.get("trial_seed", 0),
-                   a.get("hparams_seed", 0), a.get("source_envs"))
+                   a.get("hparams_seed", 0), a.get("source_envs"), overrides_key(a.get("hparams")))
 
 
 def _number(x: Any) -> bool:
@@ -193,7 +197,8 @@ def check_run(records: Sequence[dict[str, Any]], status: str | None = None,
     health = RunHealth(a["task"], a["dataset"], a["algorithm"], tuple(a["test_envs"]),
                        int(a.get("trial_seed", 0)), int(a.get("hparams_seed", 0)),
                        None if a.get("source_envs") is None else tuple(a["source_envs"]),
-                       last.get("_job_dir", a.get("output_dir")), last["step"])
+                       last.get("_job_dir", a.get("output_dir")), last["step"],
+                       overrides=overrides_key(a.get("hparams")))
     for r in records:
         bad = [k for k, v in r.items() if ("loss" in k or k == "nll") and _number(v)
                and not math.isfinite(v)]

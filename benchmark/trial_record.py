@@ -244,6 +244,25 @@ def canonical_hparams(hparams: str | Mapping[str, Any] | None) -> dict[str, Any]
     return parsed or None
 
 
+def overrides_key(hparams: str | Mapping[str, Any] | None) -> str:
+    """The fixed hparams overrides as one canonical string ("" for none): key-sorted compact
+    JSON, so spacing and key order do not count; a string that is not JSON is kept stripped."""
+    try:
+        parsed = canonical_hparams(hparams)
+    except (ValueError, TypeError):
+        return str(hparams).strip()
+    if parsed is None:
+        return ""
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_key(args: Mapping[str, Any]) -> tuple[int, str]:
+    """What names a run's hyperparameter configuration within its group: the hparams seed and
+    the fixed overrides (`overrides_key`). A sweep's grid points share the seed and differ in
+    the overrides; sorting these keys gives DomainBed's order (smallest seed first)."""
+    return int(args.get("hparams_seed", 0)), overrides_key(args.get("hparams"))
+
+
 def identity(spec: TrialSpec | Mapping[str, Any]) -> dict[str, Any]:
     """The inputs that change a trial's result (see the module docstring).
 

@@ -35,7 +35,7 @@ from shiftbench.results.names import order_algorithms
 from shiftbench.results.selection import Selected, get_selection_rule
 from shiftbench.results.stats import mean_and_error
 from shiftbench.results.table_model import Cell, Table
-from shiftbench.trial_record import record_key
+from shiftbench.trial_record import config_key, record_key
 
 KIND = "da_tasks"
 AVERAGE = "Avg"
@@ -72,7 +72,7 @@ def column_order(tasks: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...]],
 
 def _record_at(records_by_run: dict, s: Selected) -> dict[str, Any] | None:
     return records_by_run.get((s.task, s.dataset, s.algorithm, s.test_env, s.trial_seed,
-                               s.source_envs, s.hparams_seed, s.step))
+                               s.source_envs, s.config, s.step))
 
 
 def da_mode_of(record: dict[str, Any]) -> str:
@@ -112,7 +112,7 @@ def da_task_tables(records: list[dict[str, Any]], rules: list[str],
         if a.get("source_envs") is None or len(a["test_envs"]) != 1:
             continue
         key = (a["task"], a["dataset"], a["algorithm"], int(a["test_envs"][0]),
-               int(a["trial_seed"]), tuple(sorted(a["source_envs"])), int(a["hparams_seed"]),
+               int(a["trial_seed"]), tuple(sorted(a["source_envs"])), config_key(a),
                r["step"])
         by_run[key] = r
     tables = []

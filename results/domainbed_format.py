@@ -4,6 +4,11 @@ Cells are `mean +/- err` with DomainBed's error (population std / sqrt n), `Avg`
 row's cells; the averages table averages, per trial, whatever held-out environments that trial
 has (DomainBed's behaviour, unlike `results.builders`). Tasks other than dg get their own tables,
 the dataset name suffixed with the task.
+
+DomainBed keys a run by `hparams_seed` alone. Records where one seed has several fixed-override
+configurations in a group (a sweep's grid points, or `train` runs differing only in `--hparams`)
+are refused (`check_one_config_per_seed`): DomainBed would merge them into one run, and printing
+anything else would no longer be DomainBed's output.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from shiftbench.errors import ShiftbenchError
 from shiftbench.hparams import DOMAINBED_ALGORITHMS
 from shiftbench.results.builders import index_selected, sorted_values
 from shiftbench.results.names import (
@@ -22,8 +28,9 @@ from shiftbench.results.names import (
     ordered,
 )
 from shiftbench.results.reading import Sweep, as_records
-from shiftbench.results.selection import CLASSIC_RULES, get_selection_rule, select
+from shiftbench.results.selection import CLASSIC_RULES, get_selection_rule, select, source_key
 from shiftbench.setting import DG
+from shiftbench.trial_record import overrides_key
 
 
 def _format_mean(fractions: Sequence[float], latex: bool) -> tuple[float | None, str]:
@@ -62,10 +69,30 @@ def _with_average(cells: list[str], means: list[float | None]) -> list[str]:
     return cells + ["X" if None in means else f"{sum(means) / len(means):.1f}"]
 
 
+def check_one_config_per_seed(records: Iterable[dict[str, Any]]) -> None:
+    """Refuse records in which one trial's `hparams_seed` has several override configurations."""
+    configs: dict[tuple, set[str]] = defaultdict(set)
+    for r in records:
+        a = r["args"]
+        configs[(a["task"], a["dataset"], a["algorithm"], tuple(a["test_envs"]),
+                 int(a["trial_seed"]), int(a["hparams_seed"]), source_key(a) or ())].add(
+            overrides_key(a.get("hparams")))
+    for (task, dataset, algorithm, envs, trial, seed, _), found in sorted(configs.items()):
+        if len(found) > 1:
+            listed = ", ".join(repr(o or "no overrides") for o in sorted(found))
+            raise ShiftbenchError(
+                f"--format domainbed: {algorithm} on {dataset} [{task}] test_envs {list(envs)} "
+                f"trial {trial} hparams_seed {seed} has {len(found)} configurations ({listed}); "
+                "DomainBed's collect_results keys a run by hparams_seed alone and would merge "
+                "them into one run, so its numbers would be wrong. Use another --format (text, "
+                "markdown, latex, csv, json, html), which keeps each configuration a run of its own")
+
+
 def domainbed_format(data: Sweep | Iterable[dict[str, Any]], rules: Sequence[str] | None = None,
                      latex: bool = False) -> str:
     """DomainBed's collect_results output (text or `--latex`), computed with its definitions."""
     records = as_records(data)
+    check_one_config_per_seed(records)
     rules = list(rules or CLASSIC_RULES)
     lines: list[str] = []
     if latex:

@@ -15,7 +15,7 @@ from flagged trials then carry the flags' marks (`MARKS`) and a footnote.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +92,7 @@ def annotate(report: HealthReport, selected: Mapping[str, Sequence[Any]]) -> Non
     for rule, winners in selected.items():
         for s in winners:
             key = run_key(s.task, s.dataset, s.algorithm, (s.test_env,), s.trial_seed,
-                          s.hparams_seed, s.source_envs)
+                          s.hparams_seed, s.source_envs, s.overrides)
             run = report.runs.get(key)
             if run is None:
                 s.health = ()
@@ -120,15 +120,18 @@ def health_table(report: HealthReport, task_label=None) -> Any:
     columns = ["Flags", "Source val", "Chance", "Final loss", "ln C", "Adaptation from",
                "Details"]
     rows, cells = [], []
+    # A run's fixed overrides are printed only where they tell runs apart (a sweep's grid points).
+    shared = Counter(h.key[:-1] for h in report.runs.values())
     flagged = sorted(report.flagged(), key=lambda h: (h.task, h.dataset, h.algorithm,
                                                        h.test_envs, h.source_envs or (),
-                                                       h.trial_seed, h.hparams_seed))
+                                                       h.trial_seed, h.hparams_seed,
+                                                       h.overrides))
     for h in flagged:
         where = task_label(h) if task_label else (
             f"{'+'.join(map(str, h.source_envs))}->" if h.source_envs else "") + \
             ",".join(map(str, h.test_envs))
         rows.append(f"{h.algorithm} {h.dataset} [{h.task}] {where} trial {h.trial_seed} "
-                    f"hp {h.hparams_seed}")
+                    f"hp {h.hparams_seed}" + (f" {h.overrides}" if shared[h.key[:-1]] > 1 else ""))
         details = [f"{f}: {h.details[f]}" for f in FLAGS if f in h.details]
         if h.early:
             details.append(BEFORE_ADAPTATION + ": " + ", ".join(

@@ -26,7 +26,7 @@ from typing import Any
 from shiftbench.results.names import environment_names, order_algorithms
 from shiftbench.results.selection import get_selection_rule, group_records
 from shiftbench.results.table_model import Collection, Table
-from shiftbench.trial_record import record_key
+from shiftbench.trial_record import config_key, record_key
 
 MAX_FIGURES = 60  # keep reports of huge sweeps readable and small
 MAX_HPARAMS = 6
@@ -147,7 +147,7 @@ def _runs_index(records: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str,
         a = r["args"]
         if len(a["test_envs"]) == 1:
             runs[(a["task"], a["dataset"], a["algorithm"], a["test_envs"][0], a["trial_seed"],
-                  int(a["hparams_seed"]))].append(r)
+                  config_key(a))].append(r)
     for v in runs.values():
         v.sort(key=lambda r: r["step"])
     return runs
@@ -165,7 +165,7 @@ def learning_curves(collection: Collection, rule: str, task: str, dataset: str, 
     colors = {a: f"C{i % 10}" for i, a in enumerate(order_algorithms(s.algorithm for s in selected))}
     for ax, env in zip(axes, envs):
         for s in (s for s in selected if s.test_env == env):
-            run = runs.get((task, dataset, s.algorithm, env, s.trial_seed, s.hparams_seed), [])
+            run = runs.get((task, dataset, s.algorithm, env, s.trial_seed, s.config), [])
             pts = [(r["step"], 100 * r[record_key(env, "in")]) for r in run if record_key(env, "in") in r]
             if not pts:
                 continue

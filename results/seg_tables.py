@@ -24,7 +24,7 @@ from shiftbench.results.names import order_algorithms
 from shiftbench.results.selection import Selected, get_selection_rule, select
 from shiftbench.results.stats import mean_and_error
 from shiftbench.results.table_model import Cell, Table
-from shiftbench.trial_record import record_key
+from shiftbench.trial_record import config_key, record_key
 
 MIOU, IOU = "seg_miou", "seg_iou"
 
@@ -84,13 +84,13 @@ def segmentation_tables(records: list[dict[str, Any]], rules: list[str],
         annotate(report, {rule: picked})
         by_run = {(r["args"]["algorithm"], r["args"]["dataset"], r["args"]["task"],
                    tuple(r["args"]["test_envs"]), int(r["args"]["trial_seed"]),
-                   int(r["args"]["hparams_seed"]), tuple(r["args"].get("source_envs") or ()),
+                   config_key(r["args"]), tuple(r["args"].get("source_envs") or ()),
                    r["step"]): r for r in views}
         # (task, dataset) -> label -> algorithm -> trial -> record
         chosen: dict[tuple[str, str], dict[str, dict[str, dict[int, dict]]]] = defaultdict(
             lambda: defaultdict(lambda: defaultdict(dict)))
         for s in picked:
-            r = by_run.get((s.algorithm, s.dataset, s.task, (s.test_env,), s.trial_seed, s.hparams_seed,
+            r = by_run.get((s.algorithm, s.dataset, s.task, (s.test_env,), s.trial_seed, s.config,
                             tuple(s.source_envs or ()), s.step))
             if r is not None:
                 chosen[(s.task, s.dataset)][_label(r, s)][s.algorithm][s.trial_seed] = (

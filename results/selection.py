@@ -2,7 +2,9 @@
 
 Vocabulary (DomainBed's): a *group* is every record of one (task, dataset, algorithm, held-out
 environment t, trial_seed); a run held out on `[t, v]` belongs to the groups of t and of v. A
-*run* is the records of one `hparams_seed` within a group (one hyperparameter configuration).
+*run* is the records of one hyperparameter configuration within a group: its `hparams_seed`
+and its fixed overrides `args["hparams"]` (`config_key`), so a sweep's grid points, which share
+the seed, are separate runs.
 A rule scores a run (`run_acc` -> validation and test accuracy, or None when it cannot), then the
 run with the best validation score wins the group (`sweep_acc`). Selection is per trial; tables
 then average the per-trial winners over trials.
@@ -36,7 +38,7 @@ step are candidates, for every rule (a run with none is not scored).
 
 Ties: between checkpoints of a run the earliest step wins (DomainBed takes the first maximum in
 file order, i.e. by step); between runs the smallest `hparams_seed` wins (DomainBed's order there
-depends on directory listing order).
+depends on directory listing order), then the smallest canonical overrides string.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from shiftbench.registry import Registry
 from shiftbench.results.phases import adapted_only
 from shiftbench.results.reading import Sweep, as_records
 from shiftbench.setting import all_settings, setting_names
-from shiftbench.trial_record import record_key
+from shiftbench.trial_record import config_key, record_key
 
 SELECTION_RULES: Registry[type[SelectionRule]] = Registry("selection rule")
 ALL_TASKS = setting_names()
@@ -97,9 +99,19 @@ class Selected:
     hparams: dict[str, Any]
     source_envs: tuple[int, ...] | None = None  # explicit sources (a source->target task)
     health: tuple[str, ...] = ()  # the run's health flags (`results.health.annotate`)
+    overrides: str = ""  # the run's fixed hparams overrides (`trial_record.overrides_key`)
+
+    @property
+    def config(self) -> tuple[int, str]:
+        """The selected run's configuration, as `config_key` names it."""
+        return self.hparams_seed, self.overrides
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, less `overrides` (`job_dir` and the resolved `hparams` name the
+        configuration already), so outputs of one-configuration-per-seed sweeps are unchanged."""
+        out = asdict(self)
+        del out["overrides"]
+        return out
 
 
 def _finite(x: Any) -> bool:
@@ -138,19 +150,19 @@ class SelectionRule:
             "unlabeled target split for this rule to work")
 
     def hparams_accs(self, records: Sequence[dict[str, Any]], test_env: int
-                     ) -> list[tuple[int, RunChoice]]:
-        """Every scorable run of a group, best first (ties: smallest hparams_seed). A phased
-        algorithm's checkpoints from before its adaptation are never candidates
-        (`results.phases`)."""
-        runs: dict[int, list[dict[str, Any]]] = defaultdict(list)
+                     ) -> list[tuple[tuple[int, str], RunChoice]]:
+        """Every scorable run of a group with its `config_key`, best first (ties: smallest
+        hparams_seed, then overrides). A phased algorithm's checkpoints from before its
+        adaptation are never candidates (`results.phases`)."""
+        runs: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
         for r in adapted_only(records):
-            runs[int(r["args"]["hparams_seed"])].append(r)
+            runs[config_key(r["args"])].append(r)
         scored = []
-        for seed in sorted(runs):
-            choice = self.run_acc(runs[seed], test_env)
+        for config in sorted(runs):
+            choice = self.run_acc(runs[config], test_env)
             if choice is not None:
-                scored.append((seed, choice))
-        scored.sort(key=lambda sc: -sc[1].val_acc)  # stable: keeps the smaller seed first
+                scored.append((config, choice))
+        scored.sort(key=lambda sc: -sc[1].val_acc)  # stable: keeps the smaller key first
         return scored
 
 
@@ -400,13 +412,13 @@ def select(data: Sweep | Iterable[dict[str, Any]], rule: str | SelectionRule,
         ranked = rule.hparams_accs(group, test_env)
         if not ranked:
             continue
-        seed, choice = ranked[0]
-        n_configs = len({int(r["args"]["hparams_seed"]) for r in group})
+        (seed, overrides), choice = ranked[0]
+        n_configs = len({config_key(r["args"]) for r in group})
         out.append(Selected(
             rule.NAME, task, dataset, algorithm, test_env, trial, seed, choice.step,
             choice.val_acc, choice.test_acc, n_configs, len(ranked),
             choice.record.get("_job_dir", choice.record["args"].get("output_dir")),
-            dict(choice.record.get("hparams", {})), sources))
+            dict(choice.record.get("hparams", {})), sources, overrides=overrides))
     return out
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from shiftbench.trial_record import config_key
+
 DEFAULT_DDOF = 1  # the sample standard error: every table, paired difference and API uses it
 
 
@@ -128,18 +130,19 @@ class Budget:
 
 
 def hparam_budgets(records: Iterable[dict[str, Any]]) -> list[Budget]:
-    """Distinct `hparams_seed`s per (held-out env, trial), summarised per (task, dataset, algorithm).
+    """Distinct configurations (`config_key`: hparams seed and fixed overrides) per (held-out env,
+    trial), summarised per (task, dataset, algorithm).
 
     Only runs held out on one environment count (the pair runs of leave-one-domain-out repeat
     the same configurations).
     """
-    seeds: dict[tuple, set[int]] = defaultdict(set)
+    seeds: dict[tuple, set[tuple[int, str]]] = defaultdict(set)
     for r in records:
         a = r["args"]
         if len(a["test_envs"]) != 1:
             continue
         seeds[(a["task"], a["dataset"], a["algorithm"], a["test_envs"][0], a["trial_seed"])].add(
-            int(a["hparams_seed"]))
+            config_key(a))
     per: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for (task, dataset, algorithm, _, _), s in seeds.items():
         per[(task, dataset, algorithm)].append(len(s))
