@@ -9,7 +9,8 @@ crafted records in tests/test_results_health.py:
 
 * **diverged** — a recorded loss is not finite, or the trial's `failed` marker says the
   trainer stopped on a non-finite loss.
-* **not learning** — at the run's end (its last checkpoint, once the run reached its budget):
+* **not learning** — at the run's end (its last checkpoint, once the run reached its budget;
+  for a phased method, the last checkpoint of its source phase, when it has one):
   the mean validation accuracy of its source domains (`env{i}_out_acc`) is at most
   chance + `NOT_LEARNING_MARGIN` x (1 - chance), chance = 1 / C; or its classification loss
   is within `LOSS_TOLERANCE` x ln C of ln C (the loss of a uniform prediction). The loss read
@@ -208,9 +209,23 @@ def check_run(records: Sequence[dict[str, Any]], status: str | None = None,
     if failure and failure.startswith(DIVERGED_ERROR):
         health.flag(DIVERGED, f"the trainer stopped: {failure}")
     if not _is_segmentation(last) and _reached_end(last, status):
-        _check_learning(health, last)
+        _check_learning(health, _learning_checkpoint(records))
     _check_collapse(health, records)
     return health
+
+
+def _learning_checkpoint(records: Sequence[dict[str, Any]]) -> Mapping[str, Any]:
+    """The checkpoint "not learning" is judged at: the last one, or, for a phased method (a
+    recorded `adaptation_start`), the last one of its source phase (0 < step < start) when
+    there is one. After the switch a method may stop reading the source (SHOT) or predict with
+    a new network (ADDA, GAM), so source validation then measures forgetting, not learning; a
+    collapse after the switch is the collapse check's to report."""
+    start = records[-1].get("adaptation_start")
+    if _number(start):
+        source_phase = [r for r in records if 0 < r["step"] < start]
+        if source_phase:
+            return source_phase[-1]
+    return records[-1]
 
 
 def _check_learning(health: RunHealth, last: Mapping[str, Any]) -> None:

@@ -140,6 +140,30 @@ def phased(start=50):
     return records
 
 
+def phased_curve(source_vals, test_accs, start=50):
+    """A SHOT run checkpointed at steps 0, 25, 49 (source phase), 75, 99 (adaptation)."""
+    return [make_record(step, 0, [0], algorithm="SHOT", task="uda", num_classes=10,
+                        n_steps=N_STEPS, adaptation_start=start, env1_out_acc=val,
+                        env2_out_acc=val, env0_in_acc=test, env0_out_acc=test)
+            for step, val, test in zip((0, 25, 49, 75, 99), source_vals, test_accs)]
+
+
+def test_not_learning_of_a_phased_method_is_judged_at_its_source_end():
+    # SHOT on synth -> mnist: learns the source, adapts well, forgets the source (15 %)
+    forgets = phased_curve((0.1, 0.8, 0.84, 0.3, 0.15), (0.1, 0.5, 0.6, 0.85, 0.9))
+    assert flags(forgets) == []
+    # a source phase that never learns is flagged, whatever happens after the switch
+    never = phased_curve((0.1, 0.12, 0.13, 0.5, 0.6), (0.1, 0.1, 0.1, 0.3, 0.4))
+    assert flags(never) == [E.NOT_LEARNING]
+    assert "step 49" in E.check_run(never).details[E.NOT_LEARNING]
+    # a collapse after the switch (GAM at lr 0.01) is the collapse check's
+    collapses = phased_curve((0.1, 0.9, 0.97, 0.3, 0.13), (0.1, 0.4, 0.41, 0.16, 0.1))
+    assert flags(collapses) == [E.COLLAPSED]
+    # without a source-phase checkpoint (0 < step < start) the run's end is judged, as before
+    late = phased_curve((0.1, 0.8, 0.84, 0.3, 0.15), (0.1, 0.5, 0.6, 0.85, 0.9), start=20)
+    assert flags(late) == [E.NOT_LEARNING]
+
+
 def test_no_selected_checkpoint_precedes_adaptation():
     records = phased(start=50)
     for rule in list_selection_rules():
