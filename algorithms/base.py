@@ -221,7 +221,7 @@ class AlgorithmBase(nn.Module):
         """The first step of the adaptation phase of a method with a source phase first (a
         class declaring `PHASES`, a `components.PhaseSchedule`), or None for methods that adapt
         from the start. Recorded at every checkpoint; selection considers only checkpoints from
-        after it (shiftbench.results.phases)."""
+        after it (shiftbench.phases)."""
         phases = getattr(type(self), "PHASES", None)
         return None if phases is None else int(phases.start(self))
 

@@ -51,7 +51,7 @@ class AlgorithmEntry:
     hparams: dict[str, Any]  # every declared hparam (bases included) -> default, or UNKNOWN
     task_types: tuple[str, ...]  # the dataset task types it trains on
     # `PHASES = PhaseSchedule(source_fraction, rounds, by_progress=...)` as (source_fraction,
-    # rounds, by_progress), None for algorithms without phases (read by results.phases)
+    # rounds, by_progress), None for algorithms without phases (read by shiftbench.phases)
     phases: Any = None
 
 

@@ -1,4 +1,4 @@
-"""Run health as the trainer judges it: diverged, not learning, collapsed (records alone).
+"""Run health as the trainer judges it: diverged, not learning, collapsed, target at chance.
 
 Every run (the records of one trial: one algorithm, dataset, held-out set, trial seed and
 hyperparameter configuration) is checked from its records alone, so old records and
@@ -21,9 +21,18 @@ crafted records in tests/test_results_health.py:
   unlabeled target split's `env{t}_uda_acc`) at the last checkpoint is at least
   `COLLAPSE_DROP` below the run's best checkpoint. A diagnostic for the reader: it is
   never an input to selection (which cannot see test accuracy).
+* **target at chance** — a run of a setting that reads target data (every setting but dg:
+  unlabeled or few labeled target examples, or a test stream to adapt on) that learned its
+  source (not flagged "not learning") ends, at its last checkpoint, with target accuracy (the
+  key the collapse check reads) at most chance + `NOT_LEARNING_MARGIN` x (1 - chance) on some
+  held-out environment. The classifier it hands over is useless on the domain it adapted to,
+  as when self-training turns every target prediction into one class (FixMatch on
+  mnist -> lowres). A diagnostic, like collapsed; a domain generalization run is not checked
+  (an unseen domain at chance is what DG measures, e.g. ColoredMNIST's test environment).
 * **selected before adaptation** — set by the collector (`results.health.annotate`) when a
   selection rule chose a checkpoint of a phased algorithm from before its adaptation.
 
+Which checkpoints precede adaptation comes from `shiftbench.phases`, as for the collector.
 Imports no torch and nothing of `shiftbench.results`.
 """
 
@@ -34,18 +43,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shiftbench.phases import source_phase
+from shiftbench.setting import get_setting
 from shiftbench.trial_record import overrides_key, record_key
 
 DIVERGED = "diverged"
 NOT_LEARNING = "not learning"
 COLLAPSED = "collapsed"
+AT_CHANCE = "target at chance"
 BEFORE_ADAPTATION = "selected before adaptation"
-FLAGS = (DIVERGED, NOT_LEARNING, COLLAPSED, BEFORE_ADAPTATION)
-MARKS = {DIVERGED: "[d]", NOT_LEARNING: "[n]", COLLAPSED: "[c]", BEFORE_ADAPTATION: "[a]"}
+FLAGS = (DIVERGED, NOT_LEARNING, COLLAPSED, AT_CHANCE, BEFORE_ADAPTATION)
+MARKS = {DIVERGED: "[d]", NOT_LEARNING: "[n]", COLLAPSED: "[c]", AT_CHANCE: "[t]",
+         BEFORE_ADAPTATION: "[a]"}
 MEANINGS = {
     DIVERGED: "a non-finite loss",
     NOT_LEARNING: "source validation near chance or loss near ln C at the end",
     COLLAPSED: "target accuracy at the last checkpoint far below its own best (diagnostic)",
+    AT_CHANCE: "a run that reads target data learned its source but ends near chance on its "
+               "target (diagnostic)",
     BEFORE_ADAPTATION: "the selected checkpoint precedes the algorithm's adaptation phase",
 }
 
@@ -208,24 +223,24 @@ def check_run(records: Sequence[dict[str, Any]], status: str | None = None,
             break
     if failure and failure.startswith(DIVERGED_ERROR):
         health.flag(DIVERGED, f"the trainer stopped: {failure}")
-    if not _is_segmentation(last) and _reached_end(last, status):
+    judged_at_end = not _is_segmentation(last) and _reached_end(last, status)
+    if judged_at_end:
         _check_learning(health, _learning_checkpoint(records))
     _check_collapse(health, records)
+    if judged_at_end:
+        _check_target_chance(health, records)
     return health
 
 
 def _learning_checkpoint(records: Sequence[dict[str, Any]]) -> Mapping[str, Any]:
     """The checkpoint "not learning" is judged at: the last one, or, for a phased method (a
-    recorded `adaptation_start`), the last one of its source phase (0 < step < start) when
+    recorded or declared `adaptation_start`, `shiftbench.phases`), the last one of its source
+    phase (0 < step < start) when
     there is one. After the switch a method may stop reading the source (SHOT) or predict with
     a new network (ADDA, GAM), so source validation then measures forgetting, not learning; a
     collapse after the switch is the collapse check's to report."""
-    start = records[-1].get("adaptation_start")
-    if _number(start):
-        source_phase = [r for r in records if 0 < r["step"] < start]
-        if source_phase:
-            return source_phase[-1]
-    return records[-1]
+    source = source_phase(records)
+    return source[-1] if source else records[-1]
 
 
 def _check_learning(health: RunHealth, last: Mapping[str, Any]) -> None:
@@ -244,12 +259,38 @@ def _check_learning(health: RunHealth, last: Mapping[str, Any]) -> None:
                                   f"{math.log(c):.3f})")
 
 
+def _target_key(records: Sequence[Mapping[str, Any]], t: int, metric: str) -> str:
+    """The test accuracy (or mIoU) key of held-out environment t: its held-out split, else the
+    adapted-to one (a run with no held-out target split)."""
+    key = record_key(t, "in", metric)
+    return key if any(key in r for r in records) else record_key(t, "uda", metric)
+
+
+def _reads_target(task: str) -> bool:
+    try:
+        setting = get_setting(task)
+    except Exception:  # noqa: BLE001 - a task this version does not know: not checked
+        return False
+    return setting.unlabeled_target or setting.few_shot_target or setting.adapts_at_test
+
+
+def _check_target_chance(health: RunHealth, records: Sequence[Mapping[str, Any]]) -> None:
+    """Target at chance: judged on the last checkpoint, after `_check_learning` set chance."""
+    if health.chance is None or NOT_LEARNING in health.flags or not _reads_target(health.task):
+        return
+    last, chance = records[-1], health.chance
+    for t in health.test_envs:
+        acc = last.get(_target_key(records, t, "acc"))
+        if _number(acc) and math.isfinite(acc) and \
+                acc <= chance + NOT_LEARNING_MARGIN * (1 - chance) + EPS:
+            health.flag(AT_CHANCE, f"env {t}: {100 * acc:.1f}% at step {last['step']} (chance "
+                                   f"{100 * chance:.1f}%)")
+
+
 def _check_collapse(health: RunHealth, records: Sequence[dict[str, Any]]) -> None:
     metric = "miou" if _is_segmentation(records[-1]) else "acc"
     for t in health.test_envs:
-        key = record_key(t, "in", metric)
-        if not any(key in r for r in records):  # no held-out split: the adapted-to one
-            key = record_key(t, "uda", metric)
+        key = _target_key(records, t, metric)
         curve = [(r["step"], r[key]) for r in records if _number(r.get(key)) and math.isfinite(r[key])]
         if len(curve) < 2:
             continue

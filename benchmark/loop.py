@@ -140,7 +140,7 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
     steps_per_epoch = min(len(trial.splits[i].in_) / batch_size for i in trial.train_envs)
     round_every = algorithm.round_interval()
     # A phased method also checkpoints its source model: the last step before adaptation begins
-    # (results.phases: `collect --source-models` reports it as the method's own source row).
+    # (`collect --source-models` reports it as the method's own source row).
     adaptation_start = algorithm.adaptation_start()
     source_end = adaptation_start - 1 if adaptation_start else None
     ckpt_identity = identity(spec)
@@ -198,7 +198,7 @@ def _run(spec: TrialSpec, store: CheckpointStore, log, progress: bool | None,
                 "n_steps": trial.n_steps, "environments": trial.dataset.environments,
                 "num_classes": trial.dataset.num_classes,
             })
-            if adaptation_start is not None:  # a phased method (results.phases)
+            if adaptation_start is not None:  # a phased method (shiftbench.phases)
                 record["adaptation_start"] = adaptation_start
             if trial.unused_envs:
                 record["unused_envs"] = trial.unused_envs

@@ -1,12 +1,12 @@
 """Run health in the collector: the trainer's checks (`shiftbench.health`) over a whole sweep,
 plus which trials were selected too early, marked on tables.
 
-The checks of one run (diverged, not learning, collapsed; their thresholds and flag names)
+The checks of one run (diverged, not learning, collapsed, target at chance; their thresholds and flag names)
 live in the engine, `shiftbench.health`, where the trainer uses them too; docs/results.md
 describes them. This module adds:
 
 * **selected before adaptation** — a selection rule chose a checkpoint of a phased algorithm
-  from before its adaptation (`results.phases`); per rule, since each rule selects its own.
+  from before its adaptation (`shiftbench.phases`); per rule, since each rule selects its own.
 
 `annotate` puts the flags of each selected run on its `Selected.health`; table cells built
 from flagged trials then carry the flags' marks (`MARKS`) and a footnote.
@@ -34,13 +34,13 @@ from shiftbench.health import (
     run_key,
     thresholds,
 )
-from shiftbench.results.phases import adaptation_start
+from shiftbench.phases import adaptation_start
 
 
 def run_health(records: Sequence[dict[str, Any]], status: str | None = None,
                failure: str | None = None) -> RunHealth:
     """`shiftbench.health.check_run` of one run's records, with the first step of its
-    adaptation phase (`results.phases`), which `annotate` compares selected steps with."""
+    adaptation phase (`shiftbench.phases`), which `annotate` compares selected steps with."""
     health = check_run(records, status, failure)
     health.adaptation_start = adaptation_start(max(records, key=lambda r: r["step"]))
     return health
@@ -88,7 +88,7 @@ def sweep_health(records: Iterable[dict[str, Any]], jobs: Iterable[Any] = ()) ->
 
 def annotate(report: HealthReport, selected: Mapping[str, Sequence[Any]]) -> None:
     """Put on each `Selected` (per rule) the flags of its run, plus `selected before adaptation`
-    when its step precedes the run's adaptation (`results.phases`)."""
+    when its step precedes the run's adaptation (`shiftbench.phases`)."""
     for rule, winners in selected.items():
         for s in winners:
             key = run_key(s.task, s.dataset, s.algorithm, (s.test_env,), s.trial_seed,
@@ -147,6 +147,8 @@ def health_table(report: HealthReport, task_label=None) -> Any:
     notes = [f"Thresholds: not learning = source validation <= chance + {NOT_LEARNING_MARGIN} x "
              f"(1 - chance) or |loss - ln C| <= {LOSS_TOLERANCE} x ln C at the end; collapsed = "
              f"last test accuracy >= {100 * COLLAPSE_DROP:.0f} points below the run's best; "
+             f"target at chance = a run that reads target data and learned its source ends "
+             f"with target accuracy <= chance + {NOT_LEARNING_MARGIN} x (1 - chance); "
              "selected before adaptation = the chosen step <= the first adaptation step.",
              "Counts: " + ", ".join(f"{f} {counts[f]}" for f in FLAGS)]
     return Table("health", "Run health: flagged runs", None, "all", None, columns, rows, cells,

@@ -1,100 +1,27 @@
-"""When a phased algorithm's adaptation begins, read from its records (no algorithm import).
+"""A phased run's source model as a row of its own (`collect --source-models`).
 
-Algorithms with a source phase before their adaptation phase (SHOT, ADDA, GAM, CBST, CRST, TPLD
-and their segmentation forms: every class that declares `PHASES`, a `PhaseSchedule`) record
-`adaptation_start` at each checkpoint: the first training step of the adaptation phase
-(`Algorithm.adaptation_start`). A checkpoint is the adapted algorithm's model when it comes from
-*after* that step (`step > adaptation_start`); the checkpoint at `adaptation_start` holds the
-source model after a single adaptation update, and earlier ones are the source model. Selection
-rules consider only adapted checkpoints of such runs (`results.selection`), so a number printed
-under SHOT comes from a SHOT model. The source model is reachable two ways: the source-only
-arm's row (ERM, same paired seeds), and the method's own source phase: the trainer also
-checkpoints the last step before adaptation (`adaptation_start - 1`), and `source_model_records`
-turns a run's source-phase checkpoints into the run of a row named `"<algorithm> (source)"`
-(`shiftbench collect --source-models`), selected by the same rules. Records written before the
-key existed get it from the algorithm's declaration as the torch-free catalog reads it
-(`catalog.AlgorithmEntry.phases`) and the record's own hparams and budget (`declared_start`);
-records of algorithms without phases (DomainBed's among them) put no constraint on selection.
+Selection considers only a phased algorithm's adapted checkpoints (`shiftbench.phases`, which
+also says when adaptation begins), so a number printed under SHOT comes from a SHOT model. The
+source model is reachable two ways: the source-only arm's row (ERM, same paired seeds), and the
+method's own source phase: the trainer also checkpoints the last step before adaptation
+(`adaptation_start - 1`), and `source_model_records` turns a run's source-phase checkpoints into
+the run of a row named `"<algorithm> (source)"`, selected by the same rules.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import sys
 from collections.abc import Iterable
 from typing import Any
 
-ADAPTATION_START = "adaptation_start"
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def adaptation_start(record: dict[str, Any]) -> int | None:
-    """The first step of the record's adaptation phase: recorded, else `declared_start`; None
-    for an algorithm without phases."""
-    if ADAPTATION_START in record:
-        value = record[ADAPTATION_START]
-        return int(value) if _number(value) else None
-    return declared_start(record)
-
-
-def declared_start(record: dict[str, Any]) -> int | None:
-    """What `Algorithm.adaptation_start` gives for the record's algorithm, hparams and budget
-    (`n_steps`, else `args.steps`), from the catalog's reading of its `PHASES`; None when the
-    algorithm has no phases or something is unknown."""
-    phases = _catalog_phases(record["args"]["algorithm"])
-    if phases is None:
-        return None
-    fraction_key, _, by_progress = phases
-    fraction = (record.get("hparams") or {}).get(fraction_key)
-    total = record.get("n_steps", record["args"].get("steps"))
-    if not (isinstance(fraction_key, str) and _number(fraction) and _number(total)):
-        return None
-    if by_progress:
-        return progress_start(int(total), float(fraction))
-    return int(round(float(fraction) * int(total)))
-
-
-def progress_start(total_steps: int, fraction: float) -> int:
-    """The first step t whose progress min(1, t / total) reaches `fraction` (as
-    `algorithms.components.progress_start`, without torch; tests hold them equal)."""
-    if total_steps <= 0 or fraction > 1:
-        return 0 if fraction <= 0 else sys.maxsize
-    t = max(0, math.ceil(fraction * total_steps))
-    while t > 0 and (t - 1) / total_steps >= fraction:
-        t -= 1
-    while min(1.0, t / total_steps) < fraction:
-        t += 1
-    return t
-
-
-@functools.cache
-def _catalog_phases(algorithm: str) -> tuple | None:
-    try:
-        from shiftbench.catalog import algorithm_index
-        from shiftbench.source_reader import UNKNOWN
-
-        entry = algorithm_index().get(algorithm)
-    except Exception:  # noqa: BLE001 - no catalog: no declared phases
-        return None
-    phases = getattr(entry, "phases", None)
-    return None if phases is None or phases is UNKNOWN or UNKNOWN in phases else tuple(phases)
-
-
-def is_adapted(record: dict[str, Any]) -> bool:
-    """Whether the checkpoint is a candidate model of its algorithm: always for algorithms
-    without phases, after the first adaptation step for phased ones."""
-    start = adaptation_start(record)
-    return start is None or record["step"] > start
-
-
-def adapted_only(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The checkpoints selection may choose from (see the module docstring)."""
-    return [r for r in records if is_adapted(r)]
-
+from shiftbench.phases import (  # noqa: F401 - re-exported: the collector's readers of phases
+    ADAPTATION_START,
+    adaptation_start,
+    adapted_only,
+    declared_start,
+    is_adapted,
+    progress_start,
+    source_phase,
+)
 
 SOURCE_SUFFIX = " (source)"
 
@@ -105,10 +32,7 @@ def source_model_records(records: Iterable[dict[str, Any]]) -> list[dict[str, An
     every selection rule picks among the method's source models. Step 0 (the untrained network)
     is left out; runs with no other source checkpoint contribute nothing."""
     out = []
-    for r in records:
-        start = adaptation_start(r)
-        if start is None or not 0 < r["step"] < start:
-            continue
+    for r in source_phase(records):
         copy = {k: v for k, v in r.items() if k not in (ADAPTATION_START, "health")}
         copy["args"] = {**r["args"], "algorithm": r["args"]["algorithm"] + SOURCE_SUFFIX}
         copy[ADAPTATION_START] = None  # recorded as "no phases": never looked up in the catalog

@@ -50,8 +50,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from shiftbench.errors import ShiftbenchError, UnknownNameError
+from shiftbench.phases import adapted_only
 from shiftbench.registry import Registry
-from shiftbench.results.phases import adapted_only
 from shiftbench.results.reading import Sweep, as_records
 from shiftbench.setting import all_settings, setting_names
 from shiftbench.trial_record import config_key, record_key

@@ -120,6 +120,29 @@ def test_collapsed():
     assert "30.0 at step 99 vs best 90.0 at step 50" in health.details[E.COLLAPSED]
 
 
+def test_target_at_chance():
+    """A run that reads target data, learned its source and ends near chance on its target."""
+    # chance 0.1: the threshold is 0.19, on the last checkpoint's target accuracy
+    assert flags(run(task="uda", test_curve=(0.1, 0.15, 0.19))) == [E.AT_CHANCE]
+    assert flags(run(task="uda", test_curve=(0.1, 0.15, 0.191))) == []
+    health = H.run_health(run(task="uda", test_curve=(0.14, 0.1, 0.101)))
+    assert health.details[E.AT_CHANCE] == "env 0: 10.1% at step 99 (chance 10.0%)"
+    for task in ("ssda", "sda", "tta"):  # every setting that reads target data
+        assert flags(run(task=task, test_curve=(0.1, 0.1, 0.1))) == [E.AT_CHANCE], task
+    # not checked: domain generalization (an unseen domain at chance is an outcome), a run
+    # that did not learn its source ([n] says it), a run that has not reached its budget
+    assert flags(run(task="dg", test_curve=(0.1, 0.1, 0.1))) == []
+    assert flags(run(task="uda", last_val=0.1, test_curve=(0.1, 0.1, 0.1))) == [E.NOT_LEARNING]
+    assert flags(run(task="uda", test_curve=(0.1, 0.1, 0.1), steps=(0, 25, 50))) == []
+    # the adapted-to split when the run has no held-out target split (transductive)
+    transductive = run(task="uda", test_curve=(0.3, 0.3, 0.3))
+    for r in transductive:
+        del r["env0_in_acc"]
+        r["env0_uda_acc"] = 0.12
+    assert flags(transductive) == [E.AT_CHANCE]
+    assert E.MARKS[E.AT_CHANCE] == "[t]"
+
+
 def test_collapse_is_never_an_input_to_selection():
     healthy = run(test_curve=(0.5, 0.6, 0.6))
     collapsed = run(test_curve=(0.5, 0.6, 0.2))
@@ -156,9 +179,15 @@ def test_not_learning_of_a_phased_method_is_judged_at_its_source_end():
     never = phased_curve((0.1, 0.12, 0.13, 0.5, 0.6), (0.1, 0.1, 0.1, 0.3, 0.4))
     assert flags(never) == [E.NOT_LEARNING]
     assert "step 49" in E.check_run(never).details[E.NOT_LEARNING]
-    # a collapse after the switch (GAM at lr 0.01) is the collapse check's
+    # a collapse after the switch (GAM at lr 0.01) is the collapse check's (and, at 10 %, it
+    # ends at chance on its target)
     collapses = phased_curve((0.1, 0.9, 0.97, 0.3, 0.13), (0.1, 0.4, 0.41, 0.16, 0.1))
-    assert flags(collapses) == [E.COLLAPSED]
+    assert flags(collapses) == [E.COLLAPSED, E.AT_CHANCE]
+    # records written before `adaptation_start` was recorded: SHOT's declared start (the
+    # record's shot_source_fraction x budget = step 50), as selection reads it
+    old = [{k: v for k, v in r.items() if k != "adaptation_start"}
+           | {"hparams": {**r["hparams"], "shot_source_fraction": 0.5}} for r in forgets]
+    assert flags(old) == []
     # without a source-phase checkpoint (0 < step < start) the run's end is judged, as before
     late = phased_curve((0.1, 0.8, 0.84, 0.3, 0.15), (0.1, 0.5, 0.6, 0.85, 0.9), start=20)
     assert flags(late) == [E.NOT_LEARNING]
@@ -228,7 +257,7 @@ def test_marks_and_footnotes_in_tables(tmp_path):
     baseline = next(t for t in collection.tables if t.kind == "baseline" and t.rule == "iid")
     assert baseline.row("DANN")["Avg"].health == (E.NOT_LEARNING, E.COLLAPSED)
     assert collection.health.counts() == {E.DIVERGED: 0, E.NOT_LEARNING: 1, E.COLLAPSED: 1,
-                                          E.BEFORE_ADAPTATION: 0}
+                                          E.AT_CHANCE: 0, E.BEFORE_ADAPTATION: 0}
     board = leaderboard(collection)
     assert dict(zip(board["algorithm"], board["health"])) == {"ERM": "not learning",
                                                               "DANN": "collapsed"}
