@@ -24,13 +24,14 @@ def test_plan_groups_by_first_supported_task_and_reports_missing():
 
 @pytest.fixture
 def unregister_demo_dataset():
-    """The demo registers DigitsDemo in this process; keep other tests' registry unchanged."""
+    """The demo registers DigitsDemo in this process; keep other tests' registry unchanged.
+    `scratch` also forgets shiftbench.demo_data when the demo first imported it, so a later
+    import registers DigitsDemo again (removing the name alone left the module imported and
+    DigitsDemo unknown to every later test of the process that needed it)."""
     from shiftbench.datasets.base import DATASETS
 
-    had = "DigitsDemo" in DATASETS
-    yield
-    if not had:
-        DATASETS._items.pop("DigitsDemo", None)
+    with DATASETS.scratch():
+        yield
 
 
 @pytest.mark.slow
