@@ -158,7 +158,12 @@ class BSP(BinaryDomainAdversary):
     features, which the paper shows hurts discriminability. Defaults k = 1, beta = 1e-4 (paper).
     The penalty grows with the features' scale: the paper (and TLlib) apply it to a pretrained
     or batch-normalised bottleneck; here it reads the featurizer's raw output (on dann_digits,
-    He-initialised: beta * sum s_1^2 = 11.9 at step 0 against a cross-entropy of 2.3).
+    He-initialised: beta * sum s_1^2 = 11.9 at step 0 against a cross-entropy of 2.3). On an
+    untrained network its gradient then dwarfs the cross-entropy's and kills most conv channels
+    within 30 steps; on synth the network never recovers (docs/reproductions.md, "BSP on
+    synth"). `bsp_warmup` (fixed, default 0: the paper's loss from the first step) switches
+    the penalty on only once training progress reaches it, the role of TLlib's source
+    pretraining epochs before the penalty.
     Departure: Adam instead of SGD with inverse-decay LR; D is the shared MLP discriminator.
     """
 
@@ -167,9 +172,13 @@ class BSP(BinaryDomainAdversary):
     HPARAMS = {
         "bsp_weight": HParam(1e-4, LogUniform(-5, -3), low=0.0, help="beta of the spectral penalty"),
         "bsp_k": HParam(1, Choice([1, 2]), low=1, help="number of top singular values penalised"),
+        "bsp_warmup": HParam(0.0, None, low=0.0, high=1.0,
+                             help="training progress before the penalty is switched on (fixed)"),
     }
 
     def extra_loss(self, fs, ft):
+        if self.progress < self.hparams["bsp_warmup"]:
+            return {"bsp": fs.new_zeros(())}
         k = int(self.hparams["bsp_k"])
         penalty = sum((torch.linalg.svdvals(m)[:k] ** 2).sum() for m in (fs, ft))
         return {"bsp": self.hparams["bsp_weight"] * penalty}

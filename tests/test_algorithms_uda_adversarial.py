@@ -108,6 +108,25 @@ def test_bsp_penalty_is_the_top_singular_values():
     assert out["bsp"] > 0
 
 
+def test_bsp_warmup_switches_the_penalty_on_at_its_progress():
+    """bsp_warmup = 0.5 of 4 steps: no penalty (and DANN's update) in steps 0-1, the penalty
+    from step 2 on; the default 0 penalises from the first step."""
+    assert _make("BSP").hparams["bsp_warmup"] == 0.0
+    warm = _make("BSP", steps=4, bsp_weight=1.0, bsp_warmup=0.5)
+    plain = _make("BSP", steps=4, bsp_weight=0.0)  # the same network with no penalty at all
+    for step in range(4):
+        out_warm, out_plain = warm.train_step(*_batch(step)), plain.train_step(*_batch(step))
+        if step < 2:
+            assert out_warm["bsp"] == 0.0 and out_warm["loss"] == out_plain["loss"]
+        else:
+            assert out_warm["bsp"] > 0
+    from shiftbench.algorithms.base import get_algorithm_class
+    from shiftbench.hparams import validate_overrides
+
+    with pytest.raises(ShiftbenchError, match=r"'bsp_warmup' must lie in \[0, 1\], got 1.5"):
+        validate_overrides(get_algorithm_class("BSP").HPARAMS, {"bsp_warmup": 1.5}, "BSP")
+
+
 def test_adda_phase_switch_freezes_source_and_copies_encoder():
     alg = _make("ADDA", steps=4, pretrain_fraction=0.5)
     x = torch.randn(5, 5)
