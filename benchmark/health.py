@@ -235,12 +235,17 @@ def check_run(records: Sequence[dict[str, Any]], status: str | None = None,
 def _learning_checkpoint(records: Sequence[dict[str, Any]]) -> Mapping[str, Any]:
     """The checkpoint "not learning" is judged at: the last one, or, for a phased method (a
     recorded or declared `adaptation_start`, `shiftbench.phases`), the last one of its source
-    phase (0 < step < start) when
-    there is one. After the switch a method may stop reading the source (SHOT) or predict with
-    a new network (ADDA, GAM), so source validation then measures forgetting, not learning; a
-    collapse after the switch is the collapse check's to report."""
+    phase (0 < step < start) when there is one. After the switch a method may stop reading the
+    source (SHOT) or predict with a new network (ADDA, GAM), so source validation then measures
+    forgetting, not learning; a collapse after the switch is the collapse check's to report."""
     source = source_phase(records)
     return source[-1] if source else records[-1]
+
+
+def _near_chance(acc: float, chance: float) -> bool:
+    """acc <= chance + `NOT_LEARNING_MARGIN` x (1 - chance): the bar of "not learning" (source
+    validation) and of "target at chance"."""
+    return acc <= chance + NOT_LEARNING_MARGIN * (1 - chance) + EPS
 
 
 def _check_learning(health: RunHealth, last: Mapping[str, Any]) -> None:
@@ -249,7 +254,7 @@ def _check_learning(health: RunHealth, last: Mapping[str, Any]) -> None:
         return
     health.chance = chance = 1.0 / c
     health.source_val = val = source_validation(last)
-    if val is not None and val <= chance + NOT_LEARNING_MARGIN * (1 - chance) + EPS:
+    if val is not None and _near_chance(val, chance):
         health.flag(NOT_LEARNING, f"source validation {100 * val:.1f}% at step {last['step']} "
                                   f"(chance {100 * chance:.1f}%, C = {c})")
     health.loss = loss = classification_loss(last)
@@ -281,8 +286,7 @@ def _check_target_chance(health: RunHealth, records: Sequence[Mapping[str, Any]]
     last, chance = records[-1], health.chance
     for t in health.test_envs:
         acc = last.get(_target_key(records, t, "acc"))
-        if _number(acc) and math.isfinite(acc) and \
-                acc <= chance + NOT_LEARNING_MARGIN * (1 - chance) + EPS:
+        if _number(acc) and math.isfinite(acc) and _near_chance(acc, chance):
             health.flag(AT_CHANCE, f"env {t}: {100 * acc:.1f}% at step {last['step']} (chance "
                                    f"{100 * chance:.1f}%)")
 

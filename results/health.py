@@ -1,9 +1,9 @@
 """Run health in the collector: the trainer's checks (`shiftbench.health`) over a whole sweep,
 plus which trials were selected too early, marked on tables.
 
-The checks of one run (diverged, not learning, collapsed, target at chance; their thresholds and flag names)
-live in the engine, `shiftbench.health`, where the trainer uses them too; docs/results.md
-describes them. This module adds:
+The checks of one run (diverged, not learning, collapsed, target at chance; their thresholds
+and flag names) live in the engine, `shiftbench.health`, where the trainer uses them too;
+docs/results.md describes them. This module adds:
 
 * **selected before adaptation** — a selection rule chose a checkpoint of a phased algorithm
   from before its adaptation (`shiftbench.phases`); per rule, since each rule selects its own.

@@ -33,7 +33,7 @@ Rules:
   - `dev`: `env{t}_uda_dev` = deep embedded validation risk (You et al., ICML 2019; lower better).
   A rule asked for when no record carries its keys raises a ShiftbenchError naming them.
 
-Phased algorithms (`results.phases`): only checkpoints from after the adaptation phase's first
+Phased algorithms (`shiftbench.phases`): only checkpoints from after the adaptation phase's first
 step are candidates, for every rule (a run with none is not scored).
 
 Ties: between checkpoints of a run the earliest step wins (DomainBed takes the first maximum in
@@ -153,7 +153,7 @@ class SelectionRule:
                      ) -> list[tuple[tuple[int, str], RunChoice]]:
         """Every scorable run of a group with its `config_key`, best first (ties: smallest
         hparams_seed, then overrides). A phased algorithm's checkpoints from before its
-        adaptation are never candidates (`results.phases`)."""
+        adaptation are never candidates (`shiftbench.phases`)."""
         runs: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
         for r in adapted_only(records):
             runs[config_key(r["args"])].append(r)

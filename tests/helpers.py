@@ -38,3 +38,14 @@ def debian_package_files(package: str, pattern: str, work: Path) -> list[Path]:
     except (subprocess.SubprocessError, OSError, StopIteration):
         return []
     return sorted(p for p in work.rglob("*") if p.is_file() and p.suffix != ".deb")
+
+
+def erm_lr_grid_spec(folder: Path, lrs: tuple[float, ...]) -> Path:
+    """A sweep spec file: ERM on DebugVector held out on env 0, one trial of 3 steps (a checkpoint
+    each), one job per learning rate of `lrs` (a grid)."""
+    spec = Path(folder) / "s.toml"
+    spec.write_text('datasets = ["DebugVector"]\nalgorithms = ["ERM"]\nn_trials = 1\nsteps = 3\n'
+                    f'checkpoint_freq = 1\n[algorithm.ERM.grid]\nlr = [{", ".join(map(repr, lrs))}]\n'
+                    '[test_envs]\nDebugVector = [[0]]\n')
+    return spec
+

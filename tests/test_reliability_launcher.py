@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from helpers import erm_lr_grid_spec
 
 from shiftbench.cli import main
 from shiftbench.sweeps.jobs import enumerate_jobs
@@ -95,10 +96,7 @@ def test_sigkilled_launcher_orphan_job_and_relaunch_end_every_job_once(tmp_path)
 
 def test_a_diverging_job_is_failed_the_sweep_goes_on_and_collect_shows_it(tmp_path, capsys):
     out = tmp_path / "sweep"
-    spec = tmp_path / "s.toml"
-    spec.write_text('datasets = ["DebugVector"]\nalgorithms = ["ERM"]\nn_trials = 1\nsteps = 3\n'
-                    'checkpoint_freq = 1\n[algorithm.ERM.grid]\nlr = [1e-3, 1e30]\n'
-                    '[test_envs]\nDebugVector = [[0]]\n')
+    spec = erm_lr_grid_spec(tmp_path, (1e-3, 1e30))
     flags = ["--spec", str(spec), "--output-dir", str(out), "--skip-confirmation", "--no-progress",
              "--threads", "1"]
     assert main(["sweep", "launch", *flags]) == 1  # one job failed; the other still ran

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import erm_lr_grid_spec
 from results_helpers import make_record
 
 from shiftbench import health as E
@@ -136,10 +137,7 @@ def test_domainbed_format_refuses_grid_points_instead_of_merging_them():
 def test_sweep_grid_end_to_end(tmp_path, capsys):
     """A 2-point grid on DebugVector through `sweep launch` and `collect`."""
     out = tmp_path / "sweep"
-    spec = tmp_path / "s.toml"
-    spec.write_text('datasets = ["DebugVector"]\nalgorithms = ["ERM"]\nn_trials = 1\nsteps = 3\n'
-                    'checkpoint_freq = 1\n[algorithm.ERM.grid]\nlr = [1e-3, 3e-2]\n'
-                    '[test_envs]\nDebugVector = [[0]]\n')
+    spec = erm_lr_grid_spec(tmp_path, (1e-3, 3e-2))
     assert main(["sweep", "launch", "--spec", str(spec), "--output-dir", str(out),
                  "--skip-confirmation", "--no-progress", "--threads", "1", "--jobs", "1"]) == 0
     jobs = {}
